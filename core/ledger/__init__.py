@@ -1,0 +1,29 @@
+"""The hash-chained ledger: transactions, blocks, and chain validation."""
+
+from core.ledger.block import GENESIS_PREV_HASH, Block, BlockHeader, decode_header, make_block
+from core.ledger.merkle import merkle_root
+from core.ledger.registry import KeyRegistry
+from core.ledger.transaction import (
+    Signer,
+    Transaction,
+    decode_transaction,
+    sign_transaction,
+)
+from core.ledger.validate import ChainReport, StoredBlock, validate_chain
+
+__all__ = [
+    "GENESIS_PREV_HASH",
+    "Block",
+    "BlockHeader",
+    "ChainReport",
+    "KeyRegistry",
+    "Signer",
+    "StoredBlock",
+    "Transaction",
+    "decode_header",
+    "decode_transaction",
+    "make_block",
+    "merkle_root",
+    "sign_transaction",
+    "validate_chain",
+]

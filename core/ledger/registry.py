@@ -1,0 +1,80 @@
+"""Which keys may sign what, as established by the chain so far."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.crypto.keys import fingerprint, node_public_key_from_bytes
+from core.crypto.signing import Verifier, rsa_verifier
+from core.encoding import b64d
+from core.errors import EncodingError, InvalidSignature, InvalidTransaction
+from core.ledger.kinds import RULES
+from core.ledger.transaction import Transaction
+
+
+@dataclass
+class KeyRegistry:
+    """Known node and account keys, built by applying transactions in chain order."""
+
+    chain_id: str | None = None
+    nodes: dict[str, Verifier] = field(default_factory=dict)
+    accounts: dict[str, Verifier] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def copy(self) -> KeyRegistry:
+        """An independent registry to try transactions on without touching this one."""
+        return KeyRegistry(self.chain_id, dict(self.nodes), dict(self.accounts), dict(self.roles))
+
+    def node_verifier(self, node_id: str) -> Verifier:
+        """The key of a known node; raises InvalidSignature for an unknown producer."""
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise InvalidSignature(f"unknown node {node_id!r}") from None
+
+    def _signer(self, tx: Transaction) -> Verifier:
+        if tx.kind == "genesis":
+            node_key = b64d(tx.payload["nodes"][0]["key"])
+            if fingerprint(node_key) != tx.signer:
+                raise InvalidTransaction("genesis must be signed by its first node")
+            return node_public_key_from_bytes(node_key)
+        if tx.kind == "key":
+            rsa_der = b64d(tx.payload["rsa"])
+            if fingerprint(rsa_der) != tx.signer:
+                raise InvalidTransaction("a key registration must be signed by the key it registers")
+            if tx.signer in self.accounts:
+                raise InvalidTransaction("key already registered")
+            try:
+                return rsa_verifier(rsa_der, tx.signer)
+            except EncodingError as exc:
+                raise InvalidTransaction(str(exc)) from exc
+        if tx.signer not in self.accounts:
+            raise InvalidTransaction("signer is not a registered key")
+        return self.accounts[tx.signer]
+
+    def _authorise(self, tx: Transaction, height: int) -> None:
+        if tx.kind == "genesis" and (height != 0 or self.chain_id is not None):
+            raise InvalidTransaction("genesis only in block 0")
+        if tx.kind != "genesis" and self.chain_id is None:
+            raise InvalidTransaction("transaction before genesis")
+        if tx.kind == "record" and self.roles.get(tx.signer) != "doctor":
+            raise InvalidTransaction("only doctors sign records")
+
+    def apply(self, tx: Transaction, height: int, verify_signature: bool = True) -> None:
+        """Check `tx` against the rules for its kind and the keys known so far, then record its
+        effects. Raises InvalidTransaction (shape, authority) or InvalidSignature."""
+        rule = RULES.get(tx.kind)
+        if rule is None:
+            raise InvalidTransaction(f"unknown transaction kind {tx.kind!r}")
+        rule(tx.payload)
+        self._authorise(tx, height)
+        verifier = self._signer(tx)
+        if verify_signature:
+            verifier.verify(tx.signature, tx.signing_bytes())
+        if tx.kind == "genesis":
+            self.chain_id = tx.payload["chain"]
+            for node in tx.payload["nodes"]:
+                self.nodes[node["id"]] = node_public_key_from_bytes(b64d(node["key"]))
+        elif tx.kind == "key":
+            self.accounts[tx.signer] = verifier
+            self.roles[tx.signer] = tx.payload["role"]

@@ -1,0 +1,35 @@
+"""gunicorn settings for `make run` and production (`gunicorn wsgi:app` reads this file).
+
+The block producer runs as one child process of the gunicorn master, so a node
+has exactly one whatever the number of workers.
+"""
+
+import os
+import subprocess
+import sys
+
+bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '5000')}")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = "gthread"
+timeout = 60
+accesslog = "-"
+
+_producer: list[subprocess.Popen] = []
+
+
+def when_ready(server):
+    if os.environ.get("MEDLEDGER_PRODUCER", "1") != "1":
+        return
+    cmd = [sys.executable, "-m", "flask", "--app", "wsgi", "medledger", "producer"]
+    _producer.append(subprocess.Popen(cmd))  # noqa: S603 (fixed argv, no shell)
+    server.log.info("started block producer (pid %s)", _producer[0].pid)
+
+
+def on_exit(server):
+    for process in _producer:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()

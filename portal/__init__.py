@@ -1,0 +1,74 @@
+"""The MedLedger portal: Flask app factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+
+from portal.config import CONFIGS, INSTANCE, Config, persistent_dev_secret
+from portal.extensions import db, login_manager, migrate
+
+
+def create_app(config_class: type[Config] | None = None) -> Flask:
+    """Build the app. Without an argument the class is chosen by MEDLEDGER_CONFIG
+    (production, development or testing; production by default)."""
+    if config_class is None:
+        name = os.environ.get("MEDLEDGER_CONFIG", "production")
+        if name not in CONFIGS:
+            raise RuntimeError(f"MEDLEDGER_CONFIG must be one of {', '.join(CONFIGS)}")
+        config_class = CONFIGS[name]
+    app = Flask(__name__, instance_path=str(INSTANCE))
+    app.config.from_object(config_class)
+    if not app.config["SECRET_KEY"] and app.config["ENV_NAME"] == "development":
+        app.config["SECRET_KEY"] = persistent_dev_secret()
+    if not app.config["SECRET_KEY"]:
+        raise RuntimeError("SECRET_KEY is not set: production refuses to start without it (see .env.example)")
+    register_logging(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_errors(app)
+    register_security(app)
+    register_cli(app)
+    return app
+
+
+def register_logging(app: Flask) -> None:
+    logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def register_extensions(app: Flask) -> None:
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        INSTANCE.mkdir(parents=True, exist_ok=True)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
+    login_manager.init_app(app)
+    from portal import auth
+
+    auth.register_login(login_manager)
+
+
+def register_blueprints(app: Flask) -> None:
+    from portal import admin, api, auth, chain, doctor, pwa
+
+    for module in (api, auth, doctor, admin, chain, pwa):
+        app.register_blueprint(module.bp)
+
+
+def register_errors(app: Flask) -> None:
+    from portal.errors import register
+
+    register(app)
+
+
+def register_security(app: Flask) -> None:
+    from portal.security import register
+
+    register(app)
+
+
+def register_cli(app: Flask) -> None:
+    from portal.cli import medledger
+
+    app.cli.add_command(medledger)

@@ -1,0 +1,50 @@
+"""The JSON API under /api/v1 (bearer tokens only; see docs/api.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+
+from portal.models import utcnow
+from portal.services import accounts
+from portal.services.accounts import Actor
+from portal.services.errors import Forbidden, Unauthorized, ValidationFailed
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+class InvalidJSON(ValidationFailed):
+    status = 400
+    code = "invalid_json"
+
+
+def bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Sign in first: send `Authorization: Bearer <token>`.")
+    return token.strip()
+
+
+def api_actor(*roles: str) -> Actor:
+    """The actor of this API request; 401 without a valid token, 403 for another role."""
+    actor = accounts.resolve(bearer_token(), utcnow())
+    if actor is None:
+        raise Unauthorized("The token is invalid or has expired; sign in again.")
+    if roles and actor.user.role not in roles:
+        raise Forbidden(f"Only {' or '.join(roles)} accounts may do this.")
+    return actor
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object; 400 `invalid_json` for anything else."""
+    if not request.is_json:
+        raise InvalidJSON("Send a JSON object with `Content-Type: application/json`.")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidJSON("The body is not a valid JSON object.")
+    return data
+
+
+from portal.api import routes  # noqa: E402,F401

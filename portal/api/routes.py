@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+from flask import Response, current_app, jsonify, request, send_file
+
+from portal import runtime
+from portal.api import api_actor, bearer_token, bp, json_body
+from portal.models import User, utcnow
+from portal.services import accounts, ledger, records
+from portal.services.errors import ValidationFailed
+from portal.services.records import NewAttachment
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": user.public_id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "role": user.role,
+        "hospital": user.hospital,
+    }
+
+
+@bp.post("/auth/register")
+def register() -> tuple[Response, int]:
+    data = json_body()
+    user = accounts.create_user(
+        role="patient",
+        username=data.get("username"),
+        password=data.get("password"),
+        display_name=data.get("display_name"),
+        kdf=runtime.kdf(),
+        now=utcnow(),
+    )
+    return jsonify(user=user_json(user)), 201
+
+
+@bp.post("/auth/token")
+def token() -> Response:
+    data = json_body()
+    value, auth_session = accounts.login(
+        data.get("username"),
+        data.get("password"),
+        kind="api",
+        ttl_seconds=current_app.config["API_TOKEN_TTL_SECONDS"],
+        kdf=runtime.kdf(),
+        now=utcnow(),
+    )
+    return jsonify(token=value, expires_at=auth_session.expires_at.isoformat() + "Z", user=user_json(auth_session.user))
+
+
+@bp.delete("/auth/token")
+def revoke_token() -> tuple[str, int]:
+    api_actor()
+    accounts.logout(bearer_token())
+    return "", 204
+
+
+@bp.get("/me")
+def me() -> Response:
+    return jsonify(user=user_json(api_actor().user))
+
+
+@bp.post("/me/password")
+def change_password() -> tuple[str, int]:
+    actor = api_actor()
+    data = json_body()
+    accounts.change_password(actor, data.get("current_password"), data.get("new_password"), runtime.kdf())
+    return "", 204
+
+
+@bp.get("/patients")
+def find_patients() -> Response:
+    api_actor("doctor")
+    patients = accounts.find_patients(request.args.get("q", ""))
+    return jsonify(patients=[{k: user_json(p)[k] for k in ("id", "username", "display_name")} for p in patients])
+
+
+def _b64(value: object, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise ValidationFailed(f"Attachment {name!r} needs base64 `data`.")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed(f"Attachment {name!r} is not valid base64.") from None
+
+
+def _record_input() -> tuple[dict[str, Any], list[NewAttachment]]:
+    """Fields and attachments from JSON or from a multipart form (see docs/api.md)."""
+    if request.mimetype == "multipart/form-data":
+        fields: dict[str, Any] = {k: request.form.get(k, "") for k in ("title", "category", "notes")}
+        for name in ("diagnoses", "symptoms"):
+            fields[name] = [c for c in (s.strip() for s in request.form.get(name, "").split(",")) if c]
+        try:
+            fields["prescriptions"] = json.loads(request.form.get("prescriptions") or "[]")
+        except ValueError:
+            raise ValidationFailed("`prescriptions` must be a JSON list.") from None
+        files = [
+            NewAttachment(f.filename or "", f.mimetype or "", f.read())
+            for f in request.files.getlist("attachments")
+            if f.filename
+        ]
+        return fields, files
+    data = json_body()
+    items = data.pop("attachments", None) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ValidationFailed("`attachments` must be a list of objects.")
+    files = [
+        NewAttachment(
+            str(i.get("filename") or ""), str(i.get("content_type") or ""), _b64(i.get("data"), str(i.get("filename")))
+        )
+        for i in items
+    ]
+    return data, files
+
+
+@bp.post("/patients/<patient_id>/records")
+def create_record(patient_id: str) -> tuple[Response, int]:
+    actor = api_actor("doctor")
+    fields, files = _record_input()
+    record = records.create_record(
+        actor, patient_id, fields, files, vocabulary=runtime.vocabulary(), limits=runtime.limits(), now=utcnow()
+    )
+    return jsonify(id=record.id, tx_hash=record.tx_hash), 201
+
+
+@bp.get("/records")
+def list_records() -> Response:
+    return jsonify(records=records.list_records(api_actor()))
+
+
+@bp.get("/records/<record_id>")
+def get_record(record_id: str) -> Response:
+    return jsonify(records.get_record(api_actor(), record_id))
+
+
+@bp.get("/records/<record_id>/attachments/<int:n>")
+def get_attachment(record_id: str, n: int) -> Response:
+    meta, data = records.get_attachment(api_actor(), record_id, n)
+    return send_file(
+        io.BytesIO(data), mimetype=meta["content_type"], as_attachment=True, download_name=meta["filename"]
+    )
+
+
+@bp.get("/chain/blocks")
+def chain_blocks() -> Response:
+    blocks, height = ledger.headers(request.args.get("from"), request.args.get("limit"))
+    return jsonify(blocks=blocks, height=height)
+
+
+@bp.get("/chain/blocks/<int:height>")
+def chain_block(height: int) -> Response:
+    return jsonify(ledger.block(height))
+
+
+@bp.get("/chain/verify")
+def chain_verify() -> Response:
+    return jsonify(ledger.verify_chain().to_dict())

@@ -1,0 +1,107 @@
+"""`flask --app wsgi medledger ...`: accounts, node key, blocks, verification, demo data."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from portal import runtime
+from portal.models import utcnow
+from portal.services import accounts, ledger
+from portal.services.errors import ServiceError
+
+
+@click.group()
+def medledger() -> None:
+    """MedLedger node administration."""
+
+
+@medledger.command("create-user")
+@click.option("--role", type=click.Choice(accounts.ROLES), required=True)
+@click.option("--username", required=True)
+@click.option("--password", help="Prompted for (hidden, twice) when left out.")
+@click.option("--display-name", help="Defaults to the username.")
+@click.option("--hospital", help="Doctors only.")
+@click.option("--licence-number", help="Doctors only.")
+@with_appcontext
+def create_user(
+    role: str,
+    username: str,
+    password: str | None,
+    display_name: str | None,
+    hospital: str | None,
+    licence_number: str | None,
+) -> None:
+    """Create an account with its keys (and queue its key registration on the ledger)."""
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = accounts.create_user(
+            role=role,
+            username=username,
+            password=password,
+            display_name=display_name or username,
+            hospital=hospital,
+            licence_number=licence_number,
+            kdf=runtime.kdf(),
+            now=utcnow(),
+        )
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"created {user.role} {user.username} ({user.public_id})")
+
+
+@medledger.group()
+def node() -> None:
+    """This node's identity."""
+
+
+@node.command("init")
+@with_appcontext
+def node_init() -> None:
+    """Create the node key (if missing) and the genesis block (if the chain is empty)."""
+    key = runtime.node_key(create=True)
+    created = ledger.ensure_genesis(key, current_app.config["CHAIN_ID"], utcnow())
+    click.echo(f"node {key.node_id} key {key.key_id[:16]}; genesis {'created' if created else 'already present'}")
+
+
+@medledger.command("produce")
+@with_appcontext
+def produce() -> None:
+    """Seal the pending transactions into a block now."""
+    key = runtime.node_key()
+    ledger.ensure_genesis(key, current_app.config["CHAIN_ID"], utcnow())
+    height = ledger.produce_block(key, utcnow(), current_app.config["MAX_BLOCK_TRANSACTIONS"])
+    click.echo("nothing pending" if height is None else f"sealed block {height}")
+
+
+@medledger.command("producer")
+@with_appcontext
+def producer() -> None:
+    """Run the block producer loop (once per node; `make run` and gunicorn.conf.py start it)."""
+    from portal.producer import run
+
+    run(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+@medledger.command("verify")
+@with_appcontext
+def verify() -> None:
+    """Validate the stored chain. Exit 0 if valid, 1 with the first bad height and check."""
+    report = ledger.verify_chain()
+    click.echo(report.describe())
+    sys.exit(0 if report.valid else 1)
+
+
+@medledger.command("seed-demo")
+@with_appcontext
+def seed_demo() -> None:
+    """Load demo accounts and records (development only; never in production)."""
+    from portal.demo import seed
+
+    if current_app.config["ENV_NAME"] != "development":
+        raise click.ClickException("demo data is only loaded by `make run` (MEDLEDGER_CONFIG=development)")
+    click.echo(seed())

@@ -1,0 +1,83 @@
+"""Configuration from the environment. Every setting is listed in `.env.example`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = Path(os.environ.get("MEDLEDGER_INSTANCE", ROOT / "instance"))
+MIB = 1024 * 1024
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def persistent_dev_secret() -> str:
+    """A secret kept under instance/ so local sessions survive restarts; never used in production."""
+    path = INSTANCE / "dev-secret-key"
+    if not path.exists():
+        INSTANCE.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+class Config:
+    """Production settings: nothing secret has a default."""
+
+    ENV_NAME = "production"
+    SECRET_KEY = os.environ.get("SECRET_KEY")
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL", f"sqlite:///{INSTANCE / 'medledger.db'}")
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+
+    NODE_ID = os.environ.get("NODE_ID", "node-1")
+    NODE_KEY_PATH = os.environ.get("NODE_KEY_PATH", str(INSTANCE / "node.key"))
+    NODE_KEY_PASSPHRASE = os.environ.get("NODE_KEY_PASSPHRASE")
+    CHAIN_ID = os.environ.get("CHAIN_ID", "medledger-local")
+    BLOCK_INTERVAL_SECONDS = float(os.environ.get("BLOCK_INTERVAL_SECONDS", 5))
+    MAX_BLOCK_TRANSACTIONS = _int("MAX_BLOCK_TRANSACTIONS", 500)
+
+    MAX_ATTACHMENT_BYTES = _int("MAX_ATTACHMENT_BYTES", 10 * MIB)
+    MAX_ATTACHMENTS = _int("MAX_ATTACHMENTS", 5)
+    # base64 in JSON costs 4/3; leave room for the rest of the record.
+    MAX_CONTENT_LENGTH = _int("MAX_REQUEST_BYTES", 0) or (MAX_ATTACHMENT_BYTES * MAX_ATTACHMENTS * 4 // 3 + MIB)
+
+    API_TOKEN_TTL_SECONDS = _int("API_TOKEN_TTL_SECONDS", 12 * 3600)
+    WEB_SESSION_TTL_SECONDS = _int("WEB_SESSION_TTL_SECONDS", 8 * 3600)
+    ARGON2_TIME_COST = _int("ARGON2_TIME_COST", 3)
+    ARGON2_MEMORY_KIB = _int("ARGON2_MEMORY_KIB", 65536)
+
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "1") == "1"
+    PERMANENT_SESSION_LIFETIME = WEB_SESSION_TTL_SECONDS
+
+    LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+
+
+class DevConfig(Config):
+    """`make run`: embedded defaults, demo data allowed, plain-HTTP cookies on loopback."""
+
+    ENV_NAME = "development"
+    SECRET_KEY = os.environ.get("SECRET_KEY")  # else create_app uses instance/dev-secret-key
+    SESSION_COOKIE_SECURE = False
+
+
+class TestConfig(Config):
+    """Tests: a database per test, cheap password hashing, no background work."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+    SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105 (tests only)
+    SQLALCHEMY_DATABASE_URI = os.environ.get("TEST_DATABASE_URL", "sqlite://")
+    SESSION_COOKIE_SECURE = False
+    ARGON2_TIME_COST = 1
+    ARGON2_MEMORY_KIB = 1024
+    MAX_ATTACHMENT_BYTES = 64 * 1024
+    MAX_CONTENT_LENGTH = 512 * 1024
+
+
+CONFIGS: dict[str, type[Config]] = {"production": Config, "development": DevConfig, "testing": TestConfig}

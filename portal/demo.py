@@ -1,0 +1,75 @@
+"""Demo data for `make run` (development only): accounts, records, and blocks holding them."""
+
+from __future__ import annotations
+
+from flask import current_app
+from sqlalchemy import select
+
+from portal import runtime
+from portal.extensions import db
+from portal.models import User, utcnow
+from portal.services import accounts, ledger, records
+
+PASSWORD = "demo-password-1"  # noqa: S105 (demo accounts, development only)
+USERS = [
+    ("admin", "admin", "Hospital Admin", None, None),
+    ("doctor", "dr.osei", "Dr. Ama Osei", "St. Mary's Hospital", "GMC-104233"),
+    ("doctor", "dr.lindqvist", "Dr. Erik Lindqvist", "Riverside General", "GMC-208871"),
+    ("patient", "alice", "Alice Moreau", None, None),
+    ("patient", "bob", "Bob Tanaka", None, None),
+    ("patient", "carol", "Carol Diaz", None, None),
+]
+RECORDS = [
+    ("dr.osei", "alice", {
+        "title": "Asthma review", "category": "respiratory", "diagnoses": ["J45.909"],
+        "symptoms": ["HP:0002094", "HP:0012735"],
+        "notes": "Wheeze on exertion, improved since last visit.\nPeak flow 420 L/min.",
+        "prescriptions": [
+            {"drug": "Salbutamol inhaler", "dose": "100 mcg", "frequency": "as needed", "duration": "90 days"}
+        ],
+    }),
+    ("dr.osei", "bob", {
+        "title": "Hypertension follow-up", "category": "cardiology", "diagnoses": ["I10"],
+        "symptoms": ["HP:0002315"], "notes": "BP 148/92. Continue current medication.",
+        "prescriptions": [{"drug": "Amlodipine", "dose": "5 mg", "frequency": "once daily", "duration": "6 months"}],
+    }),
+    ("dr.lindqvist", "alice", {
+        "title": "Migraine consultation", "category": "neurology", "diagnoses": ["G43.909"],
+        "symptoms": ["HP:0002076", "HP:0002315"], "notes": "Episodic migraine without aura, 2-3 a month.",
+        "prescriptions": [],
+    }),
+    ("dr.lindqvist", "carol", {
+        "title": "Type 2 diabetes check", "category": "general", "diagnoses": ["E11.9"],
+        "symptoms": ["HP:0001959"], "notes": "HbA1c 7.1%. Diet advice given.",
+        "prescriptions": [{"drug": "Metformin", "dose": "500 mg", "frequency": "twice daily", "duration": "3 months"}],
+    }),
+]  # fmt: skip
+
+
+def seed() -> str:
+    """Create the demo accounts and records unless present; returns the logins to print."""
+    logins = "\n".join(f"  {role:8} {username:14} {PASSWORD}" for role, username, *_ in USERS)
+    message = f"Demo logins (password for all: {PASSWORD}):\n{logins}"
+    key = runtime.node_key()
+    ledger.ensure_genesis(key, current_app.config["CHAIN_ID"], utcnow())
+    if db.session.scalar(select(User.id).where(User.username == "admin")) is not None:
+        return "demo data already present\n" + message
+    kdf = runtime.kdf()
+    for role, username, name, hospital, licence in USERS:
+        accounts.create_user(
+            role=role, username=username, password=PASSWORD, display_name=name,
+            hospital=hospital, licence_number=licence, kdf=kdf, now=utcnow(),
+        )  # fmt: skip
+    ledger.produce_block(key, utcnow())
+    for author, patient, fields in RECORDS:
+        token, _ = accounts.login(author, PASSWORD, kind="api", ttl_seconds=60, kdf=kdf, now=utcnow())
+        actor = accounts.resolve(token, utcnow())
+        if actor is None:
+            raise RuntimeError("demo login failed")
+        patient_id = db.session.scalar(select(User.public_id).where(User.username == patient))
+        records.create_record(
+            actor, patient_id, fields, [], vocabulary=runtime.vocabulary(), limits=runtime.limits(), now=utcnow()
+        )
+        accounts.logout(token)
+        ledger.produce_block(key, utcnow())
+    return "demo data loaded\n" + message

@@ -1,0 +1,135 @@
+"""Database models. Nothing here holds a plaintext record or an unwrapped private key."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from flask_login import UserMixin
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.extensions import db
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive: every timestamp in the database is naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch for a naive-UTC datetime, as used on the ledger."""
+    return int(moment.replace(tzinfo=UTC).timestamp() * 1000)
+
+
+class User(UserMixin, db.Model):
+    """An account. Private keys are stored only sealed under the user key, which is stored
+    only wrapped under a key derived from the password (and, per session, under the token)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuid.uuid4()))
+    username: Mapped[str] = mapped_column(String(40), unique=True)
+    display_name: Mapped[str] = mapped_column(String(120))
+    role: Mapped[str] = mapped_column(String(16), index=True)
+    hospital: Mapped[str | None] = mapped_column(String(120))
+    licence_number: Mapped[str | None] = mapped_column(String(40))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    kdf_salt: Mapped[bytes] = mapped_column(LargeBinary(32))
+    kdf_params: Mapped[str] = mapped_column(String(64))
+    wrapped_user_key: Mapped[bytes] = mapped_column(LargeBinary(128))
+    sealed_private_keys: Mapped[bytes] = mapped_column(LargeBinary(4096))
+
+    rsa_public_key: Mapped[bytes] = mapped_column(LargeBinary(1024))
+    umbral_public_key: Mapped[bytes] = mapped_column(LargeBinary(64))
+    key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    key_tx_hash: Mapped[str] = mapped_column(String(64))
+
+    # Set per request by the login loaders; Flask-Login stores it instead of the user id
+    # so that logging out (deleting the session row) ends the cookie as well.
+    session_token = None  # not mapped: str | None
+
+    def get_id(self) -> str | None:
+        return self.session_token
+
+    @property
+    def is_active(self) -> bool:
+        return self.active
+
+
+class AuthSession(db.Model):
+    """A signed-in session (web cookie or API token). Holds the user key wrapped under a key
+    derived from the token, which only the client has."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    wrapped_user_key: Mapped[bytes] = mapped_column(LargeBinary(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+    user: Mapped[User] = relationship()
+
+
+class LedgerBlock(db.Model):
+    """A block header as canonical bytes; its body is its transactions in order."""
+
+    __tablename__ = "ledger_blocks"
+
+    height: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    header: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LedgerTransaction(db.Model):
+    """A transaction as canonical bytes: pending (no block), committed, or rejected."""
+
+    __tablename__ = "ledger_transactions"
+    __table_args__ = (
+        UniqueConstraint("block_height", "position", name="uq_ledger_transactions_block_position"),
+        Index("ix_ledger_transactions_status_received", "status", "received_at"),
+    )
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    encoded: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    reject_reason: Mapped[str | None] = mapped_column(String(200))
+    block_height: Mapped[int | None] = mapped_column(ForeignKey("ledger_blocks.height"))
+    position: Mapped[int | None]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Record(db.Model):
+    """Index entry for one record; its content is only in the transaction's ciphertext."""
+
+    __tablename__ = "records"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    tx_hash: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.hash"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    patient: Mapped[User] = relationship(foreign_keys=[patient_id])
+    author: Mapped[User] = relationship(foreign_keys=[author_id])
+    transaction: Mapped[LedgerTransaction] = relationship()
+    attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.n", cascade="all, delete-orphan")
+
+
+class Attachment(db.Model):
+    """An attachment's ciphertext; its name, type and size are inside the record body."""
+
+    __tablename__ = "attachments"
+
+    record_id: Mapped[str] = mapped_column(ForeignKey("records.id", ondelete="CASCADE"), primary_key=True)
+    n: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    sha256: Mapped[str] = mapped_column(String(64))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,51 @@
+"""What services need from the running app: settings as typed values, the node key, the
+vocabulary. Views pass these into services so services never read Flask state."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from flask import current_app
+
+from core.clinical import Vocabulary, load_vocabulary
+from core.crypto import KdfParams, NodeKey, load_node_key
+from portal.services.records import Limits
+
+_lock = threading.Lock()
+
+
+def kdf() -> KdfParams:
+    cfg = current_app.config
+    return KdfParams(time_cost=cfg["ARGON2_TIME_COST"], memory_kib=cfg["ARGON2_MEMORY_KIB"])
+
+
+def limits() -> Limits:
+    cfg = current_app.config
+    return Limits(max_attachment_bytes=cfg["MAX_ATTACHMENT_BYTES"], max_attachments=cfg["MAX_ATTACHMENTS"])
+
+
+def vocabulary() -> Vocabulary:
+    return load_vocabulary()
+
+
+def _passphrase() -> bytes | None:
+    value = current_app.config["NODE_KEY_PASSPHRASE"]
+    return value.encode() if value else None
+
+
+def node_key(create: bool = False) -> NodeKey:
+    """This node's signing key, loaded once per process. With `create`, a missing key is made
+    (used by `node init` and by the development and test setups)."""
+    cached = current_app.extensions.get("medledger.node_key")
+    if cached is not None:
+        return cached
+    with _lock:
+        path = Path(current_app.config["NODE_KEY_PATH"])
+        if not path.exists():
+            if not (create or current_app.config["ENV_NAME"] != "production"):
+                raise RuntimeError(f"no node key at {path}; run `flask --app wsgi medledger node init`")
+            NodeKey.generate(current_app.config["NODE_ID"]).save(path, _passphrase())
+        key = load_node_key(path, _passphrase())
+        current_app.extensions["medledger.node_key"] = key
+        return key

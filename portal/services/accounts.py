@@ -1,0 +1,247 @@
+"""Accounts, keys and sessions.
+
+Key custody (see docs/security.md): each user has a random 256-bit *user key*. The
+private keys are sealed under it; it is stored wrapped under an Argon2id key from the
+password (which doubles as the password check: a wrong password cannot unwrap it),
+and, for each signed-in session, wrapped under a key derived from the session token,
+which only the client holds. The database alone, or the token alone, opens nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import delete, or_, select
+
+from core.crypto import KdfParams, UserKeys, aead, derive_key, generate_user_keys, open_user_keys, seal_user_keys
+from core.encoding import b64e, canonical, decode_canonical
+from core.errors import DecryptionError
+from core.ledger import sign_transaction
+from portal.extensions import db
+from portal.models import AuthSession, User, epoch_ms
+from portal.services import ledger
+from portal.services.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+
+ROLES = ("patient", "doctor", "admin")
+USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,40}$")
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+USER_KEY_AAD = b"medledger/user-key/v1\n"
+PRIVATE_KEYS_AAD = b"medledger/private-keys/v1\n"
+SESSION_AAD = b"medledger/session/v1\n"
+_DUMMY_SALT = b"\x00" * 16
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The signed-in user of one request, with the token that can unlock their keys."""
+
+    user: User
+    session: AuthSession
+    token: str
+
+    def keys(self) -> UserKeys:
+        """Unlock the user's private keys for this request only."""
+        user_key = aead.decrypt(
+            _session_key(self.token), self.session.wrapped_user_key, SESSION_AAD + _aad_id(self.user)
+        )
+        return open_user_keys(self.user.sealed_private_keys, user_key, PRIVATE_KEYS_AAD + _aad_id(self.user))
+
+
+def _aad_id(user: User) -> bytes:
+    return user.public_id.encode()
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _session_key(token: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"medledger/session-key/v1").derive(
+        token.encode()
+    )
+
+
+def _check_text(value: object, name: str, max_len: int, min_len: int = 1) -> str:
+    if not isinstance(value, str) or not (min_len <= len(value.strip()) <= max_len):
+        raise ValidationFailed(f"{name} must be {min_len}-{max_len} characters.")
+    return value.strip()
+
+
+def check_password(password: object) -> str:
+    if not isinstance(password, str) or not (MIN_PASSWORD <= len(password) <= MAX_PASSWORD):
+        raise ValidationFailed(f"Password must be at least {MIN_PASSWORD} characters.")
+    return password
+
+
+def create_user(
+    *,
+    role: str,
+    username: object,
+    password: object,
+    display_name: object,
+    kdf: KdfParams,
+    now: datetime,
+    hospital: object = None,
+    licence_number: object = None,
+) -> User:
+    """Create an account with fresh RSA-3072 and Umbral keys and queue its key registration.
+
+    Raises ValidationFailed for bad input and Conflict for a taken username."""
+    if role not in ROLES:
+        raise ValidationFailed(f"Role must be one of {', '.join(ROLES)}.")
+    if not isinstance(username, str) or not USERNAME_RE.match(username):
+        raise ValidationFailed("Username must be 3-40 characters of a-z, 0-9, '.', '_' or '-'.")
+    password = check_password(password)
+    display_name = _check_text(display_name, "Display name", 120)
+    if role == "doctor":
+        hospital = _check_text(hospital, "Hospital", 120)
+        licence_number = _check_text(licence_number, "Licence number", 40)
+    else:
+        hospital = licence_number = None
+    if db.session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise Conflict(f"The username {username!r} is taken.")
+
+    keys = generate_user_keys()
+    public = keys.public
+    user = User(
+        public_id=str(uuid.uuid4()),
+        username=username,
+        display_name=display_name,
+        role=role,
+        hospital=hospital,
+        licence_number=licence_number,
+        rsa_public_key=public.rsa_der,
+        umbral_public_key=public.umbral,
+        key_id=public.key_id,
+    )
+    user_key = aead.random_key()
+    _wrap_under_password(user, user_key, password, kdf)
+    user.sealed_private_keys = seal_user_keys(keys, user_key, PRIVATE_KEYS_AAD + _aad_id(user))
+    tx = sign_transaction(
+        "key",
+        {"account": user.public_id, "role": role, "rsa": b64e(public.rsa_der), "umbral": b64e(public.umbral)},
+        keys,
+        epoch_ms(now),
+    )
+    user.key_tx_hash = tx.hash
+    db.session.add(user)
+    ledger.queue(tx, now)
+    db.session.commit()
+    return user
+
+
+def _wrap_under_password(user: User, user_key: bytes, password: str, kdf: KdfParams) -> None:
+    user.kdf_salt = os.urandom(16)
+    user.kdf_params = canonical(kdf.to_dict()).decode()
+    kek = derive_key(password, user.kdf_salt, kdf)
+    user.wrapped_user_key = aead.encrypt(kek, user_key, USER_KEY_AAD + _aad_id(user))
+
+
+def _unwrap_with_password(user: User, password: str) -> bytes:
+    params = KdfParams.from_dict(decode_canonical(user.kdf_params.encode()))
+    kek = derive_key(password, user.kdf_salt, params)
+    return aead.decrypt(kek, user.wrapped_user_key, USER_KEY_AAD + _aad_id(user))
+
+
+def _authenticate(username: object, password: object, kdf: KdfParams) -> tuple[User, bytes]:
+    wrong = Unauthorized("Wrong username or password.")
+    if not isinstance(username, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD:
+        raise wrong
+    user = db.session.scalar(select(User).where(User.username == username))
+    if user is None or not user.active:
+        derive_key(password, _DUMMY_SALT, kdf)  # same cost as a real attempt: no username probing by timing
+        raise wrong
+    try:
+        return user, _unwrap_with_password(user, password)
+    except DecryptionError:
+        raise wrong from None
+
+
+def login(
+    username: object, password: object, *, kind: str, ttl_seconds: int, kdf: KdfParams, now: datetime
+) -> tuple[str, AuthSession]:
+    """Check the password and open a session; returns the token (only ever given to the client)."""
+    user, user_key = _authenticate(username, password, kdf)
+    token = secrets.token_urlsafe(32)
+    session = AuthSession(
+        user=user,
+        token_hash=_token_hash(token),
+        kind=kind,
+        wrapped_user_key=aead.encrypt(_session_key(token), user_key, SESSION_AAD + _aad_id(user)),
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+    )
+    db.session.add(session)
+    db.session.execute(delete(AuthSession).where(AuthSession.expires_at <= now))
+    db.session.commit()
+    return token, session
+
+
+def resolve(token: object, now: datetime) -> Actor | None:
+    """The actor for a token, or None when it is unknown, expired or the account is disabled."""
+    if not isinstance(token, str) or not 20 <= len(token) <= 100:
+        return None
+    session = db.session.scalar(select(AuthSession).where(AuthSession.token_hash == _token_hash(token)))
+    if session is None or session.expires_at <= now or not session.user.active:
+        return None
+    session.user.session_token = token
+    return Actor(session.user, session, token)
+
+
+def logout(token: str) -> None:
+    """End a session: its wrapped key is deleted, so the token opens nothing any more."""
+    db.session.execute(delete(AuthSession).where(AuthSession.token_hash == _token_hash(token)))
+    db.session.commit()
+
+
+def change_password(actor: Actor, old_password: object, new_password: object, kdf: KdfParams) -> None:
+    """Re-wrap the user key under the new password and end every other session."""
+    new_password = check_password(new_password)
+    if not isinstance(old_password, str):
+        raise Unauthorized("The current password is wrong.")
+    try:
+        user_key = _unwrap_with_password(actor.user, old_password)
+    except DecryptionError:
+        raise Unauthorized("The current password is wrong.") from None
+    _wrap_under_password(actor.user, user_key, new_password, kdf)
+    db.session.execute(
+        delete(AuthSession).where(AuthSession.user_id == actor.user.id, AuthSession.id != actor.session.id)
+    )
+    db.session.commit()
+
+
+def find_patients(query: object, limit: int = 20) -> list[User]:
+    """Patients whose name or username contains `query` (at least 2 characters)."""
+    if not isinstance(query, str) or len(query.strip()) < 2:
+        raise ValidationFailed("Search needs at least 2 characters.")
+    like = f"%{query.strip().lower()}%"
+    stmt = (
+        select(User)
+        .where(User.role == "patient", User.active, or_(User.username.like(like), User.display_name.ilike(like)))
+        .order_by(User.display_name)
+        .limit(limit)
+    )
+    return list(db.session.scalars(stmt))
+
+
+def get_user(public_id: object, role: str | None = None) -> User:
+    """A user by public id (optionally of one role); raises NotFound."""
+    user = (
+        db.session.scalar(select(User).where(User.public_id == str(public_id))) if isinstance(public_id, str) else None
+    )
+    if user is None or (role is not None and user.role != role):
+        raise NotFound(f"No such {role or 'user'}.")
+    return user
+
+
+def list_users() -> list[User]:
+    return list(db.session.scalars(select(User).order_by(User.role, User.username)))

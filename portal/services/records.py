@@ -1,0 +1,320 @@
+"""Writing and reading medical records.
+
+A record's content exists only as ciphertext in its ledger transaction (and its
+attachments as ciphertext blobs whose hashes the transaction commits to). Only the
+patient and the author can unwrap the data key; everyone else gets Forbidden.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from core.clinical import Vocabulary
+from core.crypto import DataKey, Envelope, PublicKeys, UserKeys, open_as_author, open_as_patient, seal
+from core.encoding import b64d, b64e, canonical, decode_canonical
+from core.errors import CoreError, InvalidCode
+from core.ledger import decode_transaction, sign_transaction
+from portal.extensions import db
+from portal.models import Attachment, LedgerTransaction, Record, User, epoch_ms
+from portal.services import ledger
+from portal.services.accounts import Actor, get_user
+from portal.services.errors import Forbidden, NotFound, ServiceError, TooLarge, ValidationFailed
+
+CATEGORIES = (
+    "general", "cardiology", "respiratory", "neurology", "oncology", "paediatrics",
+    "psychiatry", "surgery", "laboratory", "imaging", "other",
+)  # fmt: skip
+CONTENT_TYPES = {"application/pdf": b"%PDF-", "image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+BODY_AAD = b"medledger/record/v1\n"
+ATTACHMENT_AAD = b"medledger/attachment/v1\n"
+MAX_CODES = 30
+MAX_PRESCRIPTIONS = 30
+
+
+class RecordUnreadable(ServiceError):
+    """Stored ciphertext that does not open: tampering or corruption, never the caller's fault."""
+
+    status = 409
+    code = "record_unreadable"
+
+
+@dataclass(frozen=True)
+class NewAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_attachment_bytes: int
+    max_attachments: int
+
+
+def _sniff(data: bytes) -> str | None:
+    for content_type, magic in CONTENT_TYPES.items():
+        if data.startswith(magic):
+            return content_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _text(fields: Mapping[str, object], name: str, max_len: int, required: bool = True) -> str:
+    value = fields.get(name, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise ValidationFailed(f"`{name}` must be text.")
+    value = value.strip()
+    if required and not value:
+        raise ValidationFailed(f"`{name}` is required.")
+    if len(value) > max_len:
+        raise ValidationFailed(f"`{name}` is longer than {max_len} characters.")
+    return value
+
+
+def _code_list(fields: Mapping[str, object], name: str) -> list[str]:
+    value = fields.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationFailed(f"`{name}` must be a list of codes.")
+    if len(value) > MAX_CODES:
+        raise ValidationFailed(f"At most {MAX_CODES} `{name}`.")
+    return list(dict.fromkeys(v.strip() for v in value if v.strip()))
+
+
+def _prescriptions(fields: Mapping[str, object]) -> list[dict[str, str]]:
+    value = fields.get("prescriptions") or []
+    if not isinstance(value, list) or len(value) > MAX_PRESCRIPTIONS:
+        raise ValidationFailed(f"`prescriptions` must be a list of at most {MAX_PRESCRIPTIONS} items.")
+    result = []
+    for item in value:
+        if not isinstance(item, dict) or not set(item) <= {"drug", "dose", "frequency", "duration"}:
+            raise ValidationFailed("Each prescription has `drug` and optionally `dose`, `frequency`, `duration`.")
+        result.append(
+            {
+                "drug": _text(item, "drug", 200),
+                **{k: _text(item, k, 100, required=False) for k in ("dose", "frequency", "duration")},
+            }
+        )
+    return result
+
+
+def _attachments(items: Sequence[NewAttachment], limits: Limits) -> list[dict[str, Any]]:
+    if len(items) > limits.max_attachments:
+        raise ValidationFailed(f"At most {limits.max_attachments} attachments.")
+    described = []
+    for n, item in enumerate(items):
+        name = os.path.basename(item.filename.replace("\\", "/")).strip()[:200] or f"attachment-{n}"
+        if not item.data:
+            raise ValidationFailed(f"Attachment {name!r} is empty.")
+        if len(item.data) > limits.max_attachment_bytes:
+            raise TooLarge(f"Attachment {name!r} is larger than {limits.max_attachment_bytes} bytes.")
+        detected = _sniff(item.data)
+        if detected is None:
+            raise ValidationFailed(f"Attachment {name!r} is not a PDF, PNG, JPEG or WebP file.")
+        if item.content_type and item.content_type.split(";")[0].strip().lower() not in (
+            detected,
+            "application/octet-stream",
+        ):
+            raise ValidationFailed(f"Attachment {name!r} is {detected}, not {item.content_type}.")
+        described.append({"n": n, "filename": name, "content_type": detected, "size": len(item.data)})
+    return described
+
+
+def published_keys(user: User) -> PublicKeys:
+    """The user's public keys, checked against their key registration on the ledger so that a
+    tampered database row cannot redirect a record to someone else's key."""
+    row = db.session.get(LedgerTransaction, user.key_tx_hash)
+    try:
+        payload = decode_transaction(row.encoded).payload if row else None
+    except CoreError:
+        payload = None
+    if (
+        payload is None
+        or b64d(payload["rsa"]) != user.rsa_public_key
+        or b64d(payload["umbral"]) != user.umbral_public_key
+    ):
+        raise RecordUnreadable(f"The published keys of {user.username} do not match the ledger.")
+    return PublicKeys(rsa_der=user.rsa_public_key, umbral=user.umbral_public_key)
+
+
+def create_record(
+    actor: Actor,
+    patient_id: object,
+    fields: Mapping[str, object],
+    attachments: Sequence[NewAttachment],
+    *,
+    vocabulary: Vocabulary,
+    limits: Limits,
+    now: datetime,
+) -> Record:
+    """Validate, seal and sign a record written by a doctor for a patient; queue its transaction."""
+    if actor.user.role != "doctor":
+        raise Forbidden("Only doctors write records.")
+    patient = get_user(patient_id, role="patient")
+    category = _text(fields, "category", 40)
+    if category not in CATEGORIES:
+        raise ValidationFailed(f"`category` must be one of {', '.join(CATEGORIES)}.")
+    try:
+        diagnoses = [vars(vocabulary.diagnosis(c)) for c in _code_list(fields, "diagnoses")]
+        symptoms = [vars(vocabulary.symptom(s)) for s in _code_list(fields, "symptoms")]
+    except InvalidCode as exc:
+        raise ValidationFailed(str(exc)) from None
+    described = _attachments(attachments, limits)
+    record_id = str(uuid.uuid4())
+    body = {
+        "v": 1,
+        "record": record_id,
+        "patient": patient.public_id,
+        "author": actor.user.public_id,
+        "title": _text(fields, "title", 200),
+        "category": category,
+        "diagnoses": diagnoses,
+        "symptoms": symptoms,
+        "notes": _text(fields, "notes", 20000, required=False),
+        "prescriptions": _prescriptions(fields),
+        "attachments": described,
+        "created_at": epoch_ms(now),
+    }
+    envelope, blobs = seal(
+        canonical(body),
+        BODY_AAD + record_id.encode(),
+        published_keys(patient),
+        published_keys(actor.user),
+        [(a.data, _attachment_aad(record_id, n)) for n, a in enumerate(attachments)],
+    )
+    digests = [hashlib.sha256(blob).hexdigest() for blob in blobs]
+    payload = {
+        "record": record_id,
+        "body": b64e(envelope.body),
+        "capsule": b64e(envelope.capsule),
+        "pkey": b64e(envelope.patient_key),
+        "akey": b64e(envelope.author_key),
+        "attachments": digests,
+    }
+    tx = sign_transaction("record", payload, actor.keys(), epoch_ms(now))
+    ledger.queue(tx, now)
+    record = Record(id=record_id, patient=patient, author=actor.user, tx_hash=tx.hash, created_at=now)
+    record.attachments = [
+        Attachment(n=n, sha256=d, ciphertext=b) for n, (d, b) in enumerate(zip(digests, blobs, strict=True))
+    ]
+    db.session.add(record)
+    db.session.commit()
+    return record
+
+
+def _attachment_aad(record_id: str, n: int) -> bytes:
+    return ATTACHMENT_AAD + f"{record_id}/{n}".encode()
+
+
+def _authorise_read(actor: Actor, record: Record) -> None:
+    if actor.user.id not in (record.patient_id, record.author_id):
+        raise Forbidden("You may not read this record.")
+
+
+def _payload(record: Record) -> dict[str, Any]:
+    try:
+        tx = decode_transaction(record.transaction.encoded)
+    except CoreError:
+        raise RecordUnreadable("The stored transaction of this record is damaged.") from None
+    if tx.hash != record.tx_hash or tx.kind != "record" or tx.payload.get("record") != record.id:
+        raise RecordUnreadable("The stored transaction of this record is damaged.")
+    return tx.payload
+
+
+def _data_key(actor: Actor, keys: UserKeys, record: Record, payload: dict[str, Any]) -> DataKey:
+    envelope = Envelope(
+        body=b64d(payload["body"]),
+        capsule=b64d(payload["capsule"]),
+        patient_key=b64d(payload["pkey"]),
+        author_key=b64d(payload["akey"]),
+    )
+    return open_as_patient(envelope, keys) if actor.user.id == record.patient_id else open_as_author(envelope, keys)
+
+
+def _open(actor: Actor, keys: UserKeys, record: Record) -> tuple[dict[str, Any], DataKey, dict[str, Any]]:
+    payload = _payload(record)
+    try:
+        key = _data_key(actor, keys, record, payload)
+        body = decode_canonical(key.open(b64d(payload["body"]), BODY_AAD + record.id.encode()))
+    except CoreError:
+        raise RecordUnreadable("This record could not be decrypted; its stored copy may be damaged.") from None
+    return body, key, payload
+
+
+def _summary(record: Record, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "title": body["title"],
+        "category": body["category"],
+        "created_at": record.created_at.isoformat() + "Z",
+        "author": {
+            "id": record.author.public_id,
+            "display_name": record.author.display_name,
+            "hospital": record.author.hospital,
+        },
+        "patient": {"id": record.patient.public_id, "display_name": record.patient.display_name},
+        "tx_hash": record.tx_hash,
+        "block_height": record.transaction.block_height,
+    }
+
+
+def get_record(actor: Actor, record_id: object) -> dict[str, Any]:
+    """The decrypted record for its patient or author; Forbidden for anyone else."""
+    record = _find(record_id)
+    _authorise_read(actor, record)
+    body, _, _ = _open(actor, actor.keys(), record)
+    return {
+        **_summary(record, body),
+        **{k: body[k] for k in ("diagnoses", "symptoms", "notes", "prescriptions")},
+        "attachments": [{k: a[k] for k in ("n", "filename", "content_type", "size")} for a in body["attachments"]],
+    }
+
+
+def get_attachment(actor: Actor, record_id: object, n: int) -> tuple[dict[str, Any], bytes]:
+    """An attachment's metadata and decrypted bytes, under the same rule as the record."""
+    record = _find(record_id)
+    _authorise_read(actor, record)
+    body, key, payload = _open(actor, actor.keys(), record)
+    if not 0 <= n < len(body["attachments"]):
+        raise NotFound("No such attachment.")
+    blob = db.session.get(Attachment, (record.id, n))
+    if blob is None or hashlib.sha256(blob.ciphertext).hexdigest() != payload["attachments"][n]:
+        raise RecordUnreadable("The stored attachment does not match the ledger.")
+    try:
+        return body["attachments"][n], key.open(blob.ciphertext, _attachment_aad(record.id, n))
+    except CoreError:
+        raise RecordUnreadable("The stored attachment could not be decrypted.") from None
+
+
+def list_records(actor: Actor) -> list[dict[str, Any]]:
+    """A patient's own records or a doctor's authored ones, newest first, with titles decrypted."""
+    column = {"patient": Record.patient_id, "doctor": Record.author_id}.get(actor.user.role)
+    if column is None:
+        raise Forbidden("Admins do not read records.")
+    records = db.session.scalars(select(Record).where(column == actor.user.id).order_by(Record.created_at.desc()))
+    keys = actor.keys()
+    result = []
+    for record in records:
+        try:
+            body, _, _ = _open(actor, keys, record)
+        except RecordUnreadable:
+            body = {"title": "(unreadable: damaged copy)", "category": "unknown"}
+        result.append(_summary(record, body))
+    return result
+
+
+def _find(record_id: object) -> Record:
+    record = db.session.get(Record, record_id) if isinstance(record_id, str) and len(record_id) == 36 else None
+    if record is None:
+        raise NotFound("No such record.")
+    return record

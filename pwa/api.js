@@ -1,0 +1,153 @@
+'use strict';
+
+// Talks to /api/v1 (docs/api.md). Every failure becomes an ApiError carrying the
+// server's message, its stable code and the HTTP status (0 when the network failed).
+
+const API_BASE = '/api/v1';
+const NETWORK_ERROR_CODE = 'network_error';
+const NETWORK_ERROR_MESSAGE = 'Cannot reach the server';
+const GENERIC_ERROR_MESSAGE = 'Something went wrong. Please try again.';
+const FALLBACK_MESSAGES = {
+  400: 'The request was not accepted.',
+  401: 'Please log in.',
+  403: 'You may not see this.',
+  404: 'This was not found.',
+  409: 'This conflicts with existing data.',
+  413: 'This is too large.',
+  429: 'Too many attempts. Please wait a moment and try again.',
+};
+const FALLBACK_CODES = {
+  400: 'bad_request',
+  401: 'unauthorized',
+  403: 'forbidden',
+  404: 'not_found',
+  409: 'conflict',
+  413: 'too_large',
+  429: 'rate_limited',
+};
+const UNAUTHORIZED = 401;
+
+const hooks = {
+  getToken: () => null,
+  onUnauthorized: () => {},
+};
+
+export class ApiError extends Error {
+  constructor(message, { status = 0, code = NETWORK_ERROR_CODE } = {}) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export function configureApi({ getToken, onUnauthorized }) {
+  hooks.getToken = getToken;
+  hooks.onUnauthorized = onUnauthorized;
+}
+
+export function isAbortError(error) {
+  return error?.name === 'AbortError';
+}
+
+export async function register({ username, password, displayName }, { signal } = {}) {
+  const response = await send('POST', '/auth/register', {
+    body: { username, password, display_name: displayName },
+    token: null,
+    signal,
+  });
+  return (await readJson(response)).user;
+}
+
+export async function createToken({ username, password }, { signal } = {}) {
+  const response = await send('POST', '/auth/token', { body: { username, password }, token: null, signal });
+  return readJson(response);
+}
+
+// Takes the token explicitly: the local session is already gone when this runs.
+export async function revokeToken(token) {
+  await send('DELETE', '/auth/token', { token, reportUnauthorized: false });
+}
+
+export async function listRecords({ signal } = {}) {
+  const response = await send('GET', '/records', { signal });
+  return (await readJson(response)).records;
+}
+
+export async function getRecord(id, { signal } = {}) {
+  const response = await send('GET', `/records/${encodeURIComponent(id)}`, { signal });
+  return readJson(response);
+}
+
+export async function getAttachment(recordId, n, { signal } = {}) {
+  const path = `/records/${encodeURIComponent(recordId)}/attachments/${encodeURIComponent(n)}`;
+  const response = await send('GET', path, { accept: '*/*', signal });
+  return response.blob();
+}
+
+async function send(method, path, options = {}) {
+  const { body, signal, accept = 'application/json', reportUnauthorized = true } = options;
+  const token = 'token' in options ? options.token : hooks.getToken();
+  const response = await fetchOrFail(API_BASE + path, {
+    method,
+    headers: buildHeaders({ token, accept, hasBody: body !== undefined }),
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal,
+    // Bearer token only: never mix in the portal's session cookie.
+    credentials: 'omit',
+    // Patient data must not land in the browser's HTTP cache.
+    cache: 'no-store',
+  });
+  if (response.ok) {
+    return response;
+  }
+  if (response.status === UNAUTHORIZED && token && reportUnauthorized) {
+    hooks.onUnauthorized();
+  }
+  throw await toApiError(response);
+}
+
+function buildHeaders({ token, accept, hasBody }) {
+  const headers = { Accept: accept };
+  if (token) {
+    headers.Authorization = `Bearer ${token}`;
+  }
+  if (hasBody) {
+    headers['Content-Type'] = 'application/json';
+  }
+  return headers;
+}
+
+async function fetchOrFail(url, init) {
+  try {
+    return await fetch(url, init);
+  } catch (error) {
+    if (isAbortError(error)) {
+      throw error;
+    }
+    throw new ApiError(NETWORK_ERROR_MESSAGE);
+  }
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch (error) {
+    if (isAbortError(error)) {
+      throw error;
+    }
+    throw new ApiError(GENERIC_ERROR_MESSAGE, { status: response.status, code: 'invalid_response' });
+  }
+}
+
+async function toApiError(response) {
+  const payload = await response.json().catch(() => null);
+  const error = payload?.error ?? {};
+  const message = typeof error.message === 'string' && error.message
+    ? error.message
+    : FALLBACK_MESSAGES[response.status] ?? GENERIC_ERROR_MESSAGE;
+  const code = typeof error.code === 'string' && error.code
+    ? error.code
+    : FALLBACK_CODES[response.status] ?? 'server_error';
+  return new ApiError(message, { status: response.status, code });
+}

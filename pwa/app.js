@@ -1,0 +1,230 @@
+'use strict';
+
+// Entry point: session handling, the hash router and the header. New screens
+// (grants, access log, chat, ...) are added as one ROUTES entry plus, when they
+// belong in the header, one NAV_LINKS entry.
+
+import { configureApi, revokeToken } from './api.js';
+import { h, mount } from './dom.js';
+import { revokeAllObjectUrls } from './files.js';
+import {
+  clearSession, currentToken, currentUser, hasExpired, isSignedIn, loadSession, saveSession, watchOtherTabs,
+} from './session.js';
+import { loginView, recordView, recordsView, registerView } from './views.js';
+
+const APP_NAME = 'MedLedger';
+const SW_URL = '/app/sw.js';
+const SW_SCOPE = '/app/';
+const HOME_SIGNED_IN = '#/records';
+const HOME_SIGNED_OUT = '#/login';
+const SESSION_ENDED_MESSAGE = 'Your session has ended, please log in again.';
+const LOGGED_OUT_MESSAGE = 'You have logged out.';
+
+// access: 'guest' screens are for signed-out visitors, 'user' screens need a session.
+const ROUTES = [
+  { pattern: /^#\/login$/, access: 'guest', view: loginView },
+  { pattern: /^#\/register$/, access: 'guest', view: registerView },
+  { pattern: /^#\/records$/, access: 'user', view: recordsView },
+  { pattern: /^#\/records\/([^/]+)$/, access: 'user', view: recordView },
+];
+
+const NAV_LINKS = [
+  { href: '#/records', label: 'My records' },
+];
+
+const app = {
+  main: null,
+  sessionBar: null,
+  controller: null,
+  flash: null,
+  rendered: false,
+};
+
+function start() {
+  app.main = document.getElementById('app');
+  app.sessionBar = document.getElementById('session-bar');
+  configureApi({ getToken: currentToken, onUnauthorized: () => endSession(SESSION_ENDED_MESSAGE) });
+  if (loadSession()) {
+    app.flash = SESSION_ENDED_MESSAGE;
+  }
+  watchOtherTabs(followOtherTab);
+  window.addEventListener('hashchange', render);
+  render();
+  registerServiceWorker();
+}
+
+function render() {
+  if (hasExpired()) {
+    endSession(SESSION_ENDED_MESSAGE);
+    return;
+  }
+  const hash = window.location.hash;
+  const found = findRoute(hash);
+  const target = redirectFor(found?.route);
+  if (target) {
+    replaceHash(target);
+    return;
+  }
+  const params = decodeParams(found.match);
+  if (!params) {
+    replaceHash(homeHash());
+    return;
+  }
+  showView(found.route, params);
+}
+
+function findRoute(hash) {
+  for (const route of ROUTES) {
+    const match = route.pattern.exec(hash);
+    if (match) {
+      return { route, match };
+    }
+  }
+  return null;
+}
+
+function redirectFor(route) {
+  if (!route) {
+    return homeHash();
+  }
+  if (route.access === 'user' && !isSignedIn()) {
+    return HOME_SIGNED_OUT;
+  }
+  if (route.access === 'guest' && isSignedIn()) {
+    return HOME_SIGNED_IN;
+  }
+  return null;
+}
+
+function decodeParams(match) {
+  try {
+    return match.slice(1).map(decodeURIComponent);
+  } catch {
+    return null;
+  }
+}
+
+function showView(route, params) {
+  app.controller?.abort();
+  app.controller = new AbortController();
+  renderSessionBar();
+  mount(app.main, route.view(viewContext(app.controller.signal), ...params));
+  focusHeading();
+}
+
+// What every view may use; views never import this module.
+function viewContext(signal) {
+  return {
+    signal,
+    user: currentUser(),
+    flash: takeFlash(),
+    navigate,
+    signIn,
+    setTitle,
+  };
+}
+
+function takeFlash() {
+  const message = app.flash;
+  app.flash = null;
+  return message;
+}
+
+// The first screen keeps the browser's initial focus; later ones move focus to
+// their heading so keyboard and screen-reader users land on the new content.
+function focusHeading() {
+  if (app.rendered) {
+    app.main.querySelector('h1')?.focus();
+  }
+  app.rendered = true;
+}
+
+function setTitle(title) {
+  document.title = title ? `${title} · ${APP_NAME}` : APP_NAME;
+}
+
+function navigate(hash, { flash = null } = {}) {
+  app.flash = flash;
+  if (window.location.hash === hash) {
+    render();
+  } else {
+    window.location.hash = hash;
+  }
+}
+
+function replaceHash(hash) {
+  window.history.replaceState(null, '', hash);
+  render();
+}
+
+function homeHash() {
+  return isSignedIn() ? HOME_SIGNED_IN : HOME_SIGNED_OUT;
+}
+
+function signIn(session) {
+  saveSession(session);
+  navigate(HOME_SIGNED_IN);
+}
+
+// Drops everything this page knows about the patient, then shows the login screen.
+// Several requests may fail with 401 together; only the first one ends the session.
+function endSession(message) {
+  if (!currentToken()) {
+    return;
+  }
+  app.controller?.abort();
+  app.controller = null;
+  clearSession();
+  revokeAllObjectUrls();
+  mount(app.main);
+  renderSessionBar();
+  navigate(HOME_SIGNED_OUT, { flash: message });
+}
+
+async function logOut() {
+  const token = currentToken();
+  endSession(LOGGED_OUT_MESSAGE);
+  if (token) {
+    // Best effort: the local session is gone either way.
+    await revokeToken(token).catch(() => {});
+  }
+}
+
+function followOtherTab(storedToken) {
+  if (storedToken) {
+    loadSession();
+    render();
+  } else if (currentToken()) {
+    endSession(LOGGED_OUT_MESSAGE);
+  }
+}
+
+function renderSessionBar() {
+  const user = currentUser();
+  if (!user) {
+    mount(app.sessionBar);
+    return;
+  }
+  const logOutButton = h('button', { type: 'button', class: 'button button-quiet' }, 'Log out');
+  logOutButton.addEventListener('click', logOut);
+  mount(app.sessionBar,
+    h('nav', { class: 'nav', 'aria-label': 'Main' }, NAV_LINKS.map(navLink)),
+    h('span', { class: 'user-name' }, user.display_name || user.username),
+    logOutButton);
+}
+
+function navLink({ href, label }) {
+  const current = window.location.hash === href || window.location.hash.startsWith(`${href}/`);
+  return h('a', { class: 'nav-link', href, 'aria-current': current ? 'page' : null }, label);
+}
+
+function registerServiceWorker() {
+  if (!('serviceWorker' in navigator)) {
+    return;
+  }
+  navigator.serviceWorker.register(SW_URL, { scope: SW_SCOPE }).catch((error) => {
+    console.warn('Service worker registration failed; the app still works online.', error);
+  });
+}
+
+start();
