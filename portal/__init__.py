@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import datetime, timezone
 
 from flask import Flask
 
@@ -30,6 +31,7 @@ def create_app(config_class: type[Config] | None = None) -> Flask:
     register_blueprints(app)
     register_errors(app)
     register_security(app)
+    register_templates(app)
     register_cli(app)
     return app
 
@@ -66,6 +68,15 @@ def register_security(app: Flask) -> None:
     from portal.security import register
 
     register(app)
+
+
+def register_templates(app: Flask) -> None:
+    @app.template_filter("ms_utc")
+    def ms_utc(ms: object) -> str:
+        """Ledger timestamps (epoch milliseconds) as readable UTC."""
+        if not isinstance(ms, int) or isinstance(ms, bool):
+            return str(ms)
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def register_cli(app: Flask) -> None:

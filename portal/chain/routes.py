@@ -28,4 +28,5 @@ def blocks() -> str:
 
 @bp.get("/blocks/<int:height>")
 def block(height: int) -> str:
-    return render_template("chain/block.html", block=ledger.block(height))
+    current = ledger.tip()
+    return render_template("chain/block.html", block=ledger.block(height), tip=current.height if current else -1)

@@ -1,0 +1,81 @@
+"""A copy of the database or of the logs reveals no record, symptom or private key."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from core.encoding import b64e
+from portal.extensions import db
+from portal.models import utcnow
+from portal.services import accounts
+from tests.conftest import PDF, RECORD, Person, produce
+
+MARKER = "Patient reports zebra-striped rash since Tuesday"
+
+
+def dump_database() -> bytes:
+    """Every value of every row of every table, as bytes."""
+    chunks: list[bytes] = []
+    for table in db.metadata.sorted_tables:
+        for row in db.session.execute(select(table)):
+            for value in row:
+                if isinstance(value, bytes | bytearray | memoryview):
+                    chunks.append(bytes(value))
+                elif value is not None:
+                    chunks.append(str(value).encode())
+    return b"\n".join(chunks)
+
+
+def secrets_of(person: Person) -> list[bytes]:
+    actor = accounts.resolve(person.token, utcnow())
+    assert actor is not None
+    keys = actor.keys()
+    rsa_der = keys.rsa_private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    d = keys.rsa_private.private_numbers().d
+    umbral = keys.umbral_secret.to_be_bytes()
+    forms = [rsa_der, d.to_bytes((d.bit_length() + 7) // 8, "big"), umbral]
+    return forms + [b64e(f).encode() for f in forms] + [base64.b64encode(f) for f in forms] + [person.token.encode()]
+
+
+def test_database_and_logs_hold_no_plaintext_or_private_key(
+    app: Flask, client: FlaskClient, doctor: Person, patient: Person, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = {**RECORD, "title": "Zebra rash consult", "notes": MARKER}
+    body["attachments"] = [{"filename": "zebra.pdf", "data": base64.b64encode(PDF).decode()}]
+    created = client.post(f"/api/v1/patients/{patient.id}/records", json=body, headers=doctor.headers)
+    assert created.status_code == 201
+    produce(app)
+    opened = client.get(f"/api/v1/records/{created.json['id']}", headers=patient.headers).json
+    assert opened["notes"] == MARKER  # the scan below is meaningful: the plaintext exists and round-trips
+
+    dump = dump_database()
+    logs = caplog.text.encode()
+    plaintexts = [MARKER, "Zebra rash consult", "zebra.pdf", "Salbutamol", "HP:0002094", "Dyspnea", "J45.909"]
+    for needle in [p.encode() for p in plaintexts] + [PDF, PDF[:24]]:
+        assert needle not in dump, needle
+        assert needle not in logs, needle
+    for secret in secrets_of(patient) + secrets_of(doctor):
+        assert secret not in dump
+        assert secret not in logs
+
+
+def test_public_chain_endpoints_name_no_one(app: Flask, client: FlaskClient, doctor: Person, patient: Person) -> None:
+    client.post(f"/api/v1/patients/{patient.id}/records", json={**RECORD, "notes": MARKER}, headers=doctor.headers)
+    height = produce(app)
+    assert height is not None
+    published = b"".join(
+        client.get(url).data
+        for url in ["/api/v1/chain/blocks?from=0&limit=100"] + [f"/api/v1/chain/blocks/{h}" for h in range(height + 1)]
+    )
+    for needle in ("alice", "Alice Moreau", "dr.osei", "Ama Osei", "Test Hospital", MARKER, RECORD["title"], "Dyspnea"):
+        assert needle.encode() not in published, needle
