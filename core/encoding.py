@@ -20,10 +20,20 @@ JSONValue = Any
 __all__ = ["b64d", "b64e", "canonical", "decode_canonical"]
 
 
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodingError("text is not valid Unicode (lone surrogate)") from exc
+
+
 def _check(value: JSONValue, depth: int = 0) -> None:
     if depth > 32:
         raise EncodingError("value is nested too deeply")
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _check_text(value)
         return
     if isinstance(value, int):
         if abs(value) >= 2**63:
@@ -39,6 +49,7 @@ def _check(value: JSONValue, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EncodingError("object keys must be strings")
+            _check_text(key)
             _check(item, depth + 1)
         return
     raise EncodingError(f"type {type(value).__name__} has no canonical encoding")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Flask
 
@@ -76,7 +76,7 @@ def register_templates(app: Flask) -> None:
         """Ledger timestamps (epoch milliseconds) as readable UTC."""
         if not isinstance(ms, int) or isinstance(ms, bool):
             return str(ms)
-        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def register_cli(app: Flask) -> None:

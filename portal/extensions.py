@@ -1,10 +1,10 @@
 """Flask extensions, created unbound and initialised in `create_app`."""
 
+from typing import Any
+
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from typing import Any
-
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 

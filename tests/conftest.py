@@ -19,7 +19,7 @@ from portal.extensions import db
 from portal.models import utcnow
 from portal.services import accounts, ledger
 
-PASSWORD = "correct-horse-battery"  # noqa: S105 (test accounts)
+PASSWORD = "correct-horse-battery"
 
 
 @pytest.fixture(scope="session")

