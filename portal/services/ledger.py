@@ -194,18 +194,30 @@ def headers(start: object, limit: object) -> tuple[list[dict[str, Any]], int]:
     if start_i < 0 or not 1 <= limit_i <= MAX_PAGE:
         raise ValidationFailed(f"`from` must be 0 or more and `limit` 1-{MAX_PAGE}.")
     current = tip()
-    rows = db.session.scalars(
-        select(LedgerBlock).where(LedgerBlock.height >= start_i).order_by(LedgerBlock.height).limit(limit_i)
+    rows = list(
+        db.session.scalars(
+            select(LedgerBlock).where(LedgerBlock.height >= start_i).order_by(LedgerBlock.height).limit(limit_i)
+        )
     )
-    return [_header_dict(row) for row in rows], (current.height if current else -1)
+    counts = _tx_counts([row.height for row in rows])
+    return [_header_dict(row, counts.get(row.height, 0)) for row in rows], (current.height if current else -1)
 
 
-def _header_dict(row: LedgerBlock) -> dict[str, Any]:
+def _tx_counts(heights: list[int]) -> dict[int, int]:
+    query = (
+        select(LedgerTransaction.block_height, func.count())
+        .where(LedgerTransaction.block_height.in_(heights))
+        .group_by(LedgerTransaction.block_height)
+    )
+    return {height: count for height, count in db.session.execute(query)}
+
+
+def _header_dict(row: LedgerBlock, tx_count: int) -> dict[str, Any]:
     try:
         data = decode_header(row.header).to_dict()
     except CoreError:
         return {"height": row.height, "hash": row.hash, "error": "stored header is not decodable"}
-    data["tx_count"] = db.session.scalar(select(func.count()).where(LedgerTransaction.block_height == row.height))
+    data["tx_count"] = tx_count
     return data
 
 
@@ -222,7 +234,7 @@ def block(height: int) -> dict[str, Any]:
             txs.append(decode_transaction(tx_row.encoded).to_dict())
         except CoreError:
             txs.append({"hash": tx_row.hash, "error": "stored transaction is not decodable"})
-    return {"hash": row.hash, "header": _header_dict(row), "transactions": txs}
+    return {"hash": row.hash, "header": _header_dict(row, len(txs)), "transactions": txs}
 
 
 def block_height_of(tx_hash: str) -> int | None:

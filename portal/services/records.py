@@ -36,6 +36,8 @@ CONTENT_TYPES = {"application/pdf": b"%PDF-", "image/png": b"\x89PNG\r\n\x1a\n",
 BODY_AAD = b"medledger/record/v1\n"
 ATTACHMENT_AAD = b"medledger/attachment/v1\n"
 MAX_CODES = 30
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
 MAX_PRESCRIPTIONS = 30
 
 
@@ -296,12 +298,30 @@ def get_attachment(actor: Actor, record_id: object, n: int) -> tuple[dict[str, A
         raise RecordUnreadable("The stored attachment could not be decrypted.") from None
 
 
-def list_records(actor: Actor) -> list[dict[str, Any]]:
-    """A patient's own records or a doctor's authored ones, newest first, with titles decrypted."""
+def page_bounds(limit: object, offset: object) -> tuple[int, int]:
+    """Validated paging arguments: limit 1-MAX_PAGE (default DEFAULT_PAGE), offset 0 or more."""
+    try:
+        limit_i = DEFAULT_PAGE if limit in (None, "") else int(limit)  # type: ignore[call-overload]
+        offset_i = 0 if offset in (None, "") else int(offset)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValidationFailed("`limit` and `offset` must be whole numbers.") from None
+    if not 1 <= limit_i <= MAX_PAGE or offset_i < 0:
+        raise ValidationFailed(f"`limit` must be 1-{MAX_PAGE} and `offset` 0 or more.")
+    return limit_i, offset_i
+
+
+def list_records(actor: Actor, limit: int = DEFAULT_PAGE, offset: int = 0) -> list[dict[str, Any]]:
+    """A page of a patient's own records or a doctor's authored ones, newest first, titles decrypted."""
     column = {"patient": Record.patient_id, "doctor": Record.author_id}.get(actor.user.role)
     if column is None:
         raise Forbidden("Admins do not read records.")
-    records = db.session.scalars(select(Record).where(column == actor.user.id).order_by(Record.created_at.desc()))
+    records = db.session.scalars(
+        select(Record)
+        .where(column == actor.user.id)
+        .order_by(Record.created_at.desc(), Record.id)
+        .limit(limit)
+        .offset(offset)
+    )
     keys = actor.keys()
     result = []
     for record in records:

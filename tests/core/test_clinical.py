@@ -173,3 +173,27 @@ def test_search_symptoms_no_match(vocabulary):
 def test_invalid_symptom_outside_phenotypic_abnormality(vocabulary: Vocabulary, term: str) -> None:
     with pytest.raises(InvalidCode, match="unknown HPO term"):
         vocabulary.symptom(term)
+
+
+def test_concurrent_first_lookups_in_a_fresh_process() -> None:
+    """Web workers run threads: the first lookups after start must not race the libraries' lazy loading."""
+    import subprocess
+    import sys
+
+    script = """
+import threading
+from core.clinical import load_vocabulary
+codes = ["J45909", "I10", "E119", "S83209A", "G43909", "R059", "J45.909", "E11.9"] * 4
+errors, results = [], []
+def look(code):
+    try:
+        results.append(load_vocabulary().diagnosis(code).code)
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=look, args=(c,)) for c in codes]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(results), errors)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "32 []"

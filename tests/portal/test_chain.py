@@ -31,6 +31,7 @@ def test_headers_and_blocks(client: FlaskClient, chain: int) -> None:
     assert [b["height"] for b in page["blocks"]] == [1, 2]
     assert page["blocks"][1]["prev"] == page["blocks"][0]["hash"]
     assert set(page["blocks"][0]) >= {"height", "ts", "prev", "root", "nonce", "producer", "sig", "hash", "tx_count"}
+    assert [b["tx_count"] for b in page["blocks"]] == [2, 1]  # two key registrations, then one record
     block = client.get("/api/v1/chain/blocks/2").json
     assert block["hash"] == page["blocks"][1]["hash"]
     [tx] = block["transactions"]

@@ -165,3 +165,20 @@ def test_patient_search(client: FlaskClient, doctor: Person, patient: Person, ot
     assert client.get("/api/v1/patients?q=dr", headers=doctor.headers).json["patients"] == []
     assert client.get("/api/v1/patients?q=a", headers=doctor.headers).status_code == 422
     assert client.get("/api/v1/patients?q=alice", headers=patient.headers).status_code == 403
+
+
+def test_record_list_pages(client: FlaskClient, doctor: Person, patient: Person) -> None:
+    for n in range(5):
+        write(client, doctor, patient, title=f"R{n}")
+    first = client.get("/api/v1/records?limit=2", headers=patient.headers).json
+    assert len(first["records"]) == 2 and first["next_offset"] == 2
+    seen = [r["title"] for r in first["records"]]
+    offset = first["next_offset"]
+    while offset is not None:
+        page = client.get(f"/api/v1/records?limit=2&offset={offset}", headers=patient.headers).json
+        seen += [r["title"] for r in page["records"]]
+        offset = page["next_offset"]
+    assert sorted(seen) == [f"R{n}" for n in range(5)] and len(seen) == 5
+    for query in ("limit=0", "limit=201", "offset=-1", "limit=x"):
+        answer = client.get(f"/api/v1/records?{query}", headers=patient.headers)
+        assert answer.status_code == 422, query

@@ -1,0 +1,657 @@
+"""MedLedger ledger benchmark.
+
+A. Chain verification in memory (core only): `validate_chain` over a synthetic chain,
+   next to the raw cost floor of the hashing and signature checks it must do.
+B. Chain verification through the database: the same chain as rows, `verify_chain()`.
+C. Record uploads through the HTTP API of a real gunicorn node on 127.0.0.1.
+
+    cd /work/main && .venv/bin/python bench/ledger.py [--blocks N] [--txs-per-block K]
+        [--uploads M] [--skip-http] [--json]
+
+Progress goes to stderr; the results table (or JSON with --json) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so that `core` and `portal` import
+
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from core.crypto import NodeKey, UserKeys, generate_user_keys
+from core.crypto.signing import PSS
+from core.encoding import b64d, b64e
+from core.ledger import (
+    GENESIS_PREV_HASH,
+    Block,
+    StoredBlock,
+    Transaction,
+    make_block,
+    sign_transaction,
+    validate_chain,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_ID = "node-1"
+DOCTORS = 3
+REPEATS = 3
+START_MS = 1_795_000_000_000
+# Ciphertext sizes of a typical record envelope (AES-GCM body, Umbral capsule and
+# wrapped key, RSA-3072 OAEP author key).
+BODY_BYTES, CAPSULE_BYTES, PKEY_BYTES, AKEY_BYTES = 600, 98, 48, 384
+
+CLIENTS = 4
+WARMUP = 4
+DOCTOR = {"username": "bench.doc", "password": "bench-password-1"}
+PATIENT = {"username": "bench.patient", "password": "bench-password-2", "display_name": "Bench Patient"}
+NOTES = (
+    "Patient reports wheeze and shortness of breath on exertion for three weeks, worse at night and "
+    "after climbing stairs. No fever, no chest pain. Uses salbutamol about four times a week. On "
+    "examination: scattered expiratory wheeze bilaterally, no crackles, saturation 97% on room air, "
+    "peak flow 78% of predicted. Inhaler technique reviewed and corrected. Plan: continue reliever, "
+    "start low-dose inhaled corticosteroid, written asthma action plan given, review in six weeks or "
+    "sooner if symptoms worsen. Smoking cessation advice given to the household."
+)
+SERVER_START_TIMEOUT = 60.0
+CLI_TIMEOUT = 120.0
+REQUEST_TIMEOUT = 30.0
+UPLOAD_DEADLINE = 180.0
+COMMIT_DEADLINE = 30.0
+POLL_INTERVAL = 0.5
+STOP_TIMEOUT = 20.0
+LOG_TAIL = 4000
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    value: float
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str
+    title: str
+    metrics: list[Metric]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One signature check: a verify callable and what it is called with."""
+
+    verify: Callable[[bytes, bytes], None]
+    signature: bytes
+    message: bytes
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The raw cost of the cryptography validate_chain cannot avoid, in seconds."""
+
+    sha256: float
+    ed25519: float
+    rsa_pss: float
+    ed25519_count: int
+    rsa_count: int
+
+    @property
+    def total(self) -> float:
+        return self.sha256 + self.ed25519 + self.rsa_pss
+
+
+@dataclass(frozen=True)
+class Upload:
+    latency: float
+    status: int
+    record_id: str | None
+    error: str = ""
+
+
+@dataclass
+class Progress:
+    """Prints `done/total` to stderr about every tenth of the way."""
+
+    what: str
+    total: int
+    start: float = field(default_factory=time.perf_counter)
+
+    def update(self, done: int) -> None:
+        if done == self.total or done % max(self.total // 10, 1) == 0:
+            log(f"{self.what}: {done:,}/{self.total:,} ({time.perf_counter() - self.start:.1f} s)")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def best_of(runs: int, fn: Callable[[], object]) -> float:
+    """The shortest wall time of `runs` calls of `fn`, in seconds."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# --- A. the chain, in memory ---------------------------------------------------------------
+
+
+def key_payload(keys: UserKeys) -> dict[str, Any]:
+    public = keys.public
+    return {"account": str(uuid.uuid4()), "role": "doctor", "rsa": b64e(public.rsa_der), "umbral": b64e(public.umbral)}
+
+
+def record_payload() -> dict[str, Any]:
+    return {
+        "record": str(uuid.uuid4()),
+        "body": b64e(os.urandom(BODY_BYTES)),
+        "capsule": b64e(os.urandom(CAPSULE_BYTES)),
+        "pkey": b64e(os.urandom(PKEY_BYTES)),
+        "akey": b64e(os.urandom(AKEY_BYTES)),
+        "attachments": [],
+    }
+
+
+def build_chain(blocks: int, txs_per_block: int) -> list[Block]:
+    """Genesis, one block of doctor key registrations, then blocks of record transactions."""
+    node = NodeKey.generate(NODE_ID)
+    doctors = [generate_user_keys() for _ in range(DOCTORS)]
+    clock = itertools.count(START_MS)
+    genesis_payload = {"chain": "bench", "nodes": [{"id": NODE_ID, "key": b64e(node.public_raw)}]}
+    genesis = sign_transaction("genesis", genesis_payload, node, next(clock))
+    chain = [make_block(0, GENESIS_PREV_HASH, [genesis], NODE_ID, node, next(clock))]
+    keys = [sign_transaction("key", key_payload(d), d, next(clock)) for d in doctors]
+    chain.append(make_block(1, chain[0].header.hash, keys, NODE_ID, node, next(clock)))
+    authors = itertools.cycle(doctors)
+    progress = Progress("signing blocks", blocks)
+    for height in range(2, blocks):
+        ts = next(clock)
+        txs = [sign_transaction("record", record_payload(), next(authors), ts) for _ in range(txs_per_block)]
+        chain.append(make_block(height, chain[-1].header.hash, txs, NODE_ID, node, ts))
+        progress.update(height + 1)
+    return chain
+
+
+def to_stored(chain: Sequence[Block]) -> list[StoredBlock]:
+    return [
+        StoredBlock(b.header.height, b.header.hash, b.header.encoded, [t.encoded for t in b.transactions])
+        for b in chain
+    ]
+
+
+def transactions(chain: Sequence[Block]) -> Iterator[Transaction]:
+    return (tx for block in chain for tx in block.transactions)
+
+
+def ed25519_check(public_raw: bytes) -> Callable[[bytes, bytes], None]:
+    return ed25519.Ed25519PublicKey.from_public_bytes(public_raw).verify
+
+
+def rsa_check(public_der: bytes) -> Callable[[bytes, bytes], None]:
+    key = serialization.load_der_public_key(public_der)
+    assert isinstance(key, rsa.RSAPublicKey)
+    return lambda signature, message: key.verify(signature, message, PSS, hashes.SHA256())
+
+
+def signature_checks(chain: Sequence[Block]) -> tuple[list[Check], list[Check]]:
+    """Every Ed25519 check (block headers, genesis) and every RSA-PSS check (user transactions),
+    with keys parsed and signed messages encoded up front so that only verification is timed."""
+    node_key = b64d(chain[0].transactions[0].payload["nodes"][0]["key"])
+    node_verify = ed25519_check(node_key)
+    account_verify = {
+        hashlib.sha256(b64d(tx.payload["rsa"])).hexdigest(): rsa_check(b64d(tx.payload["rsa"]))
+        for tx in transactions(chain)
+        if tx.kind == "key"
+    }
+    ed = [Check(node_verify, b.header.signature, b.header.signing_bytes()) for b in chain]
+    rsa_checks = []
+    for tx in transactions(chain):
+        if tx.kind == "genesis":
+            ed.append(Check(node_verify, tx.signature, tx.signing_bytes()))
+        else:
+            rsa_checks.append(Check(account_verify[tx.signer], tx.signature, tx.signing_bytes()))
+    return ed, rsa_checks
+
+
+def hash_all(stored: Sequence[StoredBlock]) -> None:
+    for block in stored:
+        hashlib.sha256(block.header).digest()
+        for tx in block.transactions:
+            hashlib.sha256(tx).digest()
+
+
+def verify_all(checks: Sequence[Check]) -> None:
+    for check in checks:
+        check.verify(check.signature, check.message)
+
+
+def measure_floor(chain: Sequence[Block], stored: Sequence[StoredBlock]) -> Floor:
+    ed, rsa_checks = signature_checks(chain)
+    return Floor(
+        sha256=best_of(REPEATS, lambda: hash_all(stored)),
+        ed25519=best_of(REPEATS, lambda: verify_all(ed)),
+        rsa_pss=best_of(REPEATS, lambda: verify_all(rsa_checks)),
+        ed25519_count=len(ed),
+        rsa_count=len(rsa_checks),
+    )
+
+
+def validate(stored: Sequence[StoredBlock], verify_signatures: bool) -> None:
+    report = validate_chain(stored, verify_signatures=verify_signatures)
+    if not report.valid:
+        raise BenchError(f"the synthetic chain does not validate: {report.describe()}")
+
+
+def memory_section(chain: Sequence[Block], stored: Sequence[StoredBlock]) -> Section:
+    log("A: validate_chain in memory")
+    full = best_of(REPEATS, lambda: validate(stored, verify_signatures=True))
+    no_sigs = best_of(REPEATS, lambda: validate(stored, verify_signatures=False))
+    log("A: raw crypto floor")
+    floor = measure_floor(chain, stored)
+    tx_count = sum(len(b.transactions) for b in stored)
+    chain_bytes = sum(len(b.header) + sum(map(len, b.transactions)) for b in stored)
+    return Section(
+        "memory",
+        f"A. Chain verification in memory, core only (best of {REPEATS})",
+        [
+            Metric("blocks", "blocks", len(stored)),
+            Metric("transactions", "transactions", tx_count),
+            Metric("chain_mib", "header + transaction bytes", chain_bytes / 2**20, "MiB"),
+            Metric("validate_s", "validate_chain", full, "s"),
+            Metric("validate_blocks_per_s", "  blocks per second", len(stored) / full, "blocks/s"),
+            Metric("validate_no_signatures_s", "validate_chain(verify_signatures=False)", no_sigs, "s"),
+            Metric("floor_sha256_s", "floor: SHA-256 of all header and tx bytes", floor.sha256, "s"),
+            Metric("floor_ed25519_s", f"floor: Ed25519 verify x {floor.ed25519_count:,}", floor.ed25519, "s"),
+            Metric("floor_rsa_pss_s", f"floor: RSA-PSS-3072 verify x {floor.rsa_count:,}", floor.rsa_pss, "s"),
+            Metric("floor_s", "floor: total", floor.total, "s"),
+            Metric("validate_over_floor", "validate_chain / floor", full / floor.total, "x"),
+        ],
+    )
+
+
+# --- B. the chain, through the database -----------------------------------------------------
+
+
+def database_section(chain: Sequence[Block], workdir: Path) -> Section:
+    """Store the chain as portal rows in a SQLite file and time `verify_chain()` over it."""
+    # portal.config reads MEDLEDGER_INSTANCE when first imported, so point it at the scratch
+    # folder before importing anything from portal (else it creates ./instance).
+    os.environ["MEDLEDGER_INSTANCE"] = str(workdir)
+    from sqlalchemy import insert
+
+    from portal import create_app
+    from portal.config import TestConfig
+    from portal.extensions import db
+    from portal.models import LedgerBlock, LedgerTransaction, utcnow
+    from portal.services.ledger import verify_chain
+
+    class BenchConfig(TestConfig):
+        SQLALCHEMY_DATABASE_URI = f"sqlite:///{workdir / 'bench.db'}"
+        NODE_KEY_PATH = str(workdir / "node.key")
+        LOG_LEVEL = "WARNING"
+
+    def check() -> None:
+        report = verify_chain()
+        if not report.valid:
+            raise BenchError(f"the stored chain does not verify: {report.describe()}")
+
+    app = create_app(BenchConfig)
+    with app.app_context():
+        db.create_all()
+        now = utcnow()
+        log("B: inserting rows")
+        start = time.perf_counter()
+        db.session.execute(
+            insert(LedgerBlock),
+            [
+                {"height": b.header.height, "hash": b.header.hash, "header": b.header.encoded, "created_at": now}
+                for b in chain
+            ],
+        )
+        db.session.execute(
+            insert(LedgerTransaction),
+            [
+                {
+                    "hash": tx.hash,
+                    "kind": tx.kind,
+                    "encoded": tx.encoded,
+                    "status": "committed",
+                    "block_height": b.header.height,
+                    "position": position,
+                    "received_at": now,
+                }
+                for b in chain
+                for position, tx in enumerate(b.transactions)
+            ],
+        )
+        db.session.commit()
+        inserted = time.perf_counter() - start
+        log("B: verify_chain through the database")
+        verify = best_of(REPEATS, check)
+        db.session.remove()
+        db.engine.dispose()
+    return Section(
+        "database",
+        f"B. Chain verification through SQLite, portal.services.ledger.verify_chain (best of {REPEATS})",
+        [
+            Metric("insert_s", "insert blocks and transactions (not part of verify)", inserted, "s"),
+            Metric("verify_chain_s", "verify_chain()", verify, "s"),
+            Metric("verify_chain_blocks_per_s", "  blocks per second", len(chain) / verify, "blocks/s"),
+        ],
+    )
+
+
+# --- C. record uploads over HTTP -------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_env(instance: Path, port: int) -> dict[str, str]:
+    """The environment of the node under test: everything it stores lives in `instance`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_KEY_PATH", "GUNICORN_BIND")}
+    env.update(
+        MEDLEDGER_CONFIG="development",
+        MEDLEDGER_INSTANCE=str(instance),
+        MEDLEDGER_PRODUCER="1",
+        BLOCK_INTERVAL_SECONDS="1",
+        PORT=str(port),
+        WEB_CONCURRENCY="2",
+    )
+    return env
+
+
+def flask_cli(env: dict[str, str], *args: str) -> None:
+    cmd = [sys.executable, "-m", "flask", "--app", "wsgi", *args]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"`flask {' '.join(args[:3])}` failed:\n{done.stderr[-2000:]}")
+
+
+def wait_until_up(base: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise BenchError(f"gunicorn exited with {server.returncode}")
+        try:
+            if requests.get(f"{base}/api/v1/chain/blocks", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass  # not listening yet, or the workers are still starting
+        time.sleep(0.2)
+    raise BenchError(f"gunicorn did not answer within {SERVER_START_TIMEOUT:.0f} s")
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM gunicorn's process group (master, workers, block producer); SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=STOP_TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            log(f"gunicorn still running after {STOP_TIMEOUT:.0f} s; sending SIGKILL")
+
+
+@contextmanager
+def gunicorn(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Run `gunicorn -c gunicorn.conf.py wsgi:app` in its own process group; yields its base URL."""
+    base = f"http://127.0.0.1:{env['PORT']}"
+    with log_path.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until_up(base, server, log_path)
+            yield base
+        except BaseException:
+            log(f"--- end of the gunicorn log ---\n{log_path.read_text(errors='replace')[-LOG_TAIL:]}")
+            raise
+        finally:
+            stop(server)
+
+
+def api(session: requests.Session, method: str, url: str, expect: int, **kwargs: Any) -> dict[str, Any]:
+    response = session.request(method, url, timeout=REQUEST_TIMEOUT, **kwargs)
+    if response.status_code != expect:
+        raise BenchError(f"{method} {url} answered {response.status_code}: {response.text[:300]}")
+    return response.json()
+
+
+def create_accounts(base: str, env: dict[str, str]) -> tuple[str, str]:
+    """A doctor (CLI) and a patient (API); returns the doctor's token and the patient's id."""
+    flask_cli(
+        env,
+        "medledger", "create-user", "--role", "doctor",
+        "--username", DOCTOR["username"], "--password", DOCTOR["password"],
+        "--display-name", "Bench", "--hospital", "H", "--licence-number", "L",
+    )  # fmt: skip
+    with requests.Session() as session:
+        patient = api(session, "POST", f"{base}/api/v1/auth/register", 201, json=PATIENT)["user"]
+        token = api(session, "POST", f"{base}/api/v1/auth/token", 200, json=DOCTOR)["token"]
+    return token, patient["id"]
+
+
+def record_json(n: int) -> dict[str, Any]:
+    return {
+        "title": f"Asthma review {n}",
+        "category": "respiratory",
+        "diagnoses": ["J45.909"],
+        "symptoms": ["HP:0002094"],
+        "notes": NOTES,
+        "prescriptions": [{"drug": "salbutamol", "dose": "100 mcg", "frequency": "as needed", "duration": "30 days"}],
+    }
+
+
+def upload_one(session: requests.Session, url: str, n: int) -> Upload:
+    start = time.perf_counter()
+    try:
+        response = session.post(url, json=record_json(n), timeout=REQUEST_TIMEOUT)
+    except requests.RequestException as exc:
+        return Upload(time.perf_counter() - start, 0, None, str(exc))
+    latency = time.perf_counter() - start
+    if response.status_code != 201:
+        return Upload(latency, response.status_code, None, response.text[:300])
+    return Upload(latency, 201, response.json()["id"])
+
+
+def client(url: str, token: str, numbers: range, deadline: float) -> list[Upload]:
+    """One client thread with its own connection: uploads `numbers` in turn until the deadline."""
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {token}"
+        return [upload_one(session, url, n) for n in numbers if time.monotonic() < deadline]
+
+
+def warm_up(url: str, token: str) -> None:
+    """A few untimed uploads, one at a time and each on a new connection, so that the web workers
+    have loaded the vocabularies before the timed run. The first record in a worker loads the HPO
+    ontology (about a second) and fills simple-icd-10-cm's code list lazily, which is not
+    thread-safe: concurrent first requests in one worker can fail with 500 (see RESULTS.md)."""
+    for n in range(WARMUP):
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {token}"
+            upload = upload_one(session, url, n)
+        if upload.status != 201:
+            raise BenchError(f"warm-up upload answered {upload.status}: {upload.error}")
+
+
+def upload_records(url: str, token: str, count: int) -> tuple[list[Upload], float]:
+    deadline = time.monotonic() + UPLOAD_DEADLINE
+    start = time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(client, url, token, range(c, count, CLIENTS), deadline) for c in range(CLIENTS)]
+        uploads = [u for f in futures for u in f.result()]
+    wall = time.perf_counter() - start
+    failed = [u for u in uploads if u.status != 201]
+    if len(uploads) != count or failed:
+        first = failed[0].error if failed else f"deadline of {UPLOAD_DEADLINE:.0f} s reached"
+        raise BenchError(f"{len(uploads) - len(failed)}/{count} uploads answered 201; first problem: {first}")
+    return uploads, wall
+
+
+def wait_for_blocks(base: str, token: str, record_ids: set[str]) -> tuple[float, int]:
+    """Poll GET /records until every uploaded record has a block; returns (seconds, blocks used)."""
+    start = time.perf_counter()
+    deadline = time.monotonic() + COMMIT_DEADLINE
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {token}"
+        while True:
+            listed = api(session, "GET", f"{base}/api/v1/records", 200)["records"]
+            heights = {r["id"]: r["block_height"] for r in listed if r["id"] in record_ids}
+            if len(heights) == len(record_ids) and None not in heights.values():
+                return time.perf_counter() - start, len(set(heights.values()))
+            if time.monotonic() > deadline:
+                committed = sum(h is not None for h in heights.values())
+                raise BenchError(f"only {committed}/{len(record_ids)} records in blocks after {COMMIT_DEADLINE:.0f} s")
+            time.sleep(POLL_INTERVAL)
+
+
+def verify_over_http(base: str) -> tuple[float, int]:
+    with requests.Session() as session:
+        start = time.perf_counter()
+        report = api(session, "GET", f"{base}/api/v1/chain/verify", 200)
+        elapsed = time.perf_counter() - start
+    if not report.get("valid"):
+        raise BenchError(f"GET /chain/verify says the chain is invalid: {report}")
+    return elapsed, report["blocks"]
+
+
+def percentile(values: Sequence[float], pct: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+def http_section(uploads: int, workdir: Path) -> Section:
+    env = node_env(workdir, free_port())
+    log("C: preparing the node (db upgrade, node init)")
+    flask_cli(env, "db", "upgrade")
+    flask_cli(env, "medledger", "node", "init")
+    with gunicorn(env, workdir / "gunicorn.log") as base:
+        log(f"C: gunicorn up at {base}; creating accounts")
+        token, patient_id = create_accounts(base, env)
+        url = f"{base}/api/v1/patients/{patient_id}/records"
+        log(f"C: {WARMUP} warm-up uploads, then {uploads} timed uploads with {CLIENTS} client threads")
+        warm_up(url, token)
+        done, wall = upload_records(url, token, uploads)
+        log("C: waiting for the records to be sealed into blocks")
+        commit, blocks_used = wait_for_blocks(base, token, {u.record_id for u in done if u.record_id})
+        verify, chain_blocks = verify_over_http(base)
+    latencies = [u.latency * 1000 for u in done]
+    return Section(
+        "http",
+        f"C. Record uploads over HTTP (gunicorn, 2 workers x 4 threads, {CLIENTS} client threads)",
+        [
+            Metric("uploads", f"uploads after {WARMUP} warm-up ones (all answered 201)", len(done)),
+            Metric("uploads_wall_s", "wall time", wall, "s"),
+            Metric("uploads_per_s", "uploads per second", len(done) / wall, "uploads/s"),
+            Metric("latency_p50_ms", "latency p50", percentile(latencies, 50), "ms"),
+            Metric("latency_p95_ms", "latency p95", percentile(latencies, 95), "ms"),
+            Metric("latency_max_ms", "latency max", max(latencies), "ms"),
+            Metric("commit_s", f"last upload -> all in blocks (polled every {POLL_INTERVAL} s)", commit, "s"),
+            Metric("commit_blocks", "blocks holding the uploads", blocks_used),
+            Metric("http_verify_s", f"GET /chain/verify ({chain_blocks} blocks, valid)", verify, "s"),
+        ],
+    )
+
+
+# --- output and main --------------------------------------------------------------------------
+
+
+def fmt(value: float) -> str:
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def print_table(header: str, sections: Sequence[Section]) -> None:
+    width = max(len(m.label) for s in sections for m in s.metrics) + 2
+    print(header)
+    for section in sections:
+        print(f"\n{section.title}")
+        for m in section.metrics:
+            print(f"  {m.label:<{width}}{fmt(m.value):>12} {m.unit}".rstrip())
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--blocks", type=int, default=10_000, help="chain length, genesis included (default 10000)")
+    parser.add_argument("--txs-per-block", type=int, default=1, help="record transactions per block (default 1)")
+    parser.add_argument("--uploads", type=int, default=200, help="records to POST over HTTP (default 200)")
+    parser.add_argument("--skip-http", action="store_true", help="skip part C (gunicorn and HTTP uploads)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    args = parser.parse_args()
+    if args.blocks < 3 or args.txs_per_block < 1 or args.uploads < 2:
+        parser.error("need --blocks >= 3, --txs-per-block >= 1 and --uploads >= 2")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    params = {
+        "blocks": args.blocks,
+        "txs_per_block": args.txs_per_block,
+        "uploads": None if args.skip_http else args.uploads,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="medledger-bench-") as tmp:
+            chain = build_chain(args.blocks, args.txs_per_block)
+            stored = to_stored(chain)
+            sections = [memory_section(chain, stored), database_section(chain, Path(tmp) / "app")]
+            if not args.skip_http:
+                sections.append(http_section(args.uploads, Path(tmp) / "node"))
+    except (BenchError, requests.RequestException, subprocess.TimeoutExpired) as exc:
+        log(f"benchmark failed: {exc}")
+        return 1
+    if args.json:
+        results = {"params": params, **{s.key: {m.key: m.value for m in s.metrics} for s in sections}}
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(f"MedLedger ledger benchmark ({', '.join(f'{k} {v}' for k, v in params.items())})", sections)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
