@@ -40,5 +40,9 @@ class InvalidBlock(CoreError):
         self.detail = detail
 
 
+class GrantError(CoreError):
+    """A grant's key fragment or a capsule fragment is forged, tampered or mismatched."""
+
+
 class InvalidCode(CoreError):
     """A clinical code (ICD-10-CM, HPO) is unknown or malformed."""

@@ -40,6 +40,13 @@ class Config:
     BLOCK_INTERVAL_SECONDS = float(os.environ.get("BLOCK_INTERVAL_SECONDS", 5))
     MAX_BLOCK_TRANSACTIONS = _int("MAX_BLOCK_TRANSACTIONS", 500)
 
+    EMERGENCY_KEY_PATH = os.environ.get("EMERGENCY_KEY_PATH", str(INSTANCE / "emergency.key"))
+    PRE_THRESHOLD = _int("PRE_THRESHOLD", 1)
+    PRE_SHARES = _int("PRE_SHARES", 1)
+    GRANT_DEFAULT_DAYS = _int("GRANT_DEFAULT_DAYS", 30)
+    GRANT_MAX_DAYS = _int("GRANT_MAX_DAYS", 365)
+    EMERGENCY_HOURS = float(os.environ.get("EMERGENCY_HOURS", 4))
+
     MAX_ATTACHMENT_BYTES = _int("MAX_ATTACHMENT_BYTES", 10 * MIB)
     MAX_ATTACHMENTS = _int("MAX_ATTACHMENTS", 5)
     # base64 in JSON costs 4/3; leave room for the rest of the record.

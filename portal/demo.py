@@ -68,7 +68,14 @@ def seed() -> str:
             raise RuntimeError("demo login failed")
         patient_id = db.session.scalar(select(User.public_id).where(User.username == patient))
         records.create_record(
-            actor, patient_id, fields, [], vocabulary=runtime.vocabulary(), limits=runtime.limits(), now=utcnow()
+            actor,
+            patient_id,
+            fields,
+            [],
+            vocabulary=runtime.vocabulary(),
+            limits=runtime.limits(),
+            node=runtime.node(),
+            now=utcnow(),
         )
         accounts.logout(token)
         ledger.produce_block(key, utcnow())

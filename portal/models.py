@@ -117,6 +117,8 @@ class Record(db.Model):
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     tx_hash: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.hash"), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Keyed hash of the category, so that grant scopes can be checked without the plaintext.
+    category_tag: Mapped[str] = mapped_column(String(32))
 
     patient: Mapped[User] = relationship(foreign_keys=[patient_id])
     author: Mapped[User] = relationship(foreign_keys=[author_id])
@@ -133,3 +135,98 @@ class Attachment(db.Model):
     n: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     sha256: Mapped[str] = mapped_column(String(64))
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AccessRequest(db.Model):
+    """A doctor asks a patient for access; the reason is sealed for the two of them."""
+
+    __tablename__ = "access_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    sealed_reason: Mapped[bytes] = mapped_column(LargeBinary)
+    scope: Mapped[str] = mapped_column(String(2000))
+    days: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+    grant_id: Mapped[str | None] = mapped_column(String(36))
+    tx_hash: Mapped[str | None] = mapped_column(String(64))
+
+    doctor: Mapped[User] = relationship(foreign_keys=[doctor_id])
+    patient: Mapped[User] = relationship(foreign_keys=[patient_id])
+
+
+class Grant(db.Model):
+    """A patient's delegation to a doctor (or, for emergency opt-in, to the hospital's emergency
+    key). Its key fragments are in `proxy_fragments` until it is revoked."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    doctor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    emergency: Mapped[bool] = mapped_column(default=False)
+    scope: Mapped[str] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    tx_hash: Mapped[str] = mapped_column(String(64))
+    revoke_tx_hash: Mapped[str | None] = mapped_column(String(64))
+
+    patient: Mapped[User] = relationship(foreign_keys=[patient_id])
+    doctor: Mapped[User | None] = relationship(foreign_keys=[doctor_id])
+
+
+class ProxyFragment(db.Model):
+    """The proxy's store: one Umbral key fragment of a grant, held by one node. Useless without
+    the grantee's secret key; deleted when the grant is revoked."""
+
+    __tablename__ = "proxy_fragments"
+
+    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.id", ondelete="CASCADE"), primary_key=True)
+    share: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    holder: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[int]
+    fragment: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EmergencyAccess(db.Model):
+    """A declared emergency (break-glass): short, shown to the patient, reviewed by an admin."""
+
+    __tablename__ = "emergency_accesses"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.id"))
+    sealed_reason: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    tx_hash: Mapped[str] = mapped_column(String(64))
+    reviewed_at: Mapped[datetime | None]
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+    patient: Mapped[User] = relationship(foreign_keys=[patient_id])
+    doctor: Mapped[User] = relationship(foreign_keys=[doctor_id])
+    reviewed_by: Mapped[User | None] = relationship(foreign_keys=[reviewed_by_id])
+
+
+class AccessEntry(db.Model):
+    """One read of a record by someone other than its patient, mirrored by an `access`
+    transaction on the ledger."""
+
+    __tablename__ = "access_entries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    record_id: Mapped[str] = mapped_column(ForeignKey("records.id"), index=True)
+    reader_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    mode: Mapped[str] = mapped_column(String(16))
+    grant_id: Mapped[str | None] = mapped_column(String(36))
+    part: Mapped[int] = mapped_column(default=-1)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    tx_hash: Mapped[str] = mapped_column(String(64))
+
+    record: Mapped[Record] = relationship()
+    reader: Mapped[User] = relationship()

@@ -4,12 +4,17 @@ vocabulary. Views pass these into services so services never read Flask state.""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app
 
 from core.clinical import Vocabulary, load_vocabulary
 from core.crypto import KdfParams, NodeKey, load_node_key
+from core.pre import EmergencyKey, Threshold
+from portal.services.context import NodeContext
 from portal.services.records import Limits
 
 _lock = threading.Lock()
@@ -32,6 +37,38 @@ def vocabulary() -> Vocabulary:
 def _passphrase() -> bytes | None:
     value = current_app.config["NODE_KEY_PASSPHRASE"]
     return value.encode() if value else None
+
+
+def emergency_key() -> EmergencyKey:
+    """The hospital's break-glass key, loaded (or created) once per process."""
+    cached = current_app.extensions.get("medledger.emergency_key")
+    if cached is None:
+        with _lock:
+            cached = EmergencyKey.load_or_create(Path(current_app.config["EMERGENCY_KEY_PATH"]), _passphrase())
+            current_app.extensions["medledger.emergency_key"] = cached
+    return cached
+
+
+def node() -> NodeContext:
+    """This node as the use cases see it."""
+    cfg = current_app.config
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def load_emergency_key() -> EmergencyKey:
+        with app.app_context():
+            return emergency_key()
+
+    return NodeContext(
+        node_id=cfg["NODE_ID"],
+        tag_key=HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"medledger/category-tag/v1").derive(
+            cfg["SECRET_KEY"].encode()
+        ),
+        threshold=Threshold(cfg["PRE_THRESHOLD"], cfg["PRE_SHARES"]),
+        emergency_key=load_emergency_key,
+        default_grant_days=cfg["GRANT_DEFAULT_DAYS"],
+        max_grant_days=cfg["GRANT_MAX_DAYS"],
+        emergency_duration=timedelta(hours=cfg["EMERGENCY_HOURS"]),
+    )
 
 
 def node_key(create: bool = False) -> NodeKey:

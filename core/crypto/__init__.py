@@ -13,6 +13,7 @@ from core.crypto.keys import (
     open_user_keys,
     seal_user_keys,
 )
+from core.crypto.note import open_note, seal_note
 from core.crypto.password import KdfParams, derive_key
 from core.crypto.signing import Verifier, ed25519_verifier, rsa_verifier
 
@@ -34,9 +35,11 @@ __all__ = [
     "node_public_key_from_bytes",
     "open_as_author",
     "open_as_patient",
+    "open_note",
     "open_user_keys",
     "random_key",
     "rsa_verifier",
     "seal",
+    "seal_note",
     "seal_user_keys",
 ]

@@ -73,8 +73,89 @@ def check_record(payload: dict[str, Any]) -> None:
         raise InvalidTransaction("attachment hashes must be SHA-256 hex")
 
 
+def _uuid(payload: dict[str, Any], name: str, optional: bool = False) -> None:
+    value = payload[name]
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not UUID_RE.match(value):
+        raise InvalidTransaction(f"{name} must be a UUID")
+
+
+def _hex64(payload: dict[str, Any], name: str) -> None:
+    if not isinstance(payload[name], str) or not HEX64_RE.match(payload[name]):
+        raise InvalidTransaction(f"{name} must be SHA-256 hex")
+
+
+def _timestamp(payload: dict[str, Any], name: str) -> None:
+    value = payload[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidTransaction(f"{name} must be a time in milliseconds")
+
+
+def check_grant(payload: dict[str, Any]) -> None:
+    """A patient delegates reading: to whom (account), what (scope commitment), until when, and a
+    commitment to the key fragments the proxies hold."""
+    _fields(payload, {"grant", "grantee", "scope", "expires", "fragments", "emergency"})
+    _uuid(payload, "grant")
+    _uuid(payload, "grantee", optional=True)  # None: the hospital's emergency key
+    _hex64(payload, "scope")
+    _hex64(payload, "fragments")
+    _timestamp(payload, "expires")
+    if not isinstance(payload["emergency"], bool) or payload["emergency"] != (payload["grantee"] is None):
+        raise InvalidTransaction("emergency grants, and only they, have no grantee")
+
+
+def check_revoke(payload: dict[str, Any]) -> None:
+    _fields(payload, {"grant"})
+    _uuid(payload, "grant")
+
+
+def check_decline(payload: dict[str, Any]) -> None:
+    _fields(payload, {"request"})
+    _uuid(payload, "request")
+
+
+def check_access(payload: dict[str, Any]) -> None:
+    """A read of a record by someone other than its patient."""
+    _fields(payload, {"entry", "record", "part", "mode", "grant"})
+    _uuid(payload, "entry")
+    _uuid(payload, "record")
+    _uuid(payload, "grant", optional=True)
+    if payload["mode"] not in ("author", "grant", "emergency"):
+        raise InvalidTransaction("mode must be author, grant or emergency")
+    if (payload["mode"] == "author") != (payload["grant"] is None):
+        raise InvalidTransaction("reads under a grant or an emergency name it; an author's read does not")
+    if not isinstance(payload["part"], int) or isinstance(payload["part"], bool) or not -1 <= payload["part"] < 100:
+        raise InvalidTransaction("part is -1 for the record or an attachment number")
+
+
+def check_emergency(payload: dict[str, Any]) -> None:
+    """A doctor breaks the glass for a patient: which access, whose, until when, and a commitment
+    to the written reason (the reason itself stays off the ledger)."""
+    _fields(payload, {"access", "patient", "expires", "reason"})
+    _uuid(payload, "access")
+    _uuid(payload, "patient")
+    _timestamp(payload, "expires")
+    _hex64(payload, "reason")
+
+
 RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "genesis": check_genesis,
     "key": check_key,
     "record": check_record,
+    "grant": check_grant,
+    "revoke": check_revoke,
+    "decline": check_decline,
+    "access": check_access,
+    "emergency": check_emergency,
+}
+
+# Which role's key may sign each kind (genesis and key have their own rules in the registry).
+SIGNER_ROLES: dict[str, tuple[str, ...]] = {
+    "record": ("doctor",),
+    "grant": ("patient",),
+    "revoke": ("patient",),
+    "decline": ("patient",),
+    "access": ("doctor",),
+    "emergency": ("doctor",),
 }

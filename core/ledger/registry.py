@@ -8,7 +8,7 @@ from core.crypto.keys import fingerprint, node_public_key_from_bytes
 from core.crypto.signing import Verifier, rsa_verifier
 from core.encoding import b64d
 from core.errors import EncodingError, InvalidSignature, InvalidTransaction
-from core.ledger.kinds import RULES
+from core.ledger.kinds import RULES, SIGNER_ROLES
 from core.ledger.transaction import Transaction
 
 
@@ -57,8 +57,9 @@ class KeyRegistry:
             raise InvalidTransaction("genesis only in block 0")
         if tx.kind != "genesis" and self.chain_id is None:
             raise InvalidTransaction("transaction before genesis")
-        if tx.kind == "record" and self.roles.get(tx.signer) != "doctor":
-            raise InvalidTransaction("only doctors sign records")
+        allowed = SIGNER_ROLES.get(tx.kind)
+        if allowed is not None and self.roles.get(tx.signer) not in allowed:
+            raise InvalidTransaction(f"only {' or '.join(allowed)} keys sign {tx.kind} transactions")
 
     def apply(self, tx: Transaction, height: int, verify_signature: bool = True) -> None:
         """Check `tx` against the rules for its kind and the keys known so far, then record its

@@ -124,7 +124,14 @@ def create_record(patient_id: str) -> tuple[Response, int]:
     actor = api_actor("doctor")
     fields, files = _record_input()
     record = records.create_record(
-        actor, patient_id, fields, files, vocabulary=runtime.vocabulary(), limits=runtime.limits(), now=utcnow()
+        actor,
+        patient_id,
+        fields,
+        files,
+        vocabulary=runtime.vocabulary(),
+        limits=runtime.limits(),
+        node=runtime.node(),
+        now=utcnow(),
     )
     return jsonify(id=record.id, tx_hash=record.tx_hash), 201
 
@@ -139,12 +146,12 @@ def list_records() -> Response:
 
 @bp.get("/records/<record_id>")
 def get_record(record_id: str) -> Response:
-    return jsonify(records.get_record(api_actor(), record_id))
+    return jsonify(records.get_record(api_actor(), record_id, node=runtime.node(), now=utcnow()))
 
 
 @bp.get("/records/<record_id>/attachments/<int:n>")
 def get_attachment(record_id: str, n: int) -> Response:
-    meta, data = records.get_attachment(api_actor(), record_id, n)
+    meta, data = records.get_attachment(api_actor(), record_id, n, node=runtime.node(), now=utcnow())
     return send_file(
         io.BytesIO(data), mimetype=meta["content_type"], as_attachment=True, download_name=meta["filename"]
     )

@@ -67,6 +67,7 @@ def new_record(patient_id: str) -> Response | str | tuple[str, int]:
                 files,
                 vocabulary=runtime.vocabulary(),
                 limits=runtime.limits(),
+                node=runtime.node(),
                 now=utcnow(),
             )
         except ServiceError as exc:
@@ -88,13 +89,15 @@ def my_records() -> str:
 @bp.get("/records/<record_id>")
 @role_required("doctor")
 def record(record_id: str) -> str:
-    return render_template("doctor/record.html", record=records.get_record(page_actor(), record_id))
+    return render_template(
+        "doctor/record.html", record=records.get_record(page_actor(), record_id, node=runtime.node(), now=utcnow())
+    )
 
 
 @bp.get("/records/<record_id>/attachments/<int:n>")
 @role_required("doctor")
 def attachment(record_id: str, n: int) -> Response:
-    meta, data = records.get_attachment(page_actor(), record_id, n)
+    meta, data = records.get_attachment(page_actor(), record_id, n, node=runtime.node(), now=utcnow())
     return send_file(
         io.BytesIO(data), mimetype=meta["content_type"], as_attachment=True, download_name=meta["filename"]
     )

@@ -21,14 +21,23 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, or_, select
 
-from core.crypto import KdfParams, UserKeys, aead, derive_key, generate_user_keys, open_user_keys, seal_user_keys
-from core.encoding import b64e, canonical, decode_canonical
-from core.errors import DecryptionError
-from core.ledger import sign_transaction
+from core.crypto import (
+    KdfParams,
+    PublicKeys,
+    UserKeys,
+    aead,
+    derive_key,
+    generate_user_keys,
+    open_user_keys,
+    seal_user_keys,
+)
+from core.encoding import b64d, b64e, canonical, decode_canonical
+from core.errors import CoreError, DecryptionError
+from core.ledger import decode_transaction, sign_transaction
 from portal.extensions import db
-from portal.models import AuthSession, User, epoch_ms
+from portal.models import AuthSession, LedgerTransaction, User, epoch_ms
 from portal.services import ledger
-from portal.services.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from portal.services.errors import Conflict, NotFound, ServiceError, Unauthorized, ValidationFailed
 
 ROLES = ("patient", "doctor", "admin")
 USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,40}$")
@@ -245,3 +254,27 @@ def get_user(public_id: object, role: str | None = None) -> User:
 
 def list_users() -> list[User]:
     return list(db.session.scalars(select(User).order_by(User.role, User.username)))
+
+
+class KeysMismatch(ServiceError):
+    """A user's public keys in the database differ from their registration on the ledger."""
+
+    status = 409
+    code = "keys_mismatch"
+
+
+def published_keys(user: User) -> PublicKeys:
+    """The user's public keys, checked against their key registration on the ledger so that a
+    tampered database row cannot redirect a record to someone else's key."""
+    row = db.session.get(LedgerTransaction, user.key_tx_hash)
+    try:
+        payload = decode_transaction(row.encoded).payload if row else None
+    except CoreError:
+        payload = None
+    if (
+        payload is None
+        or b64d(payload["rsa"]) != user.rsa_public_key
+        or b64d(payload["umbral"]) != user.umbral_public_key
+    ):
+        raise KeysMismatch(f"The published keys of {user.username} do not match the ledger.")
+    return PublicKeys(rsa_der=user.rsa_public_key, umbral=user.umbral_public_key)

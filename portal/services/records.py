@@ -18,15 +18,18 @@ from typing import Any
 from sqlalchemy import select
 
 from core.clinical import Vocabulary
-from core.crypto import DataKey, Envelope, PublicKeys, UserKeys, open_as_author, open_as_patient, seal
+from core.crypto import DataKey, Envelope, UserKeys, open_as_author, open_as_patient, seal
 from core.encoding import b64d, b64e, canonical, decode_canonical
-from core.errors import CoreError, InvalidCode
+from core.errors import CoreError, EncodingError, GrantError, InvalidCode
 from core.ledger import decode_transaction, sign_transaction
+from core.pre import open_reencrypted
 from portal.extensions import db
-from portal.models import Attachment, LedgerTransaction, Record, User, epoch_ms
-from portal.services import ledger
-from portal.services.accounts import Actor, get_user
+from portal.models import AccessEntry, Attachment, Grant, Record, epoch_ms
+from portal.services import ledger, proxy
+from portal.services.accounts import Actor, get_user, published_keys
+from portal.services.context import NodeContext
 from portal.services.errors import Forbidden, NotFound, ServiceError, TooLarge, ValidationFailed
+from portal.services.grants import Access, decide
 
 CATEGORIES = (
     "general", "cardiology", "respiratory", "neurology", "oncology", "paediatrics",
@@ -132,23 +135,6 @@ def _attachments(items: Sequence[NewAttachment], limits: Limits) -> list[dict[st
     return described
 
 
-def published_keys(user: User) -> PublicKeys:
-    """The user's public keys, checked against their key registration on the ledger so that a
-    tampered database row cannot redirect a record to someone else's key."""
-    row = db.session.get(LedgerTransaction, user.key_tx_hash)
-    try:
-        payload = decode_transaction(row.encoded).payload if row else None
-    except CoreError:
-        payload = None
-    if (
-        payload is None
-        or b64d(payload["rsa"]) != user.rsa_public_key
-        or b64d(payload["umbral"]) != user.umbral_public_key
-    ):
-        raise RecordUnreadable(f"The published keys of {user.username} do not match the ledger.")
-    return PublicKeys(rsa_der=user.rsa_public_key, umbral=user.umbral_public_key)
-
-
 def create_record(
     actor: Actor,
     patient_id: object,
@@ -157,6 +143,7 @@ def create_record(
     *,
     vocabulary: Vocabulary,
     limits: Limits,
+    node: NodeContext,
     now: datetime,
 ) -> Record:
     """Validate, seal and sign a record written by a doctor for a patient; queue its transaction."""
@@ -205,7 +192,14 @@ def create_record(
     }
     tx = sign_transaction("record", payload, actor.keys(), epoch_ms(now))
     ledger.queue(tx, now)
-    record = Record(id=record_id, patient=patient, author=actor.user, tx_hash=tx.hash, created_at=now)
+    record = Record(
+        id=record_id,
+        patient=patient,
+        author=actor.user,
+        tx_hash=tx.hash,
+        created_at=now,
+        category_tag=node.category_tag(category),
+    )
     record.attachments = [
         Attachment(n=n, sha256=d, ciphertext=b) for n, (d, b) in enumerate(zip(digests, blobs, strict=True))
     ]
@@ -218,9 +212,11 @@ def _attachment_aad(record_id: str, n: int) -> bytes:
     return ATTACHMENT_AAD + f"{record_id}/{n}".encode()
 
 
-def _authorise_read(actor: Actor, record: Record) -> None:
-    if actor.user.id not in (record.patient_id, record.author_id):
-        raise Forbidden("You may not read this record.")
+class GrantUnusable(ServiceError):
+    """The proxy could not re-encrypt under a grant: its fragments are gone or do not verify."""
+
+    status = 409
+    code = "grant_unusable"
 
 
 def _payload(record: Record) -> dict[str, Any]:
@@ -233,31 +229,84 @@ def _payload(record: Record) -> dict[str, Any]:
     return tx.payload
 
 
-def _data_key(actor: Actor, keys: UserKeys, record: Record, payload: dict[str, Any]) -> DataKey:
-    envelope = Envelope(
+def _envelope(payload: dict[str, Any]) -> Envelope:
+    return Envelope(
         body=b64d(payload["body"]),
         capsule=b64d(payload["capsule"]),
         patient_key=b64d(payload["pkey"]),
         author_key=b64d(payload["akey"]),
     )
-    return open_as_patient(envelope, keys) if actor.user.id == record.patient_id else open_as_author(envelope, keys)
 
 
-def _open(actor: Actor, keys: UserKeys, record: Record) -> tuple[dict[str, Any], DataKey, dict[str, Any]]:
+def _data_key(keys: UserKeys, record: Record, envelope: Envelope, access: Access, node: NodeContext | None) -> DataKey:
+    if access.mode == "patient":
+        return open_as_patient(envelope, keys)
+    if access.mode == "author":
+        return open_as_author(envelope, keys)
+    if node is None:
+        raise ValueError("reads under a grant need the node context")
+    patient_public = published_keys(record.patient).umbral
+    if access.emergency is not None:
+        receiver, grant = node.emergency_key().secret, db.session.get(Grant, access.emergency.grant_id)
+    else:
+        receiver, grant = keys.umbral_secret, access.grant
+    if grant is None:
+        raise GrantUnusable("Your access could not be used: its grant is gone.")
+    try:
+        fragments = proxy.reencrypt(
+            grant, envelope.capsule, patient_public, receiver.public_key().to_compressed_bytes()
+        )
+        return open_reencrypted(envelope, receiver, patient_public, fragments)
+    except GrantError as exc:
+        raise GrantUnusable(f"Your access could not be used: {exc}.") from None
+
+
+def _open(
+    keys: UserKeys, record: Record, access: Access, node: NodeContext | None
+) -> tuple[dict[str, Any], DataKey, dict[str, Any]]:
     payload = _payload(record)
     try:
-        key = _data_key(actor, keys, record, payload)
+        key = _data_key(keys, record, _envelope(payload), access, node)
         body = decode_canonical(key.open(b64d(payload["body"]), BODY_AAD + record.id.encode()))
-    except CoreError:
+    except (CoreError, EncodingError):
         raise RecordUnreadable("This record could not be decrypted; its stored copy may be damaged.") from None
     return body, key, payload
 
 
+def _log_read(actor: Actor, keys: UserKeys, record: Record, access: Access, part: int, now: datetime) -> None:
+    """Every read by someone other than the patient: an access entry, signed by the reader."""
+    if access.mode == "patient":
+        return
+    entry_id = str(uuid.uuid4())
+    payload = {"entry": entry_id, "record": record.id, "part": part, "mode": access.mode, "grant": access.grant_ref}
+    tx = sign_transaction("access", payload, keys, epoch_ms(now))
+    ledger.queue(tx, now)
+    db.session.add(
+        AccessEntry(
+            id=entry_id,
+            record=record,
+            reader=actor.user,
+            mode=access.mode,
+            grant_id=access.grant_ref,
+            part=part,
+            at=now,
+            tx_hash=tx.hash,
+        )
+    )
+
+
 def _summary(record: Record, body: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": record.id,
+        **metadata(record),
         "title": body["title"],
         "category": body["category"],
+    }
+
+
+def metadata(record: Record) -> dict[str, Any]:
+    """What the index knows about a record without opening it."""
+    return {
+        "id": record.id,
         "created_at": record.created_at.isoformat() + "Z",
         "author": {
             "id": record.author.public_id,
@@ -270,32 +319,44 @@ def _summary(record: Record, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def get_record(actor: Actor, record_id: object) -> dict[str, Any]:
-    """The decrypted record for its patient or author; Forbidden for anyone else."""
+def get_record(actor: Actor, record_id: object, *, node: NodeContext, now: datetime) -> dict[str, Any]:
+    """The decrypted record for its patient, its author, or a doctor with a grant or emergency
+    access covering it; Forbidden (with the reason) for anyone else. Reads by anyone but the
+    patient are logged on the ledger."""
     record = _find(record_id)
-    _authorise_read(actor, record)
-    body, _, _ = _open(actor, actor.keys(), record)
+    access = decide(actor, record, node=node, now=now)
+    keys = actor.keys()
+    body, _, _ = _open(keys, record, access, node)
+    _log_read(actor, keys, record, access, -1, now)
+    db.session.commit()
     return {
         **_summary(record, body),
         **{k: body[k] for k in ("diagnoses", "symptoms", "notes", "prescriptions")},
         "attachments": [{k: a[k] for k in ("n", "filename", "content_type", "size")} for a in body["attachments"]],
+        "access": {"mode": access.mode, "grant": access.grant_ref},
     }
 
 
-def get_attachment(actor: Actor, record_id: object, n: int) -> tuple[dict[str, Any], bytes]:
-    """An attachment's metadata and decrypted bytes, under the same rule as the record."""
+def get_attachment(
+    actor: Actor, record_id: object, n: int, *, node: NodeContext, now: datetime
+) -> tuple[dict[str, Any], bytes]:
+    """An attachment's metadata and decrypted bytes, under the same rule (and logging) as the record."""
     record = _find(record_id)
-    _authorise_read(actor, record)
-    body, key, payload = _open(actor, actor.keys(), record)
+    access = decide(actor, record, node=node, now=now)
+    keys = actor.keys()
+    body, key, payload = _open(keys, record, access, node)
     if not 0 <= n < len(body["attachments"]):
         raise NotFound("No such attachment.")
     blob = db.session.get(Attachment, (record.id, n))
     if blob is None or hashlib.sha256(blob.ciphertext).hexdigest() != payload["attachments"][n]:
         raise RecordUnreadable("The stored attachment does not match the ledger.")
     try:
-        return body["attachments"][n], key.open(blob.ciphertext, _attachment_aad(record.id, n))
+        data = key.open(blob.ciphertext, _attachment_aad(record.id, n))
     except CoreError:
         raise RecordUnreadable("The stored attachment could not be decrypted.") from None
+    _log_read(actor, keys, record, access, n, now)
+    db.session.commit()
+    return body["attachments"][n], data
 
 
 def page_bounds(limit: object, offset: object) -> tuple[int, int]:
@@ -323,10 +384,11 @@ def list_records(actor: Actor, limit: int = DEFAULT_PAGE, offset: int = 0) -> li
         .offset(offset)
     )
     keys = actor.keys()
+    access = Access("patient" if actor.user.role == "patient" else "author")
     result = []
     for record in records:
         try:
-            body, _, _ = _open(actor, keys, record)
+            body, _, _ = _open(keys, record, access, None)
         except RecordUnreadable:
             body = {"title": "(unreadable: damaged copy)", "category": "unknown"}
         result.append(_summary(record, body))

@@ -432,13 +432,13 @@ def test_invalid_registry_duplicate_key(registry, doctor_keys):
 
 def test_invalid_registry_record_signed_by_patient(registry, patient_keys):
     tx = sign_transaction("record", _record_payload(1), patient_keys, TS)
-    with pytest.raises(InvalidTransaction, match=r"^only doctors sign records$"):
+    with pytest.raises(InvalidTransaction, match=r"^only doctor keys sign record transactions$"):
         registry.apply(tx, 2)
 
 
 def test_invalid_registry_record_signed_by_unregistered_key(registry, stranger_keys):
     tx = sign_transaction("record", _record_payload(1), stranger_keys, TS)
-    with pytest.raises(InvalidTransaction, match=r"^only doctors sign records$"):
+    with pytest.raises(InvalidTransaction, match=r"^only doctor keys sign record transactions$"):
         registry.apply(tx, 2)
 
 

@@ -53,7 +53,10 @@ def test_others_get_403(
     for outsider in (other_patient, other_doctor, admin):
         answer = client.get(f"/api/v1/records/{created['id']}", headers=outsider.headers)
         assert answer.status_code == 403, outsider.username
-        assert answer.json == {"error": {"code": "forbidden", "message": "You may not read this record."}}
+        expected = "You may not read this record."
+        if outsider is other_doctor:
+            expected = "You may not read this record: ask the patient for access first."
+        assert answer.json == {"error": {"code": "forbidden", "message": expected}}
         attachment = client.get(f"/api/v1/records/{created['id']}/attachments/0", headers=outsider.headers)
         assert attachment.status_code == 403
 

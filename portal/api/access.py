@@ -1,0 +1,189 @@
+"""API for patient-controlled access: requests, grants, the access log, emergency access."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify, request
+
+from portal import runtime
+from portal.api import api_actor, bp, json_body
+from portal.models import AccessEntry, AccessRequest, EmergencyAccess, Grant, User, utcnow
+from portal.services import access_log, grants, records
+from portal.services.accounts import Actor
+from portal.services.records import CATEGORIES
+
+
+def person(user: User | None) -> dict[str, Any] | None:
+    if user is None:
+        return None
+    return {"id": user.public_id, "display_name": user.display_name, "hospital": user.hospital}
+
+
+def request_json(actor: Actor, item: AccessRequest) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "doctor": person(item.doctor),
+        "patient": person(item.patient),
+        "reason": grants.request_reason(actor, item),
+        "scope": grants.decode_scope(item.scope),
+        "days": item.days,
+        "status": item.status,
+        "created_at": item.created_at.isoformat() + "Z",
+        "decided_at": item.decided_at.isoformat() + "Z" if item.decided_at else None,
+        "grant_id": item.grant_id,
+    }
+
+
+def grant_json(grant: Grant) -> dict[str, Any]:
+    return {
+        "id": grant.id,
+        "doctor": person(grant.doctor),
+        "patient": person(grant.patient),
+        "scope": grants.grant_scope(grant),
+        "scope_text": grants.describe_scope(grants.grant_scope(grant)),
+        "created_at": grant.created_at.isoformat() + "Z",
+        "expires_at": grant.expires_at.isoformat() + "Z",
+        "revoked_at": grant.revoked_at.isoformat() + "Z" if grant.revoked_at else None,
+        "status": grants.grant_status(grant, utcnow()),
+        "tx_hash": grant.tx_hash,
+    }
+
+
+def emergency_json(actor: Actor | None, item: EmergencyAccess) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "doctor": person(item.doctor),
+        "patient": person(item.patient),
+        "reason": grants.emergency_reason(item, node=runtime.node(), actor=actor),
+        "created_at": item.created_at.isoformat() + "Z",
+        "expires_at": item.expires_at.isoformat() + "Z",
+        "active": item.expires_at > utcnow(),
+        "reviewed_at": item.reviewed_at.isoformat() + "Z" if item.reviewed_at else None,
+        "tx_hash": item.tx_hash,
+    }
+
+
+def entry_json(entry: AccessEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "record": {"id": entry.record_id, "created_at": entry.record.created_at.isoformat() + "Z"},
+        "reader": person(entry.reader),
+        "mode": entry.mode,
+        "grant_id": entry.grant_id,
+        "part": "record" if entry.part < 0 else f"attachment {entry.part}",
+        "at": entry.at.isoformat() + "Z",
+        "tx_hash": entry.tx_hash,
+    }
+
+
+@bp.post("/access-requests")
+def create_access_request() -> tuple[Response, int]:
+    actor = api_actor("doctor")
+    data = json_body()
+    item = grants.request_access(
+        actor, data.get("patient_id"), data.get("reason"), data.get("days"), data.get("scope"),
+        node=runtime.node(), categories=CATEGORIES, now=utcnow(),
+    )  # fmt: skip
+    return jsonify(request_json(actor, item)), 201
+
+
+@bp.get("/access-requests")
+def list_access_requests() -> Response:
+    actor = api_actor()
+    return jsonify(requests=[request_json(actor, r) for r in grants.list_requests(actor)])
+
+
+@bp.post("/access-requests/<request_id>/approve")
+def approve_access_request(request_id: str) -> tuple[Response, int]:
+    actor = api_actor("patient")
+    grant = grants.approve_request(actor, request_id, node=runtime.node(), now=utcnow())
+    return jsonify(grant_json(grant)), 201
+
+
+@bp.post("/access-requests/<request_id>/decline")
+def decline_access_request(request_id: str) -> Response:
+    actor = api_actor("patient")
+    return jsonify(request_json(actor, grants.decline_request(actor, request_id, now=utcnow())))
+
+
+@bp.post("/grants")
+def create_grant() -> tuple[Response, int]:
+    actor = api_actor("patient")
+    data = json_body()
+    grant = grants.create_grant(
+        actor, data.get("doctor_id"), data.get("days"), data.get("scope"),
+        node=runtime.node(), categories=CATEGORIES, now=utcnow(),
+    )  # fmt: skip
+    return jsonify(grant_json(grant)), 201
+
+
+@bp.get("/grants")
+def list_grants() -> Response:
+    return jsonify(grants=[grant_json(g) for g in grants.list_grants(api_actor())])
+
+
+@bp.delete("/grants/<grant_id>")
+def revoke_grant(grant_id: str) -> Response:
+    actor = api_actor("patient")
+    return jsonify(grant_json(grants.revoke_grant(actor, grant_id, now=utcnow())))
+
+
+@bp.get("/patients/<patient_id>/records")
+def patient_records(patient_id: str) -> Response:
+    actor = api_actor("doctor")
+    visible = grants.visible_records(actor, patient_id, node=runtime.node(), now=utcnow())
+    return jsonify(records=[records.metadata(r) for r in visible])
+
+
+@bp.get("/doctors")
+def find_doctors() -> Response:
+    api_actor("patient")
+    return jsonify(doctors=[person(d) for d in grants.find_doctors(request.args.get("q", ""))])
+
+
+@bp.get("/access-log")
+def access_log_view() -> Response:
+    actor = api_actor("patient")
+    return jsonify(entries=[entry_json(e) for e in access_log.for_patient(actor)])
+
+
+@bp.get("/emergency-access")
+def emergency_status() -> Response:
+    actor = api_actor("patient")
+    optin = grants.emergency_optin(actor.user, utcnow())
+    return jsonify(
+        enabled=optin is not None,
+        emergencies=[emergency_json(actor, e) for e in grants.emergencies_for(actor.user)],
+    )
+
+
+@bp.put("/emergency-access")
+def set_emergency() -> Response:
+    actor = api_actor("patient")
+    optin = grants.set_emergency_optin(actor, json_body().get("enabled"), node=runtime.node(), now=utcnow())
+    return jsonify(enabled=optin is not None)
+
+
+@bp.post("/patients/<patient_id>/emergency")
+def declare_emergency(patient_id: str) -> tuple[Response, int]:
+    actor = api_actor("doctor")
+    emergency = grants.declare_emergency(
+        actor, patient_id, json_body().get("reason"), node=runtime.node(), now=utcnow()
+    )
+    return jsonify(emergency_json(actor, emergency)), 201
+
+
+@bp.get("/patients-with-access")
+def my_patients() -> Response:
+    actor = api_actor("doctor")
+    return jsonify(
+        patients=[
+            {
+                "patient": person(entry["patient"]),
+                "grants": [grant_json(g) for g in entry["grants"]],
+                "emergency": emergency_json(actor, entry["emergency"]) if entry["emergency"] else None,
+            }
+            for entry in grants.patients_of(actor, utcnow())
+        ]
+    )

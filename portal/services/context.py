@@ -1,0 +1,26 @@
+"""What use cases need to know about the node they run on, passed in by the views."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from core.pre import EmergencyKey, Threshold
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    node_id: str
+    tag_key: bytes
+    threshold: Threshold
+    emergency_key: Callable[[], EmergencyKey]
+    default_grant_days: int = 30
+    max_grant_days: int = 365
+    emergency_duration: timedelta = timedelta(hours=4)
+
+    def category_tag(self, category: str) -> str:
+        """Keyed hash of a record category: lets scopes be checked without storing the category."""
+        return hmac.new(self.tag_key, category.encode(), hashlib.sha256).hexdigest()[:32]

@@ -1,0 +1,484 @@
+"""Patient-controlled access: requests, grants, revocation, emergency opt-in and break-glass.
+
+Every decision is a signed transaction on the ledger carrying no name, reason or
+record text: grants and revocations are signed by the patient, declared
+emergencies by the doctor. Reasons are sealed notes for the people concerned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from core.crypto import open_note, seal_note
+from core.encoding import canonical, decode_canonical
+from core.errors import CoreError
+from core.ledger import sign_transaction
+from portal.extensions import db
+from portal.models import AccessRequest, EmergencyAccess, Grant, Record, User, epoch_ms
+from portal.services import ledger, proxy
+from portal.services.accounts import Actor, get_user, published_keys
+from portal.services.context import NodeContext
+from portal.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
+
+FAR_FUTURE_DAYS = 3650  # an emergency opt-in lasts until the patient opts out
+MAX_REASON = 2000
+
+
+@dataclass(frozen=True)
+class Access:
+    """Why an actor may open a record: as its patient, its author, under a grant or an emergency."""
+
+    mode: str
+    grant: Grant | None = None
+    emergency: EmergencyAccess | None = None
+
+    @property
+    def grant_ref(self) -> str | None:
+        return self.emergency.id if self.emergency else self.grant.id if self.grant else None
+
+
+# -- scopes ---------------------------------------------------------------------------------
+
+
+def parse_scope(value: object, categories: tuple[str, ...]) -> dict[str, Any]:
+    """A validated scope: {"type": "all"}, {"type": "categories", "categories": [...]} or
+    {"type": "dates", "from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}."""
+    if value is None:
+        return {"type": "all"}
+    if not isinstance(value, dict) or value.get("type") not in ("all", "categories", "dates"):
+        raise ValidationFailed('`scope` must be {"type": "all" | "categories" | "dates", ...}.')
+    if value["type"] == "all":
+        return {"type": "all"}
+    if value["type"] == "categories":
+        chosen = value.get("categories")
+        if not isinstance(chosen, list) or not chosen or not all(c in categories for c in chosen):
+            raise ValidationFailed(f"`scope.categories` must be a non-empty list from: {', '.join(categories)}.")
+        return {"type": "categories", "categories": sorted(set(chosen))}
+    try:
+        start, end = date.fromisoformat(value.get("from", "")), date.fromisoformat(value.get("to", ""))
+    except (TypeError, ValueError):
+        raise ValidationFailed("`scope.from` and `scope.to` must be dates (YYYY-MM-DD).") from None
+    if start > end:
+        raise ValidationFailed("`scope.from` must not be after `scope.to`.")
+    return {"type": "dates", "from": start.isoformat(), "to": end.isoformat()}
+
+
+def describe_scope(scope: dict[str, Any]) -> str:
+    if scope["type"] == "categories":
+        return "records in " + ", ".join(scope["categories"])
+    if scope["type"] == "dates":
+        return f"records from {scope['from']} to {scope['to']}"
+    return "all records"
+
+
+def _covers(scope: dict[str, Any], record: Record, node: NodeContext) -> bool:
+    if scope["type"] == "categories":
+        return record.category_tag in {node.category_tag(c) for c in scope["categories"]}
+    if scope["type"] == "dates":
+        return scope["from"] <= record.created_at.date().isoformat() <= scope["to"]
+    return True
+
+
+def grant_scope(grant: Grant) -> dict[str, Any]:
+    return decode_canonical(grant.scope.encode())["scope"]
+
+
+def decode_scope(stored: str) -> dict[str, Any]:
+    """A request's stored scope."""
+    return decode_canonical(stored.encode())
+
+
+def find_doctors(query: object, limit: int = 20) -> list[User]:
+    """Doctors whose name, username or hospital contains `query` (for patients granting access)."""
+    if not isinstance(query, str) or len(query.strip()) < 2:
+        raise ValidationFailed("Search needs at least 2 characters.")
+    like = f"%{query.strip().lower()}%"
+    stmt = (
+        select(User)
+        .where(User.role == "doctor", User.active)
+        .where(User.username.like(like) | User.display_name.ilike(like) | User.hospital.ilike(like))
+        .order_by(User.display_name)
+        .limit(limit)
+    )
+    return list(db.session.scalars(stmt))
+
+
+def _days(value: object, node: NodeContext) -> int:
+    if value is None:
+        return node.default_grant_days
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= node.max_grant_days:
+        raise ValidationFailed(f"`days` must be a whole number from 1 to {node.max_grant_days}.")
+    return value
+
+
+def _reason(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationFailed("A reason is required.")
+    if len(value) > MAX_REASON:
+        raise ValidationFailed(f"The reason is longer than {MAX_REASON} characters.")
+    return value.strip()
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def request_access(
+    actor: Actor, patient_id: object, reason: object, days: object, scope: object, *, node: NodeContext,
+    categories: tuple[str, ...], now: datetime,
+) -> AccessRequest:  # fmt: skip
+    """A doctor asks a patient for access; the reason is sealed for the patient and the doctor."""
+    if actor.user.role != "doctor":
+        raise Forbidden("Only doctors request access.")
+    patient = get_user(patient_id, role="patient")
+    request_id = str(uuid.uuid4())
+    request = AccessRequest(
+        id=request_id,
+        doctor=actor.user,
+        patient=patient,
+        sealed_reason=seal_note(
+            _reason(reason),
+            request_id,
+            {"patient": patient.umbral_public_key, "doctor": actor.user.umbral_public_key},
+        ),
+        scope=canonical(parse_scope(scope, categories)).decode(),
+        days=_days(days, node),
+        created_at=now,
+    )
+    db.session.add(request)
+    db.session.commit()
+    return request
+
+
+def list_requests(actor: Actor) -> list[AccessRequest]:
+    """A patient's requests to them, or a doctor's own, newest first."""
+    column = {"patient": AccessRequest.patient_id, "doctor": AccessRequest.doctor_id}.get(actor.user.role)
+    if column is None:
+        raise Forbidden("Only patients and doctors have access requests.")
+    return list(
+        db.session.scalars(
+            select(AccessRequest).where(column == actor.user.id).order_by(AccessRequest.created_at.desc())
+        )
+    )
+
+
+def request_reason(actor: Actor, request: AccessRequest) -> str:
+    """The sealed reason, opened with the actor's own key."""
+    label = "patient" if actor.user.id == request.patient_id else "doctor"
+    try:
+        return open_note(request.sealed_reason, request.id, label, actor.keys().umbral_secret)
+    except CoreError:
+        return "(the reason could not be opened)"
+
+
+def _own_pending_request(actor: Actor, request_id: object) -> AccessRequest:
+    request = db.session.get(AccessRequest, request_id) if isinstance(request_id, str) else None
+    if request is None or request.patient_id != actor.user.id:
+        raise NotFound("No such access request.")
+    if request.status != "pending":
+        raise Conflict(f"This request was already {request.status}.")
+    return request
+
+
+def approve_request(actor: Actor, request_id: object, *, node: NodeContext, now: datetime) -> Grant:
+    """The patient approves: a grant as requested (scope and duration)."""
+    request = _own_pending_request(actor, request_id)
+    grant = _create_grant(actor, request.doctor, decode_scope(request.scope), request.days, node=node, now=now)
+    request.status, request.decided_at, request.grant_id = "approved", now, grant.id
+    db.session.commit()
+    return grant
+
+
+def decline_request(actor: Actor, request_id: object, *, now: datetime) -> AccessRequest:
+    """The patient declines; the decline is signed onto the ledger."""
+    request = _own_pending_request(actor, request_id)
+    tx = sign_transaction("decline", {"request": request.id}, actor.keys(), epoch_ms(now))
+    ledger.queue(tx, now)
+    request.status, request.decided_at, request.tx_hash = "declined", now, tx.hash
+    db.session.commit()
+    return request
+
+
+# -- grants ---------------------------------------------------------------------------------
+
+
+def _create_grant(
+    actor: Actor, doctor: User | None, scope: dict[str, Any], days: int, *, node: NodeContext, now: datetime
+) -> Grant:
+    """Key fragments to the doctor (or to the emergency key), held by the proxy; a grant signed
+    by the patient. Commits nothing: the caller's use case does."""
+    keys = actor.keys()
+    receiver = published_keys(doctor).umbral if doctor else node.emergency_key().public
+    grant = Grant(
+        id=str(uuid.uuid4()),
+        patient=actor.user,
+        doctor=doctor,
+        emergency=doctor is None,
+        scope=canonical({"salt": os.urandom(16).hex(), "scope": scope}).decode(),
+        created_at=now,
+        expires_at=now + timedelta(days=days),
+    )
+    db.session.add(grant)
+    db.session.flush()
+    commitment = proxy.store(grant, keys, receiver, node.threshold, node.node_id)
+    payload = {
+        "grant": grant.id,
+        "grantee": doctor.public_id if doctor else None,
+        "scope": hashlib.sha256(grant.scope.encode()).hexdigest(),
+        "expires": epoch_ms(grant.expires_at),
+        "fragments": commitment,
+        "emergency": doctor is None,
+    }
+    tx = sign_transaction("grant", payload, keys, epoch_ms(now))
+    ledger.queue(tx, now)
+    grant.tx_hash = tx.hash
+    return grant
+
+
+def create_grant(
+    actor: Actor, doctor_id: object, days: object, scope: object, *, node: NodeContext, categories: tuple[str, ...],
+    now: datetime,
+) -> Grant:  # fmt: skip
+    """A patient grants a doctor access without a request."""
+    if actor.user.role != "patient":
+        raise Forbidden("Only patients grant access to their records.")
+    doctor = get_user(doctor_id, role="doctor")
+    grant = _create_grant(actor, doctor, parse_scope(scope, categories), _days(days, node), node=node, now=now)
+    db.session.commit()
+    return grant
+
+
+def list_grants(actor: Actor, include_ended: bool = True) -> list[Grant]:
+    """A patient's grants to doctors, or the grants a doctor holds, newest first."""
+    if actor.user.role == "patient":
+        where = (Grant.patient_id == actor.user.id) & ~Grant.emergency
+    elif actor.user.role == "doctor":
+        where = Grant.doctor_id == actor.user.id
+    else:
+        raise Forbidden("Only patients and doctors have grants.")
+    grants = list(db.session.scalars(select(Grant).where(where).order_by(Grant.created_at.desc())))
+    return grants if include_ended else [g for g in grants if g.revoked_at is None]
+
+
+def grant_status(grant: Grant, now: datetime) -> str:
+    if grant.revoked_at is not None:
+        return "revoked"
+    return "expired" if grant.expires_at <= now else "active"
+
+
+def revoke_grant(actor: Actor, grant_id: object, *, now: datetime) -> Grant:
+    """Revocation takes effect at once: the proxy's key fragments are destroyed and later reads
+    are refused. What was already read cannot be taken back."""
+    grant = db.session.get(Grant, grant_id) if isinstance(grant_id, str) else None
+    if grant is None or grant.patient_id != actor.user.id:
+        raise NotFound("No such grant.")
+    if grant.revoked_at is not None:
+        raise Conflict("This grant is already revoked.")
+    proxy.destroy(grant.id)
+    tx = sign_transaction("revoke", {"grant": grant.id}, actor.keys(), epoch_ms(now))
+    ledger.queue(tx, now)
+    grant.revoked_at, grant.revoke_tx_hash = now, tx.hash
+    db.session.commit()
+    return grant
+
+
+# -- emergency access -----------------------------------------------------------------------
+
+
+def emergency_optin(patient: User, now: datetime) -> Grant | None:
+    """The patient's live emergency opt-in, if any."""
+    return db.session.scalar(
+        select(Grant).where(
+            Grant.patient_id == patient.id, Grant.emergency, Grant.revoked_at.is_(None), Grant.expires_at > now
+        )
+    )
+
+
+def set_emergency_optin(actor: Actor, enabled: object, *, node: NodeContext, now: datetime) -> Grant | None:
+    """Opt in (a key fragment to the hospital's emergency key) or out (it is destroyed)."""
+    if actor.user.role != "patient":
+        raise Forbidden("Only patients opt in to emergency access.")
+    if not isinstance(enabled, bool):
+        raise ValidationFailed("`enabled` must be true or false.")
+    current = emergency_optin(actor.user, now)
+    if enabled and current is None:
+        current = _create_grant(actor, None, {"type": "all"}, FAR_FUTURE_DAYS, node=node, now=now)
+        db.session.commit()
+    elif not enabled and current is not None:
+        revoke_grant(actor, current.id, now=now)
+        current = None
+    return current
+
+
+def declare_emergency(
+    actor: Actor, patient_id: object, reason: object, *, node: NodeContext, now: datetime
+) -> EmergencyAccess:
+    """Break-glass: a short access for a doctor, with a written reason, shown to the patient at once,
+    queued for an admin's review and recorded on the ledger. Refused without the patient's opt-in."""
+    if actor.user.role != "doctor":
+        raise Forbidden("Only doctors declare emergencies.")
+    patient = get_user(patient_id, role="patient")
+    text = _reason(reason)
+    optin = emergency_optin(patient, now)
+    if optin is None:
+        raise Forbidden(f"{patient.display_name} has not opted in to emergency access, so break-glass is refused.")
+    access_id = str(uuid.uuid4())
+    sealed = seal_note(
+        text,
+        access_id,
+        {
+            "patient": patient.umbral_public_key,
+            "doctor": actor.user.umbral_public_key,
+            "hospital": node.emergency_key().public,
+        },
+    )
+    expires = now + node.emergency_duration
+    payload = {
+        "access": access_id,
+        "patient": patient.public_id,
+        "expires": epoch_ms(expires),
+        "reason": hashlib.sha256(sealed).hexdigest(),
+    }
+    tx = sign_transaction("emergency", payload, actor.keys(), epoch_ms(now))
+    ledger.queue(tx, now)
+    emergency = EmergencyAccess(
+        id=access_id, patient=patient, doctor=actor.user, grant_id=optin.id, sealed_reason=sealed,
+        created_at=now, expires_at=expires, tx_hash=tx.hash,
+    )  # fmt: skip
+    db.session.add(emergency)
+    db.session.commit()
+    return emergency
+
+
+def emergencies_for(patient: User) -> list[EmergencyAccess]:
+    return list(
+        db.session.scalars(
+            select(EmergencyAccess)
+            .where(EmergencyAccess.patient_id == patient.id)
+            .order_by(EmergencyAccess.created_at.desc())
+        )
+    )
+
+
+def emergency_reason(emergency: EmergencyAccess, *, node: NodeContext, actor: Actor | None = None) -> str:
+    """The reason, opened by the patient or the doctor with their key, or by the hospital (admin
+    review) with its emergency key."""
+    try:
+        if actor is None:
+            return open_note(emergency.sealed_reason, emergency.id, "hospital", node.emergency_key().secret)
+        label = "patient" if actor.user.id == emergency.patient_id else "doctor"
+        return open_note(emergency.sealed_reason, emergency.id, label, actor.keys().umbral_secret)
+    except CoreError:
+        return "(the reason could not be opened)"
+
+
+def emergencies_to_review() -> list[EmergencyAccess]:
+    return list(
+        db.session.scalars(
+            select(EmergencyAccess).order_by(
+                EmergencyAccess.reviewed_at.is_not(None), EmergencyAccess.created_at.desc()
+            )
+        )
+    )
+
+
+def review_emergency(actor: Actor, emergency_id: object, *, now: datetime) -> EmergencyAccess:
+    if actor.user.role != "admin":
+        raise Forbidden("Only admins review emergency accesses.")
+    emergency = db.session.get(EmergencyAccess, emergency_id) if isinstance(emergency_id, str) else None
+    if emergency is None:
+        raise NotFound("No such emergency access.")
+    if emergency.reviewed_at is None:
+        emergency.reviewed_at, emergency.reviewed_by = now, actor.user
+        db.session.commit()
+    return emergency
+
+
+# -- the access decision --------------------------------------------------------------------
+
+
+def decide(actor: Actor, record: Record, *, node: NodeContext, now: datetime) -> Access:
+    """May `actor` open `record`, and why? Raises Forbidden with the reason when not."""
+    if actor.user.id == record.patient_id:
+        return Access("patient")
+    if actor.user.id == record.author_id:
+        return Access("author")
+    if actor.user.role != "doctor":
+        raise Forbidden("You may not read this record.")
+    emergency = db.session.scalar(
+        select(EmergencyAccess)
+        .where(EmergencyAccess.doctor_id == actor.user.id, EmergencyAccess.patient_id == record.patient_id)
+        .where(EmergencyAccess.expires_at > now)
+        .order_by(EmergencyAccess.expires_at.desc())
+    )
+    if emergency is not None and emergency_optin(record.patient, now) is not None:
+        return Access("emergency", emergency=emergency)
+    grants = list(
+        db.session.scalars(
+            select(Grant)
+            .where(Grant.doctor_id == actor.user.id, Grant.patient_id == record.patient_id)
+            .order_by(Grant.created_at.desc())
+        )
+    )
+    live = [g for g in grants if grant_status(g, now) == "active"]
+    for grant in live:
+        if _covers(grant_scope(grant), record, node):
+            return Access("grant", grant=grant)
+    if live:
+        scopes = "; ".join(describe_scope(grant_scope(g)) for g in live)
+        raise Forbidden(f"This record is outside the scope of your access ({scopes}).")
+    if grants:
+        latest = grants[0]
+        if latest.revoked_at is not None:
+            raise Forbidden("The patient revoked your access to their records.")
+        raise Forbidden(f"Your access to this patient's records expired on {latest.expires_at:%Y-%m-%d %H:%M} UTC.")
+    if emergency is not None:
+        raise Forbidden("The patient has opted out of emergency access.")
+    raise Forbidden("You may not read this record: ask the patient for access first.")
+
+
+def patients_of(actor: Actor, now: datetime) -> list[dict[str, Any]]:
+    """A doctor's patients through live grants or emergencies, with what and until when."""
+    if actor.user.role != "doctor":
+        raise Forbidden("Only doctors have patients through grants.")
+    result: dict[int, dict[str, Any]] = {}
+    for grant in list_grants(actor, include_ended=False):
+        if grant_status(grant, now) == "active":
+            entry = result.setdefault(grant.patient_id, {"patient": grant.patient, "grants": [], "emergency": None})
+            entry["grants"].append(grant)
+    emergencies = db.session.scalars(
+        select(EmergencyAccess).where(EmergencyAccess.doctor_id == actor.user.id, EmergencyAccess.expires_at > now)
+    )
+    for emergency in emergencies:
+        entry = result.setdefault(emergency.patient_id, {"patient": emergency.patient, "grants": [], "emergency": None})
+        entry["emergency"] = emergency
+    return sorted(result.values(), key=lambda e: e["patient"].display_name)
+
+
+def visible_records(actor: Actor, patient_id: object, *, node: NodeContext, now: datetime) -> list[Record]:
+    """A patient's records that a doctor may open now: authored by them or covered by a live
+    grant or emergency. Forbidden, with the reason, when the doctor has no access at all."""
+    if actor.user.role != "doctor":
+        raise Forbidden("Only doctors list a patient's records through grants.")
+    patient = get_user(patient_id, role="patient")
+    records = list(
+        db.session.scalars(select(Record).where(Record.patient_id == patient.id).order_by(Record.created_at.desc()))
+    )
+    visible, refusal = [], None
+    for record in records:
+        try:
+            decide(actor, record, node=node, now=now)
+        except Forbidden as exc:
+            refusal = refusal or exc
+            continue
+        visible.append(record)
+    holds_access = any(entry["patient"].id == patient.id for entry in patients_of(actor, now))
+    if not visible and not holds_access:
+        raise refusal or Forbidden("You have no access to this patient's records: ask the patient first.")
+    return visible
