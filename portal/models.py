@@ -177,6 +177,7 @@ class Grant(db.Model):
 
     patient: Mapped[User] = relationship(foreign_keys=[patient_id])
     doctor: Mapped[User | None] = relationship(foreign_keys=[doctor_id])
+    fragments: Mapped[list[ProxyFragment]] = relationship(order_by="ProxyFragment.share", passive_deletes=True)
 
 
 class ProxyFragment(db.Model):

@@ -224,8 +224,6 @@ def _create_grant(
         created_at=now,
         expires_at=now + timedelta(days=days),
     )
-    db.session.add(grant)
-    db.session.flush()
     commitment = proxy.store(grant, keys, receiver, node.threshold, node.node_id)
     payload = {
         "grant": grant.id,
@@ -238,6 +236,7 @@ def _create_grant(
     tx = sign_transaction("grant", payload, keys, epoch_ms(now))
     ledger.queue(tx, now)
     grant.tx_hash = tx.hash
+    db.session.add(grant)
     return grant
 
 

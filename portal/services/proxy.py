@@ -27,10 +27,8 @@ def store(grant: Grant, patient: UserKeys, receiver_public: bytes, threshold: Th
     fragments = make_key_fragments(patient, receiver_public, threshold)
     digest = hashlib.sha256()
     for share, fragment in enumerate(fragments):
-        db.session.add(
-            ProxyFragment(
-                grant_id=grant.id, share=share, holder=holder, threshold=threshold.threshold, fragment=fragment
-            )
+        grant.fragments.append(
+            ProxyFragment(share=share, holder=holder, threshold=threshold.threshold, fragment=fragment)
         )
         digest.update(hashlib.sha256(fragment).digest())
     return digest.hexdigest()
