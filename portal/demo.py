@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask import current_app
 from sqlalchemy import select
 
 from portal import runtime
 from portal.extensions import db
 from portal.models import User, utcnow
-from portal.services import accounts, ledger, records
+from portal.services import accounts, grants, ledger, records
+from portal.services.records import CATEGORIES
 
 PASSWORD = "demo-password-1"  # noqa: S105 (demo accounts, development only)
 USERS = [
@@ -61,22 +65,42 @@ def seed() -> str:
             hospital=hospital, licence_number=licence, kdf=kdf, now=utcnow(),
         )  # fmt: skip
     ledger.produce_block(key, utcnow())
+    node = runtime.node()
     for author, patient, fields in RECORDS:
-        token, _ = accounts.login(author, PASSWORD, kind="api", ttl_seconds=60, kdf=kdf, now=utcnow())
-        actor = accounts.resolve(token, utcnow())
-        if actor is None:
-            raise RuntimeError("demo login failed")
-        patient_id = db.session.scalar(select(User.public_id).where(User.username == patient))
-        records.create_record(
-            actor,
-            patient_id,
-            fields,
-            [],
-            vocabulary=runtime.vocabulary(),
-            limits=runtime.limits(),
-            node=runtime.node(),
-            now=utcnow(),
-        )
-        accounts.logout(token)
+        with _signed_in(author) as actor:
+            records.create_record(
+                actor, _public_id(patient), fields, [], vocabulary=runtime.vocabulary(), limits=runtime.limits(),
+                node=node, now=utcnow(),
+            )  # fmt: skip
         ledger.produce_block(key, utcnow())
+    # Access: Bob has granted Dr. Lindqvist his history; Dr. Osei waits for Alice's answer;
+    # Carol has opted in to emergency access.
+    with _signed_in("bob") as bob:
+        grants.create_grant(bob, _public_id("dr.lindqvist"), 30, None, node=node, categories=CATEGORIES, now=utcnow())
+    with _signed_in("dr.osei") as osei:
+        grants.request_access(
+            osei, _public_id("alice"), "Follow-up of your asthma and migraine care", 14,
+            {"type": "categories", "categories": ["neurology", "respiratory"]},
+            node=node, categories=CATEGORIES, now=utcnow(),
+        )  # fmt: skip
+    with _signed_in("carol") as carol:
+        grants.set_emergency_optin(carol, True, node=node, now=utcnow())
+    ledger.produce_block(key, utcnow())
     return "demo data loaded\n" + message
+
+
+def _public_id(username: str) -> str:
+    return db.session.scalar(select(User.public_id).where(User.username == username)) or ""
+
+
+@contextmanager
+def _signed_in(username: str) -> Iterator[accounts.Actor]:
+    """A short session for a demo account, ended afterwards."""
+    token, _ = accounts.login(username, PASSWORD, kind="api", ttl_seconds=60, kdf=runtime.kdf(), now=utcnow())
+    actor = accounts.resolve(token, utcnow())
+    if actor is None:
+        raise RuntimeError("demo login failed")
+    try:
+        yield actor
+    finally:
+        accounts.logout(token)

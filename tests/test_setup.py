@@ -121,3 +121,19 @@ def test_producer_runs_once_per_node_and_seals_pending(tmp_path: Path) -> None:
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
+
+
+def test_demo_data_loads_once_and_verifies(tmp_path: Path) -> None:
+    """What `make run` does: migrate, node init, seed (twice: the second run changes nothing)."""
+    env = {"MEDLEDGER_CONFIG": "development", "MEDLEDGER_INSTANCE": str(tmp_path),
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}", "NODE_KEY_PATH": str(tmp_path / "node.key"),
+           "EMERGENCY_KEY_PATH": str(tmp_path / "emergency.key")}  # fmt: skip
+    assert flask(["db", "upgrade"], env).returncode == 0
+    assert flask(["medledger", "node", "init"], env).returncode == 0
+    first = flask(["medledger", "seed-demo"], env)
+    assert first.returncode == 0, first.stderr
+    assert "demo data loaded" in first.stdout and "dr.osei" in first.stdout
+    second = flask(["medledger", "seed-demo"], env)
+    assert "demo data already present" in second.stdout
+    verify = flask(["medledger", "verify"], env)
+    assert verify.returncode == 0 and "chain valid" in verify.stdout
