@@ -38,6 +38,7 @@ def fast_keys(monkeypatch: pytest.MonkeyPatch, key_pool: list[UserKeys]) -> None
 def make_config(tmp: Path) -> type[TestConfig]:
     class Config(TestConfig):
         NODE_KEY_PATH = str(tmp / "node.key")
+        EMERGENCY_KEY_PATH = str(tmp / "emergency.key")
 
     return Config
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from flask import flash, redirect, render_template, request, send_file, url_for
 from werkzeug.wrappers import Response
@@ -9,8 +10,8 @@ from portal import runtime
 from portal.auth import page_actor, role_required
 from portal.doctor import bp
 from portal.models import utcnow
-from portal.services import accounts, records
-from portal.services.errors import ServiceError
+from portal.services import accounts, grants, records
+from portal.services.errors import Forbidden, ServiceError, ValidationFailed
 from portal.services.records import CATEGORIES, NewAttachment
 
 
@@ -101,3 +102,125 @@ def attachment(record_id: str, n: int) -> Response:
     return send_file(
         io.BytesIO(data), mimetype=meta["content_type"], as_attachment=True, download_name=meta["filename"]
     )
+
+
+# -- patient-controlled access ----------------------------------------------------------------
+
+
+def _scope_from_form(form: Any) -> dict[str, object]:
+    """The scope as the service expects it, from the radio choice and its fields."""
+    kind = form.get("scope", "all")
+    if kind == "categories":
+        return {"type": "categories", "categories": form.getlist("categories")}
+    if kind == "dates":
+        return {"type": "dates", "from": form.get("from", ""), "to": form.get("to", "")}
+    return {"type": kind}
+
+
+def _days_from_form(value: str) -> int | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationFailed("The number of days must be a whole number.") from None
+
+
+@bp.route("/patients/<patient_id>/access/request", methods=["GET", "POST"])
+@role_required("doctor")
+def request_access(patient_id: str) -> Response | str | tuple[str, int]:
+    patient = accounts.get_user(patient_id, role="patient")
+    node = runtime.node()
+
+    def page(form: Any) -> str:
+        return render_template(
+            "doctor/request_access.html",
+            patient=patient,
+            categories=CATEGORIES,
+            max_days=node.max_grant_days,
+            default_days=node.default_grant_days,
+            form=form,
+        )
+
+    if request.method == "POST":
+        form = request.form
+        try:
+            grants.request_access(
+                page_actor(),
+                patient_id,
+                form.get("reason", ""),
+                _days_from_form(form.get("days", "")),
+                _scope_from_form(form),
+                node=node,
+                categories=CATEGORIES,
+                now=utcnow(),
+            )
+        except ServiceError as exc:
+            flash(exc.message, "error")
+            return page(form), exc.status
+        flash(f"Request sent to {patient.display_name}.", "info")
+        return redirect(url_for("doctor.my_patients"))
+    return page({})
+
+
+@bp.get("/access")
+@role_required("doctor")
+def my_patients() -> str:
+    actor = page_actor()
+    now = utcnow()
+    patients = [
+        {
+            "patient": entry["patient"],
+            "grants": [
+                {"scope": grants.describe_scope(grants.grant_scope(g)), "expires_at": g.expires_at}
+                for g in entry["grants"]
+            ],
+            "emergency": entry["emergency"],
+        }
+        for entry in grants.patients_of(actor, now)
+    ]
+    requests = [
+        {
+            "request": r,
+            "scope": grants.describe_scope(grants.decode_scope(r.scope)),
+            "reason": grants.request_reason(actor, r),
+        }
+        for r in grants.list_requests(actor)
+    ]
+    return render_template("doctor/my_patients.html", patients=patients, requests=requests)
+
+
+@bp.get("/patients/<patient_id>/history")
+@role_required("doctor")
+def history(patient_id: str) -> str | tuple[str, int]:
+    patient = accounts.get_user(patient_id, role="patient")
+    try:
+        visible = grants.visible_records(page_actor(), patient_id, node=runtime.node(), now=utcnow())
+    except Forbidden as exc:
+        return render_template("doctor/history.html", patient=patient, records=[], refusal=exc.message), exc.status
+    return render_template(
+        "doctor/history.html", patient=patient, records=[records.metadata(r) for r in visible], refusal=None
+    )
+
+
+@bp.route("/patients/<patient_id>/emergency", methods=["GET", "POST"])
+@role_required("doctor")
+def emergency(patient_id: str) -> Response | str | tuple[str, int]:
+    patient = accounts.get_user(patient_id, role="patient")
+    node = runtime.node()
+    hours = f"{node.emergency_duration.total_seconds() / 3600:g}"
+    if request.method == "POST":
+        form = request.form
+        try:
+            access = grants.declare_emergency(page_actor(), patient_id, form.get("reason", ""), node=node, now=utcnow())
+        except ServiceError as exc:
+            flash(exc.message, "error")
+            return render_template("doctor/emergency.html", patient=patient, hours=hours, form=form), exc.status
+        flash(
+            f"Emergency access to {patient.display_name}'s records until {access.expires_at:%Y-%m-%d %H:%M} UTC. "
+            "The patient has been told and an administrator will review it.",
+            "info",
+        )
+        return redirect(url_for("doctor.history", patient_id=patient.public_id))
+    return render_template("doctor/emergency.html", patient=patient, hours=hours, form={})

@@ -137,6 +137,15 @@ def request_access(
     if actor.user.role != "doctor":
         raise Forbidden("Only doctors request access.")
     patient = get_user(patient_id, role="patient")
+    pending = db.session.scalar(
+        select(AccessRequest.id).where(
+            AccessRequest.doctor_id == actor.user.id,
+            AccessRequest.patient_id == patient.id,
+            AccessRequest.status == "pending",
+        )
+    )
+    if pending is not None:
+        raise Conflict(f"You already have a pending request to {patient.display_name}.")
     request_id = str(uuid.uuid4())
     request = AccessRequest(
         id=request_id,
@@ -327,6 +336,9 @@ def declare_emergency(
     optin = emergency_optin(patient, now)
     if optin is None:
         raise Forbidden(f"{patient.display_name} has not opted in to emergency access, so break-glass is refused.")
+    running = _live_emergency(actor.user, patient, now)
+    if running is not None:
+        raise Conflict(f"Your emergency access is already active until {running.expires_at:%H:%M} UTC.")
     access_id = str(uuid.uuid4())
     sealed = seal_note(
         text,
@@ -402,44 +414,61 @@ def review_emergency(actor: Actor, emergency_id: object, *, now: datetime) -> Em
 # -- the access decision --------------------------------------------------------------------
 
 
+def _live_emergency(doctor: User, patient: User, now: datetime) -> EmergencyAccess | None:
+    return db.session.scalar(
+        select(EmergencyAccess)
+        .where(EmergencyAccess.doctor_id == doctor.id, EmergencyAccess.patient_id == patient.id)
+        .where(EmergencyAccess.expires_at > now)
+        .order_by(EmergencyAccess.expires_at.desc())
+        .limit(1)
+    )
+
+
+def _grants_between(doctor: User, patient: User) -> list[Grant]:
+    return list(
+        db.session.scalars(
+            select(Grant)
+            .where(Grant.doctor_id == doctor.id, Grant.patient_id == patient.id)
+            .order_by(Grant.created_at.desc())
+        )
+    )
+
+
+def _refusal(doctor: User, patient: User, now: datetime) -> Forbidden:
+    """Why a doctor may not read (more of) a patient's records, as precisely as can be said."""
+    grants = _grants_between(doctor, patient)
+    live = [g for g in grants if grant_status(g, now) == "active"]
+    if live:
+        scopes = "; ".join(describe_scope(grant_scope(g)) for g in live)
+        return Forbidden(f"This record is outside the scope of your access ({scopes}).")
+    if _live_emergency(doctor, patient, now) is not None:
+        return Forbidden("The patient has opted out of emergency access.")
+    if grants:
+        if grants[0].revoked_at is not None:
+            return Forbidden("The patient revoked your access to their records.")
+        return Forbidden(f"Your access to this patient's records expired on {grants[0].expires_at:%Y-%m-%d %H:%M} UTC.")
+    return Forbidden("You may not read this record: ask the patient for access first.")
+
+
 def decide(actor: Actor, record: Record, *, node: NodeContext, now: datetime) -> Access:
-    """May `actor` open `record`, and why? Raises Forbidden with the reason when not."""
+    """May `actor` open `record`, and why? The patient and the author always; a doctor under a live
+    grant covering it (preferred, so the log names the patient's own decision), else under a live
+    emergency while the patient is opted in. Raises Forbidden with the reason otherwise."""
     if actor.user.id == record.patient_id:
         return Access("patient")
     if actor.user.id == record.author_id:
         return Access("author")
     if actor.user.role != "doctor":
         raise Forbidden("You may not read this record.")
-    emergency = db.session.scalar(
-        select(EmergencyAccess)
-        .where(EmergencyAccess.doctor_id == actor.user.id, EmergencyAccess.patient_id == record.patient_id)
-        .where(EmergencyAccess.expires_at > now)
-        .order_by(EmergencyAccess.expires_at.desc())
-    )
-    if emergency is not None and emergency_optin(record.patient, now) is not None:
-        return Access("emergency", emergency=emergency)
-    grants = list(
-        db.session.scalars(
-            select(Grant)
-            .where(Grant.doctor_id == actor.user.id, Grant.patient_id == record.patient_id)
-            .order_by(Grant.created_at.desc())
-        )
-    )
-    live = [g for g in grants if grant_status(g, now) == "active"]
-    for grant in live:
-        if _covers(grant_scope(grant), record, node):
+    for grant in _grants_between(actor.user, record.patient):
+        if grant_status(grant, now) == "active" and _covers(grant_scope(grant), record, node):
             return Access("grant", grant=grant)
-    if live:
-        scopes = "; ".join(describe_scope(grant_scope(g)) for g in live)
-        raise Forbidden(f"This record is outside the scope of your access ({scopes}).")
-    if grants:
-        latest = grants[0]
-        if latest.revoked_at is not None:
-            raise Forbidden("The patient revoked your access to their records.")
-        raise Forbidden(f"Your access to this patient's records expired on {latest.expires_at:%Y-%m-%d %H:%M} UTC.")
-    if emergency is not None:
-        raise Forbidden("The patient has opted out of emergency access.")
-    raise Forbidden("You may not read this record: ask the patient for access first.")
+    emergency = _live_emergency(actor.user, record.patient, now)
+    optin = emergency_optin(record.patient, now)
+    if emergency is not None and optin is not None:
+        # The current opt-in's fragments: the patient may have opted out and in again since.
+        return Access("emergency", grant=optin, emergency=emergency)
+    raise _refusal(actor.user, record.patient, now)
 
 
 def patients_of(actor: Actor, now: datetime) -> list[dict[str, Any]]:
@@ -455,6 +484,8 @@ def patients_of(actor: Actor, now: datetime) -> list[dict[str, Any]]:
         select(EmergencyAccess).where(EmergencyAccess.doctor_id == actor.user.id, EmergencyAccess.expires_at > now)
     )
     for emergency in emergencies:
+        if emergency_optin(emergency.patient, now) is None:
+            continue
         entry = result.setdefault(emergency.patient_id, {"patient": emergency.patient, "grants": [], "emergency": None})
         entry["emergency"] = emergency
     return sorted(result.values(), key=lambda e: e["patient"].display_name)
@@ -469,15 +500,14 @@ def visible_records(actor: Actor, patient_id: object, *, node: NodeContext, now:
     records = list(
         db.session.scalars(select(Record).where(Record.patient_id == patient.id).order_by(Record.created_at.desc()))
     )
-    visible, refusal = [], None
+    visible = []
     for record in records:
         try:
             decide(actor, record, node=node, now=now)
-        except Forbidden as exc:
-            refusal = refusal or exc
+        except Forbidden:
             continue
         visible.append(record)
     holds_access = any(entry["patient"].id == patient.id for entry in patients_of(actor, now))
     if not visible and not holds_access:
-        raise refusal or Forbidden("You have no access to this patient's records: ask the patient first.")
+        raise _refusal(actor.user, patient, now)
     return visible

@@ -24,7 +24,7 @@ from core.errors import CoreError, EncodingError, GrantError, InvalidCode
 from core.ledger import decode_transaction, sign_transaction
 from core.pre import open_reencrypted
 from portal.extensions import db
-from portal.models import AccessEntry, Attachment, Grant, Record, epoch_ms
+from portal.models import AccessEntry, Attachment, Record, epoch_ms
 from portal.services import ledger, proxy
 from portal.services.accounts import Actor, get_user, published_keys
 from portal.services.context import NodeContext
@@ -246,10 +246,8 @@ def _data_key(keys: UserKeys, record: Record, envelope: Envelope, access: Access
     if node is None:
         raise ValueError("reads under a grant need the node context")
     patient_public = published_keys(record.patient).umbral
-    if access.emergency is not None:
-        receiver, grant = node.emergency_key().secret, db.session.get(Grant, access.emergency.grant_id)
-    else:
-        receiver, grant = keys.umbral_secret, access.grant
+    receiver = node.emergency_key().secret if access.emergency is not None else keys.umbral_secret
+    grant = access.grant
     if grant is None:
         raise GrantUnusable("Your access could not be used: its grant is gone.")
     try:

@@ -333,3 +333,32 @@ def test_proxy_store_and_database_open_nothing(
     emergency_secret = runtime.node().emergency_key().secret.to_be_bytes()
     assert emergency_secret not in dump
     assert db.session.scalar(select(func.count()).select_from(Grant)) == 2
+
+
+def test_emergency_survives_opt_out_and_in_and_yields_to_a_grant(
+    client: FlaskClient, doctor: Person, patient: Person, record_id: str
+) -> None:
+    client.put("/api/v1/emergency-access", json={"enabled": True}, headers=patient.headers)
+    body = {"reason": "Collapsed at home"}
+    assert client.post(f"/api/v1/patients/{patient.id}/emergency", json=body, headers=doctor.headers).status_code == 201
+    again = client.post(f"/api/v1/patients/{patient.id}/emergency", json=body, headers=doctor.headers)
+    assert again.status_code == 409 and "already active until" in again.json["error"]["message"]
+
+    client.put("/api/v1/emergency-access", json={"enabled": False}, headers=patient.headers)
+    history = client.get(f"/api/v1/patients/{patient.id}/records", headers=doctor.headers)
+    assert history.status_code == 403
+    assert history.json["error"]["message"] == "The patient has opted out of emergency access."
+    client.put("/api/v1/emergency-access", json={"enabled": True}, headers=patient.headers)
+    answer = read(client, doctor, record_id)
+    assert answer.status_code == 200 and answer.json["access"]["mode"] == "emergency"
+
+    granted = grant(client, patient, doctor)
+    assert read(client, doctor, record_id).json["access"] == {"mode": "grant", "grant": granted["id"]}
+
+
+def test_invalid_duplicate_pending_request(client: FlaskClient, doctor: Person, patient: Person) -> None:
+    body = {"patient_id": patient.id, "reason": "Review"}
+    assert client.post("/api/v1/access-requests", json=body, headers=doctor.headers).status_code == 201
+    again = client.post("/api/v1/access-requests", json=body, headers=doctor.headers)
+    assert again.status_code == 409
+    assert again.json["error"]["message"] == "You already have a pending request to Alice Moreau."
