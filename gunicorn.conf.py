@@ -14,6 +14,8 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread"
 timeout = 60
 accesslog = "-"
+# One control socket per server, beside its instance data: several nodes run on one machine.
+control_socket = os.path.join(os.environ.get("MEDLEDGER_INSTANCE", "instance"), "gunicorn.ctl")
 
 _producer: list[subprocess.Popen] = []
 

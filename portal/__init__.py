@@ -54,9 +54,9 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from portal import admin, api, auth, chain, doctor, pwa
+    from portal import admin, api, auth, chain, doctor, node, pwa
 
-    for module in (api, auth, doctor, admin, chain, pwa):
+    for module in (api, auth, doctor, admin, chain, node, pwa):
         app.register_blueprint(module.bp)
 
 

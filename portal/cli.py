@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 from flask import current_app
@@ -64,17 +65,34 @@ def node() -> None:
 def node_init() -> None:
     """Create the node key (if missing) and the genesis block (if the chain is empty)."""
     key = runtime.node_key(create=True)
-    created = ledger.ensure_genesis(key, current_app.config["CHAIN_ID"], utcnow())
-    click.echo(f"node {key.node_id} key {key.key_id[:16]}; genesis {'created' if created else 'already present'}")
+    had_chain = ledger.tip() is not None
+    runtime.ensure_chain(utcnow())
+    click.echo(f"node {key.node_id} key {key.key_id[:16]}; genesis {'already present' if had_chain else 'installed'}")
+
+
+@medledger.group()
+def consortium() -> None:
+    """A local consortium of several nodes."""
+
+
+@consortium.command("up")
+@click.option("--nodes", "count", type=click.IntRange(1, 21), default=4, show_default=True)
+@click.option("--base-port", type=click.IntRange(1024, 65000), default=7000, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def consortium_up(count: int, base_port: int, data_dir: Path) -> None:
+    """Start COUNT nodes on 127.0.0.1 (ports from --base-port), each with its own database under
+    --data-dir, sharing one genesis; print their URLs; Ctrl-C stops them all."""
+    from portal.launcher import up
+
+    up(data_dir, count, base_port)
 
 
 @medledger.command("produce")
 @with_appcontext
 def produce() -> None:
     """Seal the pending transactions into a block now."""
-    key = runtime.node_key()
-    ledger.ensure_genesis(key, current_app.config["CHAIN_ID"], utcnow())
-    height = ledger.produce_block(key, utcnow(), current_app.config["MAX_BLOCK_TRANSACTIONS"])
+    runtime.ensure_chain(utcnow())
+    height = ledger.seal_pending(runtime.node_key(), current_app.config["MAX_BLOCK_TRANSACTIONS"])
     click.echo("nothing pending" if height is None else f"sealed block {height}")
 
 

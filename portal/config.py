@@ -37,6 +37,9 @@ class Config:
     NODE_KEY_PATH = os.environ.get("NODE_KEY_PATH", str(INSTANCE / "node.key"))
     NODE_KEY_PASSPHRASE = os.environ.get("NODE_KEY_PASSPHRASE")
     CHAIN_ID = os.environ.get("CHAIN_ID", "medledger-local")
+    # A consortium's genesis file (see docs/consensus.md); without it the node is a consortium of one.
+    GENESIS_PATH = os.environ.get("GENESIS_PATH")
+    SLOT_MS = _int("SLOT_MS", 250)
     BLOCK_INTERVAL_SECONDS = float(os.environ.get("BLOCK_INTERVAL_SECONDS", 5))
     MAX_BLOCK_TRANSACTIONS = _int("MAX_BLOCK_TRANSACTIONS", 500)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import current_app
 from sqlalchemy import select
 
 from portal import runtime
@@ -55,7 +54,7 @@ def seed() -> str:
     logins = "\n".join(f"  {role:8} {username:14} {PASSWORD}" for role, username, *_ in USERS)
     message = f"Demo logins (password for all: {PASSWORD}):\n{logins}"
     key = runtime.node_key()
-    ledger.ensure_genesis(key, current_app.config["CHAIN_ID"], utcnow())
+    runtime.ensure_chain(utcnow())
     if db.session.scalar(select(User.id).where(User.username == "admin")) is not None:
         return "demo data already present\n" + message
     kdf = runtime.kdf()
@@ -64,7 +63,7 @@ def seed() -> str:
             role=role, username=username, password=PASSWORD, display_name=name,
             hospital=hospital, licence_number=licence, kdf=kdf, now=utcnow(),
         )  # fmt: skip
-    ledger.produce_block(key, utcnow())
+    ledger.seal_pending(key)
     node = runtime.node()
     for author, patient, fields in RECORDS:
         with _signed_in(author) as actor:
@@ -72,7 +71,7 @@ def seed() -> str:
                 actor, _public_id(patient), fields, [], vocabulary=runtime.vocabulary(), limits=runtime.limits(),
                 node=node, now=utcnow(),
             )  # fmt: skip
-        ledger.produce_block(key, utcnow())
+        ledger.seal_pending(key)
     # Access: Bob has granted Dr. Lindqvist his history; Dr. Osei waits for Alice's answer;
     # Carol has opted in to emergency access.
     with _signed_in("bob") as bob:
@@ -85,7 +84,7 @@ def seed() -> str:
         )  # fmt: skip
     with _signed_in("carol") as carol:
         grants.set_emergency_optin(carol, True, node=node, now=utcnow())
-    ledger.produce_block(key, utcnow())
+    ledger.seal_pending(key)
     return "demo data loaded\n" + message
 
 

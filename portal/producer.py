@@ -10,20 +10,26 @@ import fcntl
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import Flask
 
+from core.crypto import NodeKey
 from portal import runtime
 from portal.extensions import db
 from portal.models import utcnow
-from portal.services import ledger
+from portal.services import ledger, network
+from portal.services.network import Peers
 
 log = logging.getLogger(__name__)
 
 
 def run(app: Flask, stop: threading.Event | None = None) -> None:
-    """Produce a block every BLOCK_INTERVAL_SECONDS while transactions wait, until stopped."""
+    """Until stopped: in a consortium of one, seal pending transactions every
+    BLOCK_INTERVAL_SECONDS; in a consortium, produce (and announce) a block whenever the slot is
+    this node's, while a second thread catches up with peers and gossips pending transactions,
+    so that a slow peer never makes this node miss its slot."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -33,14 +39,41 @@ def run(app: Flask, stop: threading.Event | None = None) -> None:
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second producer on this node waits here
         key = runtime.node_key()
-        ledger.ensure_genesis(key, app.config["CHAIN_ID"], utcnow())
-        log.info("block producer for node %s started", key.node_id)
-        while not stop.wait(app.config["BLOCK_INTERVAL_SECONDS"]):
+        runtime.ensure_chain(utcnow())
+        genesis, peers = runtime.genesis_file(), runtime.peers()
+        log.info("block producer for node %s started (%s)", key.node_id, "consortium" if peers else "single node")
+        if genesis is None or peers is None:
+            _loop(app, stop, app.config["BLOCK_INTERVAL_SECONDS"], lambda: _produce(app, key, None))
+            return
+        tick = genesis.params.slot_ms / 4000
+        gossiped: set[str] = set()
+        syncer = threading.Thread(target=_loop, args=(app, stop, tick, lambda: _sync(peers, gossiped)), daemon=True)
+        syncer.start()
+        _loop(app, stop, tick, lambda: _produce(app, key, peers))
+        syncer.join(timeout=10)
+        log.info("block producer stopped")
+
+
+def _loop(app: Flask, stop: threading.Event, interval: float, step: Callable[[], None]) -> None:
+    with app.app_context():
+        while not stop.wait(interval):
             try:
-                ledger.produce_block(key, utcnow(), app.config["MAX_BLOCK_TRANSACTIONS"])
+                step()
             except Exception:
-                log.exception("block production failed; will retry")
+                log.exception("ledger work failed; will retry")
                 db.session.rollback()
             finally:
                 db.session.remove()
-        log.info("block producer stopped")
+
+
+def _produce(app: Flask, key: NodeKey, peers: Peers | None) -> None:
+    height = ledger.produce_block(key, utcnow(), app.config["MAX_BLOCK_TRANSACTIONS"], empty_allowed=peers is not None)
+    if height is not None and peers is not None:
+        network.announce_block(peers, height)
+
+
+def _sync(peers: Peers, gossiped: set[str]) -> None:
+    network.catch_up(peers, utcnow(), runtime.max_skew_ms())
+    fresh = [(h, e) for h, e in ledger.pending_encoded() if h not in gossiped]
+    network.gossip(peers, [e for _, e in fresh])
+    gossiped.update(h for h, _ in fresh)

@@ -4,7 +4,7 @@ vocabulary. Views pass these into services so services never read Flask state.""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -13,8 +13,13 @@ from flask import current_app
 
 from core.clinical import Vocabulary, load_vocabulary
 from core.crypto import KdfParams, NodeKey, load_node_key
+from core.encoding import b64e
 from core.pre import EmergencyKey, Threshold
+from portal import consortium
+from portal.consortium import GenesisFile
+from portal.services import ledger
 from portal.services.context import NodeContext
+from portal.services.network import Peers
 from portal.services.records import Limits
 
 _lock = threading.Lock()
@@ -69,6 +74,51 @@ def node() -> NodeContext:
         max_grant_days=cfg["GRANT_MAX_DAYS"],
         emergency_duration=timedelta(hours=cfg["EMERGENCY_HOURS"]),
     )
+
+
+def genesis_file() -> GenesisFile | None:
+    """The consortium's genesis file, if this node belongs to one (loaded once per process)."""
+    path = current_app.config["GENESIS_PATH"]
+    if not path:
+        return None
+    cached = current_app.extensions.get("medledger.genesis")
+    if cached is None:
+        cached = consortium.read(Path(path))
+        current_app.extensions["medledger.genesis"] = cached
+    return cached
+
+
+def peers() -> Peers | None:
+    """The other nodes of this node's consortium (None for a consortium of one)."""
+    genesis = genesis_file()
+    if genesis is None:
+        return None
+    cached = current_app.extensions.get("medledger.peers")
+    if cached is None:
+        me = node_key().node_id
+        cached = Peers(node_key(), {n: url for n, url in genesis.peers.items() if n != me})
+        current_app.extensions["medledger.peers"] = cached
+    return cached
+
+
+def max_skew_ms() -> int:
+    """How far in the future a peer's block may be stamped: half a slot and half a second."""
+    genesis = genesis_file()
+    return (genesis.params.slot_ms if genesis else current_app.config["SLOT_MS"]) // 2 + 500
+
+
+def ensure_chain(now: datetime) -> None:
+    """Block 0: the consortium's genesis from its file, or a consortium of one made here."""
+    genesis = genesis_file()
+    key = node_key()
+    if genesis is None:
+        ledger.ensure_genesis(key, current_app.config["CHAIN_ID"], now, current_app.config["SLOT_MS"])
+        return
+    founders = {n["id"]: n["key"] for n in genesis.block.transactions[0].payload["nodes"]}
+    if founders.get(key.node_id) != b64e(key.public_raw):
+        raise RuntimeError(f"node {key.node_id} with this key is not a member of the consortium's genesis")
+    if ledger.tip() is None:
+        ledger.install(genesis.block, now)
 
 
 def node_key(create: bool = False) -> NodeKey:

@@ -25,7 +25,7 @@ def csrf_token() -> str:
 
 
 def _check_csrf() -> None:
-    if request.method not in UNSAFE or request.path.startswith("/api/"):
+    if request.method not in UNSAFE or request.path.startswith(("/api/", "/node/")):
         return
     sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
     if not hmac.compare_digest(sent, session.get("csrf", "")) or not sent:

@@ -69,8 +69,9 @@ export async function revokeToken(token) {
   await send('DELETE', '/auth/token', { token, reportUnauthorized: false });
 }
 
-export async function listRecords({ signal } = {}) {
-  const response = await send('GET', '/records', { signal });
+export async function listRecords({ signal, limit } = {}) {
+  const query = limit ? `?limit=${encodeURIComponent(limit)}` : '';
+  const response = await send('GET', `/records${query}`, { signal });
   return (await readJson(response)).records;
 }
 
@@ -83,6 +84,58 @@ export async function getAttachment(recordId, n, { signal } = {}) {
   const path = `/records/${encodeURIComponent(recordId)}/attachments/${encodeURIComponent(n)}`;
   const response = await send('GET', path, { accept: '*/*', signal });
   return response.blob();
+}
+
+// ---- patient-controlled access (docs/access.md)
+
+export async function listAccessRequests({ signal } = {}) {
+  const response = await send('GET', '/access-requests', { signal });
+  return (await readJson(response)).requests;
+}
+
+export async function approveAccessRequest(id, { signal } = {}) {
+  const response = await send('POST', `/access-requests/${encodeURIComponent(id)}/approve`, { signal });
+  return readJson(response);
+}
+
+export async function declineAccessRequest(id, { signal } = {}) {
+  const response = await send('POST', `/access-requests/${encodeURIComponent(id)}/decline`, { signal });
+  return readJson(response);
+}
+
+export async function listGrants({ signal } = {}) {
+  const response = await send('GET', '/grants', { signal });
+  return (await readJson(response)).grants;
+}
+
+export async function createGrant({ doctorId, days, scope }, { signal } = {}) {
+  const response = await send('POST', '/grants', { body: { doctor_id: doctorId, days, scope }, signal });
+  return readJson(response);
+}
+
+export async function revokeGrant(id, { signal } = {}) {
+  const response = await send('DELETE', `/grants/${encodeURIComponent(id)}`, { signal });
+  return readJson(response);
+}
+
+export async function findDoctors(query, { signal } = {}) {
+  const response = await send('GET', `/doctors?q=${encodeURIComponent(query)}`, { signal });
+  return (await readJson(response)).doctors;
+}
+
+export async function getAccessLog({ signal } = {}) {
+  const response = await send('GET', '/access-log', { signal });
+  return (await readJson(response)).entries;
+}
+
+export async function getEmergencyAccess({ signal } = {}) {
+  const response = await send('GET', '/emergency-access', { signal });
+  return readJson(response);
+}
+
+export async function setEmergencyAccess(enabled, { signal } = {}) {
+  const response = await send('PUT', '/emergency-access', { body: { enabled }, signal });
+  return (await readJson(response)).enabled;
 }
 
 async function send(method, path, options = {}) {

@@ -1,10 +1,14 @@
 'use strict';
 
-// Entry point: session handling, the hash router and the header. New screens
-// (grants, access log, chat, ...) are added as one ROUTES entry plus, when they
-// belong in the header, one NAV_LINKS entry.
+// Entry point: session handling, the hash router, the header and the emergency
+// banner. New screens (chat, ...) are added as one ROUTES entry plus, when they
+// belong in the navigation, one NAV_LINKS entry.
 
+import { accessLogView, accessView } from './access.js';
 import { configureApi, revokeToken } from './api.js';
+import {
+  attachEmergencyBanner, clearEmergencyBanner, expireEmergencyBanner, hideEmergencyBanner, refreshEmergencyBanner,
+} from './banner.js';
 import { h, mount } from './dom.js';
 import { revokeAllObjectUrls } from './files.js';
 import {
@@ -26,10 +30,14 @@ const ROUTES = [
   { pattern: /^#\/register$/, access: 'guest', view: registerView },
   { pattern: /^#\/records$/, access: 'user', view: recordsView },
   { pattern: /^#\/records\/([^/]+)$/, access: 'user', view: recordView },
+  { pattern: /^#\/access$/, access: 'user', view: accessView },
+  { pattern: /^#\/access-log$/, access: 'user', view: accessLogView },
 ];
 
 const NAV_LINKS = [
   { href: '#/records', label: 'My records' },
+  { href: '#/access', label: 'Access' },
+  { href: '#/access-log', label: 'Access log' },
 ];
 
 const app = {
@@ -43,6 +51,7 @@ const app = {
 function start() {
   app.main = document.getElementById('app');
   app.sessionBar = document.getElementById('session-bar');
+  attachEmergencyBanner(document.getElementById('emergency-banner'));
   configureApi({ getToken: currentToken, onUnauthorized: () => endSession(SESSION_ENDED_MESSAGE) });
   if (loadSession()) {
     app.flash = SESSION_ENDED_MESSAGE;
@@ -108,8 +117,17 @@ function showView(route, params) {
   app.controller?.abort();
   app.controller = new AbortController();
   renderSessionBar();
+  updateBanner(route);
   mount(app.main, route.view(viewContext(app.controller.signal), ...params));
   focusHeading();
+}
+
+function updateBanner(route) {
+  if (route.access === 'user') {
+    refreshEmergencyBanner();
+  } else {
+    hideEmergencyBanner();
+  }
 }
 
 // What every view may use; views never import this module.
@@ -121,6 +139,7 @@ function viewContext(signal) {
     navigate,
     signIn,
     setTitle,
+    emergencySettingChanged: expireEmergencyBanner,
   };
 }
 
@@ -175,6 +194,7 @@ function endSession(message) {
   app.controller?.abort();
   app.controller = null;
   clearSession();
+  clearEmergencyBanner();
   revokeAllObjectUrls();
   mount(app.main);
   renderSessionBar();

@@ -1,6 +1,13 @@
 'use strict';
 
 const DATE_TIME_FORMAT = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+const DATE_FORMAT = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium' });
+const TIME_FORMAT = new Intl.DateTimeFormat(undefined, { timeStyle: 'short' });
+const RELATIVE_FORMAT = new Intl.RelativeTimeFormat(undefined, { numeric: 'always' });
+const ISO_DATE = /^(\d{4})-(\d{2})-(\d{2})$/;
+const MINUTE_MS = 60_000;
+const HOUR_MS = 60 * MINUTE_MS;
+const DAY_MS = 24 * HOUR_MS;
 const BYTE_UNITS = ['bytes', 'KB', 'MB', 'GB'];
 const BYTES_PER_UNIT = 1024;
 const HASH_HEAD = 10;
@@ -29,8 +36,7 @@ export function shortenHash(hash) {
 }
 
 export function categoryLabel(category) {
-  const text = String(category ?? '');
-  return text ? text.charAt(0).toUpperCase() + text.slice(1) : 'Uncategorised';
+  return category ? capitalise(category) : 'Uncategorised';
 }
 
 export function isOnLedger(record) {
@@ -46,4 +52,67 @@ export function authorLine(author) {
     return 'Unknown author';
   }
   return [author.display_name, author.hospital].filter(Boolean).join(SEPARATOR);
+}
+
+// "Dr. Eve Tester (St Mary's)": a person in a sentence.
+export function personWithHospital(person) {
+  if (!person) {
+    return 'Unknown doctor';
+  }
+  return person.hospital ? `${person.display_name} (${person.hospital})` : person.display_name;
+}
+
+// A plain calendar date ("2025-03-01"), shown in the reader's own style.
+export function formatDate(isoDate) {
+  const found = ISO_DATE.exec(String(isoDate ?? ''));
+  if (!found) {
+    return String(isoDate ?? '');
+  }
+  const [, year, month, day] = found.map(Number);
+  return DATE_FORMAT.format(new Date(year, month - 1, day));
+}
+
+// The time alone when it is today, else the date and time.
+export function formatClock(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) {
+    return String(iso ?? '');
+  }
+  return date.toDateString() === new Date().toDateString() ? TIME_FORMAT.format(date) : DATE_TIME_FORMAT.format(date);
+}
+
+// "in 30 days", "in 5 hours", "3 days ago": how far a moment is from now.
+export function formatFromNow(iso, now = Date.now()) {
+  const diff = Date.parse(iso) - now;
+  if (Number.isNaN(diff)) {
+    return '';
+  }
+  const size = Math.abs(diff);
+  if (size >= DAY_MS) {
+    return RELATIVE_FORMAT.format(Math.round(diff / DAY_MS), 'day');
+  }
+  if (size >= HOUR_MS) {
+    return RELATIVE_FORMAT.format(Math.round(diff / HOUR_MS), 'hour');
+  }
+  return RELATIVE_FORMAT.format(Math.round(diff / MINUTE_MS), 'minute');
+}
+
+// A grant's or request's scope in words (docs/access.md, "Scope").
+export function scopeText(scope) {
+  if (scope?.type === 'categories') {
+    return `Only ${(scope.categories ?? []).map(categoryLabel).join(', ')}`;
+  }
+  if (scope?.type === 'dates') {
+    return `Records dated ${formatDate(scope.from)} to ${formatDate(scope.to)}`;
+  }
+  return 'All your records';
+}
+
+export function daysText(days) {
+  return Number(days) === 1 ? '1 day' : `${days} days`;
+}
+
+export function capitalise(text) {
+  const value = String(text ?? '');
+  return value.charAt(0).toUpperCase() + value.slice(1);
 }

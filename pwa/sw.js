@@ -5,7 +5,7 @@
 // respondWith() and go to the network untouched.
 // Bump CACHE_VERSION whenever a file in SHELL_URLS changes.
 
-const CACHE_VERSION = 'v2';
+const CACHE_VERSION = 'v3';
 const CACHE_PREFIX = 'medledger-shell-';
 const CACHE_NAME = `${CACHE_PREFIX}${CACHE_VERSION}`;
 const APP_ROOT = '/app/';
@@ -13,11 +13,14 @@ const API_PREFIX = '/api/';
 const SHELL_URLS = [
   APP_ROOT,
   '/app/app.js',
+  '/app/access.js',
   '/app/api.js',
+  '/app/banner.js',
   '/app/dom.js',
   '/app/files.js',
   '/app/format.js',
   '/app/session.js',
+  '/app/ui.js',
   '/app/views.js',
   '/app/styles.css',
   '/app/manifest.webmanifest',

@@ -4,12 +4,14 @@
 // route's parameters and returns one element; data arriving later is filled in
 // only while ctx.signal has not been aborted, i.e. while the screen is current.
 
-import { createToken, getAttachment, getRecord, isAbortError, listRecords, register } from './api.js';
+import { createToken, getAttachment, getRecord, listRecords, register } from './api.js';
 import { h, mount } from './dom.js';
 import { saveBlob } from './files.js';
+import { authorLine, categoryLabel, formatBytes, isOnLedger, ledgerStatus, shortenHash } from './format.js';
 import {
-  authorLine, categoryLabel, formatBytes, formatDateTime, isOnLedger, ledgerStatus, shortenHash,
-} from './format.js';
+  dateTime, definitionList, errorNotice, errorText, fieldWrappers, flashNotice, formField, hideNotice, isStale,
+  loadingIndicator, setBusy, showNotice, showProblems, viewHeading,
+} from './ui.js';
 
 const USERNAME_PATTERN = /^[a-z0-9._-]{3,40}$/;
 const USERNAME_MAX_LENGTH = 40;
@@ -19,7 +21,6 @@ const LOGIN_HASH = '#/login';
 const REGISTER_HASH = '#/register';
 const NONE_RECORDED = 'None recorded.';
 const ACCOUNT_CREATED_MESSAGE = 'Your account was created. Please log in.';
-const FALLBACK_ERROR_MESSAGE = 'Something went wrong. Please try again.';
 
 export function loginView(ctx) {
   ctx.setTitle('Log in');
@@ -322,103 +323,13 @@ async function downloadAttachment(ctx, recordId, attachment, { button, status })
   }
 }
 
-// ---- shared pieces
-
-function viewHeading(text) {
-  return h('h1', { class: 'view-title', tabindex: '-1' }, text);
-}
+// ---- small pieces
 
 function ledgerChip(record) {
   const kind = isOnLedger(record) ? 'chip-ledger' : 'chip-pending';
   return h('span', { class: `chip ${kind}` }, ledgerStatus(record));
 }
 
-function dateTime(iso) {
-  return h('time', { datetime: iso }, formatDateTime(iso));
-}
-
-function definitionList(pairs, className) {
-  return h('dl', { class: className },
-    pairs.filter(([, value]) => value).map(([term, value]) => h('div', { class: 'pair' },
-      h('dt', {}, term), h('dd', {}, value))));
-}
-
 function noneRecorded() {
   return h('p', { class: 'muted' }, NONE_RECORDED);
-}
-
-function loadingIndicator(text) {
-  return h('p', { class: 'loading', role: 'status' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), text);
-}
-
-function flashNotice(text) {
-  return h('p', { class: 'notice notice-info', role: 'status' }, text);
-}
-
-function errorNotice(text) {
-  return h('p', { class: 'notice notice-error', role: 'alert', hidden: !text }, text ?? '');
-}
-
-function showNotice(element, text) {
-  element.textContent = text;
-  element.hidden = false;
-}
-
-function hideNotice(element) {
-  element.textContent = '';
-  element.hidden = true;
-}
-
-function formField({ id, label, hint, ...inputAttrs }) {
-  const hintId = hint ? `${id}-hint` : null;
-  const errorId = `${id}-error`;
-  const input = h('input', {
-    id, name: id, class: 'input', type: 'text', ...inputAttrs,
-    'aria-describedby': [hintId, errorId].filter(Boolean).join(' '),
-  });
-  const error = h('p', { id: errorId, class: 'field-error', hidden: true });
-  const wrapper = h('div', { class: 'field' },
-    h('label', { class: 'label', for: id }, label),
-    hint && h('p', { id: hintId, class: 'field-hint' }, hint),
-    input,
-    error);
-  const setError = (message) => {
-    error.textContent = message ?? '';
-    error.hidden = !message;
-    input.setAttribute('aria-invalid', message ? 'true' : 'false');
-  };
-  return { wrapper, input, setError };
-}
-
-function fieldWrappers(fields) {
-  return Object.values(fields).map((field) => field.wrapper);
-}
-
-// Marks every field, focuses the first problem, and tells whether there was one.
-function showProblems(fields, problems) {
-  let first = null;
-  for (const [name, field] of Object.entries(fields)) {
-    field.setError(problems[name]);
-    if (problems[name] && !first) {
-      first = field;
-    }
-  }
-  first?.input.focus();
-  return first !== null;
-}
-
-function setBusy(button, busy, busyLabel) {
-  if (!button.dataset.idleLabel) {
-    button.dataset.idleLabel = button.textContent;
-  }
-  button.disabled = busy;
-  button.textContent = busy ? busyLabel : button.dataset.idleLabel;
-}
-
-function errorText(error) {
-  return error?.message || FALLBACK_ERROR_MESSAGE;
-}
-
-function isStale(ctx, error) {
-  return ctx.signal.aborted || isAbortError(error);
 }

@@ -59,7 +59,8 @@ def app(tmp_path: Path) -> Iterator[Flask]:
     with app.app_context():
         db.drop_all()
         db.create_all()
-        ledger.ensure_genesis(runtime.node_key(create=True), app.config["CHAIN_ID"], utcnow())
+        runtime.node_key(create=True)
+        runtime.ensure_chain(utcnow())
         yield app
         db.session.remove()
         db.drop_all()
@@ -128,7 +129,7 @@ def admin(client: FlaskClient) -> Person:
 
 def produce(app: Flask) -> int | None:
     """Seal pending transactions now, as the node's producer would."""
-    return ledger.produce_block(runtime.node_key(), utcnow())
+    return ledger.seal_pending(runtime.node_key())
 
 
 RECORD = {

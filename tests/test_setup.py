@@ -91,7 +91,8 @@ def test_producer_runs_once_per_node_and_seals_pending(tmp_path: Path) -> None:
     with app.app_context():
         db.drop_all()
         db.create_all()
-        ledger.ensure_genesis(runtime.node_key(create=True), app.config["CHAIN_ID"], utcnow())
+        runtime.node_key(create=True)
+        runtime.ensure_chain(utcnow())
         accounts.create_user(role="patient", username="pat", password="long-enough-pw", display_name="P",
                              kdf=runtime.kdf(), now=utcnow())  # fmt: skip
         stops = [threading.Event(), threading.Event()]

@@ -34,7 +34,10 @@ def _binary(payload: dict[str, Any], name: str) -> bytes:
 
 
 def check_genesis(payload: dict[str, Any]) -> None:
-    _fields(payload, {"chain", "nodes"})
+    from core.consensus.params import Params
+
+    _fields(payload, {"chain", "nodes", "params"})
+    Params.from_dict(payload["params"])
     if not isinstance(payload["chain"], str) or not payload["chain"]:
         raise InvalidTransaction("genesis needs a chain id")
     nodes = payload["nodes"]
@@ -139,6 +142,23 @@ def check_emergency(payload: dict[str, Any]) -> None:
     _hex64(payload, "reason")
 
 
+def check_vote(payload: dict[str, Any]) -> None:
+    """An account's votes for up to K hospital nodes (replacing its earlier vote)."""
+    _fields(payload, {"nodes"})
+    nodes = payload["nodes"]
+    if not isinstance(nodes, list) or not nodes or len(set(nodes)) != len(nodes):
+        raise InvalidTransaction("a vote names one or more distinct nodes")
+    if not all(isinstance(n, str) and NODE_ID_RE.match(n) for n in nodes):
+        raise InvalidTransaction("bad node id in vote")
+
+
+def check_evidence(payload: dict[str, Any]) -> None:
+    """Two headers signed by one producer for one slot (checked against the chain's state)."""
+    _fields(payload, {"a", "b"})
+    _binary(payload, "a")
+    _binary(payload, "b")
+
+
 RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "genesis": check_genesis,
     "key": check_key,
@@ -148,6 +168,8 @@ RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "decline": check_decline,
     "access": check_access,
     "emergency": check_emergency,
+    "vote": check_vote,
+    "evidence": check_evidence,
 }
 
 # Which role's key may sign each kind (genesis and key have their own rules in the registry).
@@ -158,4 +180,6 @@ SIGNER_ROLES: dict[str, tuple[str, ...]] = {
     "decline": ("patient",),
     "access": ("doctor",),
     "emergency": ("doctor",),
+    "vote": ("patient", "doctor", "admin"),
+    "evidence": ("patient", "doctor", "admin", "node"),
 }

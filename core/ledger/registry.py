@@ -20,10 +20,11 @@ class KeyRegistry:
     nodes: dict[str, Verifier] = field(default_factory=dict)
     accounts: dict[str, Verifier] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
+    node_keys: dict[str, Verifier] = field(default_factory=dict)  # by key id, for node-signed transactions
 
     def copy(self) -> KeyRegistry:
         """An independent registry to try transactions on without touching this one."""
-        return KeyRegistry(self.chain_id, dict(self.nodes), dict(self.accounts), dict(self.roles))
+        return KeyRegistry(self.chain_id, dict(self.nodes), dict(self.accounts), dict(self.roles), dict(self.node_keys))
 
     def node_verifier(self, node_id: str) -> Verifier:
         """The key of a known node; raises InvalidSignature for an unknown producer."""
@@ -48,6 +49,8 @@ class KeyRegistry:
                 return rsa_verifier(rsa_der, tx.signer)
             except EncodingError as exc:
                 raise InvalidTransaction(str(exc)) from exc
+        if tx.signer in self.node_keys:
+            return self.node_keys[tx.signer]
         if tx.signer not in self.accounts:
             raise InvalidTransaction("signer is not a registered key")
         return self.accounts[tx.signer]
@@ -58,7 +61,8 @@ class KeyRegistry:
         if tx.kind != "genesis" and self.chain_id is None:
             raise InvalidTransaction("transaction before genesis")
         allowed = SIGNER_ROLES.get(tx.kind)
-        if allowed is not None and self.roles.get(tx.signer) not in allowed:
+        role = "node" if tx.signer in self.node_keys else self.roles.get(tx.signer)
+        if allowed is not None and role not in allowed:
             raise InvalidTransaction(f"only {' or '.join(allowed)} keys sign {tx.kind} transactions")
 
     def apply(self, tx: Transaction, height: int, verify_signature: bool = True) -> None:
@@ -75,7 +79,9 @@ class KeyRegistry:
         if tx.kind == "genesis":
             self.chain_id = tx.payload["chain"]
             for node in tx.payload["nodes"]:
-                self.nodes[node["id"]] = node_public_key_from_bytes(b64d(node["key"]))
+                verifier = node_public_key_from_bytes(b64d(node["key"]))
+                self.nodes[node["id"]] = verifier
+                self.node_keys[verifier.key_id] = verifier
         elif tx.kind == "key":
             self.accounts[tx.signer] = verifier
             self.roles[tx.signer] = tx.payload["role"]

@@ -5,7 +5,8 @@ as a sequence of small named checks; the first that fails raises InvalidBlock
 with the block's height and the check's name:
 
     missing block, reordered, encoding, header hash, link, timestamp, body hash,
-    producer signature, transaction, transaction signature, duplicate transaction
+    producer signature, producer schedule, transaction, transaction signature,
+    duplicate transaction
 
 `validate_chain` runs it over a whole chain and turns the first failure into a
 `ChainReport`.
@@ -15,13 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.encoding import b64d
 from core.errors import CoreError, EncodingError, InvalidBlock, InvalidSignature, InvalidTransaction
 from core.ledger.block import GENESIS_PREV_HASH, Block, BlockHeader, decode_header
 from core.ledger.merkle import merkle_root
 from core.ledger.registry import KeyRegistry
 from core.ledger.transaction import Transaction, decode_transaction
+
+if TYPE_CHECKING:
+    from core.consensus.state import ConsensusState
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class ChainValidator:
     registry: KeyRegistry = field(default_factory=KeyRegistry)
     tip: BlockHeader | None = None
     seen: set[str] = field(default_factory=set)
+    consensus: ConsensusState | None = None
 
     @property
     def next_height(self) -> int:
@@ -142,6 +148,7 @@ class ChainValidator:
             if isinstance(exc, InvalidBlock):
                 raise
             raise InvalidBlock(header.height, "transaction", str(exc)) from exc
+        consensus = self._schedule(header)
         # A rejected block must leave no trace: only key-changing kinds touch the registry,
         # so only then is it copied; the seen hashes added so far are taken back.
         registry = self.registry
@@ -150,12 +157,37 @@ class ChainValidator:
         added: list[str] = []
         try:
             self._transactions(header, txs, added)
+            consensus = self._consensus(header, txs, consensus)
         except InvalidBlock:
             self.registry = registry
             self.seen.difference_update(added)
             raise
-        self.tip = header
+        self.tip, self.consensus = header, consensus
         return Block(header, tuple(txs))
+
+    def _schedule(self, header: BlockHeader) -> ConsensusState | None:
+        """A copy of the consensus state entered into this block's slot, if it is the producer's."""
+        if self.consensus is None:
+            return None
+        trial = self.consensus.copy()
+        try:
+            trial.check_producer(header)
+        except InvalidTransaction as exc:
+            raise InvalidBlock(header.height, "producer schedule", str(exc)) from exc
+        return trial
+
+    def _consensus(self, header: BlockHeader, txs: list[Transaction], trial: ConsensusState | None) -> ConsensusState:
+        if trial is None:  # genesis: the consortium starts here
+            from core.consensus import ConsensusState, Params  # consensus builds on this module
+
+            payload = txs[0].payload
+            nodes = {n["id"]: b64d(n["key"]) for n in payload["nodes"]}
+            return ConsensusState.from_genesis(Params.from_dict(payload["params"]), nodes, header.hash)
+        try:
+            trial.apply(header, txs, self.registry.roles)
+        except InvalidTransaction as exc:
+            raise InvalidBlock(header.height, "transaction", str(exc)) from exc
+        return trial
 
 
 def validate_chain(blocks: Iterable[StoredBlock], verify_signatures: bool = True) -> ChainReport:

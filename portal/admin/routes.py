@@ -44,7 +44,7 @@ def new_doctor() -> Response | str | tuple[str, int]:
 @bp.post("/blocks")
 @role_required("admin")
 def produce_block() -> Response:
-    height = ledger.produce_block(runtime.node_key(), utcnow(), current_app.config["MAX_BLOCK_TRANSACTIONS"])
+    height = ledger.seal_pending(runtime.node_key(), current_app.config["MAX_BLOCK_TRANSACTIONS"])
     flash("Nothing was pending." if height is None else f"Sealed block {height}.", "info")
     return redirect(url_for("admin.users"))
 

@@ -27,6 +27,7 @@ def request_json(actor: Actor, item: AccessRequest) -> dict[str, Any]:
         "patient": person(item.patient),
         "reason": grants.request_reason(actor, item),
         "scope": grants.decode_scope(item.scope),
+        "scope_text": grants.describe_scope(grants.decode_scope(item.scope)),
         "days": item.days,
         "status": item.status,
         "created_at": item.created_at.isoformat() + "Z",
@@ -58,7 +59,8 @@ def emergency_json(actor: Actor | None, item: EmergencyAccess) -> dict[str, Any]
         "reason": grants.emergency_reason(item, node=runtime.node(), actor=actor),
         "created_at": item.created_at.isoformat() + "Z",
         "expires_at": item.expires_at.isoformat() + "Z",
-        "active": item.expires_at > utcnow(),
+        # Opting out ends a running emergency at once (reads are refused), so it is not active.
+        "active": item.expires_at > utcnow() and grants.emergency_optin(item.patient, utcnow()) is not None,
         "reviewed_at": item.reviewed_at.isoformat() + "Z" if item.reviewed_at else None,
         "tx_hash": item.tx_hash,
     }
@@ -71,7 +73,7 @@ def entry_json(entry: AccessEntry) -> dict[str, Any]:
         "reader": person(entry.reader),
         "mode": entry.mode,
         "grant_id": entry.grant_id,
-        "part": "record" if entry.part < 0 else f"attachment {entry.part}",
+        "part": "record" if entry.part < 0 else f"attachment {entry.part + 1}",
         "at": entry.at.isoformat() + "Z",
         "tx_hash": entry.tx_hash,
     }

@@ -168,6 +168,11 @@ def chain_block(height: int) -> Response:
     return jsonify(ledger.block(height))
 
 
+@bp.get("/consensus")
+def consensus() -> Response:
+    return jsonify(ledger.consensus_status(utcnow()))
+
+
 @bp.get("/chain/verify")
 def chain_verify() -> Response:
     return jsonify(ledger.verify_chain().to_dict())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,11 +16,13 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from core.consensus import ConsensusState, Params
 from core.crypto import NodeKey
 from core.encoding import b64e
-from core.errors import CoreError, InvalidSignature, InvalidTransaction
+from core.errors import CoreError, InvalidBlock, InvalidSignature, InvalidTransaction
 from core.ledger import (
     GENESIS_PREV_HASH,
+    Block,
     ChainReport,
     StoredBlock,
     Transaction,
@@ -31,7 +34,7 @@ from core.ledger import (
 )
 from core.ledger.validate import ChainValidator
 from portal.extensions import db
-from portal.models import LedgerBlock, LedgerTransaction, epoch_ms
+from portal.models import LedgerBlock, LedgerTransaction, epoch_ms, utcnow
 from portal.services.errors import NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -99,20 +102,32 @@ def _store(block_header_bytes: bytes, height: int, block_hash: str, txs: list[Tr
         row.status, row.block_height, row.position = "committed", height, position
 
 
-def ensure_genesis(node: NodeKey, chain_id: str, now: datetime) -> bool:
-    """Create block 0 naming this node if the chain is empty; True if it was created."""
+def genesis_block(chain_id: str, founders: list[tuple[str, bytes]], params: Params, signer: NodeKey) -> Block:
+    """Block 0 of a consortium: its founding nodes (id, Ed25519 key) and parameters, signed by
+    the first founder. Every node of the consortium stores these very bytes."""
+    payload = {
+        "chain": chain_id,
+        "nodes": [{"id": node_id, "key": b64e(key)} for node_id, key in founders],
+        "params": params.to_dict(),
+    }
+    genesis = sign_transaction("genesis", payload, signer, params.genesis_ms)
+    return make_block(0, GENESIS_PREV_HASH, [genesis], signer.node_id, signer, params.genesis_ms)
+
+
+def ensure_genesis(node: NodeKey, chain_id: str, now: datetime, slot_ms: int = 1000) -> bool:
+    """Create block 0 of a consortium of one (this node) if the chain is empty; True if created."""
     if tip() is not None:
         return False
-    genesis = sign_transaction(
-        "genesis",
-        {"chain": chain_id, "nodes": [{"id": node.node_id, "key": b64e(node.public_raw)}]},
-        node,
-        epoch_ms(now),
-    )
-    block = make_block(0, GENESIS_PREV_HASH, [genesis], node.node_id, node, epoch_ms(now))
-    _store(block.header.encoded, 0, block.header.hash, [genesis], now)
-    db.session.commit()
+    start = epoch_ms(now) // slot_ms * slot_ms
+    params = Params(delegates=1, slot_ms=slot_ms, epoch_slots=60, miss_limit=3, genesis_ms=start)
+    install(genesis_block(chain_id, [(node.node_id, node.public_raw)], params, node), now)
     return True
+
+
+def install(block: Block, now: datetime) -> None:
+    """Store a block that has already been validated against this chain."""
+    _store(block.header.encoded, block.header.height, block.header.hash, list(block.transactions), now)
+    db.session.commit()
 
 
 def _validator_at_tip(current: LedgerBlock) -> ChainValidator:
@@ -150,8 +165,23 @@ def _acceptable(validator: ChainValidator, height: int, limit: int) -> list[Tran
     return chosen
 
 
-def produce_block(node: NodeKey, now: datetime, max_transactions: int = 500) -> int | None:
-    """Seal pending transactions into the next block; returns its height, or None if none waited.
+def _my_slot_time(validator: ChainValidator, node: NodeKey, now: datetime) -> int | None:
+    """Now, if the current slot is after the tip's and is this node's to fill."""
+    consensus = validator.consensus
+    if consensus is None:
+        return None
+    timestamp = epoch_ms(now)
+    slot = consensus.params.slot_of(timestamp)
+    if slot <= consensus.last_slot:
+        return None
+    trial = consensus.copy()
+    trial.advance(slot)
+    return timestamp if trial.scheduled(slot) == node.node_id else None
+
+
+def produce_block(node: NodeKey, now: datetime, max_transactions: int = 500, empty_allowed: bool = False) -> int | None:
+    """Seal pending transactions into the next block if the current slot is this node's; returns
+    its height, or None when it is not this node's turn or (unless `empty_allowed`) nothing waited.
 
     Must run in one place per node (see `portal.producer`)."""
     with _cache_lock:
@@ -159,11 +189,13 @@ def produce_block(node: NodeKey, now: datetime, max_transactions: int = 500) -> 
         if current is None:
             raise ValidationFailed("The chain has no genesis block; run `flask medledger node init`.")
         validator = _validator_at_tip(current)
+        timestamp = _my_slot_time(validator, node, now)
+        if timestamp is None:
+            return None
         txs = _acceptable(validator, current.height + 1, max_transactions)
-        if not txs:
+        if not txs and not empty_allowed:
             db.session.commit()
             return None
-        timestamp = max(epoch_ms(now), decode_header(current.header).timestamp)
         block = make_block(current.height + 1, current.hash, txs, node.node_id, node, timestamp)
         try:
             validator.append(
@@ -178,6 +210,19 @@ def produce_block(node: NodeKey, now: datetime, max_transactions: int = 500) -> 
         _cache.key = (str(db.engine.url), block.header.hash)
         log.info("block %d sealed with %d transactions", block.header.height, len(txs))
         return block.header.height
+
+
+def seal_pending(node: NodeKey, max_transactions: int = 500, wait_seconds: float = 5.0) -> int | None:
+    """Seal what is pending now, waiting (up to `wait_seconds`) for a slot of this node's; returns
+    the new height, or None when nothing waited or no slot came. For on-demand sealing (CLI,
+    admin page, demo); the producer loop calls `produce_block` once per tick instead."""
+    deadline = time.monotonic() + wait_seconds
+    while pending_count() > 0:
+        height = produce_block(node, utcnow(), max_transactions)
+        if height is not None or time.monotonic() > deadline:
+            return height
+        time.sleep(0.02)
+    return None
 
 
 def pending_count() -> int:
@@ -239,3 +284,172 @@ def block(height: int) -> dict[str, Any]:
 
 def block_height_of(tx_hash: str) -> int | None:
     return db.session.scalar(select(LedgerTransaction.block_height).where(LedgerTransaction.hash == tx_hash))
+
+
+# -- replication ------------------------------------------------------------------------------
+
+
+def consensus_state() -> ConsensusState:
+    """The consensus state at the current tip (schedule, delegates, removals)."""
+    with _cache_lock:
+        current = tip()
+        if current is None:
+            raise ValidationFailed("The chain has no genesis block.")
+        state = _validator_at_tip(current).consensus
+        if state is None:
+            raise ValidationFailed("The chain has no consensus state.")
+        return state.copy()
+
+
+def raw_blocks(start: int, limit: int) -> list[dict[str, Any]]:
+    """Blocks from `start` as canonical bytes (base64url), for peers that sync."""
+    limit = max(1, min(limit, MAX_PAGE))
+    end = start + limit
+    return [
+        {"header": b64e(s.header), "transactions": [b64e(t) for t in s.transactions]}
+        for s in stored_blocks(start, batch=limit)
+        if s.height < end
+    ][:limit]
+
+
+def receive_block(header: bytes, transactions: list[bytes], now: datetime, max_skew_ms: int) -> str:
+    """A block from a peer: 'appended' when it extends our tip and is valid, 'known' when we have
+    it, 'ahead' when blocks are missing before it, 'fork' when it competes with ours. Raises
+    InvalidBlock (with height and check) when it is invalid."""
+    try:
+        decoded = decode_header(header)
+    except CoreError as exc:
+        raise InvalidBlock(-1, "encoding", str(exc)) from exc
+    if decoded.timestamp > epoch_ms(now) + max_skew_ms:
+        raise InvalidBlock(decoded.height, "timestamp", "block from the future")
+    with _cache_lock:
+        current = tip()
+        if current is None or decoded.height > current.height + 1:
+            return "ahead"
+        if decoded.height <= current.height:
+            stored = db.session.get(LedgerBlock, decoded.height)
+            return "known" if stored is not None and stored.hash == decoded.hash else "fork"
+        if decoded.prev_hash != current.hash:
+            return "fork"
+        validator = _validator_at_tip(current)
+        try:
+            block = validator.append(StoredBlock(decoded.height, decoded.hash, header, transactions))
+            install(block, now)
+        except Exception:
+            _cache.key = None
+            db.session.rollback()
+            raise
+        _cache.key = (str(db.engine.url), decoded.hash)
+        return "appended"
+
+
+def final_height() -> int:
+    """The highest height that more than two thirds of the delegates have built on."""
+    state = consensus_state()
+    producers: list[str] = []
+    seen: set[str] = set()
+    for row in db.session.scalars(select(LedgerBlock).order_by(LedgerBlock.height.desc())):
+        producer = decode_header(row.header).producer
+        producers.append(producer)
+        seen.add(producer)
+        if len(seen) >= state.params.quorum:
+            return row.height
+    return 0
+
+
+def rollback_above(height: int) -> int:
+    """Remove our blocks above `height` (never at or below the final height), putting their
+    transactions back in the pool; returns how many blocks were removed."""
+    if height < final_height():
+        raise ValidationFailed("Refusing to revert a final block.")
+    with _cache_lock:
+        rows = list(db.session.scalars(select(LedgerBlock).where(LedgerBlock.height > height)))
+        for tx in db.session.scalars(select(LedgerTransaction).where(LedgerTransaction.block_height > height)):
+            tx.status, tx.block_height, tx.position = "pending", None, None
+        db.session.flush()
+        for row in rows:
+            db.session.delete(row)
+        db.session.commit()
+        _cache.key = None
+        return len(rows)
+
+
+def accept_from_peer(encoded: bytes, now: datetime) -> bool:
+    """A transaction gossiped by a peer: kept as pending if new and valid on our chain (a signer
+    whose key registration is itself still pending counts as known). Raises CoreError if invalid."""
+    tx = decode_transaction(encoded)
+    if db.session.get(LedgerTransaction, tx.hash) is not None:
+        return False
+    with _cache_lock:
+        current = tip()
+        if current is None:
+            raise InvalidTransaction("no chain yet")
+        validator = _validator_at_tip(current)
+        if tx.hash in validator.seen:
+            return False
+        trial = validator.registry.copy()
+        height = current.height + 1
+        if tx.kind != "key":
+            pending_keys = db.session.scalars(
+                select(LedgerTransaction.encoded).where(
+                    LedgerTransaction.status == "pending", LedgerTransaction.kind == "key"
+                )
+            )
+            for key_tx in pending_keys:
+                try:
+                    trial.apply(decode_transaction(key_tx), height)
+                except CoreError:
+                    continue
+        trial.apply(tx, height)
+    queue(tx, now)
+    db.session.commit()
+    return True
+
+
+def pending_encoded(limit: int = 500) -> list[tuple[str, bytes]]:
+    """Pending transactions (hash, bytes), oldest first, for gossip."""
+    rows = db.session.execute(
+        select(LedgerTransaction.hash, LedgerTransaction.encoded)
+        .where(LedgerTransaction.status == "pending")
+        .order_by(LedgerTransaction.received_at)
+        .limit(limit)
+    )
+    return [(h, bytes(e)) for h, e in rows]
+
+
+def consensus_status(now: datetime) -> dict[str, Any]:
+    """What a node's admin (and anyone) may see of consensus: parameters, this epoch's delegates
+    and slot schedule, reliability, removals, and the final height."""
+    state = consensus_state()
+    params = state.params
+    slot = params.slot_of(epoch_ms(now))
+    upcoming = state.copy()
+    schedule = []
+    for future in range(max(slot, state.last_slot + 1), max(slot, state.last_slot + 1) + params.delegates):
+        upcoming.advance(future)
+        schedule.append({"slot": future, "starts": params.slot_start(future), "node": upcoming.scheduled(future)})
+        upcoming.last_slot = future  # look ahead as if each slot were filled
+    current = tip()
+    return {
+        "params": params.to_dict(),
+        "epoch": state.epoch,
+        "slot": slot,
+        "height": current.height if current else -1,
+        "final_height": final_height(),
+        "delegates": state.active(),
+        "candidates": [_candidate(state, n) for n in state.node_keys],
+        "schedule": schedule,
+        "removals": [{"slot": r.slot, "node": r.node, "reason": r.reason} for r in state.removals[-50:]],
+    }
+
+
+def _candidate(state: ConsensusState, node: str) -> dict[str, Any]:
+    return {
+        "node": node,
+        "score": state.score(node),
+        "reliability": state.reliability.get(node, 0),
+        "votes": state.vote_weight(node),
+        "banned_until_epoch": state.banned_until.get(node),
+        "misses": state.misses.get(node, 0),
+        "produced": state.produced.get(node, 0),
+    }

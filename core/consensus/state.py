@@ -1,0 +1,257 @@
+"""The consensus state machine, folded block by block.
+
+Slots: slot s covers [genesis + s*slot_ms, genesis + (s+1)*slot_ms). A round is K
+consecutive slots (round r = slots rK .. rK+K-1); an epoch is `epoch_slots` slots.
+
+- **Election** (each epoch start): candidates not banned, by score = (1000 + vote
+  weight) * reliability / 1000, highest first (ties by node id); the top K are the
+  delegates.
+- **Order** (each round start): the active delegates, shuffled deterministically
+  with SHA-256(round || hash of the last block before the round).
+- **Misses**: when a block arrives, the slots between it and the previous block
+  were missed by their scheduled delegates. `miss_limit` consecutive misses remove a
+  delegate at once: the next candidate by score takes its place in the order, its
+  reliability halves and it sits out the next epoch.
+- **Equivocation**: an `evidence` transaction with two different headers signed by
+  one producer for one slot removes it the same way, quartering its reliability.
+- **Recovery**: a delegate that served a whole epoch without removal regains 100
+  (of 1000) reliability.
+
+Integers only (reliability in thousandths), so every node computes the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.consensus.params import Params
+from core.crypto.keys import fingerprint, node_public_key_from_bytes
+from core.encoding import b64d
+from core.errors import CoreError, EncodingError, InvalidSignature, InvalidTransaction
+from core.ledger.block import BlockHeader, decode_header
+from core.ledger.transaction import Transaction
+
+STAKE = {"admin": 10, "doctor": 3, "patient": 1}
+FULL = 1000
+RECOVERY = 100
+BAN_EPOCHS = 2  # removed in epoch e: not electable in e + 1
+MAX_REPLAYED_GAP = 10_000  # missed slots replayed one by one; past that, only the outcome matters
+
+
+def shuffle(members: Sequence[str], seed: bytes) -> list[str]:
+    """Fisher-Yates driven by SHA-256(seed || counter): the same order on every node."""
+    order = list(members)
+    for i in range(len(order) - 1, 0, -1):
+        digest = hashlib.sha256(seed + i.to_bytes(4, "big")).digest()
+        j = int.from_bytes(digest[:8], "big") % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+@dataclass(frozen=True)
+class Removal:
+    slot: int
+    node: str
+    reason: str
+
+
+@dataclass
+class ConsensusState:
+    params: Params
+    node_keys: dict[str, bytes]  # candidate -> raw Ed25519 key, in admission order
+    votes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    stakes: dict[str, int] = field(default_factory=dict)
+    reliability: dict[str, int] = field(default_factory=dict)
+    banned_until: dict[str, int] = field(default_factory=dict)
+    misses: dict[str, int] = field(default_factory=dict)
+    epoch: int = -1
+    elected: list[str] = field(default_factory=list)
+    removed: set[str] = field(default_factory=set)
+    round: int = -1
+    order: list[str] = field(default_factory=list)
+    last_slot: int = 0
+    last_hash: str = "0" * 64
+    removals: list[Removal] = field(default_factory=list)
+    produced: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_genesis(cls, params: Params, nodes: dict[str, bytes], genesis_hash: str) -> ConsensusState:
+        state = cls(params=params, node_keys=dict(nodes))
+        state.reliability = {n: FULL for n in nodes}
+        state.last_hash = genesis_hash
+        state._enter(0)
+        return state
+
+    def copy(self) -> ConsensusState:
+        return copy.deepcopy(self)
+
+    # -- election and order -----------------------------------------------------------------
+
+    def vote_weight(self, node: str) -> int:
+        weight = 0
+        for voter, chosen in self.votes.items():
+            if node in chosen:
+                weight += self.stakes.get(voter, 0) * FULL // len(chosen)
+        return weight
+
+    def score(self, node: str) -> int:
+        return (FULL + self.vote_weight(node)) * self.reliability.get(node, FULL) // FULL
+
+    def ranking(self) -> list[str]:
+        """Candidates electable this epoch, best first."""
+        eligible = [n for n in self.node_keys if self.banned_until.get(n, 0) <= self.epoch]
+        return sorted(eligible, key=lambda n: (-self.score(n), n))
+
+    def active(self) -> list[str]:
+        """This epoch's delegates still serving, refilled from the ranking after removals."""
+        serving = [n for n in self.elected if n not in self.removed]
+        for candidate in self.ranking():
+            if len(serving) >= self.params.delegates:
+                break
+            if candidate not in serving and candidate not in self.removed:
+                serving.append(candidate)
+        return serving
+
+    def _new_epoch(self, epoch: int) -> None:
+        for node in self.elected:
+            if node not in self.removed:
+                self.reliability[node] = min(FULL, self.reliability.get(node, FULL) + RECOVERY)
+        self.epoch = epoch
+        self.removed = set()
+        self.elected = self.ranking()[: self.params.delegates]
+        self.round = -1
+
+    def _new_round(self, round_: int) -> None:
+        self.round = round_
+        seed = round_.to_bytes(8, "big") + bytes.fromhex(self.last_hash)
+        self.order = shuffle(sorted(self.active()), seed)
+
+    def _enter(self, slot: int) -> None:
+        epoch = slot // self.params.epoch_slots
+        if epoch != self.epoch:
+            self._new_epoch(epoch)
+        if slot // self.params.delegates != self.round:
+            self._new_round(slot // self.params.delegates)
+
+    def scheduled(self, slot: int) -> str | None:
+        """The delegate whose slot this is (for slots in the current round)."""
+        if not self.order:
+            return None
+        return self.order[(slot % self.params.delegates) % len(self.order)]
+
+    # -- removal ----------------------------------------------------------------------------
+
+    def _remove(self, node: str, slot: int, reason: str, divisor: int) -> None:
+        if node in self.removed or len(self.active()) <= 1:
+            return  # a consortium never removes its last producer
+        self.removed.add(node)
+        self.reliability[node] = self.reliability.get(node, FULL) // divisor
+        self.banned_until[node] = self.epoch + BAN_EPOCHS
+        self.misses[node] = 0
+        self.removals.append(Removal(slot, node, reason))
+        replacements = [n for n in self.active() if n not in self.order]
+        if node in self.order:
+            index = self.order.index(node)
+            if replacements:
+                self.order[index] = replacements[0]
+            else:
+                del self.order[index]
+
+    def _missed(self, slot: int) -> None:
+        node = self.scheduled(slot)
+        if node is None:
+            return
+        self.misses[node] = self.misses.get(node, 0) + 1
+        if self.misses[node] >= self.params.miss_limit:
+            self._remove(node, slot, f"missed {self.misses[node]} slots in a row", 2)
+
+    def advance(self, slot: int) -> None:
+        """Enter `slot`, counting every slot since the last block as missed."""
+        gap_start = self.last_slot + 1
+        if slot - gap_start > MAX_REPLAYED_GAP:
+            gap_start = slot - MAX_REPLAYED_GAP
+        for missed in range(gap_start, slot):
+            self._enter(missed)
+            self._missed(missed)
+        self._enter(slot)
+
+    # -- blocks and transactions -------------------------------------------------------------
+
+    def check_producer(self, header: BlockHeader) -> int:
+        """The header's slot, if its producer is the one scheduled for it; raises InvalidTransaction
+        (turned into the "producer schedule" check by the validator) otherwise. Mutates: enters
+        the slot, counting misses since the last block."""
+        slot = self.params.slot_of(header.timestamp)
+        if slot <= self.last_slot:
+            raise InvalidTransaction(f"slot {slot} is not after the previous block's slot {self.last_slot}")
+        self.advance(slot)
+        expected = self.scheduled(slot)
+        if header.producer != expected:
+            raise InvalidTransaction(f"slot {slot} belongs to {expected}, not {header.producer}")
+        return slot
+
+    def apply(self, header: BlockHeader, txs: Sequence[Transaction], roles: dict[str, str]) -> None:
+        """Fold a block in (after `check_producer`)."""
+        self.misses[header.producer] = 0
+        self.produced[header.producer] = self.produced.get(header.producer, 0) + 1
+        self.last_slot = self.params.slot_of(header.timestamp)
+        for tx in txs:
+            if tx.kind == "vote":
+                self._vote(tx, roles)
+            elif tx.kind == "evidence":
+                self._evidence(tx)
+        self.last_hash = header.hash
+
+    def _vote(self, tx: Transaction, roles: dict[str, str]) -> None:
+        chosen = tx.payload["nodes"]
+        unknown = [n for n in chosen if n not in self.node_keys]
+        if unknown or len(chosen) > self.params.delegates:
+            raise InvalidTransaction(f"a vote names at most {self.params.delegates} known nodes")
+        self.votes[tx.signer] = tuple(chosen)
+        self.stakes[tx.signer] = STAKE.get(roles.get(tx.signer, ""), 0)
+
+    def equivocator(self, payload: dict[str, Any]) -> str:
+        """The producer that two different headers for one slot prove guilty; raises InvalidTransaction."""
+        try:
+            first, second = decode_header(b64d(payload["a"])), decode_header(b64d(payload["b"]))
+        except (EncodingError, CoreError) as exc:
+            raise InvalidTransaction(f"evidence headers: {exc}") from exc
+        if first.hash == second.hash or first.producer != second.producer:
+            raise InvalidTransaction("evidence needs two different headers from one producer")
+        if self.params.slot_of(first.timestamp) != self.params.slot_of(second.timestamp):
+            raise InvalidTransaction("evidence headers are for different slots")
+        key = self.node_keys.get(first.producer)
+        if key is None:
+            raise InvalidTransaction("evidence names an unknown producer")
+        verifier = node_public_key_from_bytes(key)
+        try:
+            verifier.verify(first.signature, first.signing_bytes())
+            verifier.verify(second.signature, second.signing_bytes())
+        except InvalidSignature as exc:
+            raise InvalidTransaction("evidence headers are not both signed by the producer") from exc
+        return first.producer
+
+    def _evidence(self, tx: Transaction) -> None:
+        node = self.equivocator(tx.payload)
+        self._remove(node, self.last_slot, "signed two blocks for one slot", 4)
+
+    def node_for_key(self, key_id: str) -> str | None:
+        for node, key in self.node_keys.items():
+            if fingerprint(key) == key_id:
+                return node
+        return None
+
+
+def final_height(producers: Sequence[str], quorum: int) -> int:
+    """The highest final height of a chain, given each block's producer by height: a block is
+    final once blocks by at least `quorum` distinct delegates (itself included) are on it."""
+    seen: set[str] = set()
+    for height in range(len(producers) - 1, -1, -1):
+        seen.add(producers[height])
+        if len(seen) >= quorum:
+            return height
+    return 0

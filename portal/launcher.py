@@ -1,0 +1,146 @@
+"""Start a local consortium: one process per node on loopback, each with its own database,
+node key and instance folder, all sharing one genesis file. Used by
+`flask medledger consortium up` and by the multi-node tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.consensus import Params
+from core.crypto import NodeKey, load_node_key
+from portal import consortium
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LocalNode:
+    node_id: str
+    port: int
+    folder: Path
+    genesis: Path
+    log: Path = field(init=False)
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.log = self.folder / "node.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "MEDLEDGER_CONFIG": "development",
+            "MEDLEDGER_INSTANCE": str(self.folder),
+            "DATABASE_URL": f"sqlite:///{self.folder / 'node.db'}",
+            "NODE_ID": self.node_id,
+            "NODE_KEY_PATH": str(self.folder / "node.key"),
+            "EMERGENCY_KEY_PATH": str(self.folder / "emergency.key"),
+            "GENESIS_PATH": str(self.genesis),
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": "1",
+            "MEDLEDGER_PRODUCER": "1",
+        }
+
+    def flask(self, *args: str) -> None:
+        subprocess.run(  # noqa: S603 (fixed argv)
+            [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+            cwd=ROOT, env=self.env(), check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Start the node's gunicorn (web + block producer) in its own process group."""
+        handle = open(self.log, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=self.env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.node_id} exited; see {self.log}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/v1/chain/blocks?limit=1", timeout=2):  # noqa: S310
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.node_id} did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        """Stop the node and everything it started; bounded in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(timeout=wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        self.process = None
+
+
+STARTUP_MS_PER_NODE = 4000  # slot 0 starts once every node has had time to come up
+
+
+def prepare(
+    folder: Path, count: int, base_port: int, slot_ms: int = 1000, epoch_slots: int | None = None,
+    miss_limit: int = 3, chain_id: str = "medledger-consortium",
+) -> list[LocalNode]:  # fmt: skip
+    """Node folders with keys and migrated databases, then a shared genesis file whose slot 0
+    starts after the nodes have had time to start (all kept if present)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    genesis = folder / "genesis.json"
+    nodes = [LocalNode(f"node-{i}", base_port + i - 1, folder / f"node-{i}", genesis) for i in range(1, count + 1)]
+    keys = []
+    for node in nodes:
+        node.folder.mkdir(exist_ok=True)
+        path = node.folder / "node.key"
+        if not path.exists():
+            NodeKey.generate(node.node_id).save(path, None)
+        keys.append(load_node_key(path, None))
+        node.flask("db", "upgrade")
+    if not genesis.exists():
+        start = (int(time.time() * 1000) + STARTUP_MS_PER_NODE * count) // slot_ms * slot_ms
+        params = Params(count, slot_ms, epoch_slots or 30 * count, miss_limit, start)
+        block, peers = consortium.create(chain_id, [(k, n.url) for k, n in zip(keys, nodes, strict=True)], params)
+        consortium.write(genesis, block, peers)
+    for node in nodes:
+        node.flask("medledger", "node", "init")
+    return nodes
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def up(folder: Path, count: int, base_port: int) -> None:
+    """Run a local consortium until interrupted, then stop every node."""
+    nodes = prepare(folder, count, base_port)
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped by a supervisor: still stop every node
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_ready()
+            print(f"{node.node_id}: {node.url}  (log: {node.log})", flush=True)
+        print("consortium running; Ctrl-C stops every node", flush=True)
+        while all(n.process is not None and n.process.poll() is None for n in nodes):
+            time.sleep(1)
+        print("a node exited; stopping the others", flush=True)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        for node in nodes:
+            node.stop()

@@ -1,0 +1,29 @@
+"""Node-to-node API under /node/v1: every request signed by a member node."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, request
+
+from core.consensus.messages import ReplayGuard, verify_request
+from core.errors import InvalidSignature
+from portal.services import ledger
+from portal.services.errors import Unauthorized
+
+bp = Blueprint("node", __name__, url_prefix="/node/v1")
+
+
+@bp.before_request
+def authenticate() -> None:
+    guard = current_app.extensions.setdefault("medledger.replay_guard", ReplayGuard())
+    try:
+        verify_request(
+            request.headers, request.method, request.full_path.rstrip("?"), request.get_data(),
+            ledger.consensus_state().node_keys, int(time.time() * 1000), guard,
+        )  # fmt: skip
+    except InvalidSignature as exc:
+        raise Unauthorized(f"Node message refused: {exc}.") from None
+
+
+from portal.node import routes  # noqa: E402,F401

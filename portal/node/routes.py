@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from flask import Response, current_app, jsonify, request
+
+from core.encoding import b64d
+from core.errors import CoreError, InvalidBlock
+from portal import runtime
+from portal.api import json_body
+from portal.models import utcnow
+from portal.node import bp
+from portal.services import ledger
+from portal.services.errors import ValidationFailed
+
+
+@bp.get("/status")
+def status() -> Response:
+    current = ledger.tip()
+    return jsonify(
+        node=runtime.node_key().node_id,
+        height=current.height if current else -1,
+        tip=current.hash if current else None,
+        final=ledger.final_height(),
+    )
+
+
+@bp.get("/peers")
+def peers() -> Response:
+    genesis = runtime.genesis_file()
+    return jsonify(peers=[{"id": n, "url": u} for n, u in (genesis.peers.items() if genesis else [])])
+
+
+@bp.get("/blocks")
+def blocks() -> Response:
+    try:
+        start, limit = int(request.args.get("from", 0)), int(request.args.get("limit", 50))
+    except ValueError:
+        raise ValidationFailed("`from` and `limit` must be whole numbers.") from None
+    if start < 0:
+        raise ValidationFailed("`from` must be 0 or more.")
+    return jsonify(blocks=ledger.raw_blocks(start, limit))
+
+
+@bp.post("/blocks")
+def announce() -> tuple[Response, int]:
+    data = json_body()
+    try:
+        header = b64d(data.get("header"))
+        transactions = [b64d(t) for t in data.get("transactions") or []]
+        outcome = ledger.receive_block(header, transactions, utcnow(), runtime.max_skew_ms())
+    except InvalidBlock as exc:
+        current_app.logger.warning("refused block from %s: %s", request.headers.get("X-MedLedger-Node"), exc)
+        return jsonify(
+            error={"code": "invalid_block", "message": str(exc), "height": exc.height, "check": exc.check}
+        ), 422
+    except CoreError as exc:
+        return jsonify(error={"code": "invalid_block", "message": str(exc)}), 422
+    return jsonify(outcome=outcome), 200
+
+
+@bp.post("/transactions")
+def transactions() -> Response:
+    items = json_body().get("transactions")
+    if not isinstance(items, list) or len(items) > 1000:
+        raise ValidationFailed("`transactions` must be a list of at most 1000 encoded transactions.")
+    accepted, rejected = 0, 0
+    for item in items:
+        try:
+            accepted += ledger.accept_from_peer(b64d(item), utcnow())
+        except (CoreError, TypeError):
+            rejected += 1
+    return jsonify(accepted=accepted, rejected=rejected)

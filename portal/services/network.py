@@ -1,0 +1,143 @@
+"""Talking to the other nodes of the consortium: signed HTTP, gossip, and catching up.
+
+Peers come from the consortium's genesis file. Every request is signed with this
+node's key (core/consensus/messages.py); every call has a short timeout and a
+failure is logged, never raised into the caller's loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from core.consensus.messages import sign_request
+from core.crypto import NodeKey
+from core.encoding import b64d, b64e
+from core.errors import CoreError
+from core.ledger import decode_header
+from portal.services import ledger
+
+log = logging.getLogger(__name__)
+SYNC_BATCH = 100
+
+
+@dataclass
+class Peers:
+    """The other nodes of the consortium and how to reach them."""
+
+    node: NodeKey
+    urls: dict[str, str]
+    timeout: float = 1.0
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=8))
+
+    def _call(self, peer: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = sign_request(self.node, method, path, data, int(time.time() * 1000))
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        url = self.urls[peer] + path  # http(s) only: checked when the genesis file is loaded
+        request = urllib.request.Request(url, data=data or None, method=method, headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 (peer URLs from genesis)
+                return json.loads(answer.read() or b"null")
+        except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as exc:
+            log.debug("peer %s %s %s failed: %s", peer, method, path, exc)
+            return None
+
+    def get(self, peer: str, path: str) -> dict[str, Any] | None:
+        return self._call(peer, "GET", path)
+
+    def post(self, peer: str, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        return self._call(peer, "POST", path, body)
+
+    def broadcast(self, path: str, body: dict[str, Any]) -> None:
+        """Send to every peer in the background; slow or dead peers hold no one up."""
+        for peer in self.urls:
+            self.pool.submit(self.post, peer, path, body)
+
+
+def _apply(blocks: list[dict[str, Any]], now: datetime, max_skew_ms: int) -> tuple[int, str]:
+    """Append fetched blocks in order; returns (appended, last outcome)."""
+    appended, outcome = 0, "none"
+    for item in blocks:
+        try:
+            outcome = ledger.receive_block(
+                b64d(item["header"]), [b64d(t) for t in item["transactions"]], now, max_skew_ms
+            )
+        except (CoreError, KeyError, TypeError) as exc:
+            log.warning("rejected a synced block: %s", exc)
+            return appended, "invalid"
+        if outcome == "appended":
+            appended += 1
+        elif outcome != "known":
+            return appended, outcome
+    return appended, outcome
+
+
+def _fork_point(peers: Peers, peer: str, below: int) -> int | None:
+    """The highest height at or below `below` where our block equals the peer's."""
+    final = ledger.final_height()
+    start = max(final, below - SYNC_BATCH + 1)
+    theirs = peers.get(peer, f"/node/v1/blocks?from={start}&limit={below - start + 1}")
+    if not theirs:
+        return None
+    ours = {s.height: s.hash for s in ledger.stored_blocks(start, batch=SYNC_BATCH) if s.height <= below}
+    point = None
+    for offset, item in enumerate(theirs.get("blocks", [])):
+        height = start + offset
+        try:
+            same = decode_header(b64d(item["header"])).hash == ours.get(height)
+        except (CoreError, KeyError, TypeError):
+            return point
+        if not same:
+            break
+        point = height
+    return point
+
+
+def catch_up(peers: Peers, now: datetime, max_skew_ms: int) -> int:
+    """Fetch and apply blocks from any peer that is ahead, switching to its branch when it is
+    longer than ours after the fork point and the fork point is not below our final height
+    (the most delegate-signed blocks win; final blocks never change). Returns blocks appended."""
+    total = 0
+    for peer in peers.urls:
+        status = peers.get(peer, "/node/v1/status")
+        current = ledger.tip()
+        if not status or current is None or not isinstance(status.get("height"), int):
+            continue
+        while status["height"] > current.height:
+            page = peers.get(peer, f"/node/v1/blocks?from={current.height + 1}&limit={SYNC_BATCH}")
+            if not page or not page.get("blocks"):
+                break
+            appended, outcome = _apply(page["blocks"], now, max_skew_ms)
+            total += appended
+            if outcome == "fork":
+                point = _fork_point(peers, peer, current.height)
+                if point is None or point < ledger.final_height():
+                    log.warning("peer %s is on a branch that would revert final blocks; ignored", peer)
+                    break
+                removed = ledger.rollback_above(point)
+                log.info("switching to %s's longer branch after height %d (%d blocks undone)", peer, point, removed)
+            elif outcome in ("invalid", "ahead") or appended == 0:
+                break
+            current = ledger.tip()
+            if current is None:
+                break
+    return total
+
+
+def announce_block(peers: Peers, height: int) -> None:
+    [item] = ledger.raw_blocks(height, 1)
+    peers.broadcast("/node/v1/blocks", item)
+
+
+def gossip(peers: Peers, encoded: list[bytes]) -> None:
+    if encoded:
+        peers.broadcast("/node/v1/transactions", {"transactions": [b64e(e) for e in encoded]})

@@ -1,0 +1,100 @@
+'use strict';
+
+// Building blocks shared by the screens: headings, notices, loading states,
+// form fields and busy buttons. Text always goes in as text (see dom.js).
+
+import { isAbortError } from './api.js';
+import { h } from './dom.js';
+import { formatDateTime } from './format.js';
+
+const FALLBACK_ERROR_MESSAGE = 'Something went wrong. Please try again.';
+
+export function viewHeading(text) {
+  return h('h1', { class: 'view-title', tabindex: '-1' }, text);
+}
+
+export function dateTime(iso) {
+  return h('time', { datetime: iso }, formatDateTime(iso));
+}
+
+export function definitionList(pairs, className) {
+  return h('dl', { class: className },
+    pairs.filter(([, value]) => value).map(([term, value]) => h('div', { class: 'pair' },
+      h('dt', {}, term), h('dd', {}, value))));
+}
+
+export function loadingIndicator(text) {
+  return h('p', { class: 'loading', role: 'status' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), text);
+}
+
+export function flashNotice(text) {
+  return h('p', { class: 'notice notice-info', role: 'status' }, text);
+}
+
+export function errorNotice(text) {
+  return h('p', { class: 'notice notice-error', role: 'alert', hidden: !text }, text ?? '');
+}
+
+export function showNotice(element, text) {
+  element.textContent = text;
+  element.hidden = false;
+}
+
+export function hideNotice(element) {
+  element.textContent = '';
+  element.hidden = true;
+}
+
+export function formField({ id, label, hint, ...inputAttrs }) {
+  const hintId = hint ? `${id}-hint` : null;
+  const errorId = `${id}-error`;
+  const input = h('input', {
+    id, name: id, class: 'input', type: 'text', ...inputAttrs,
+    'aria-describedby': [hintId, errorId].filter(Boolean).join(' '),
+  });
+  const error = h('p', { id: errorId, class: 'field-error', hidden: true });
+  const wrapper = h('div', { class: 'field' },
+    h('label', { class: 'label', for: id }, label),
+    hint && h('p', { id: hintId, class: 'field-hint' }, hint),
+    input,
+    error);
+  const setError = (message) => {
+    error.textContent = message ?? '';
+    error.hidden = !message;
+    input.setAttribute('aria-invalid', message ? 'true' : 'false');
+  };
+  return { wrapper, input, setError };
+}
+
+export function fieldWrappers(fields) {
+  return Object.values(fields).map((field) => field.wrapper);
+}
+
+// Marks every field, focuses the first problem, and tells whether there was one.
+export function showProblems(fields, problems) {
+  let first = null;
+  for (const [name, field] of Object.entries(fields)) {
+    field.setError(problems[name]);
+    if (problems[name] && !first) {
+      first = field;
+    }
+  }
+  first?.input.focus();
+  return first !== null;
+}
+
+export function setBusy(button, busy, busyLabel) {
+  if (!button.dataset.idleLabel) {
+    button.dataset.idleLabel = button.textContent;
+  }
+  button.disabled = busy;
+  button.textContent = busy ? busyLabel : button.dataset.idleLabel;
+}
+
+export function errorText(error) {
+  return error?.message || FALLBACK_ERROR_MESSAGE;
+}
+
+export function isStale(ctx, error) {
+  return ctx.signal.aborted || isAbortError(error);
+}

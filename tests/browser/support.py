@@ -1,0 +1,242 @@
+"""What the browser tests share: the node under test, a phone-sized browser context and API helpers.
+
+The fixtures built on these live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from playwright.sync_api import Page
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it. Never `playwright install`.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # the suite may run as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+HOST = "127.0.0.1"
+PHONE = {"width": 390, "height": 844}
+
+START_TIMEOUT = 30.0  # seconds until the node answers
+HTTP_TIMEOUT = 10.0  # seconds per request from the test
+CLI_TIMEOUT = 120  # seconds per `flask` command
+UI_TIMEOUT = 10_000  # milliseconds per browser wait
+
+DOCTOR_USERNAME = "dr.e2e"
+DOCTOR_PASSWORD = "doctor-password-1"
+DOCTOR_NAME = "Dr. Eve Tester"
+DOCTOR_HOSPITAL = "E2E General"
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def tiny_png() -> bytes:
+    """A valid 1x1 PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\x0f\x76\x6e")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+PNG = tiny_png()
+
+
+# ---- the node
+
+
+@dataclass
+class Node:
+    url: str
+    log: Path
+    env: dict[str, str]
+
+    def api(self, path: str) -> str:
+        return f"{self.url}/api/v1{path}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def create_doctor(self, username: str, password: str, display_name: str, hospital: str, licence: str) -> None:
+        """Through the CLI, as an operator does (the API has no way to create doctors)."""
+        flask_cli(
+            ["medledger", "create-user", "--role", "doctor", "--username", username, "--password", password,
+             "--display-name", display_name, "--hospital", hospital, "--licence-number", licence],
+            self.env,
+        )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def node_env(instance: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("GUNICORN_BIND", "NODE_KEY_PASSPHRASE", "SECRET_KEY")}
+    env.update(
+        MEDLEDGER_CONFIG="development",
+        MEDLEDGER_INSTANCE=str(instance),
+        NODE_KEY_PATH=str(instance / "node.key"),
+        PORT=str(port),
+        WEB_CONCURRENCY="1",
+        BLOCK_INTERVAL_SECONDS="1",
+        MEDLEDGER_PRODUCER="1",
+        # Always SQLite, also on the PostgreSQL run of the suite (TEST_DATABASE_URL): this node is
+        # a separate process with its own migrated database, and the other tests drop and recreate
+        # the tables of TEST_DATABASE_URL for every test.
+        DATABASE_URL=f"sqlite:///{instance / 'node.db'}",
+    )
+    return env
+
+
+def flask_cli(args: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"flask {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+
+
+def wait_until_serving(node: Node, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the node exited with {process.returncode}:\n{node.log_tail()}")
+        try:
+            if requests.get(node.api("/chain/blocks"), timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"the node did not answer within {START_TIMEOUT:.0f} s:\n{node.log_tail()}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """gunicorn, its worker and its block producer share one process group: end all of it."""
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# ---- the browser
+
+
+@dataclass
+class Phone:
+    """One browser context at a phone's size, and what went wrong in it."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+    foreign_requests: list[str] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        assert self.errors == [], "uncaught errors in the page"
+        assert self.dialogs == [], "the page opened dialogs"
+        assert self.foreign_requests == [], "the page talked to something other than the node"
+
+
+def heading(page: Page) -> Any:
+    return page.locator("#app h1")
+
+
+def our_storage_keys(page: Page) -> list[str]:
+    return page.evaluate(
+        "() => [...Object.keys(localStorage), ...Object.keys(sessionStorage)].filter((k) => k.startsWith('medledger.'))"
+    )
+
+
+def fits_the_phone(page: Page) -> bool:
+    return page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+
+
+# ---- the API, as the test's other actors
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_for(node: Node, username: str, password: str) -> str:
+    answer = requests.post(
+        node.api("/auth/token"), json={"username": username, "password": password}, timeout=HTTP_TIMEOUT
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["token"]
+
+
+def doctor_token(node: Node) -> str:
+    return token_for(node, DOCTOR_USERNAME, DOCTOR_PASSWORD)
+
+
+def register_patient(node: Node, username: str, password: str, display_name: str) -> str:
+    """A patient account made through the API; answers its id."""
+    answer = requests.post(
+        node.api("/auth/register"),
+        json={"username": username, "password": password, "display_name": display_name},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()["user"]["id"]
+
+
+def find_patient(node: Node, token: str, username: str) -> str:
+    """As a doctor: the id of the patient with this username."""
+    found = requests.get(node.api("/patients"), params={"q": username}, headers=bearer(token), timeout=HTTP_TIMEOUT)
+    assert found.status_code == 200, found.text
+    matches = [p for p in found.json()["patients"] if p["username"] == username]
+    assert len(matches) == 1, found.json()
+    return matches[0]["id"]
+
+
+def write_record(node: Node, token: str, patient_username: str, title: str) -> str:
+    """As the doctor: find the patient and write them a record; answers the record's id."""
+    patient_id = find_patient(node, token, patient_username)
+    record = {
+        "title": title,
+        "category": "respiratory",
+        "diagnoses": ["J45.909"],
+        "symptoms": ["HP:0002094"],
+        "notes": f"Wheeze on exertion.\nPasted from an e-mail: {XSS}",
+        "prescriptions": [{"drug": "Salbutamol", "dose": "100 mcg", "frequency": "as needed", "duration": "30 days"}],
+        "attachments": [
+            {"filename": "peak-flow.png", "content_type": "image/png", "data": base64.b64encode(PNG).decode()}
+        ],
+    }
+    written = requests.post(
+        node.api(f"/patients/{patient_id}/records"), json=record, headers=bearer(token), timeout=HTTP_TIMEOUT
+    )
+    assert written.status_code == 201, written.text
+    return written.json()["id"]
