@@ -9,8 +9,11 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from core.encoding import b64e
+from core.errors import CoreError
+from core.ledger import sign_transaction
 from portal import runtime
-from portal.models import utcnow
+from portal.models import epoch_ms, utcnow
 from portal.services import accounts, ledger
 from portal.services.errors import ServiceError
 
@@ -68,6 +71,31 @@ def node_init() -> None:
     had_chain = ledger.tip() is not None
     runtime.ensure_chain(utcnow())
     click.echo(f"node {key.node_id} key {key.key_id[:16]}; genesis {'already present' if had_chain else 'installed'}")
+
+
+@node.command("show")
+@with_appcontext
+def node_show() -> None:
+    """Print this node's id and public key (what a joining hospital sends to the members)."""
+    key = runtime.node_key()
+    click.echo(f"node id: {key.node_id}\npublic key: {b64e(key.public_raw)}")
+
+
+@node.command("admit")
+@click.option("--node-id", required=True)
+@click.option("--key", "public_key", required=True, help="The joining node's public key (from its `node show`).")
+@click.option("--url", required=True, help="Where the joining node answers, e.g. https://node.hospital.example")
+@with_appcontext
+def node_admit(node_id: str, public_key: str, url: str) -> None:
+    """Vote, as this member node, to admit a new hospital node; it joins once more than two
+    thirds of the members have voted so."""
+    key = runtime.node_key()
+    try:
+        tx = sign_transaction("admit", {"node": node_id, "key": public_key, "url": url}, key, epoch_ms(utcnow()))
+        ledger.accept_from_peer(tx.encoded, utcnow())
+    except CoreError as exc:
+        raise click.ClickException(f"vote refused: {exc}") from None
+    click.echo(f"vote to admit {node_id} queued ({tx.hash[:16]})")
 
 
 @medledger.group()

@@ -73,6 +73,8 @@ def _produce(app: Flask, key: NodeKey, peers: Peers | None) -> None:
 
 
 def _sync(peers: Peers, gossiped: set[str]) -> None:
+    me = runtime.node_key().node_id
+    peers.urls.update({n: url for n, url in ledger.consensus_state().urls.items() if n != me})
     network.catch_up(peers, utcnow(), runtime.max_skew_ms())
     fresh = [(h, e) for h, e in ledger.pending_encoded() if h not in gossiped]
     network.gossip(peers, [e for _, e in fresh])

@@ -77,6 +77,9 @@ class ConsensusState:
     last_hash: str = "0" * 64
     removals: list[Removal] = field(default_factory=list)
     produced: dict[str, int] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)  # admitted nodes' addresses
+    admissions: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (id, key) -> members in favour
+    punished: set[tuple[str, int]] = field(default_factory=set)  # (producer, slot) equivocations already judged
 
     @classmethod
     def from_genesis(cls, params: Params, nodes: dict[str, bytes], genesis_hash: str) -> ConsensusState:
@@ -146,9 +149,12 @@ class ConsensusState:
     # -- removal ----------------------------------------------------------------------------
 
     def _remove(self, node: str, slot: int, reason: str, divisor: int) -> None:
-        if node in self.removed or len(self.active()) <= 1:
-            return  # a consortium never removes its last producer
+        if node in self.removed:
+            return
         self.removed.add(node)
+        if not self.active():
+            self.removed.discard(node)  # a consortium never removes its last producer
+            return
         self.reliability[node] = self.reliability.get(node, FULL) // divisor
         self.banned_until[node] = self.epoch + BAN_EPOCHS
         self.misses[node] = 0
@@ -194,28 +200,67 @@ class ConsensusState:
             raise InvalidTransaction(f"slot {slot} belongs to {expected}, not {header.producer}")
         return slot
 
-    def apply(self, header: BlockHeader, txs: Sequence[Transaction], roles: dict[str, str]) -> None:
-        """Fold a block in (after `check_producer`)."""
+    def apply(self, header: BlockHeader, txs: Sequence[Transaction], roles: dict[str, str]) -> list[str]:
+        """Fold a block in (after `check_producer`); returns the nodes it admitted."""
         self.misses[header.producer] = 0
         self.produced[header.producer] = self.produced.get(header.producer, 0) + 1
         self.last_slot = self.params.slot_of(header.timestamp)
-        for tx in txs:
-            if tx.kind == "vote":
-                self._vote(tx, roles)
-            elif tx.kind == "evidence":
-                self._evidence(tx)
+        admitted = [node for node in (self.apply_tx(tx, roles) for tx in txs) if node is not None]
         self.last_hash = header.hash
+        return admitted
+
+    def apply_tx(self, tx: Transaction, roles: dict[str, str]) -> str | None:
+        """Check and fold one transaction; returns the node it admitted, if any. Raises
+        InvalidTransaction. (Producers fold a candidate batch through a copy with this.)"""
+        self.check(tx)
+        if tx.kind == "vote":
+            self._vote(tx, roles)
+        elif tx.kind == "evidence":
+            self._evidence(tx)
+        elif tx.kind == "admit" and self._admit(tx):
+            return tx.payload["node"]
+        return None
+
+    def _admit(self, tx: Transaction) -> bool:
+        """Count a member's vote to admit a node; True when more than two thirds of the members
+        have voted for the same id and key, and the node becomes a candidate."""
+        member = self.node_for_key(tx.signer) or ""
+        node, key = tx.payload["node"], tx.payload["key"]
+        votes = self.admissions.setdefault((node, key), set())
+        votes.add(member)
+        if len(votes) < len(self.node_keys) * 2 // 3 + 1:
+            return False
+        self.node_keys[node] = b64d(key)
+        self.reliability[node] = FULL
+        self.urls[node] = tx.payload["url"]
+        del self.admissions[(node, key)]
+        return True
+
+    def check(self, tx: Transaction) -> None:
+        """Would `tx` be accepted by consensus now? Raises InvalidTransaction saying why not.
+        (Producers ask before putting a transaction in a block.)"""
+        if tx.kind == "vote":
+            chosen = tx.payload["nodes"]
+            if any(n not in self.node_keys for n in chosen) or len(chosen) > self.params.delegates:
+                raise InvalidTransaction(f"a vote names at most {self.params.delegates} known nodes")
+        elif tx.kind == "evidence":
+            node, slot = self.equivocator(tx.payload)
+            if (node, slot) in self.punished:
+                raise InvalidTransaction(f"{node}'s equivocation in slot {slot} was already punished")
+        elif tx.kind == "admit":
+            if self.node_for_key(tx.signer) is None:
+                raise InvalidTransaction("only member nodes vote to admit a node")
+            if tx.payload["node"] in self.node_keys:
+                raise InvalidTransaction(f"{tx.payload['node']} is already a member")
 
     def _vote(self, tx: Transaction, roles: dict[str, str]) -> None:
         chosen = tx.payload["nodes"]
-        unknown = [n for n in chosen if n not in self.node_keys]
-        if unknown or len(chosen) > self.params.delegates:
-            raise InvalidTransaction(f"a vote names at most {self.params.delegates} known nodes")
         self.votes[tx.signer] = tuple(chosen)
         self.stakes[tx.signer] = STAKE.get(roles.get(tx.signer, ""), 0)
 
-    def equivocator(self, payload: dict[str, Any]) -> str:
-        """The producer that two different headers for one slot prove guilty; raises InvalidTransaction."""
+    def equivocator(self, payload: dict[str, Any]) -> tuple[str, int]:
+        """The producer (and slot) that two different headers for one slot prove guilty; raises
+        InvalidTransaction."""
         try:
             first, second = decode_header(b64d(payload["a"])), decode_header(b64d(payload["b"]))
         except (EncodingError, CoreError) as exc:
@@ -233,10 +278,11 @@ class ConsensusState:
             verifier.verify(second.signature, second.signing_bytes())
         except InvalidSignature as exc:
             raise InvalidTransaction("evidence headers are not both signed by the producer") from exc
-        return first.producer
+        return first.producer, self.params.slot_of(first.timestamp)
 
     def _evidence(self, tx: Transaction) -> None:
-        node = self.equivocator(tx.payload)
+        node, slot = self.equivocator(tx.payload)
+        self.punished.add((node, slot))
         self._remove(node, self.last_slot, "signed two blocks for one slot", 4)
 
     def node_for_key(self, key_id: str) -> str | None:

@@ -159,6 +159,18 @@ def check_evidence(payload: dict[str, Any]) -> None:
     _binary(payload, "b")
 
 
+def check_admit(payload: dict[str, Any]) -> None:
+    """A member node's vote to admit a new hospital node (id, Ed25519 key, URL)."""
+    _fields(payload, {"node", "key", "url"})
+    if not isinstance(payload["node"], str) or not NODE_ID_RE.match(payload["node"]):
+        raise InvalidTransaction("bad node id")
+    if len(_binary(payload, "key")) != 32:
+        raise InvalidTransaction("node keys are 32-byte Ed25519 keys")
+    url = payload["url"]
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 200:
+        raise InvalidTransaction("url must be an http(s) URL")
+
+
 RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "genesis": check_genesis,
     "key": check_key,
@@ -170,6 +182,7 @@ RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "emergency": check_emergency,
     "vote": check_vote,
     "evidence": check_evidence,
+    "admit": check_admit,
 }
 
 # Which role's key may sign each kind (genesis and key have their own rules in the registry).
@@ -182,4 +195,5 @@ SIGNER_ROLES: dict[str, tuple[str, ...]] = {
     "emergency": ("doctor",),
     "vote": ("patient", "doctor", "admin"),
     "evidence": ("patient", "doctor", "admin", "node"),
+    "admit": ("node",),
 }

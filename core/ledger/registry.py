@@ -26,6 +26,12 @@ class KeyRegistry:
         """An independent registry to try transactions on without touching this one."""
         return KeyRegistry(self.chain_id, dict(self.nodes), dict(self.accounts), dict(self.roles), dict(self.node_keys))
 
+    def add_node(self, node_id: str, public_raw: bytes) -> None:
+        """A node that may produce blocks and sign node transactions (a founder or one admitted)."""
+        verifier = node_public_key_from_bytes(public_raw)
+        self.nodes[node_id] = verifier
+        self.node_keys[verifier.key_id] = verifier
+
     def node_verifier(self, node_id: str) -> Verifier:
         """The key of a known node; raises InvalidSignature for an unknown producer."""
         try:
@@ -79,9 +85,7 @@ class KeyRegistry:
         if tx.kind == "genesis":
             self.chain_id = tx.payload["chain"]
             for node in tx.payload["nodes"]:
-                verifier = node_public_key_from_bytes(b64d(node["key"]))
-                self.nodes[node["id"]] = verifier
-                self.node_keys[verifier.key_id] = verifier
+                self.add_node(node["id"], b64d(node["key"]))
         elif tx.kind == "key":
             self.accounts[tx.signer] = verifier
             self.roles[tx.signer] = tx.payload["role"]

@@ -152,7 +152,7 @@ class ChainValidator:
         # A rejected block must leave no trace: only key-changing kinds touch the registry,
         # so only then is it copied; the seen hashes added so far are taken back.
         registry = self.registry
-        if any(tx.kind in ("genesis", "key") for tx in txs):
+        if any(tx.kind in ("genesis", "key", "admit") for tx in txs):
             self.registry = registry.copy()
         added: list[str] = []
         try:
@@ -184,9 +184,11 @@ class ChainValidator:
             nodes = {n["id"]: b64d(n["key"]) for n in payload["nodes"]}
             return ConsensusState.from_genesis(Params.from_dict(payload["params"]), nodes, header.hash)
         try:
-            trial.apply(header, txs, self.registry.roles)
+            admitted = trial.apply(header, txs, self.registry.roles)
         except InvalidTransaction as exc:
             raise InvalidBlock(header.height, "transaction", str(exc)) from exc
+        for node in admitted:
+            self.registry.add_node(node, trial.node_keys[node])
         return trial
 
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from concurrent.futures import Future
+from typing import Any
+
 from flask import current_app, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
@@ -7,7 +10,7 @@ from portal import runtime
 from portal.admin import bp
 from portal.auth import page_actor, role_required
 from portal.models import utcnow
-from portal.services import accounts, grants, ledger
+from portal.services import accounts, grants, ledger, votes
 from portal.services.errors import ServiceError
 
 
@@ -76,3 +79,77 @@ def review_emergency(emergency_id: str) -> Response | tuple[str, int]:
         return _emergencies_page(), exc.status
     flash(f"Marked the emergency access by {emergency.doctor.display_name} as reviewed.", "info")
     return redirect(url_for("admin.emergencies"))
+
+
+# -- consensus ----------------------------------------------------------------------------------
+
+PEER_WAIT_SECONDS = 1.5  # each call has its own 1 s timeout; this bounds the wait for the pool
+
+
+def _peer_row(peer: str, answer: object, height: int) -> dict[str, Any]:
+    """A peer's health as its /node/v1/status tells it (anything malformed counts as unreachable)."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("height"), int):
+        return {"node": peer, "reachable": False}
+    tip, final = answer.get("tip"), answer.get("final")
+    return {
+        "node": peer,
+        "reachable": True,
+        "height": answer["height"],
+        "tip": tip if isinstance(tip, str) else None,
+        "final": final if isinstance(final, int) else None,
+        "behind": height - answer["height"],
+    }
+
+
+def _peer_health(height: int) -> list[dict[str, Any]] | None:
+    """Each peer's status, asked in parallel; None for a consortium of one."""
+    peers = runtime.peers()
+    if peers is None:
+        return None
+    asked: dict[str, Future[Any]] = {p: peers.pool.submit(peers.get, p, "/node/v1/status") for p in sorted(peers.urls)}
+    rows = []
+    for peer, future in asked.items():
+        try:
+            answer = future.result(timeout=PEER_WAIT_SECONDS)
+        except Exception:  # a timeout or a failure inside the call: the peer is unreachable
+            answer = None
+        rows.append(_peer_row(peer, answer, height))
+    return rows
+
+
+def _consensus_page(status: int = 200) -> tuple[str, int]:
+    actor = page_actor()
+    now = utcnow()
+    state = ledger.consensus_status(now)
+    limit = state["params"]["delegates"]
+    for candidate in state["candidates"]:
+        candidate["percent"] = f"{candidate['reliability'] / 10:g}"
+        banned = candidate["banned_until_epoch"]
+        candidate["sitting_out"] = banned is not None and banned > state["epoch"]
+    page = render_template(
+        "admin/consensus.html",
+        node_id=runtime.node_key().node_id,
+        status=state,
+        peers=_peer_health(state["height"]),
+        limit=limit,
+        my_vote=votes.current_vote(actor) or [],
+    )
+    return page, status
+
+
+@bp.get("/consensus")
+@role_required("admin")
+def consensus() -> tuple[str, int]:
+    return _consensus_page()
+
+
+@bp.post("/consensus/vote")
+@role_required("admin")
+def vote() -> Response | tuple[str, int]:
+    try:
+        votes.cast_vote(page_actor(), request.form.getlist("nodes"), now=utcnow())
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return _consensus_page(exc.status)
+    flash("Vote recorded; it counts from the next epoch once in a block.", "info")
+    return redirect(url_for("admin.consensus"))

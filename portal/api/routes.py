@@ -11,7 +11,7 @@ from flask import Response, current_app, jsonify, request, send_file
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, json_body
 from portal.models import User, utcnow
-from portal.services import accounts, ledger, records
+from portal.services import accounts, ledger, records, votes
 from portal.services.errors import ValidationFailed
 from portal.services.records import NewAttachment
 
@@ -176,3 +176,16 @@ def consensus() -> Response:
 @bp.get("/chain/verify")
 def chain_verify() -> Response:
     return jsonify(ledger.verify_chain().to_dict())
+
+
+@bp.post("/votes")
+def cast_vote() -> tuple[Response, int]:
+    actor = api_actor()
+    nodes = json_body().get("nodes")
+    tx_hash = votes.cast_vote(actor, nodes, now=utcnow())
+    return jsonify(tx_hash=tx_hash, nodes=nodes), 201
+
+
+@bp.get("/votes")
+def current_vote() -> Response:
+    return jsonify(nodes=votes.current_vote(api_actor()))

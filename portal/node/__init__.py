@@ -1,4 +1,6 @@
-"""Node-to-node API under /node/v1: every request signed by a member node."""
+"""Node-to-node API under /node/v1. Reading blocks and status is open, like the ledger itself
+(a joining hospital syncs before it is a member); announcing blocks and gossiping
+transactions must be signed by a member node."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ bp = Blueprint("node", __name__, url_prefix="/node/v1")
 
 @bp.before_request
 def authenticate() -> None:
+    if request.method == "GET":
+        return
     guard = current_app.extensions.setdefault("medledger.replay_guard", ReplayGuard())
     try:
         verify_request(

@@ -144,6 +144,7 @@ def _validator_at_tip(current: LedgerBlock) -> ChainValidator:
 def _acceptable(validator: ChainValidator, height: int, limit: int) -> list[Transaction]:
     """Pending transactions that are valid on top of the tip; invalid ones are rejected for good."""
     trial = validator.registry.copy()
+    consensus = validator.consensus.copy() if validator.consensus else None
     chosen: list[Transaction] = []
     rows = db.session.scalars(
         select(LedgerTransaction)
@@ -156,7 +157,11 @@ def _acceptable(validator: ChainValidator, height: int, limit: int) -> list[Tran
             tx = decode_transaction(row.encoded)
             if tx.hash != row.hash or tx.hash in validator.seen:
                 raise InvalidTransaction("stored under a wrong hash or already on the chain")
+            if consensus is not None:
+                consensus.check(tx)  # before the registry learns anything from it
             trial.apply(tx, height)
+            if consensus is not None:
+                consensus.apply_tx(tx, trial.roles)
         except (CoreError, InvalidSignature) as exc:
             log.warning("rejected transaction %s: %s", row.hash[:16], exc)
             row.status, row.reject_reason = "rejected", str(exc)[:200]

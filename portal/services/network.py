@@ -38,6 +38,8 @@ class Peers:
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=8))
 
     def _call(self, peer: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        if peer not in self.urls:
+            return None
         data = json.dumps(body).encode() if body is not None else b""
         headers = sign_request(self.node, method, path, data, int(time.time() * 1000))
         if body is not None:
@@ -59,7 +61,7 @@ class Peers:
 
     def broadcast(self, path: str, body: dict[str, Any]) -> None:
         """Send to every peer in the background; slow or dead peers hold no one up."""
-        for peer in self.urls:
+        for peer in list(self.urls):  # the sync thread may add admitted nodes meanwhile
             self.pool.submit(self.post, peer, path, body)
 
 
@@ -107,7 +109,7 @@ def catch_up(peers: Peers, now: datetime, max_skew_ms: int) -> int:
     longer than ours after the fork point and the fork point is not below our final height
     (the most delegate-signed blocks win; final blocks never change). Returns blocks appended."""
     total = 0
-    for peer in peers.urls:
+    for peer in list(peers.urls):
         status = peers.get(peer, "/node/v1/status")
         current = ledger.tip()
         if not status or current is None or not isinstance(status.get("height"), int):

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from core.consensus import Params
 from core.crypto import NodeKey, UserKeys
 from core.encoding import b64e, canonical, decode_canonical
 from core.errors import EncodingError, InvalidSignature, InvalidTransaction
@@ -26,10 +27,16 @@ from core.ledger import transaction as transaction_module
 from core.ledger.transaction import Transaction
 
 TS = 1_700_000_000_000
+SLOT_MS = 1000
+PARAMS = Params(delegates=1, slot_ms=SLOT_MS, epoch_slots=60, miss_limit=3, genesis_ms=TS)
 
 
 def _genesis_payload(node_key: NodeKey) -> dict:
-    return {"chain": "medledger-test", "nodes": [{"id": node_key.node_id, "key": b64e(node_key.public_raw)}]}
+    return {
+        "chain": "medledger-test",
+        "nodes": [{"id": node_key.node_id, "key": b64e(node_key.public_raw)}],
+        "params": PARAMS.to_dict(),
+    }
 
 
 def _key_payload(user: UserKeys, role: str) -> dict:
@@ -443,9 +450,48 @@ def test_invalid_registry_record_signed_by_unregistered_key(registry, stranger_k
 
 
 def test_invalid_registry_unknown_kind(registry, doctor_keys):
-    tx = sign_transaction("vote", {"yes": True}, doctor_keys, TS)
-    with pytest.raises(InvalidTransaction, match=r"^unknown transaction kind 'vote'$"):
+    tx = sign_transaction("ballot", {"yes": True}, doctor_keys, TS)
+    with pytest.raises(InvalidTransaction, match=r"^unknown transaction kind 'ballot'$"):
         registry.apply(tx, 2)
+
+
+def test_registry_node_key_signs_evidence(registry, node_key):
+    """Node-signed transactions: a genesis node's key is known by its key id, with the role "node"."""
+    assert set(registry.node_keys) == {node_key.key_id}
+    tx = sign_transaction("evidence", {"a": b64e(b"header a"), "b": b64e(b"header b")}, node_key, TS)
+    registry.apply(tx, 2)  # the headers themselves are checked against the consensus state, not here
+
+
+def test_registry_accounts_sign_votes_and_evidence(registry, doctor_keys, patient_keys):
+    registry.apply(sign_transaction("vote", {"nodes": ["node-1"]}, patient_keys, TS), 2)
+    registry.apply(sign_transaction("vote", {"nodes": ["node-1"]}, doctor_keys, TS), 2)
+    registry.apply(sign_transaction("evidence", {"a": b64e(b"a"), "b": b64e(b"b")}, patient_keys, TS), 2)
+
+
+def test_invalid_registry_vote_signed_by_node(registry, node_key):
+    tx = sign_transaction("vote", {"nodes": ["node-1"]}, node_key, TS)
+    with pytest.raises(InvalidTransaction, match=r"^only patient or doctor or admin keys sign vote transactions$"):
+        registry.apply(tx, 2)
+
+
+def test_invalid_registry_record_signed_by_node(registry, node_key):
+    tx = sign_transaction("record", _record_payload(1), node_key, TS)
+    with pytest.raises(InvalidTransaction, match=r"^only doctor keys sign record transactions$"):
+        registry.apply(tx, 2)
+
+
+def test_invalid_registry_evidence_by_unregistered_key(registry, stranger_keys):
+    tx = sign_transaction("evidence", {"a": b64e(b"a"), "b": b64e(b"b")}, stranger_keys, TS)
+    with pytest.raises(InvalidTransaction, match=r"^only patient or doctor or admin or node keys sign evidence"):
+        registry.apply(tx, 2)
+
+
+def test_invalid_registry_node_signature_forged(registry, node_key):
+    honest = sign_transaction("evidence", {"a": b64e(b"a"), "b": b64e(b"b")}, node_key, TS)
+    other = NodeKey.generate("node-2")
+    forged = transaction_module._build(honest.unsigned(), other.sign(honest.signing_bytes()))
+    with pytest.raises(InvalidSignature, match=rf"^bad signature by {node_key.key_id[:16]}$"):
+        registry.apply(forged, 2)
 
 
 def test_invalid_registry_forged_signature(registry, doctor_keys, patient_keys):
@@ -476,15 +522,44 @@ def test_registry_skips_signature_check_when_asked(registry, doctor_keys, patien
     registry.apply(forged, 2, verify_signature=False)
 
 
+P = PARAMS.to_dict()
+N = [{"id": "n", "key": b64e(bytes(32))}]
+PARAMS_FIELDS = "params must have exactly delegates, epoch_slots, genesis_ms, miss_limit, slot_ms"
+
+
 @pytest.mark.parametrize(
     ("kind", "payload", "message"),
     [
-        ("genesis", {"chain": "c"}, "payload must have exactly the fields chain, nodes"),
-        ("genesis", {"chain": "", "nodes": []}, "genesis needs a chain id"),
-        ("genesis", {"chain": "c", "nodes": []}, "genesis needs at least one node"),
-        ("genesis", {"chain": "c", "nodes": [{"id": "Node 1", "key": b64e(bytes(32))}]}, "bad node id"),
-        ("genesis", {"chain": "c", "nodes": [{"id": "n", "key": b64e(bytes(31))}]}, "node keys are 32-byte"),
-        ("genesis", {"chain": "c", "nodes": [{"id": "n"}]}, "each genesis node needs exactly id and key"),
+        ("genesis", {"chain": "c", "params": P}, "payload must have exactly the fields chain, nodes, params"),
+        ("genesis", {"chain": "c", "nodes": N}, "payload must have exactly the fields chain, nodes, params"),
+        ("genesis", {"chain": "", "nodes": [], "params": P}, "genesis needs a chain id"),
+        ("genesis", {"chain": "c", "nodes": [], "params": P}, "genesis needs at least one node"),
+        ("genesis", {"chain": "c", "nodes": [{"id": "Node 1", "key": b64e(bytes(32))}], "params": P}, "bad node id"),
+        ("genesis", {"chain": "c", "nodes": [{"id": "n", "key": b64e(bytes(31))}], "params": P}, "node keys are 32"),
+        ("genesis", {"chain": "c", "nodes": [{"id": "n"}], "params": P}, "each genesis node needs exactly id and key"),
+        ("genesis", {"chain": "c", "nodes": N, "params": None}, PARAMS_FIELDS),
+        ("genesis", {"chain": "c", "nodes": N, "params": _without(P, "miss_limit")}, PARAMS_FIELDS),
+        ("genesis", {"chain": "c", "nodes": N, "params": {**P, "extra": 1}}, PARAMS_FIELDS),
+        ("genesis", {"chain": "c", "nodes": N, "params": {**P, "slot_ms": "1000"}}, "params must be whole numbers"),
+        ("genesis", {"chain": "c", "nodes": N, "params": {**P, "delegates": True}}, "params must be whole numbers"),
+        ("genesis", {"chain": "c", "nodes": N, "params": {**P, "delegates": 0}}, "consensus parameters out of range"),
+        ("genesis", {"chain": "c", "nodes": N, "params": {**P, "slot_ms": 99}}, "consensus parameters out of range"),
+        (
+            "genesis",
+            {"chain": "c", "nodes": N, "params": {**P, "delegates": 5, "epoch_slots": 4}},
+            "consensus parameters out of range",
+        ),
+        ("genesis", {"chain": "c", "nodes": N, "params": {**P, "miss_limit": 0}}, "consensus parameters out of range"),
+        ("genesis", {"chain": "c", "nodes": N, "params": {**P, "genesis_ms": -1}}, "consensus parameters out of range"),
+        ("vote", {"nodes": ["node-1"], "extra": 1}, "payload must have exactly the fields nodes"),
+        ("vote", {"nodes": []}, "a vote names one or more distinct nodes"),
+        ("vote", {"nodes": "node-1"}, "a vote names one or more distinct nodes"),
+        ("vote", {"nodes": ["node-1", "node-1"]}, "a vote names one or more distinct nodes"),
+        ("vote", {"nodes": ["Node 1"]}, "bad node id in vote"),
+        ("vote", {"nodes": [1]}, "bad node id in vote"),
+        ("evidence", {"a": b64e(b"x")}, "payload must have exactly the fields a, b"),
+        ("evidence", {"a": "a+b", "b": b64e(b"x")}, "payload field 'a' is not base64url"),
+        ("evidence", {"a": b64e(b"x"), "b": None}, "payload field 'b' is not base64url"),
         ("key", {"account": "x", "role": "doctor", "rsa": "", "umbral": ""}, "account must be a UUID"),
         ("record", {**_record_payload(1), "record": "not-a-uuid"}, "record must be a UUID"),
         ("record", {**_record_payload(1), "body": "a+b"}, "payload field 'body' is not base64url"),
@@ -492,12 +567,32 @@ def test_registry_skips_signature_check_when_asked(registry, doctor_keys, patien
         ("record", {**_record_payload(1), "attachments": ["XY"]}, "attachment hashes must be SHA-256 hex"),
     ],
     ids=[
-        "genesis-fields",
+        "genesis-no-nodes-field",
+        "genesis-no-params",
         "genesis-chain",
         "genesis-no-nodes",
         "genesis-node-id",
         "genesis-key-length",
         "genesis-node-fields",
+        "genesis-params-null",
+        "genesis-params-missing-field",
+        "genesis-params-extra-field",
+        "genesis-params-string",
+        "genesis-params-bool",
+        "genesis-params-no-delegates",
+        "genesis-params-short-slot",
+        "genesis-params-short-epoch",
+        "genesis-params-miss-limit-zero",
+        "genesis-params-negative-start",
+        "vote-fields",
+        "vote-empty",
+        "vote-not-a-list",
+        "vote-duplicate",
+        "vote-bad-id",
+        "vote-int-id",
+        "evidence-fields",
+        "evidence-a-base64",
+        "evidence-b-null",
         "key-account",
         "record-uuid",
         "record-base64",
@@ -564,14 +659,31 @@ def test_validate_chain_genesis_only(chain):
     assert report.valid and report.blocks == 1 and report.tip_hash == chain[0].hash
 
 
-def test_validate_chain_equal_timestamps_are_allowed(node_key, genesis):
+def _two_blocks(node_key: NodeKey, genesis: Transaction, second_ts: int) -> list[StoredBlock]:
     first = make_block(0, GENESIS_PREV_HASH, [genesis], "node-1", node_key, TS)
-    second = make_block(1, first.header.hash, [], "node-1", node_key, TS)
-    stored = [
+    second = make_block(1, first.header.hash, [], "node-1", node_key, second_ts)
+    return [
         StoredBlock(0, first.header.hash, first.header.encoded, [genesis.encoded]),
         StoredBlock(1, second.header.hash, second.header.encoded, []),
     ]
-    assert validate_chain(stored).valid
+
+
+def test_validate_chain_equal_timestamps_pass_the_timestamp_check_but_not_the_schedule(node_key, genesis):
+    """The timestamp check only forbids going back in time; since consensus, two blocks in one slot
+    (here: the same millisecond as the genesis block, slot 0) are refused by the producer schedule."""
+    report = validate_chain(_two_blocks(node_key, genesis, TS))
+    assert (report.valid, report.height, report.check) == (False, 1, "producer schedule")
+    assert report.detail == "slot 0 is not after the previous block's slot 0"
+
+
+def test_invalid_validate_chain_second_block_in_the_same_slot(node_key, genesis):
+    report = validate_chain(_two_blocks(node_key, genesis, TS + SLOT_MS - 1))
+    assert (report.valid, report.height, report.check) == (False, 1, "producer schedule")
+
+
+def test_validate_chain_next_slot_is_accepted(node_key, genesis):
+    assert validate_chain(_two_blocks(node_key, genesis, TS + SLOT_MS)).valid
+    assert validate_chain(_two_blocks(node_key, genesis, TS + 7 * SLOT_MS + 999)).valid
 
 
 def test_invalid_validate_chain_empty():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from core.consensus import Params
 from core.crypto import NodeKey, UserKeys
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.ledger import GENESIS_PREV_HASH, StoredBlock, decode_header, make_block, sign_transaction, validate_chain
@@ -32,6 +33,8 @@ from core.ledger import transaction as transaction_module
 from core.ledger.merkle import merkle_root
 
 TS = 1_700_000_000_000
+SLOT_MS = 1000
+PARAMS = Params(delegates=1, slot_ms=SLOT_MS, epoch_slots=60, miss_limit=3, genesis_ms=TS).to_dict()
 HEADER_LEN = 343
 
 
@@ -54,6 +57,10 @@ def _record_payload(seed: int) -> dict:
     }
 
 
+def _genesis_payload(node: NodeKey) -> dict:
+    return {"chain": "medledger-test", "nodes": [{"id": "node-1", "key": b64e(node.public_raw)}], "params": PARAMS}
+
+
 def _key_payload(user: UserKeys, role: str, seed: int) -> dict:
     return {
         "account": str(uuid.UUID(int=seed, version=4)),
@@ -65,12 +72,7 @@ def _key_payload(user: UserKeys, role: str, seed: int) -> dict:
 
 @pytest.fixture(scope="module")
 def chain(node_key, doctor_keys, patient_keys) -> Chain:
-    genesis = sign_transaction(
-        "genesis",
-        {"chain": "medledger-test", "nodes": [{"id": "node-1", "key": b64e(node_key.public_raw)}]},
-        node_key,
-        TS,
-    )
+    genesis = sign_transaction("genesis", _genesis_payload(node_key), node_key, TS)
     bodies = [
         [genesis],
         [
@@ -83,7 +85,7 @@ def chain(node_key, doctor_keys, patient_keys) -> Chain:
     ]
     blocks, prev = [], GENESIS_PREV_HASH
     for height, txs in enumerate(bodies):
-        block = make_block(height, prev, txs, "node-1", node_key, TS + 1000 * height)
+        block = make_block(height, prev, txs, "node-1", node_key, TS + SLOT_MS * height)  # one block per slot
         blocks.append(StoredBlock(height, block.header.hash, block.header.encoded, [tx.encoded for tx in txs]))
         prev = block.header.hash
     return Chain(blocks, node_key, doctor_keys, patient_keys)
@@ -253,7 +255,7 @@ def _patient_record(c: Chain) -> list[StoredBlock]:
 
 
 def _unknown_kind(c: Chain) -> list[StoredBlock]:
-    tx = sign_transaction("vote", {"yes": True}, c.doctor, TS + 40)
+    tx = sign_transaction("ballot", {"yes": True}, c.doctor, TS + 40)
     return _rebody(c, 4, [*c.blocks[4].transactions, tx.encoded], signer=c.node)
 
 
@@ -268,16 +270,13 @@ def _stranger_key_registration(c: Chain) -> list[StoredBlock]:
 
 def _foreign_genesis(c: Chain) -> list[StoredBlock]:
     other = _foreign_node()
-    genesis = sign_transaction(
-        "genesis", {"chain": "medledger-test", "nodes": [{"id": "node-1", "key": b64e(other.public_raw)}]}, other, TS
-    )
+    genesis = sign_transaction("genesis", _genesis_payload(other), other, TS)
     block = make_block(0, GENESIS_PREV_HASH, [genesis], "node-1", other, TS)
     return [StoredBlock(0, block.header.hash, block.header.encoded, [genesis.encoded]), *c.blocks[1:]]
 
 
 def _genesis_signed_by_doctor(c: Chain) -> list[StoredBlock]:
-    payload = {"chain": "medledger-test", "nodes": [{"id": "node-1", "key": b64e(c.node.public_raw)}]}
-    genesis = sign_transaction("genesis", payload, c.doctor, TS)
+    genesis = sign_transaction("genesis", _genesis_payload(c.node), c.doctor, TS)
     block = make_block(0, GENESIS_PREV_HASH, [genesis], "node-1", c.node, TS)
     return [StoredBlock(0, block.header.hash, block.header.encoded, [genesis.encoded]), *c.blocks[1:]]
 
@@ -303,8 +302,7 @@ def _foreign_resign(c: Chain, height: int) -> list[StoredBlock]:
 
 
 def _new_genesis(c: Chain) -> list[StoredBlock]:
-    payload = {"chain": "medledger-test", "nodes": [{"id": "node-1", "key": b64e(c.node.public_raw)}]}
-    genesis = sign_transaction("genesis", payload, c.node, TS + 40)
+    genesis = sign_transaction("genesis", _genesis_payload(c.node), c.node, TS + 40)
     return _rebody(c, 4, [genesis.encoded], signer=c.node)
 
 
@@ -440,6 +438,12 @@ HEADER_FIELD_CASES = [
     ("prev-resigned", lambda c: _reheader(c, 2, resign=True, prev="ab" * 32), 2, "link"),
     ("root-resigned", lambda c: _reheader(c, 3, resign=True, root="cd" * 32), 3, "body hash"),
     ("ts-before-previous-resigned", lambda c: _reheader(c, 3, resign=True, ts=TS + 1000), 3, "timestamp"),
+    # Slots (one block per slot, slot = (ts - genesis) // slot_ms): re-signed timestamps that pass the
+    # timestamp check are caught by the producer schedule, or by the next block's link.
+    ("ts-equal-to-previous-resigned", lambda c: _reheader(c, 3, resign=True, ts=TS + 2000), 3, "producer schedule"),
+    ("ts-in-previous-slot-resigned", lambda c: _reheader(c, 3, resign=True, ts=TS + 2999), 3, "producer schedule"),
+    ("tip-ts-in-previous-slot-resigned", lambda c: _reheader(c, 4, resign=True, ts=TS + 3500), 4, "producer schedule"),
+    ("ts-later-in-own-slot-resigned", lambda c: _reheader(c, 3, resign=True, ts=TS + 3999), 4, "link"),
 ]
 
 

@@ -2,7 +2,9 @@
 
 Everything here is computed from fixed inputs (Ed25519 signatures are
 deterministic), so any change to the canonical encoding, the Merkle tree, the
-transaction or block envelope, or a signing domain shows up as a mismatch.
+transaction or block envelope, a signing domain, the genesis consensus parameters
+or the delegates' shuffle (which every node must compute alike) shows up as a
+mismatch.
 After a deliberate format change, regenerate the file and review the diff:
 
     .venv/bin/python -c "from tests.core.test_vectors import write_vectors; write_vectors()"
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from core.consensus import Params, shuffle
 from core.crypto import NodeKey
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.ledger import (
@@ -51,6 +54,9 @@ CANONICAL_INPUTS: list[Any] = [
     {"v": 1, "kind": "record", "payload": {"z": "last", "a": "first"}},
 ]
 MERKLE_SIZES = [0, 1, 2, 3, 4, 5, 7, 8, 9]
+PARAMS = Params(delegates=1, slot_ms=1000, epoch_slots=60, miss_limit=3, genesis_ms=TS)
+SHUFFLE_MEMBERS = ["node-1", "node-2", "node-3", "node-4", "node-5"]
+SHUFFLE_ROUNDS = range(4)
 
 
 def _node() -> NodeKey:
@@ -66,13 +72,21 @@ def _compute_vectors() -> dict[str, Any]:
     node = _node()
     genesis = sign_transaction(
         "genesis",
-        {"chain": "medledger-vectors", "nodes": [{"id": node.node_id, "key": b64e(node.public_raw)}]},
+        {
+            "chain": "medledger-vectors",
+            "nodes": [{"id": node.node_id, "key": b64e(node.public_raw)}],
+            "params": PARAMS.to_dict(),
+        },
         node,
         timestamp_ms=TS,
         nonce="00" * 16,
     )
     block0 = make_block(0, GENESIS_PREV_HASH, [genesis], node.node_id, node, timestamp_ms=TS, nonce="11" * 16)
-    block1 = make_block(1, block0.header.hash, [], node.node_id, node, timestamp_ms=TS + 1000, nonce="22" * 16)
+    block1 = make_block(
+        1, block0.header.hash, [], node.node_id, node, timestamp_ms=PARAMS.slot_start(1), nonce="22" * 16
+    )
+    # The round seeds as ConsensusState derives them: round number || hash of the last block before it.
+    seeds = [r.to_bytes(8, "big") + bytes.fromhex(block0.header.hash) for r in SHUFFLE_ROUNDS]
     return {
         "node": {
             "id": node.node_id,
@@ -104,6 +118,9 @@ def _compute_vectors() -> dict[str, Any]:
             }
             for block in (block0, block1)
         ],
+        "shuffle": [
+            {"members": SHUFFLE_MEMBERS, "seed": seed.hex(), "order": shuffle(SHUFFLE_MEMBERS, seed)} for seed in seeds
+        ],
     }
 
 
@@ -124,10 +141,11 @@ def computed() -> dict[str, Any]:
 
 
 def test_vectors_file_is_complete(stored):
-    assert set(stored) == {"node", "canonical", "merkle", "genesis_tx", "blocks"}
+    assert set(stored) == {"node", "canonical", "merkle", "genesis_tx", "blocks", "shuffle"}
     assert len(stored["canonical"]) == len(CANONICAL_INPUTS)
     assert [len(case["leaves"]) for case in stored["merkle"]] == MERKLE_SIZES
     assert len(stored["blocks"]) == 2
+    assert len(stored["shuffle"]) == len(SHUFFLE_ROUNDS)
 
 
 def test_node_key_vector(stored, computed):
@@ -160,6 +178,28 @@ def test_genesis_transaction_vector(stored, computed):
     assert tx.hash == stored["genesis_tx"]["hash"] == hashlib.sha256(encoded).hexdigest()
     assert (tx.kind, tx.timestamp, tx.nonce, tx.signer) == ("genesis", TS, "00" * 16, stored["node"]["key_id"])
     _node().verifier().verify(b64d(stored["genesis_tx"]["sig"]), tx.signing_bytes())
+    assert sorted(tx.payload) == ["chain", "nodes", "params"]
+    assert tx.payload["params"] == {
+        "delegates": 1,
+        "slot_ms": 1000,
+        "epoch_slots": 60,
+        "miss_limit": 3,
+        "genesis_ms": TS,
+    }
+    assert Params.from_dict(tx.payload["params"]) == PARAMS
+
+
+@pytest.mark.parametrize("index", range(len(SHUFFLE_ROUNDS)))
+def test_shuffle_vector(stored, computed, index):
+    case = stored["shuffle"][index]
+    assert computed["shuffle"][index] == case
+    assert shuffle(case["members"], bytes.fromhex(case["seed"])) == case["order"]
+    assert sorted(case["order"]) == case["members"]
+
+
+def test_shuffle_vectors_differ_by_round(stored):
+    assert len({tuple(case["order"]) for case in stored["shuffle"]}) > 1
+    assert stored["shuffle"][0]["seed"][16:] == stored["blocks"][0]["hash"]
 
 
 @pytest.mark.parametrize("height", [0, 1])
@@ -185,6 +225,8 @@ def test_stored_headers_decode_and_validate(stored):
         )
     assert chain[0].transactions == [stored["genesis_tx"]["encoded"].encode("utf-8")]
     assert decode_header(chain[1].header).prev_hash == chain[0].hash
+    slots = [PARAMS.slot_of(decode_header(b.header).timestamp) for b in chain]
+    assert slots == [0, 1]
     report = validate_chain(chain)
     assert report.valid
     assert (report.blocks, report.tip_hash) == (2, stored["blocks"][1]["hash"])

@@ -106,7 +106,7 @@ def key_of(node: LocalNode) -> NodeKey:
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalNode]]:
     folder = tmp_path_factory.mktemp("consortium")
-    cluster = prepare(Path(folder), 4, free_base_port(4), slot_ms=SLOT_MS, epoch_slots=40, miss_limit=3)
+    cluster = prepare(Path(folder), 4, free_base_port(5), slot_ms=SLOT_MS, epoch_slots=40, miss_limit=3)
     try:
         for node in cluster:
             node.start()
@@ -254,3 +254,32 @@ def test_minority_cannot_finalise_and_final_blocks_never_change(nodes: list[Loca
     wait_for(lambda: get(nodes[0], "/api/v1/consensus")["final_height"] > final, 40, "finality to resume")
     for node in nodes:
         assert block_hash(node, final) == final_hash
+
+
+def test_a_new_hospital_joins_by_the_members_vote(nodes: list[LocalNode]) -> None:
+    genesis = nodes[0].genesis
+    newcomer = LocalNode("node-5", nodes[0].port + 4, genesis.parent / "node-5", genesis)
+    newcomer.folder.mkdir()
+    NodeKey.generate("node-5").save(newcomer.folder / "node.key", None)
+    newcomer.flask("db", "upgrade")
+    newcomer.flask("medledger", "node", "init")
+    newcomer.start()
+    try:
+        newcomer.wait_ready()
+        wait_for(lambda: height(newcomer) >= height(nodes[0]) - 2, 40, "the newcomer to sync as an observer")
+        assert "node-5" not in [c["node"] for c in get(nodes[0], "/api/v1/consensus")["candidates"]]
+        key = b64e(key_of(newcomer).public_raw)
+        for member in nodes[:2]:
+            member.flask("medledger", "node", "admit", "--node-id", "node-5", "--key", key, "--url", newcomer.url)
+        time.sleep(SLOT_MS / 1000 * 8)
+        assert "node-5" not in [c["node"] for c in get(nodes[0], "/api/v1/consensus")["candidates"]], "2 of 4 admitted"
+        nodes[2].flask("medledger", "node", "admit", "--node-id", "node-5", "--key", key, "--url", newcomer.url)
+        for node in [*nodes, newcomer]:
+            wait_for(
+                lambda node=node: "node-5" in [c["node"] for c in get(node, "/api/v1/consensus")["candidates"]],
+                30,
+                f"{node.node_id} to count node-5 as a candidate",
+            )
+        assert get(newcomer, "/api/v1/chain/verify")["valid"] is True
+    finally:
+        newcomer.stop()

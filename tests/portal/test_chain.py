@@ -165,3 +165,25 @@ def test_forged_transaction_is_rejected_by_the_producer(
     row = db.session.get(LedgerTransaction, hashlib.sha256(encoded).hexdigest())
     assert row.status == "rejected" and "bad signature" in row.reject_reason
     assert ledger.verify_chain().valid
+
+
+def test_conflicting_pending_transactions_do_not_stall_the_producer(app: Flask, client: FlaskClient) -> None:
+    """Two reports of one equivocation are each valid alone; the block takes the first and the
+    second is rejected, instead of every block failing."""
+    from core.encoding import b64e
+    from core.ledger import make_block
+    from portal import runtime
+
+    node = runtime.node_key()
+    one = make_block(1, "ab" * 32, [], node.node_id, node, 1_000, nonce="01" * 16)
+    two = make_block(1, "cd" * 32, [], node.node_id, node, 1_000, nonce="02" * 16)
+    first = sign_transaction("evidence", {"a": b64e(one.header.encoded), "b": b64e(two.header.encoded)}, node, 1)
+    second = sign_transaction("evidence", {"a": b64e(two.header.encoded), "b": b64e(one.header.encoded)}, node, 2)
+    for tx in (first, second):
+        assert ledger.accept_from_peer(tx.encoded, utcnow())
+    height = produce(app)
+    assert height == 1
+    assert db.session.get(LedgerTransaction, first.hash).status == "committed"
+    rejected = db.session.get(LedgerTransaction, second.hash)
+    assert rejected.status == "rejected" and "already punished" in rejected.reject_reason
+    assert ledger.verify_chain().valid
