@@ -124,7 +124,7 @@ export async function findDoctors(query, { signal } = {}) {
 }
 
 export async function getAccessLog({ signal } = {}) {
-  const response = await send('GET', '/access-log', { signal });
+  const response = await send('GET', '/access-log?limit=200', { signal });
   return (await readJson(response)).entries;
 }
 

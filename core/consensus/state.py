@@ -33,7 +33,9 @@ from core.crypto.keys import fingerprint, node_public_key_from_bytes
 from core.encoding import b64d
 from core.errors import CoreError, EncodingError, InvalidSignature, InvalidTransaction
 from core.ledger.block import BlockHeader, decode_header
-from core.ledger.transaction import Transaction
+from core.ledger.merkle import merkle_root
+from core.ledger.registry import KeyRegistry
+from core.ledger.transaction import Transaction, decode_transaction
 
 STAKE = {"admin": 10, "doctor": 3, "patient": 1}
 FULL = 1000
@@ -200,23 +202,23 @@ class ConsensusState:
             raise InvalidTransaction(f"slot {slot} belongs to {expected}, not {header.producer}")
         return slot
 
-    def apply(self, header: BlockHeader, txs: Sequence[Transaction], roles: dict[str, str]) -> list[str]:
+    def apply(self, header: BlockHeader, txs: Sequence[Transaction], registry: KeyRegistry) -> list[str]:
         """Fold a block in (after `check_producer`); returns the nodes it admitted."""
         self.misses[header.producer] = 0
         self.produced[header.producer] = self.produced.get(header.producer, 0) + 1
         self.last_slot = self.params.slot_of(header.timestamp)
-        admitted = [node for node in (self.apply_tx(tx, roles) for tx in txs) if node is not None]
+        admitted = [node for node in (self.apply_tx(tx, registry) for tx in txs) if node is not None]
         self.last_hash = header.hash
         return admitted
 
-    def apply_tx(self, tx: Transaction, roles: dict[str, str]) -> str | None:
+    def apply_tx(self, tx: Transaction, registry: KeyRegistry) -> str | None:
         """Check and fold one transaction; returns the node it admitted, if any. Raises
         InvalidTransaction. (Producers fold a candidate batch through a copy with this.)"""
-        self.check(tx)
+        self.check(tx, registry)
         if tx.kind == "vote":
-            self._vote(tx, roles)
+            self._vote(tx, registry.roles)
         elif tx.kind == "evidence":
-            self._evidence(tx)
+            self._evidence(tx, registry)
         elif tx.kind == "admit" and self._admit(tx):
             return tx.payload["node"]
         return None
@@ -236,7 +238,7 @@ class ConsensusState:
         del self.admissions[(node, key)]
         return True
 
-    def check(self, tx: Transaction) -> None:
+    def check(self, tx: Transaction, registry: KeyRegistry) -> None:
         """Would `tx` be accepted by consensus now? Raises InvalidTransaction saying why not.
         (Producers ask before putting a transaction in a block.)"""
         if tx.kind == "vote":
@@ -244,7 +246,7 @@ class ConsensusState:
             if any(n not in self.node_keys for n in chosen) or len(chosen) > self.params.delegates:
                 raise InvalidTransaction(f"a vote names at most {self.params.delegates} known nodes")
         elif tx.kind == "evidence":
-            node, slot = self.equivocator(tx.payload)
+            node, slot, _ = self.culprit(tx.payload, registry)
             if (node, slot) in self.punished:
                 raise InvalidTransaction(f"{node}'s equivocation in slot {slot} was already punished")
         elif tx.kind == "admit":
@@ -280,10 +282,53 @@ class ConsensusState:
             raise InvalidTransaction("evidence headers are not both signed by the producer") from exc
         return first.producer, self.params.slot_of(first.timestamp)
 
-    def _evidence(self, tx: Transaction) -> None:
-        node, slot = self.equivocator(tx.payload)
+    def culprit(self, payload: dict[str, Any], registry: KeyRegistry) -> tuple[str, int, str]:
+        """Who the evidence convicts, for which slot, and of what; raises InvalidTransaction."""
+        if "a" in payload:
+            node, slot = self.equivocator(payload)
+            return node, slot, "signed two blocks for one slot"
+        node, slot = self.invalid_block_producer(payload, registry)
+        return node, slot, "signed an invalid block"
+
+    def _signed_header(self, data: bytes) -> BlockHeader:
+        try:
+            header = decode_header(data)
+        except (EncodingError, CoreError) as exc:
+            raise InvalidTransaction(f"evidence header: {exc}") from exc
+        key = self.node_keys.get(header.producer)
+        if key is None:
+            raise InvalidTransaction("evidence names an unknown producer")
+        try:
+            node_public_key_from_bytes(key).verify(header.signature, header.signing_bytes())
+        except InvalidSignature as exc:
+            raise InvalidTransaction("evidence header is not signed by its producer") from exc
+        return header
+
+    def invalid_block_producer(self, payload: dict[str, Any], registry: KeyRegistry) -> tuple[str, int]:
+        """The producer of a signed header whose body (matching its Merkle root) holds a
+        transaction that is malformed or wrongly signed; raises InvalidTransaction otherwise."""
+        header = self._signed_header(b64d(payload["header"]))
+        body = [b64d(t) for t in payload["transactions"]]
+        if merkle_root([hashlib.sha256(t).hexdigest() for t in body]) != header.merkle_root:
+            raise InvalidTransaction("evidence body does not match the header's Merkle root")
+        for data in body:
+            try:
+                tx = decode_transaction(data)
+            except (EncodingError, InvalidTransaction):
+                return header.producer, self.params.slot_of(header.timestamp)
+            verifier = registry.accounts.get(tx.signer) or registry.node_keys.get(tx.signer)
+            if verifier is None:
+                continue
+            try:
+                verifier.verify(tx.signature, tx.signing_bytes())
+            except InvalidSignature:
+                return header.producer, self.params.slot_of(header.timestamp)
+        raise InvalidTransaction("evidence block holds no malformed or wrongly signed transaction")
+
+    def _evidence(self, tx: Transaction, registry: KeyRegistry) -> None:
+        node, slot, reason = self.culprit(tx.payload, registry)
         self.punished.add((node, slot))
-        self._remove(node, self.last_slot, "signed two blocks for one slot", 4)
+        self._remove(node, self.last_slot, reason, 4)
 
     def node_for_key(self, key_id: str) -> str | None:
         for node, key in self.node_keys.items():

@@ -153,10 +153,21 @@ def check_vote(payload: dict[str, Any]) -> None:
 
 
 def check_evidence(payload: dict[str, Any]) -> None:
-    """Two headers signed by one producer for one slot (checked against the chain's state)."""
-    _fields(payload, {"a", "b"})
-    _binary(payload, "a")
-    _binary(payload, "b")
+    """Proof against a producer (checked against the chain's state): two headers it signed for
+    one slot {"a", "b"}, or a header it signed with a body that holds a malformed or wrongly
+    signed transaction {"header", "transactions"}."""
+    if "a" in payload:
+        _fields(payload, {"a", "b"})
+        _binary(payload, "a")
+        _binary(payload, "b")
+        return
+    _fields(payload, {"header", "transactions"})
+    _binary(payload, "header")
+    body = payload["transactions"]
+    if not isinstance(body, list) or not body or len(body) > 1000:
+        raise InvalidTransaction("evidence needs the block's transactions")
+    for index in range(len(body)):
+        _binary({"tx": body[index]}, "tx")
 
 
 def check_admit(payload: dict[str, Any]) -> None:

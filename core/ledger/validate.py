@@ -184,7 +184,7 @@ class ChainValidator:
             nodes = {n["id"]: b64d(n["key"]) for n in payload["nodes"]}
             return ConsensusState.from_genesis(Params.from_dict(payload["params"]), nodes, header.hash)
         try:
-            admitted = trial.apply(header, txs, self.registry.roles)
+            admitted = trial.apply(header, txs, self.registry)
         except InvalidTransaction as exc:
             raise InvalidBlock(header.height, "transaction", str(exc)) from exc
         for node in admitted:

@@ -147,7 +147,9 @@ def find_doctors() -> Response:
 @bp.get("/access-log")
 def access_log_view() -> Response:
     actor = api_actor("patient")
-    return jsonify(entries=[entry_json(e) for e in access_log.for_patient(actor)])
+    limit, offset = records.page_bounds(request.args.get("limit"), request.args.get("offset"))
+    page = access_log.for_patient(actor, limit, offset)
+    return jsonify(entries=[entry_json(e) for e in page], next_offset=offset + limit if len(page) == limit else None)
 
 
 @bp.get("/emergency-access")

@@ -49,6 +49,8 @@ def announce() -> tuple[Response, int]:
         outcome = ledger.receive_block(header, transactions, utcnow(), runtime.max_skew_ms())
     except InvalidBlock as exc:
         current_app.logger.warning("refused block from %s: %s", request.headers.get("X-MedLedger-Node"), exc)
+        if exc.check in ("encoding", "transaction signature"):
+            ledger.report_invalid_block(runtime.node_key(), header, transactions, utcnow())
         return jsonify(
             error={"code": "invalid_block", "message": str(exc), "height": exc.height, "check": exc.check}
         ), 422

@@ -158,10 +158,10 @@ def _acceptable(validator: ChainValidator, height: int, limit: int) -> list[Tran
             if tx.hash != row.hash or tx.hash in validator.seen:
                 raise InvalidTransaction("stored under a wrong hash or already on the chain")
             if consensus is not None:
-                consensus.check(tx)  # before the registry learns anything from it
+                consensus.check(tx, trial)  # before the registry learns anything from it
             trial.apply(tx, height)
             if consensus is not None:
-                consensus.apply_tx(tx, trial.roles)
+                consensus.apply_tx(tx, trial)
         except (CoreError, InvalidSignature) as exc:
             log.warning("rejected transaction %s: %s", row.hash[:16], exc)
             row.status, row.reject_reason = "rejected", str(exc)[:200]
@@ -405,10 +405,27 @@ def accept_from_peer(encoded: bytes, now: datetime) -> bool:
                     trial.apply(decode_transaction(key_tx), height)
                 except CoreError:
                     continue
+        if validator.consensus is not None:
+            validator.consensus.check(tx, trial)
         trial.apply(tx, height)
     queue(tx, now)
     db.session.commit()
     return True
+
+
+def report_invalid_block(node: NodeKey, header: bytes, transactions: list[bytes], now: datetime) -> str | None:
+    """Turn an invalid block a delegate signed into evidence against it, signed by this node and
+    queued for the next block; returns the evidence's hash, or None when the block does not
+    prove anything against its producer (unsigned, or its body does not match its header)."""
+    payload = {"header": b64e(header), "transactions": [b64e(t) for t in transactions]}
+    evidence = sign_transaction("evidence", payload, node, epoch_ms(now))
+    try:
+        accept_from_peer(evidence.encoded, now)
+    except CoreError as exc:
+        log.info("invalid block not attributable to its producer: %s", exc)
+        return None
+    log.warning("evidence queued against the producer of an invalid block (%s)", evidence.hash[:16])
+    return evidence.hash
 
 
 def pending_encoded(limit: int = 500) -> list[tuple[str, bytes]]:

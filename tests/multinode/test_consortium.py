@@ -6,6 +6,7 @@ every wait is bounded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -283,3 +284,33 @@ def test_a_new_hospital_joins_by_the_members_vote(nodes: list[LocalNode]) -> Non
         assert get(newcomer, "/api/v1/chain/verify")["valid"] is True
     finally:
         newcomer.stop()
+
+
+def test_a_delegate_signing_an_invalid_block_is_dropped(nodes: list[LocalNode]) -> None:
+    """node-2 signs a block whose body holds a malformed transaction: node-1 refuses it and turns
+    it into evidence, and every node drops node-2 once the evidence is in a block."""
+    from core.encoding import canonical
+    from core.ledger.block import SIGNING_DOMAIN, _build, _unsigned
+    from core.ledger.merkle import merkle_root
+
+    wait_for(lambda: in_agreement(nodes), 30, "one chain")
+    culprit = key_of(nodes[1])
+    garbage = b'{"not":"a transaction"}'
+    tip_height = height(nodes[0])
+    tip = get(nodes[0], f"/api/v1/chain/blocks/{tip_height}")
+    unsigned = _unsigned(tip_height + 1, int(time.time() * 1000), tip["hash"],
+                         merkle_root([hashlib.sha256(garbage).hexdigest()]), "ee" * 16, "node-2")  # fmt: skip
+    header = _build(unsigned, culprit.sign(SIGNING_DOMAIN + canonical(unsigned)))
+    code, answer = post(
+        nodes[0], "/node/v1/blocks", {"header": b64e(header.encoded), "transactions": [b64e(garbage)]}, culprit
+    )
+    assert code == 422 and answer["error"]["check"] == "encoding"
+    for node in nodes:
+        wait_for(
+            lambda node=node: any(
+                r["node"] == "node-2" and r["reason"] == "signed an invalid block"
+                for r in get(node, "/api/v1/consensus")["removals"]
+            ),
+            30,
+            f"{node.node_id} to drop node-2 for its invalid block",
+        )
