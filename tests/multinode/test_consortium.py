@@ -177,6 +177,20 @@ def test_out_of_turn_forged_and_tampered_blocks_are_refused(nodes: list[LocalNod
     else:
         assert answer["outcome"] in ("fork", "ahead")
 
+    # A block whose body was tampered with after signing.
+    tip_height = height(target)
+    tip = get(target, f"/api/v1/chain/blocks/{tip_height}")
+    honest = sign_transaction("vote", {"nodes": ["node-1"]}, intruder, int(time.time() * 1000))
+    signed = make_block(tip_height + 1, tip["hash"], [honest], "node-2", intruder, int(time.time() * 1000))
+    tampered = honest.encoded.replace(b"node-1", b"node-4")
+    code, answer = post(
+        target, "/node/v1/blocks", {"header": b64e(signed.header.encoded), "transactions": [b64e(tampered)]}, intruder
+    )
+    if code == 422:
+        assert answer["error"]["check"] == "body hash"
+    else:
+        assert answer["outcome"] in ("fork", "ahead")  # the tip moved meanwhile: not appended either
+
     # Unsigned or unknown senders are refused outright.
     code, answer = post(target, "/node/v1/blocks", {"header": b64e(forged.header.encoded), "transactions": []})
     assert code == 401 and "Node message refused" in answer["error"]["message"]
