@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 PORT ?= 5000
 export MEDLEDGER_CONFIG ?= development
 
-.PHONY: setup browser run test lint db demo bench clean
+.PHONY: setup browser vsftpd run test lint db demo bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: db
 
 run: demo
 	@echo "MedLedger portal: http://127.0.0.1:$(PORT)/   patient app: http://127.0.0.1:$(PORT)/app/"
-	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	PORT=$(PORT) EMBEDDED_FTP=1 $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 lint: setup
 	$(BIN)/ruff check .
@@ -40,7 +40,15 @@ browser:
 	  else echo "chromium is missing and cannot be installed (not root, no sudo): the browser tests will skip" >&2; exit 0; fi; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: lint browser
+# The archive tests run Debian's vsftpd (tests/archive): installed when missing, as root or with sudo.
+vsftpd:
+	@command -v vsftpd >/dev/null || test -x /usr/sbin/vsftpd || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "vsftpd is missing and cannot be installed (not root, no sudo): the vsftpd tests will skip" >&2; exit 0; fi; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq vsftpd >/dev/null; }
+
+test: lint browser vsftpd
 	MEDLEDGER_CONFIG=testing $(BIN)/pytest
 
 bench: setup

@@ -21,11 +21,15 @@ _producer: list[subprocess.Popen] = []
 
 
 def when_ready(server):
+    if os.environ.get("EMBEDDED_FTP") == "1":
+        cmd = [sys.executable, "-m", "flask", "--app", "wsgi", "medledger", "archive", "serve-embedded"]
+        _producer.append(subprocess.Popen(cmd))  # noqa: S603 (fixed argv, no shell)
+        server.log.info("started the embedded FTP archive (pid %s)", _producer[-1].pid)
     if os.environ.get("MEDLEDGER_PRODUCER", "1") != "1":
         return
     cmd = [sys.executable, "-m", "flask", "--app", "wsgi", "medledger", "producer"]
     _producer.append(subprocess.Popen(cmd))  # noqa: S603 (fixed argv, no shell)
-    server.log.info("started block producer (pid %s)", _producer[0].pid)
+    server.log.info("started block producer (pid %s)", _producer[-1].pid)
 
 
 def on_exit(server):

@@ -46,3 +46,22 @@ class GrantError(CoreError):
 
 class InvalidCode(CoreError):
     """A clinical code (ICD-10-CM, HPO) is unknown or malformed."""
+
+
+class ArchiveError(CoreError):
+    """An archive file cannot be trusted: a bad name, an unreadable or hostile zip, or a block that does not fit.
+
+    `name` is the file's name, `height` the block height its name gives (None when
+    the name does not parse), `reason` one short fixed phrase from docs/archive.md
+    (or a chain check), `detail` the particulars.
+    """
+
+    def __init__(self, name: str, height: int | None, reason: str, detail: str = "") -> None:
+        where = name or "archive"
+        if height is not None:
+            where += f" (height {height})"
+        super().__init__(f"{where}: {reason}" + (f": {detail}" if detail else ""))
+        self.name = name
+        self.height = height
+        self.reason = reason
+        self.detail = detail

@@ -10,11 +10,12 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from core.encoding import b64e
-from core.errors import CoreError
+from core.errors import ArchiveError, CoreError
 from core.ledger import sign_transaction
 from portal import runtime
+from portal.ftp import ArchiveStore, TransportError
 from portal.models import epoch_ms, utcnow
-from portal.services import accounts, ledger
+from portal.services import accounts, archive, ledger
 from portal.services.errors import ServiceError
 
 
@@ -113,6 +114,76 @@ def consortium_up(count: int, base_port: int, data_dir: Path) -> None:
     from portal.launcher import up
 
     up(data_dir, count, base_port)
+
+
+@medledger.group("archive")
+def archive_group() -> None:
+    """The FTP archive of final blocks (docs/archive.md)."""
+
+
+def _store() -> ArchiveStore:
+    connect = runtime.archive_store()
+    if connect is None:
+        raise click.ClickException("no archive configured: set ARCHIVE_FTP_URL")
+    return connect()
+
+
+@archive_group.command("verify")
+@with_appcontext
+def archive_verify() -> None:
+    """Download the whole archive and validate the chain from it alone. Exit 0 if valid, 1 with
+    the first bad file, height and check."""
+    try:
+        with _store() as store:
+            report = archive.verify(store)
+    except TransportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.describe())
+    sys.exit(0 if report.valid else 1)
+
+
+@archive_group.command("restore")
+@click.option("--into", "database_url", required=True, help="SQLAlchemy URL of the (empty) database to rebuild.")
+@with_appcontext
+def archive_restore(database_url: str) -> None:
+    """Rebuild a node's ledger from the archive into DATABASE_URL (migrated here if needed)."""
+    from flask_migrate import upgrade
+
+    from portal import create_app
+    from portal.config import CONFIGS
+
+    connect = _store
+    settings = {"SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": current_app.config["SECRET_KEY"]}
+    target = create_app(type("RestoreConfig", (CONFIGS[current_app.config["ENV_NAME"]],), settings))
+    try:
+        with connect() as store, target.app_context():
+            upgrade(directory=str(Path(target.root_path).parent / "migrations"))
+            count = archive.restore(store, utcnow())
+    except (TransportError, ArchiveError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored {count} blocks into {database_url.split('@')[-1]}")
+
+
+@archive_group.command("status")
+@with_appcontext
+def archive_status() -> None:
+    """The archive's lag behind the final height, and its failures."""
+    found = archive.status(utcnow())
+    click.echo(
+        f"final height {found['final_height']}, archived through {found['archived_through']} "
+        f"(lag {found['lag']}); pending {found['pending']}, failed {found['failed']}, uploaded {found['uploaded']}"
+    )
+    for failure in found["failures"]:
+        click.echo(f"  block {failure['height']}: {failure['attempts']} attempts, last error: {failure['error']}")
+
+
+@archive_group.command("serve-embedded")
+@with_appcontext
+def archive_serve_embedded() -> None:
+    """Run the embedded FTP archive server of `make run` (127.0.0.1, files under instance/ftp)."""
+    from portal.embedded_ftp import serve
+
+    serve(Path(current_app.instance_path))
 
 
 @medledger.command("produce")

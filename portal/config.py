@@ -43,6 +43,11 @@ class Config:
     BLOCK_INTERVAL_SECONDS = float(os.environ.get("BLOCK_INTERVAL_SECONDS", 5))
     MAX_BLOCK_TRANSACTIONS = _int("MAX_BLOCK_TRANSACTIONS", 500)
 
+    # Where final blocks are archived (docs/archive.md): ftp://user:password@host:21/path or ftps://...
+    ARCHIVE_FTP_URL = os.environ.get("ARCHIVE_FTP_URL")
+    ARCHIVE_CA_FILE = os.environ.get("ARCHIVE_CA_FILE")
+    ARCHIVE_INTERVAL_SECONDS = float(os.environ.get("ARCHIVE_INTERVAL_SECONDS", 5))
+
     EMERGENCY_KEY_PATH = os.environ.get("EMERGENCY_KEY_PATH", str(INSTANCE / "emergency.key"))
     PRE_THRESHOLD = _int("PRE_THRESHOLD", 1)
     PRE_SHARES = _int("PRE_SHARES", 1)

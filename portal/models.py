@@ -231,3 +231,17 @@ class AccessEntry(db.Model):
 
     record: Mapped[Record] = relationship()
     reader: Mapped[User] = relationship()
+
+
+class ArchiveEntry(db.Model):
+    """The archive outbox: one row per final block, until its zip is safely on the FTP server."""
+
+    __tablename__ = "archive_entries"
+
+    height: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending, uploaded, failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    uploaded_at: Mapped[datetime | None]

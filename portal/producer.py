@@ -18,8 +18,9 @@ from flask import Flask
 from core.crypto import NodeKey
 from portal import runtime
 from portal.extensions import db
+from portal.ftp import ArchiveStore
 from portal.models import utcnow
-from portal.services import ledger, network
+from portal.services import archive, ledger, network
 from portal.services.network import Peers
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,12 @@ def run(app: Flask, stop: threading.Event | None = None) -> None:
         runtime.ensure_chain(utcnow())
         genesis, peers = runtime.genesis_file(), runtime.peers()
         log.info("block producer for node %s started (%s)", key.node_id, "consortium" if peers else "single node")
+        connect = runtime.archive_store()
+        if connect is not None:
+            step = lambda: _archive(connect)  # noqa: E731
+            interval = app.config["ARCHIVE_INTERVAL_SECONDS"]
+            threading.Thread(target=_loop, args=(app, stop, interval, step), daemon=True, name="archiver").start()
+            log.info("archiver started")
         if genesis is None or peers is None:
             _loop(app, stop, app.config["BLOCK_INTERVAL_SECONDS"], lambda: _produce(app, key, None))
             return
@@ -70,6 +77,11 @@ def _produce(app: Flask, key: NodeKey, peers: Peers | None) -> None:
     height = ledger.produce_block(key, utcnow(), app.config["MAX_BLOCK_TRANSACTIONS"], empty_allowed=peers is not None)
     if height is not None and peers is not None:
         network.announce_block(peers, height)
+
+
+def _archive(connect: Callable[[], ArchiveStore]) -> None:
+    archive.enqueue_final()
+    archive.upload_due(connect, utcnow())
 
 
 def _sync(peers: Peers, gossiped: set[str]) -> None:

@@ -3,7 +3,9 @@ vocabulary. Views pass these into services so services never read Flask state.""
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +17,9 @@ from core.clinical import Vocabulary, load_vocabulary
 from core.crypto import KdfParams, NodeKey, load_node_key
 from core.encoding import b64e
 from core.pre import EmergencyKey, Threshold
-from portal import consortium
+from portal import consortium, embedded_ftp
 from portal.consortium import GenesisFile
+from portal.ftp import ArchiveStore, FtpTarget
 from portal.services import ledger
 from portal.services.context import NodeContext
 from portal.services.network import Peers
@@ -99,6 +102,31 @@ def peers() -> Peers | None:
         cached = Peers(node_key(), {n: url for n, url in genesis.peers.items() if n != me})
         current_app.extensions["medledger.peers"] = cached
     return cached
+
+
+def archive_url() -> str | None:
+    """Where final blocks go: ARCHIVE_FTP_URL, else the embedded server of `make run`."""
+    configured = current_app.config["ARCHIVE_FTP_URL"]
+    if configured:
+        return configured
+    if os.environ.get("EMBEDDED_FTP") == "1":
+        return embedded_ftp.url(Path(current_app.instance_path))
+    return None
+
+
+def archive_target_text() -> str | None:
+    """The archive target for people: its URL with the password hidden."""
+    url = archive_url()
+    return str(FtpTarget.from_url(url)) if url else None
+
+
+def archive_store() -> Callable[[], ArchiveStore] | None:
+    """A factory of connections to the archive (None when archiving is off)."""
+    url = archive_url()
+    if url is None:
+        return None
+    target = FtpTarget.from_url(url, current_app.config["ARCHIVE_CA_FILE"])
+    return lambda: ArchiveStore(target)
 
 
 def max_skew_ms() -> int:

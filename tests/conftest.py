@@ -28,11 +28,15 @@ def key_pool() -> list[UserKeys]:
     return [generate_user_keys() for _ in range(8)]
 
 
-@pytest.fixture(autouse=True)
-def fast_keys(monkeypatch: pytest.MonkeyPatch, key_pool: list[UserKeys]) -> None:
+def use_key_pool(monkeypatch: pytest.MonkeyPatch, key_pool: list[UserKeys]) -> None:
     """Hand out pooled key pairs (distinct within a test, each database is fresh)."""
     pool = itertools.chain(key_pool, iter(generate_user_keys, None))
     monkeypatch.setattr(accounts, "generate_user_keys", lambda: next(pool))
+
+
+@pytest.fixture(autouse=True)
+def fast_keys(monkeypatch: pytest.MonkeyPatch, key_pool: list[UserKeys]) -> None:
+    use_key_pool(monkeypatch, key_pool)
 
 
 def make_config(tmp: Path) -> type[TestConfig]:

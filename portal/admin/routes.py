@@ -10,7 +10,7 @@ from portal import runtime
 from portal.admin import bp
 from portal.auth import page_actor, role_required
 from portal.models import utcnow
-from portal.services import accounts, grants, ledger, votes
+from portal.services import accounts, archive, grants, ledger, votes
 from portal.services.errors import ServiceError
 
 
@@ -153,3 +153,9 @@ def vote() -> Response | tuple[str, int]:
         return _consensus_page(exc.status)
     flash("Vote recorded; it counts from the next epoch once in a block.", "info")
     return redirect(url_for("admin.consensus"))
+
+
+@bp.get("/archive")
+@role_required("admin")
+def archive_status() -> str:
+    return render_template("admin/archive.html", status=archive.status(utcnow()), target=runtime.archive_target_text())

@@ -9,7 +9,7 @@ from flask import Response, jsonify, request
 from portal import runtime
 from portal.api import api_actor, bp, json_body
 from portal.models import AccessEntry, AccessRequest, EmergencyAccess, Grant, User, utcnow
-from portal.services import access_log, grants, records
+from portal.services import access_log, accounts, grants, records
 from portal.services.accounts import Actor
 from portal.services.records import CATEGORIES
 
@@ -141,7 +141,7 @@ def patient_records(patient_id: str) -> Response:
 @bp.get("/doctors")
 def find_doctors() -> Response:
     api_actor("patient")
-    return jsonify(doctors=[person(d) for d in grants.find_doctors(request.args.get("q", ""))])
+    return jsonify(doctors=[person(d) for d in accounts.find_users("doctor", request.args.get("q", ""))])
 
 
 @bp.get("/access-log")

@@ -77,7 +77,7 @@ def change_password() -> tuple[str, int]:
 @bp.get("/patients")
 def find_patients() -> Response:
     api_actor("doctor")
-    patients = accounts.find_patients(request.args.get("q", ""))
+    patients = accounts.find_users("patient", request.args.get("q", ""))
     return jsonify(patients=[{k: user_json(p)[k] for k in ("id", "username", "display_name")} for p in patients])
 
 

@@ -22,7 +22,7 @@ def find_patient() -> str:
     patients, error = [], None
     if query:
         try:
-            patients = accounts.find_patients(query)
+            patients = accounts.find_users("patient", query)
         except ServiceError as exc:
             error = exc.message
     return render_template("doctor/find.html", query=query, patients=patients, error=error)

@@ -228,17 +228,14 @@ def change_password(actor: Actor, old_password: object, new_password: object, kd
     db.session.commit()
 
 
-def find_patients(query: object, limit: int = 20) -> list[User]:
-    """Patients whose name or username contains `query` (at least 2 characters)."""
+def find_users(role: str, query: object, limit: int = 20) -> list[User]:
+    """Active accounts of `role` whose username, name or hospital contains `query` (2+ characters):
+    doctors find patients, patients find doctors to grant."""
     if not isinstance(query, str) or len(query.strip()) < 2:
         raise ValidationFailed("Search needs at least 2 characters.")
     like = f"%{query.strip().lower()}%"
-    stmt = (
-        select(User)
-        .where(User.role == "patient", User.active, or_(User.username.like(like), User.display_name.ilike(like)))
-        .order_by(User.display_name)
-        .limit(limit)
-    )
+    matches = or_(User.username.like(like), User.display_name.ilike(like), User.hospital.ilike(like))
+    stmt = select(User).where(User.role == role, User.active, matches).order_by(User.display_name).limit(limit)
     return list(db.session.scalars(stmt))
 
 

@@ -95,21 +95,6 @@ def decode_scope(stored: str) -> dict[str, Any]:
     return decode_canonical(stored.encode())
 
 
-def find_doctors(query: object, limit: int = 20) -> list[User]:
-    """Doctors whose name, username or hospital contains `query` (for patients granting access)."""
-    if not isinstance(query, str) or len(query.strip()) < 2:
-        raise ValidationFailed("Search needs at least 2 characters.")
-    like = f"%{query.strip().lower()}%"
-    stmt = (
-        select(User)
-        .where(User.role == "doctor", User.active)
-        .where(User.username.like(like) | User.display_name.ilike(like) | User.hospital.ilike(like))
-        .order_by(User.display_name)
-        .limit(limit)
-    )
-    return list(db.session.scalars(stmt))
-
-
 def _days(value: object, node: NodeContext) -> int:
     if value is None:
         return node.default_grant_days

@@ -475,3 +475,26 @@ def _candidate(state: ConsensusState, node: str) -> dict[str, Any]:
         "misses": state.misses.get(node, 0),
         "produced": state.produced.get(node, 0),
     }
+
+
+def store_raw(blocks: list[StoredBlock], now: datetime) -> None:
+    """Store already-validated blocks as they are (restoring a ledger from the archive)."""
+    with _cache_lock:
+        for stored in blocks:
+            db.session.add(LedgerBlock(height=stored.height, hash=stored.hash, header=stored.header, created_at=now))
+            db.session.flush()
+            for position, data in enumerate(stored.transactions):
+                tx = decode_transaction(data)
+                db.session.add(
+                    LedgerTransaction(
+                        hash=tx.hash,
+                        kind=tx.kind,
+                        encoded=tx.encoded,
+                        status="committed",
+                        block_height=stored.height,
+                        position=position,
+                        received_at=now,
+                    )
+                )
+        db.session.commit()
+        _cache.key = None
