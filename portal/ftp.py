@@ -157,6 +157,7 @@ class ArchiveStore:
         self._target = target
         self._timeout = timeout
         self._ftp: ftplib.FTP | None = None
+        self._lost = False
 
     def __repr__(self) -> str:
         return f"ArchiveStore({self._target})"
@@ -190,7 +191,7 @@ class ArchiveStore:
         except ftplib.all_errors as exc:
             ftp.close()
             raise self._error(step, exc) from exc
-        self._ftp = ftp
+        self._ftp, self._lost = ftp, False
         return self
 
     def __exit__(
@@ -292,6 +293,8 @@ class ArchiveStore:
             raise self._error(f"renaming {old} to {new}", exc) from exc
 
     def _session(self) -> ftplib.FTP:
+        if self._lost:
+            raise TransportError(f"{self._target}: the connection was dropped after an earlier failure")
         if self._ftp is None:
             raise RuntimeError("ArchiveStore is not connected: use it as a context manager")
         return self._ftp
@@ -360,6 +363,12 @@ class ArchiveStore:
             self._session().delete(temporary)
 
     def _error(self, step: str, exc: BaseException) -> TransportError:
+        """The TransportError for `exc`, password masked. After a network or TLS failure (not an
+        FTP reply) a reply may still be in flight, so the connection is dropped rather than
+        risk reading it as the answer to a later command."""
+        if not isinstance(exc, ftplib.Error) and self._ftp is not None:
+            self._ftp.close()
+            self._ftp, self._lost = None, True
         detail = str(exc) or type(exc).__name__
         if isinstance(exc, TimeoutError):
             detail = f"no answer within {self._timeout:g} s"

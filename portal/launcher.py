@@ -91,34 +91,39 @@ class LocalNode:
         self.process = None
 
 
-STARTUP_MS_PER_NODE = 4000  # slot 0 starts once every node has had time to come up
+START_DELAY_MS = 2000  # slot 0 starts this long after every node answers
 
 
-def prepare(
-    folder: Path, count: int, base_port: int, slot_ms: int = 1000, epoch_slots: int | None = None,
-    miss_limit: int = 3, chain_id: str = "medledger-consortium",
-) -> list[LocalNode]:  # fmt: skip
-    """Node folders with keys and migrated databases, then a shared genesis file whose slot 0
-    starts after the nodes have had time to start (all kept if present)."""
+def prepare(folder: Path, count: int, base_port: int) -> list[LocalNode]:
+    """Node folders with keys and migrated databases (kept if present)."""
     folder.mkdir(parents=True, exist_ok=True)
     genesis = folder / "genesis.json"
     nodes = [LocalNode(f"node-{i}", base_port + i - 1, folder / f"node-{i}", genesis) for i in range(1, count + 1)]
-    keys = []
     for node in nodes:
         node.folder.mkdir(exist_ok=True)
         path = node.folder / "node.key"
         if not path.exists():
             NodeKey.generate(node.node_id).save(path, None)
-        keys.append(load_node_key(path, None))
         node.flask("db", "upgrade")
-    if not genesis.exists():
-        start = (int(time.time() * 1000) + STARTUP_MS_PER_NODE * count) // slot_ms * slot_ms
-        params = Params(count, slot_ms, epoch_slots or 30 * count, miss_limit, start)
-        block, peers = consortium.create(chain_id, [(k, n.url) for k, n in zip(keys, nodes, strict=True)], params)
-        consortium.write(genesis, block, peers)
-    for node in nodes:
-        node.flask("medledger", "node", "init")
     return nodes
+
+
+def found(
+    nodes: list[LocalNode], slot_ms: int = 1000, epoch_slots: int | None = None, miss_limit: int = 3,
+    chain_id: str = "medledger-consortium",
+) -> None:  # fmt: skip
+    """Write the shared genesis file (unless it exists), with slot 0 shortly after now: call it once
+    every node answers, so that no founder is counted absent for slots it could not fill."""
+    genesis = nodes[0].genesis
+    if genesis.exists():
+        return
+    keys = [load_node_key(node.folder / "node.key", None) for node in nodes]
+    start = (int(time.time() * 1000) + START_DELAY_MS) // slot_ms * slot_ms
+    params = Params(len(nodes), slot_ms, epoch_slots or 30 * len(nodes), miss_limit, start)
+    block, peers = consortium.create(chain_id, [(k, n.url) for k, n in zip(keys, nodes, strict=True)], params)
+    partial = genesis.with_suffix(".tmp")
+    consortium.write(partial, block, peers)
+    partial.replace(genesis)  # nodes wait for the file: it must appear whole
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -135,6 +140,7 @@ def up(folder: Path, count: int, base_port: int) -> None:
         for node in nodes:
             node.wait_ready()
             print(f"{node.node_id}: {node.url}  (log: {node.log})", flush=True)
+        found(nodes)
         print("consortium running; Ctrl-C stops every node", flush=True)
         while all(n.process is not None and n.process.poll() is None for n in nodes):
             time.sleep(1)

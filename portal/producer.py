@@ -40,6 +40,11 @@ def run(app: Flask, stop: threading.Event | None = None) -> None:
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second producer on this node waits here
         key = runtime.node_key()
+        genesis_path = app.config["GENESIS_PATH"]
+        while genesis_path and not Path(genesis_path).exists() and not stop.wait(0.2):
+            pass  # a consortium being founded: its genesis file comes once every node is up
+        if stop.is_set():
+            return
         runtime.ensure_chain(utcnow())
         genesis, peers = runtime.genesis_file(), runtime.peers()
         log.info("block producer for node %s started (%s)", key.node_id, "consortium" if peers else "single node")

@@ -150,13 +150,17 @@ class ConsensusState:
 
     # -- removal ----------------------------------------------------------------------------
 
-    def _remove(self, node: str, slot: int, reason: str, divisor: int) -> None:
-        if node in self.removed:
+    def _remove(self, node: str, slot: int, reason: str, divisor: int, proven: bool = False) -> None:
+        """Drop `node` from this epoch's delegates, lower its reliability and ban it for the next
+        epoch. A proven fault (evidence) is punished even if the node was already dropped for
+        missed slots; missing more slots once dropped changes nothing."""
+        if node in self.removed and not proven:
             return
-        self.removed.add(node)
-        if not self.active():
-            self.removed.discard(node)  # a consortium never removes its last producer
-            return
+        if node not in self.removed:
+            self.removed.add(node)
+            if not self.active():
+                self.removed.discard(node)  # a consortium never removes its last producer
+                return
         self.reliability[node] = self.reliability.get(node, FULL) // divisor
         self.banned_until[node] = self.epoch + BAN_EPOCHS
         self.misses[node] = 0
@@ -328,7 +332,7 @@ class ConsensusState:
     def _evidence(self, tx: Transaction, registry: KeyRegistry) -> None:
         node, slot, reason = self.culprit(tx.payload, registry)
         self.punished.add((node, slot))
-        self._remove(node, self.last_slot, reason, 4)
+        self._remove(node, self.last_slot, reason, 4, proven=True)
 
     def node_for_key(self, key_id: str) -> str | None:
         for node, key in self.node_keys.items():

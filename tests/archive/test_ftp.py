@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from portal.ftp import ArchiveConflict, ArchiveStore, FtpTarget, TransportError, _SessionReusingFTP_TLS
-from tests.archive.conftest import HOST, Certificate, FtpServer, free_port
+from tests.archive.conftest import HOST, Certificate, FtpServer, free_port, run_pyftpdlib
 
 TIMEOUT = 5.0
 BLOCK = b"PK\x03\x04" + bytes(range(256)) * 40  # binary, with CR, LF and NUL bytes
@@ -205,6 +205,29 @@ def test_size_rename_delete(server: FtpServer) -> None:
         assert store.list() == []
         with pytest.raises(TransportError, match=r"deleting b\.zip failed: 550"):
             store.delete("b.zip")
+
+
+def test_empty_transfers_over_tls_are_reliable(tls_server: FtpServer) -> None:
+    """An empty listing or file ends its TLS data connection at once, racing the TLS 1.3 session
+    ticket; the stock ftplib then fails now and then with SHUTDOWN_WHILE_IN_INIT."""
+    with connect(tls_server) as store:
+        for _ in range(40):
+            assert store.list() == []
+        store.upload("empty.zip", b"")
+        for _ in range(20):
+            assert store.download("empty.zip", 0) == b""
+
+
+def test_a_dropped_connection_is_not_reused(tmp_path: Path) -> None:
+    running = run_pyftpdlib(tmp_path)
+    server = running.__enter__()
+    with connect(server) as store:
+        store.upload("a.zip", BLOCK)
+        running.__exit__(None, None, None)  # the server stops and closes every connection
+        with pytest.raises(TransportError, match="listing the archive folder failed"):
+            store.list()
+        with pytest.raises(TransportError, match="the connection was dropped after an earlier failure"):
+            store.list()
 
 
 def test_wrong_password(server: FtpServer) -> None:

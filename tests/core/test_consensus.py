@@ -923,3 +923,32 @@ def test_recovery_is_capped_at_full_reliability():
     state.reliability["a"] = 950
     state.advance(2)  # epoch 1
     assert state.reliability == {"a": FULL, "b": FULL}
+
+
+def test_proven_fault_is_punished_even_after_a_drop_for_misses() -> None:
+    """A delegate already dropped for missed slots, then proven to have equivocated, is still
+    punished for the fault (once)."""
+    from core.consensus import ConsensusState, Params
+    from core.crypto import NodeKey
+    from core.encoding import b64e
+    from core.ledger import KeyRegistry, make_block, sign_transaction
+
+    keys = {n: NodeKey.generate(n) for n in ("n1", "n2", "n3")}
+    state = ConsensusState.from_genesis(
+        Params(3, 1000, 30, 2, 0), {n: k.public_raw for n, k in keys.items()}, "00" * 32
+    )
+    slot = 1
+    while not any(r.node == "n1" for r in state.removals):
+        state.advance(slot)
+        if state.scheduled(slot) == "n1":
+            state._missed(slot)
+        slot += 1
+    assert state.reliability["n1"] == FULL // 2
+    one = make_block(1, "ab" * 32, [], "n1", keys["n1"], 500, nonce="01" * 16)
+    two = make_block(1, "cd" * 32, [], "n1", keys["n1"], 500, nonce="02" * 16)
+    evidence = sign_transaction(
+        "evidence", {"a": b64e(one.header.encoded), "b": b64e(two.header.encoded)}, keys["n2"], 1
+    )
+    state.apply_tx(evidence, KeyRegistry())
+    assert [r.reason for r in state.removals if r.node == "n1"][-1] == "signed two blocks for one slot"
+    assert state.reliability["n1"] == FULL // 2 // 4
