@@ -4,6 +4,7 @@ node key and instance folder, all sharing one genesis file. Used by
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,19 @@ class LocalNode:
                 time.sleep(0.2)
         raise TimeoutError(f"{self.node_id} did not answer within {timeout} s")
 
+    def wait_chain(self, timeout: float = 30) -> None:
+        """Wait until the node has installed the consortium's genesis block."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/api/v1/chain/blocks?limit=1", timeout=2) as answer:  # noqa: S310
+                    if json.loads(answer.read())["height"] >= 0:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.node_id} did not install the genesis block within {timeout} s")
+
     def stop(self) -> None:
         """Stop the node and everything it started; bounded in time."""
         if self.process is None or self.process.poll() is not None:
@@ -108,15 +122,9 @@ def prepare(folder: Path, count: int, base_port: int) -> list[LocalNode]:
     return nodes
 
 
-def found(
-    nodes: list[LocalNode], slot_ms: int = 1000, epoch_slots: int | None = None, miss_limit: int = 3,
-    chain_id: str = "medledger-consortium",
-) -> None:  # fmt: skip
-    """Write the shared genesis file (unless it exists), with slot 0 shortly after now: call it once
-    every node answers, so that no founder is counted absent for slots it could not fill."""
-    genesis = nodes[0].genesis
-    if genesis.exists():
-        return
+def _write_genesis(
+    nodes: list[LocalNode], genesis: Path, slot_ms: int, epoch_slots: int | None, miss_limit: int, chain_id: str
+) -> None:
     keys = [load_node_key(node.folder / "node.key", None) for node in nodes]
     start = (int(time.time() * 1000) + START_DELAY_MS) // slot_ms * slot_ms
     params = Params(len(nodes), slot_ms, epoch_slots or 30 * len(nodes), miss_limit, start)
@@ -124,6 +132,20 @@ def found(
     partial = genesis.with_suffix(".tmp")
     consortium.write(partial, block, peers)
     partial.replace(genesis)  # nodes wait for the file: it must appear whole
+
+
+def found(
+    nodes: list[LocalNode], slot_ms: int = 1000, epoch_slots: int | None = None, miss_limit: int = 3,
+    chain_id: str = "medledger-consortium",
+) -> None:  # fmt: skip
+    """Write the shared genesis file (unless it exists), with slot 0 shortly after now, and wait
+    until every node has installed it. Call it once every node answers, so that no founder is
+    counted absent for slots it could not fill."""
+    genesis = nodes[0].genesis
+    if not genesis.exists():
+        _write_genesis(nodes, genesis, slot_ms, epoch_slots, miss_limit, chain_id)
+    for node in nodes:
+        node.wait_chain()
 
 
 def _interrupt(signum: int, frame: object) -> None:
