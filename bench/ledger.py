@@ -18,20 +18,12 @@ import hashlib
 import itertools
 import json
 import os
-import platform
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +33,33 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from bench.harness import (
+    CLIENTS,
+    FAILURES,
+    WARMUP,
+    BenchError,
+    Call,
+    Metric,
+    Section,
+    api,
+    bearer_session,
+    create_doctor,
+    free_port,
+    gunicorn,
+    log,
+    machine,
+    node_env,
+    percentile,
+    prepare_node,
+    print_table,
+    register_patient,
+    require_all,
+    run_clients,
+    sign_in,
+    upload_jobs,
+    warm_up,
+)
+from core.consensus import Params
 from core.crypto import NodeKey, UserKeys, generate_user_keys
 from core.crypto.signing import PSS
 from core.encoding import b64d, b64e
@@ -54,55 +73,21 @@ from core.ledger import (
     validate_chain,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 NODE_ID = "node-1"
 DOCTORS = 3
 REPEATS = 3
 START_MS = 1_795_000_000_000
+# A consortium of one: the single delegate owns every slot (as `ensure_genesis` sets it up).
+PARAMS = Params(delegates=1, slot_ms=1000, epoch_slots=60, miss_limit=3, genesis_ms=START_MS)
 # Ciphertext sizes of a typical record envelope (AES-GCM body, Umbral capsule and
 # wrapped key, RSA-3072 OAEP author key).
 BODY_BYTES, CAPSULE_BYTES, PKEY_BYTES, AKEY_BYTES = 600, 98, 48, 384
 
-CLIENTS = 4
-WARMUP = 4
 DOCTOR = {"username": "bench.doc", "password": "bench-password-1"}
 PATIENT = {"username": "bench.patient", "password": "bench-password-2", "display_name": "Bench Patient"}
-NOTES = (
-    "Patient reports wheeze and shortness of breath on exertion for three weeks, worse at night and "
-    "after climbing stairs. No fever, no chest pain. Uses salbutamol about four times a week. On "
-    "examination: scattered expiratory wheeze bilaterally, no crackles, saturation 97% on room air, "
-    "peak flow 78% of predicted. Inhaler technique reviewed and corrected. Plan: continue reliever, "
-    "start low-dose inhaled corticosteroid, written asthma action plan given, review in six weeks or "
-    "sooner if symptoms worsen. Smoking cessation advice given to the household."
-)
-SERVER_START_TIMEOUT = 60.0
-CLI_TIMEOUT = 120.0
-REQUEST_TIMEOUT = 30.0
-UPLOAD_DEADLINE = 180.0
 COMMIT_DEADLINE = 30.0
 POLL_INTERVAL = 0.5
 RECORDS_PAGE = 200  # the largest page GET /records gives
-STOP_TIMEOUT = 20.0
-LOG_TAIL = 4000
-
-
-class BenchError(RuntimeError):
-    """A benchmark step failed; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    label: str
-    value: float
-    unit: str = ""
-
-
-@dataclass(frozen=True)
-class Section:
-    key: str
-    title: str
-    metrics: list[Metric]
 
 
 @dataclass(frozen=True)
@@ -129,14 +114,6 @@ class Floor:
         return self.sha256 + self.ed25519 + self.rsa_pss
 
 
-@dataclass(frozen=True)
-class Upload:
-    latency: float
-    status: int
-    record_id: str | None
-    error: str = ""
-
-
 @dataclass
 class Progress:
     """Prints `done/total` to stderr about every tenth of the way."""
@@ -148,10 +125,6 @@ class Progress:
     def update(self, done: int) -> None:
         if done == self.total or done % max(self.total // 10, 1) == 0:
             log(f"{self.what}: {done:,}/{self.total:,} ({time.perf_counter() - self.start:.1f} s)")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def best_of(runs: int, fn: Callable[[], object]) -> float:
@@ -183,20 +156,31 @@ def record_payload() -> dict[str, Any]:
     }
 
 
+def slot_time(height: int) -> int:
+    """Block `height`'s timestamp: the start of slot `height`, so every block has a slot of its own."""
+    return PARAMS.slot_start(height)
+
+
+def genesis(node: NodeKey) -> Block:
+    """Block 0 of a consortium of one, as `portal.services.ledger.genesis_block` makes it (which
+    is not imported here: importing `portal` before part B would create ./instance)."""
+    payload = {"chain": "bench", "nodes": [{"id": NODE_ID, "key": b64e(node.public_raw)}], "params": PARAMS.to_dict()}
+    tx = sign_transaction("genesis", payload, node, PARAMS.genesis_ms)
+    return make_block(0, GENESIS_PREV_HASH, [tx], NODE_ID, node, PARAMS.genesis_ms)
+
+
 def build_chain(blocks: int, txs_per_block: int) -> list[Block]:
-    """Genesis, one block of doctor key registrations, then blocks of record transactions."""
+    """Genesis, one block of doctor key registrations, then blocks of record transactions,
+    one block per slot (with K = 1 the single node is scheduled in every slot)."""
     node = NodeKey.generate(NODE_ID)
     doctors = [generate_user_keys() for _ in range(DOCTORS)]
-    clock = itertools.count(START_MS)
-    genesis_payload = {"chain": "bench", "nodes": [{"id": NODE_ID, "key": b64e(node.public_raw)}]}
-    genesis = sign_transaction("genesis", genesis_payload, node, next(clock))
-    chain = [make_block(0, GENESIS_PREV_HASH, [genesis], NODE_ID, node, next(clock))]
-    keys = [sign_transaction("key", key_payload(d), d, next(clock)) for d in doctors]
-    chain.append(make_block(1, chain[0].header.hash, keys, NODE_ID, node, next(clock)))
+    chain = [genesis(node)]
+    keys = [sign_transaction("key", key_payload(d), d, slot_time(1)) for d in doctors]
+    chain.append(make_block(1, chain[0].header.hash, keys, NODE_ID, node, slot_time(1)))
     authors = itertools.cycle(doctors)
     progress = Progress("signing blocks", blocks)
     for height in range(2, blocks):
-        ts = next(clock)
+        ts = slot_time(height)
         txs = [sign_transaction("record", record_payload(), next(authors), ts) for _ in range(txs_per_block)]
         chain.append(make_block(height, chain[-1].header.hash, txs, NODE_ID, node, ts))
         progress.update(height + 1)
@@ -375,159 +359,18 @@ def database_section(chain: Sequence[Block], workdir: Path) -> Section:
 # --- C. record uploads over HTTP -------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def node_env(instance: Path, port: int) -> dict[str, str]:
-    """The environment of the node under test: everything it stores lives in `instance`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_KEY_PATH", "GUNICORN_BIND")}
-    env.update(
-        MEDLEDGER_CONFIG="development",
-        MEDLEDGER_INSTANCE=str(instance),
-        MEDLEDGER_PRODUCER="1",
-        BLOCK_INTERVAL_SECONDS="1",
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-    )
-    return env
-
-
-def flask_cli(env: dict[str, str], *args: str) -> None:
-    cmd = [sys.executable, "-m", "flask", "--app", "wsgi", *args]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"`flask {' '.join(args[:3])}` failed:\n{done.stderr[-2000:]}")
-
-
-def wait_until_up(base: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise BenchError(f"gunicorn exited with {server.returncode}")
-        try:
-            if requests.get(f"{base}/api/v1/chain/blocks", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass  # not listening yet, or the workers are still starting
-        time.sleep(0.2)
-    raise BenchError(f"gunicorn did not answer within {SERVER_START_TIMEOUT:.0f} s")
-
-
-def stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM gunicorn's process group (master, workers, block producer); SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=STOP_TIMEOUT)
-            return
-        except subprocess.TimeoutExpired:
-            log(f"gunicorn still running after {STOP_TIMEOUT:.0f} s; sending SIGKILL")
-
-
-@contextmanager
-def gunicorn(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """Run `gunicorn -c gunicorn.conf.py wsgi:app` in its own process group; yields its base URL."""
-    base = f"http://127.0.0.1:{env['PORT']}"
-    with log_path.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_until_up(base, server, log_path)
-            yield base
-        except BaseException:
-            log(f"--- end of the gunicorn log ---\n{log_path.read_text(errors='replace')[-LOG_TAIL:]}")
-            raise
-        finally:
-            stop(server)
-
-
-def api(session: requests.Session, method: str, url: str, expect: int, **kwargs: Any) -> dict[str, Any]:
-    response = session.request(method, url, timeout=REQUEST_TIMEOUT, **kwargs)
-    if response.status_code != expect:
-        raise BenchError(f"{method} {url} answered {response.status_code}: {response.text[:300]}")
-    return response.json()
-
-
 def create_accounts(base: str, env: dict[str, str]) -> tuple[str, str]:
     """A doctor (CLI) and a patient (API); returns the doctor's token and the patient's id."""
-    flask_cli(
-        env,
-        "medledger", "create-user", "--role", "doctor",
-        "--username", DOCTOR["username"], "--password", DOCTOR["password"],
-        "--display-name", "Bench", "--hospital", "H", "--licence-number", "L",
-    )  # fmt: skip
-    with requests.Session() as session:
-        patient = api(session, "POST", f"{base}/api/v1/auth/register", 201, json=PATIENT)["user"]
-        token = api(session, "POST", f"{base}/api/v1/auth/token", 200, json=DOCTOR)["token"]
-    return token, patient["id"]
+    create_doctor(env, DOCTOR["username"], DOCTOR["password"])
+    patient_id = register_patient(base, PATIENT)
+    return sign_in(base, DOCTOR["username"], DOCTOR["password"]), patient_id
 
 
-def record_json(n: int) -> dict[str, Any]:
-    return {
-        "title": f"Asthma review {n}",
-        "category": "respiratory",
-        "diagnoses": ["J45.909"],
-        "symptoms": ["HP:0002094"],
-        "notes": NOTES,
-        "prescriptions": [{"drug": "salbutamol", "dose": "100 mcg", "frequency": "as needed", "duration": "30 days"}],
-    }
-
-
-def upload_one(session: requests.Session, url: str, n: int) -> Upload:
-    start = time.perf_counter()
-    try:
-        response = session.post(url, json=record_json(n), timeout=REQUEST_TIMEOUT)
-    except requests.RequestException as exc:
-        return Upload(time.perf_counter() - start, 0, None, str(exc))
-    latency = time.perf_counter() - start
-    if response.status_code != 201:
-        return Upload(latency, response.status_code, None, response.text[:300])
-    return Upload(latency, 201, response.json()["id"])
-
-
-def client(url: str, token: str, numbers: range, deadline: float) -> list[Upload]:
-    """One client thread with its own connection: uploads `numbers` in turn until the deadline."""
-    with requests.Session() as session:
-        session.headers["Authorization"] = f"Bearer {token}"
-        return [upload_one(session, url, n) for n in numbers if time.monotonic() < deadline]
-
-
-def warm_up(url: str, token: str) -> None:
-    """A few untimed uploads, one at a time and each on a new connection, so that the web workers
-    have loaded the HPO ontology before the timed run. The first record in a worker loads it, which
-    takes a second or more and holds up the worker's other first requests: without the warm-up that
-    one-off cost shows as a latency outlier of several seconds and skews uploads per second."""
-    for n in range(WARMUP):
-        with requests.Session() as session:
-            session.headers["Authorization"] = f"Bearer {token}"
-            upload = upload_one(session, url, n)
-        if upload.status != 201:
-            raise BenchError(f"warm-up upload answered {upload.status}: {upload.error}")
-
-
-def upload_records(url: str, token: str, count: int) -> tuple[list[Upload], float]:
-    deadline = time.monotonic() + UPLOAD_DEADLINE
-    start = time.perf_counter()
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        futures = [pool.submit(client, url, token, range(c, count, CLIENTS), deadline) for c in range(CLIENTS)]
-        uploads = [u for f in futures for u in f.result()]
-    wall = time.perf_counter() - start
-    failed = [u for u in uploads if u.status != 201]
-    if len(uploads) != count or failed:
-        first = failed[0].error if failed else f"deadline of {UPLOAD_DEADLINE:.0f} s reached"
-        raise BenchError(f"{len(uploads) - len(failed)}/{count} uploads answered 201; first problem: {first}")
+def upload_records(url: str, token: str, count: int) -> tuple[list[Call], float]:
+    """`count` record uploads from CLIENTS client threads, after WARMUP untimed ones."""
+    warm_up(token, upload_jobs(url, range(WARMUP)))
+    uploads, wall = run_clients(token, upload_jobs(url, range(count)))
+    require_all(uploads, count, "uploads")
     return uploads, wall
 
 
@@ -547,8 +390,7 @@ def wait_for_blocks(base: str, token: str, record_ids: set[str]) -> tuple[float,
     """Poll GET /records until every uploaded record has a block; returns (seconds, blocks used)."""
     start = time.perf_counter()
     deadline = time.monotonic() + COMMIT_DEADLINE
-    with requests.Session() as session:
-        session.headers["Authorization"] = f"Bearer {token}"
+    with bearer_session(token) as session:
         while True:
             listed = all_records(session, base)
             heights = {r["id"]: r["block_height"] for r in listed if r["id"] in record_ids}
@@ -570,24 +412,18 @@ def verify_over_http(base: str) -> tuple[float, int]:
     return elapsed, report["blocks"]
 
 
-def percentile(values: Sequence[float], pct: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
-
-
 def http_section(uploads: int, workdir: Path) -> Section:
     env = node_env(workdir, free_port())
     log("C: preparing the node (db upgrade, node init)")
-    flask_cli(env, "db", "upgrade")
-    flask_cli(env, "medledger", "node", "init")
+    prepare_node(env)
     with gunicorn(env, workdir / "gunicorn.log") as base:
         log(f"C: gunicorn up at {base}; creating accounts")
         token, patient_id = create_accounts(base, env)
         url = f"{base}/api/v1/patients/{patient_id}/records"
         log(f"C: {WARMUP} warm-up uploads, then {uploads} timed uploads with {CLIENTS} client threads")
-        warm_up(url, token)
         done, wall = upload_records(url, token, uploads)
         log("C: waiting for the records to be sealed into blocks")
-        commit, blocks_used = wait_for_blocks(base, token, {u.record_id for u in done if u.record_id})
+        commit, blocks_used = wait_for_blocks(base, token, {u.body["id"] for u in done})
         verify, chain_blocks = verify_over_http(base)
     latencies = [u.latency * 1000 for u in done]
     return Section(
@@ -610,21 +446,6 @@ def http_section(uploads: int, workdir: Path) -> Section:
 # --- output and main --------------------------------------------------------------------------
 
 
-def fmt(value: float) -> str:
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def print_table(header: str, sections: Sequence[Section]) -> None:
-    width = max(len(m.label) for s in sections for m in s.metrics) + 2
-    print(header)
-    for section in sections:
-        print(f"\n{section.title}")
-        for m in section.metrics:
-            print(f"  {m.label:<{width}}{fmt(m.value):>12} {m.unit}".rstrip())
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--blocks", type=int, default=10_000, help="chain length, genesis included (default 10000)")
@@ -644,9 +465,7 @@ def main() -> int:
         "blocks": args.blocks,
         "txs_per_block": args.txs_per_block,
         "uploads": None if args.skip_http else args.uploads,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        **machine(),
     }
     try:
         with tempfile.TemporaryDirectory(prefix="medledger-bench-") as tmp:
@@ -655,7 +474,7 @@ def main() -> int:
             sections = [memory_section(chain, stored), database_section(chain, Path(tmp) / "app")]
             if not args.skip_http:
                 sections.append(http_section(args.uploads, Path(tmp) / "node"))
-    except (BenchError, requests.RequestException, subprocess.TimeoutExpired) as exc:
+    except FAILURES as exc:
         log(f"benchmark failed: {exc}")
         return 1
     if args.json:
