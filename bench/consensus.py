@@ -8,7 +8,9 @@ bench measures:
 - latency: from submission (HTTP 201) until the transaction is in a block, and until that block
   is final (at or below `final_height` of GET /api/v1/consensus) on the node it was submitted
   to, polled every 100 ms (--poll-ms); next to what the finality rule predicts for the blocks
-  produced.
+  produced;
+- cost and trouble: the nodes' CPU (idle, polled, under load, from /proc) and what they logged
+  (branch switches, refused blocks, 500s, UNIQUE violations).
 
 Workloads: `records` (default): a doctor made with the CLI on each node writes records for a
 patient of that node (`POST /patients/<id>/records`, one `record` transaction each);
@@ -16,7 +18,7 @@ patient of that node (`POST /patients/<id>/records`, one `record` transaction ea
 RSA-3072 key pair made on the server).
 
     cd /work/main && .venv/bin/python bench/consensus.py [--seconds 60] [--slot-ms 1000]
-        [--clients 4] [--workload records|registrations] [--poll-ms 100] [--json]
+        [--clients 4] [--workload records|registrations] [--poll-ms 100] [--keep] [--json]
 
 Every node is stopped at the end, also on failure, Ctrl-C or SIGTERM; everything lives in a
 temporary folder.
@@ -84,6 +86,7 @@ IDLE_SECONDS = 5.0  # the consortium's own CPU use, with no clients and no polli
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 AGREE_DEADLINE = 10.0
 PASSWORD = "bench-password-1"
+STOPPING = threading.Event()  # set on SIGTERM, so that the client threads end at once
 
 
 # --- the consortium -------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def consortium(folder: Path, slot_ms: int) -> Iterator[list[LocalNode]]:
         wait_for_genesis(nodes)
         log("nodes up: " + ", ".join(n.url for n in nodes))
         yield nodes
-    except BaseException:
+    except Exception:
         for node in nodes:
             log(f"--- end of {node.node_id}'s log ---\n{node.log.read_text(errors='replace')[-1500:]}")
         raise
@@ -400,7 +403,7 @@ def client(
             if target.token:
                 session.headers["Authorization"] = f"Bearer {target.token}"
         for turn in itertools.count(first_node):
-            if time.time() >= until:
+            if time.time() >= until or STOPPING.is_set():
                 break
             i = turn % len(sessions)
             call = timed(sessions[i], "POST", workload.targets[i].url, 201, json=workload.body(next(numbers)))
@@ -599,30 +602,50 @@ def throughput_section(run: Run) -> Section:
     )
 
 
-def latency_section(run: Run) -> Section:
-    """Submission -> in a block -> final, as the submitting node showed it (polled), and as the
-    blocks' own timestamps and the finality rule put it (same clock: one machine)."""
-    quorum, slot_ms = run.params["quorum"], run.params["slot_ms"]
+@dataclass
+class Delays:
+    """Per submission, in ms: until the submitting node showed it in a block and final (polled),
+    and until the timestamps of its block and of the block that made it final (the rule)."""
+
+    seen: list[float] = field(default_factory=list)
+    final: list[float] = field(default_factory=list)
+    block_ts: list[float] = field(default_factory=list)
+    final_ts: list[float] = field(default_factory=list)
+
+
+def submission_delays(run: Run, final_by: dict[int, int]) -> Delays:
     index = {b.height: b for b in run.blocks}
     height_of = {k: b.height for b in run.blocks for k in b.keys}
-    final_by = finalised_by(run.blocks, quorum)
-    seen: list[float] = []
-    final: list[float] = []
-    rule_in: list[float] = []
-    rule_final: list[float] = []
+    delays = Delays()
     for s in run.window.submissions:
         tracker, height = run.trackers[s.node], height_of.get(s.key)
         if height is None:
             continue
         if height in tracker.seen_at:
-            seen.append(max(tracker.seen_at[height] - s.done_at, 0.0) * 1000)
+            delays.seen.append(max(tracker.seen_at[height] - s.done_at, 0.0) * 1000)
         if height in tracker.final_at:
-            final.append(max(tracker.final_at[height] - s.done_at, 0.0) * 1000)
-        rule_in.append(index[height].ts - s.done_at * 1000)
+            delays.final.append(max(tracker.final_at[height] - s.done_at, 0.0) * 1000)
+        delays.block_ts.append(index[height].ts - s.done_at * 1000)
         if height in final_by:
-            rule_final.append(index[final_by[height]].ts - s.done_at * 1000)
-    holding = sorted({height_of[s.key] for s in run.window.submissions if s.key in height_of} & final_by.keys())
-    lag_slots = [(index[final_by[h]].ts - index[h].ts) / slot_ms for h in holding]
+            delays.final_ts.append(index[final_by[height]].ts - s.done_at * 1000)
+    return delays
+
+
+def rule_lags(run: Run, final_by: dict[int, int]) -> list[float]:
+    """For each block holding a submission: slots from it to the block that made it final."""
+    index = {b.height: b for b in run.blocks}
+    submitted = {s.key for s in run.window.submissions}
+    holding = sorted({b.height for b in run.blocks if submitted.intersection(b.keys)} & final_by.keys())
+    return [(index[final_by[h]].ts - index[h].ts) / run.params["slot_ms"] for h in holding]
+
+
+def latency_section(run: Run) -> Section:
+    """Submission -> in a block -> final, as the submitting node showed it (polled), and as the
+    blocks' own timestamps and the finality rule put it (same clock: one machine)."""
+    quorum, slot_ms = run.params["quorum"], run.params["slot_ms"]
+    final_by = finalised_by(run.blocks, quorum)
+    delays = submission_delays(run, final_by)
+    lag_slots = rule_lags(run, final_by)
     polls = [ms for t in run.trackers for ms in t.poll_latency_ms]
     window_blocks = [b for b in run.blocks if run.window.start * 1000 <= b.ts <= run.window.end * 1000]
     spread = [t.seen_at[b.height] * 1000 - b.ts for t in run.trackers for b in window_blocks if b.height in t.seen_at]
@@ -632,12 +655,12 @@ def latency_section(run: Run) -> Section:
         f"Latency: every submission of the window, on the node it was submitted to (polled every "
         f"{run.params['poll_ms']} ms); K = {run.params['delegates']}, quorum = {quorum}, slot {slot_ms} ms",
         [
-            Metric("tracked", "submissions tracked", len(final)),
+            Metric("tracked", "submissions tracked", len(delays.final)),
             Metric("not_final", "  not final when the drain ended", run.not_final),
-            *ms_stats("included", "submitted -> seen in a block", seen),
-            *ms_stats("final", "submitted -> seen final", final),
-            *ms_stats("chain_included", "submitted -> block timestamp", rule_in),
-            *ms_stats("chain_final", "submitted -> timestamp of the block making it final", rule_final),
+            *ms_stats("included", "submitted -> seen in a block", delays.seen),
+            *ms_stats("final", "submitted -> seen final", delays.final),
+            *ms_stats("chain_included", "submitted -> block timestamp", delays.block_ts),
+            *ms_stats("chain_final", "submitted -> timestamp of the block making it final", delays.final_ts),
             Metric(
                 "rule_min_lag_ms", "rule: block -> final, at least (quorum - 1) slots", (quorum - 1) * slot_ms, "ms"
             ),
@@ -798,6 +821,12 @@ def report(run: Run, args: argparse.Namespace, load_before: str) -> None:
         print_table(f"MedLedger consensus benchmark ({', '.join(f'{k} {v}' for k, v in params.items())})", sections)
 
 
+def terminate(signum: int, frame: object) -> None:
+    """SIGTERM: end the client threads and unwind, so that every node is stopped (finally)."""
+    STOPPING.set()
+    sys.exit(128 + signum)
+
+
 @contextmanager
 def workdir(keep: bool) -> Iterator[Path]:
     """A temporary folder for the nodes, removed afterwards unless `keep`."""
@@ -813,7 +842,7 @@ def workdir(keep: bool) -> Iterator[Path]:
 def main() -> int:
     args = parse_args()
     load_before = load_average()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the nodes are stopped (finally)
+    signal.signal(signal.SIGTERM, terminate)
     try:
         with workdir(args.keep) as folder, consortium(folder, args.slot_ms) as nodes:
             run = measure(nodes, args)
