@@ -6,15 +6,20 @@ bytes, so validation always runs over exactly what is stored.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from flask import current_app
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from core.consensus import ConsensusState, Params
 from core.crypto import NodeKey
@@ -43,14 +48,63 @@ MAX_PAGE = 100
 
 @dataclass
 class _Cache:
-    """The validator state at the current tip, so producing a block need not replay the chain."""
+    """The validator state at some stored block, so that validating the next one need not
+    replay the chain: `height` and `hash` say which block it has consumed last."""
 
-    key: tuple[str, str] | None = None
+    url: str | None = None
+    height: int = -1
+    hash: str | None = None
     validator: ChainValidator | None = None
+
+    def clear(self) -> None:
+        self.url, self.height, self.hash, self.validator = None, -1, None, None
+
+    def at(self, height: int, block_hash: str) -> None:
+        self.url, self.height, self.hash = str(db.engine.url), height, block_hash
 
 
 _cache = _Cache()
-_cache_lock = threading.Lock()
+
+
+class _ChainLock:
+    """One writer of the chain per node at a time, across threads *and* processes.
+
+    A node's chain is written by its web workers (blocks and transactions pushed by peers)
+    and by its producer process (own blocks, catching up, switching branches). Every
+    read-validate-write of the chain runs under this lock: a thread lock inside the process
+    and an exclusive `flock` on `ledger.lock` in the instance folder between processes (all
+    processes of one node share that folder). It is re-entrant within a thread."""
+
+    def __init__(self) -> None:
+        self._thread = threading.RLock()
+        self._local = threading.local()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread:
+            depth = getattr(self._local, "depth", 0)
+            if depth == 0:
+                path = Path(current_app.instance_path) / "ledger.lock"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(path, "a+b")  # noqa: SIM115 (held across the yield)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self._local.handle = handle
+                # End any read transaction begun before the lock: SQLite would keep reading
+                # the snapshot it started with, missing what the previous holder wrote.
+                db.session.commit()
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+                if self._local.depth == 0:
+                    handle = self._local.handle
+                    self._local.handle = None
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    handle.close()
+
+
+chain_lock = _ChainLock()
 
 
 def queue(tx: Transaction, now: datetime) -> LedgerTransaction:
@@ -131,14 +185,29 @@ def install(block: Block, now: datetime) -> None:
 
 
 def _validator_at_tip(current: LedgerBlock) -> ChainValidator:
-    key = (str(db.engine.url), current.hash)
-    if _cache.key != key or _cache.validator is None:
-        validator = ChainValidator(verify_signatures=False)
-        for stored in stored_blocks():
+    """The validator state after `current` (call under `chain_lock`). Blocks another process
+    stored since this one last looked are replayed incrementally; only a branch switch below
+    the cached block, or another database, replays the chain from genesis. Stored blocks were
+    validated before they were stored, so the replay skips their signatures."""
+    if _cache.validator is not None and _cache.url == str(db.engine.url) and _cache.hash == current.hash:
+        return _cache.validator
+    validator, start = ChainValidator(verify_signatures=False), 0
+    if _cache.validator is not None and _cache.url == str(db.engine.url) and _cache.height < current.height:
+        known = db.session.get(LedgerBlock, _cache.height)
+        if known is not None and known.hash == _cache.hash:
+            validator, start = _cache.validator, _cache.height + 1
+    _cache.clear()
+    validator.verify_signatures = False
+    try:
+        for stored in stored_blocks(start):
+            if stored.height > current.height:
+                break
             validator.append(stored)
+    finally:
         validator.verify_signatures = True
-        _cache.key, _cache.validator = key, validator
-    return _cache.validator
+    _cache.validator = validator
+    _cache.at(current.height, current.hash)
+    return validator
 
 
 def _acceptable(validator: ChainValidator, height: int, limit: int) -> list[Transaction]:
@@ -189,7 +258,7 @@ def produce_block(node: NodeKey, now: datetime, max_transactions: int = 500, emp
     its height, or None when it is not this node's turn or (unless `empty_allowed`) nothing waited.
 
     Must run in one place per node (see `portal.producer`)."""
-    with _cache_lock:
+    with chain_lock.hold():
         current = tip()
         if current is None:
             raise ValidationFailed("The chain has no genesis block; run `flask medledger node init`.")
@@ -209,10 +278,10 @@ def produce_block(node: NodeKey, now: datetime, max_transactions: int = 500, emp
             _store(block.header.encoded, block.header.height, block.header.hash, txs, now)
             db.session.commit()
         except Exception:
-            _cache.key = None
+            _cache.clear()
             db.session.rollback()
             raise
-        _cache.key = (str(db.engine.url), block.header.hash)
+        _cache.at(block.header.height, block.header.hash)
         log.info("block %d sealed with %d transactions", block.header.height, len(txs))
         return block.header.height
 
@@ -296,7 +365,7 @@ def block_height_of(tx_hash: str) -> int | None:
 
 def consensus_state() -> ConsensusState:
     """The consensus state at the current tip (schedule, delegates, removals)."""
-    with _cache_lock:
+    with chain_lock.hold():
         current = tip()
         if current is None:
             raise ValidationFailed("The chain has no genesis block.")
@@ -327,7 +396,7 @@ def receive_block(header: bytes, transactions: list[bytes], now: datetime, max_s
         raise InvalidBlock(-1, "encoding", str(exc)) from exc
     if decoded.timestamp > epoch_ms(now) + max_skew_ms:
         raise InvalidBlock(decoded.height, "timestamp", "block from the future")
-    with _cache_lock:
+    with chain_lock.hold():
         current = tip()
         if current is None or decoded.height > current.height + 1:
             return "ahead"
@@ -341,51 +410,75 @@ def receive_block(header: bytes, transactions: list[bytes], now: datetime, max_s
             block = validator.append(StoredBlock(decoded.height, decoded.hash, header, transactions))
             install(block, now)
         except Exception:
-            _cache.key = None
+            _cache.clear()
             db.session.rollback()
             raise
-        _cache.key = (str(db.engine.url), decoded.hash)
+        _cache.at(decoded.height, decoded.hash)
         return "appended"
 
 
 def final_height() -> int:
-    """The highest height that more than two thirds of the delegates have built on."""
-    state = consensus_state()
-    producers: list[str] = []
-    seen: set[str] = set()
-    for row in db.session.scalars(select(LedgerBlock).order_by(LedgerBlock.height.desc())):
-        producer = decode_header(row.header).producer
-        producers.append(producer)
-        seen.add(producer)
-        if len(seen) >= state.params.quorum:
-            return row.height
-    return 0
+    """The highest height that more than two thirds of the delegates have built on: walking
+    down from the tip, the height at which the quorum-th distinct producer appears."""
+    with chain_lock.hold():
+        current = tip()
+        if current is None:
+            raise ValidationFailed("The chain has no genesis block.")
+        consensus = _validator_at_tip(current).consensus
+        if consensus is None:
+            raise ValidationFailed("The chain has no consensus state.")
+        quorum = consensus.params.quorum
+        seen: set[str] = set()
+        below = current.height + 1
+        while below > 0:
+            page = list(
+                db.session.execute(
+                    select(LedgerBlock.height, LedgerBlock.header)
+                    .where(LedgerBlock.height < below)
+                    .order_by(LedgerBlock.height.desc())
+                    .limit(4 * quorum)
+                )
+            )
+            if not page:
+                break
+            for height, header in page:
+                seen.add(decode_header(header).producer)
+                if len(seen) >= quorum:
+                    return height
+            below = page[-1][0]
+        return 0
 
 
 def rollback_above(height: int) -> int:
     """Remove our blocks above `height` (never at or below the final height), putting their
-    transactions back in the pool; returns how many blocks were removed."""
-    if height < final_height():
-        raise ValidationFailed("Refusing to revert a final block.")
-    with _cache_lock:
-        rows = list(db.session.scalars(select(LedgerBlock).where(LedgerBlock.height > height)))
-        for tx in db.session.scalars(select(LedgerTransaction).where(LedgerTransaction.block_height > height)):
-            tx.status, tx.block_height, tx.position = "pending", None, None
-        db.session.flush()
-        for row in rows:
-            db.session.delete(row)
-        db.session.commit()
-        _cache.key = None
-        return len(rows)
+    transactions back in the pool, in one database transaction under the chain lock, so no
+    block can be stored in between; returns how many blocks were removed."""
+    with chain_lock.hold():
+        if height < final_height():
+            raise ValidationFailed("Refusing to revert a final block.")
+        try:
+            db.session.execute(
+                update(LedgerTransaction)
+                .where(LedgerTransaction.block_height > height)
+                .values(status="pending", block_height=None, position=None)
+            )
+            removed = db.session.execute(delete(LedgerBlock).where(LedgerBlock.height > height)).rowcount
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            raise
+        finally:
+            _cache.clear()
+        return removed or 0
 
 
 def accept_from_peer(encoded: bytes, now: datetime) -> bool:
     """A transaction gossiped by a peer: kept as pending if new and valid on our chain (a signer
     whose key registration is itself still pending counts as known). Raises CoreError if invalid."""
     tx = decode_transaction(encoded)
-    if db.session.get(LedgerTransaction, tx.hash) is not None:
-        return False
-    with _cache_lock:
+    with chain_lock.hold():
+        if db.session.get(LedgerTransaction, tx.hash) is not None:
+            return False
         current = tip()
         if current is None:
             raise InvalidTransaction("no chain yet")
@@ -408,9 +501,13 @@ def accept_from_peer(encoded: bytes, now: datetime) -> bool:
         if validator.consensus is not None:
             validator.consensus.check(tx, trial)
         trial.apply(tx, height)
-    queue(tx, now)
-    db.session.commit()
-    return True
+        queue(tx, now)
+        try:
+            db.session.commit()
+        except IntegrityError:  # stored meanwhile by a writer outside the chain lock (the API)
+            db.session.rollback()
+            return False
+        return True
 
 
 def report_invalid_block(node: NodeKey, header: bytes, transactions: list[bytes], now: datetime) -> str | None:
@@ -479,7 +576,7 @@ def _candidate(state: ConsensusState, node: str) -> dict[str, Any]:
 
 def store_raw(blocks: list[StoredBlock], now: datetime) -> None:
     """Store already-validated blocks as they are (restoring a ledger from the archive)."""
-    with _cache_lock:
+    with chain_lock.hold():
         for stored in blocks:
             db.session.add(LedgerBlock(height=stored.height, hash=stored.hash, header=stored.header, created_at=now))
             db.session.flush()
@@ -497,4 +594,4 @@ def store_raw(blocks: list[StoredBlock], now: datetime) -> None:
                     )
                 )
         db.session.commit()
-        _cache.key = None
+        _cache.clear()

@@ -12,6 +12,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -65,13 +66,14 @@ class Peers:
             self.pool.submit(self.post, peer, path, body)
 
 
-def _apply(blocks: list[dict[str, Any]], now: datetime, max_skew_ms: int) -> tuple[int, str]:
-    """Append fetched blocks in order; returns (appended, last outcome)."""
+def _apply(blocks: list[dict[str, Any]], clock: Callable[[], datetime], max_skew_ms: int) -> tuple[int, str]:
+    """Append fetched blocks in order; returns (appended, last outcome). The clock is read per
+    block: a block produced while this page was on its way is not 'from the future'."""
     appended, outcome = 0, "none"
     for item in blocks:
         try:
             outcome = ledger.receive_block(
-                b64d(item["header"]), [b64d(t) for t in item["transactions"]], now, max_skew_ms
+                b64d(item["header"]), [b64d(t) for t in item["transactions"]], clock(), max_skew_ms
             )
         except (CoreError, KeyError, TypeError) as exc:
             log.warning("rejected a synced block: %s", exc)
@@ -104,7 +106,7 @@ def _fork_point(peers: Peers, peer: str, below: int) -> int | None:
     return point
 
 
-def catch_up(peers: Peers, now: datetime, max_skew_ms: int) -> int:
+def catch_up(peers: Peers, clock: Callable[[], datetime], max_skew_ms: int) -> int:
     """Fetch and apply blocks from any peer that is ahead, switching to its branch when it is
     longer than ours after the fork point and the fork point is not below our final height
     (the most delegate-signed blocks win; final blocks never change). Returns blocks appended."""
@@ -118,7 +120,7 @@ def catch_up(peers: Peers, now: datetime, max_skew_ms: int) -> int:
             page = peers.get(peer, f"/node/v1/blocks?from={current.height + 1}&limit={SYNC_BATCH}")
             if not page or not page.get("blocks"):
                 break
-            appended, outcome = _apply(page["blocks"], now, max_skew_ms)
+            appended, outcome = _apply(page["blocks"], clock, max_skew_ms)
             total += appended
             if outcome == "fork":
                 point = _fork_point(peers, peer, current.height)
