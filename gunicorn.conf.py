@@ -39,3 +39,13 @@ def on_exit(server):
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def post_worker_init(worker):
+    # The clinical vocabularies take seconds to load; load them now rather than in the first
+    # request that validates a diagnosis or a symptom.
+    import threading
+
+    from core.clinical import load_vocabulary
+
+    threading.Thread(target=load_vocabulary, daemon=True, name="vocabulary").start()
