@@ -16,7 +16,7 @@ from sqlalchemy import select
 from core.ledger.validate import ChainValidator
 from portal import runtime
 from portal.extensions import db
-from portal.models import LedgerBlock, LedgerTransaction, utcnow
+from portal.models import LedgerBlock, LedgerTransaction
 from portal.services import ledger
 from portal.services.errors import ValidationFailed
 from tests.conftest import RECORD, Person, produce
@@ -55,7 +55,7 @@ def test_a_chain_write_waits_while_another_process_holds_the_chain(
 
         def producer() -> None:
             with app.app_context():
-                produced.append(ledger.produce_block(runtime.node_key(), utcnow(), empty_allowed=True))
+                produced.append(ledger.seal_pending(runtime.node_key()))
 
         worker = threading.Thread(target=producer)
         worker.start()
