@@ -93,9 +93,11 @@ def _archive(connect: Callable[[], ArchiveStore]) -> None:
 
 
 def _sync(peers: Peers, gossiped: set[str]) -> None:
-    me = runtime.node_key().node_id
-    peers.urls.update({n: url for n, url in ledger.consensus_state().urls.items() if n != me})
+    key = runtime.node_key()
+    peers.urls.update({n: url for n, url in ledger.consensus_state().urls.items() if n != key.node_id})
     network.catch_up(peers, utcnow, runtime.max_skew_ms())
-    fresh = [(h, e) for h, e in ledger.pending_encoded() if h not in gossiped]
+    pending = ledger.pending_from_here(key)
+    gossiped.intersection_update(h for h, _ in pending)  # forget what has left the pool
+    fresh = [(h, e) for h, e in pending if h not in gossiped]
     network.gossip(peers, [e for _, e in fresh])
     gossiped.update(h for h, _ in fresh)

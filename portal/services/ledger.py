@@ -39,7 +39,7 @@ from core.ledger import (
 )
 from core.ledger.validate import ChainValidator
 from portal.extensions import db
-from portal.models import LedgerBlock, LedgerTransaction, epoch_ms, utcnow
+from portal.models import LedgerBlock, LedgerTransaction, User, epoch_ms, utcnow
 from portal.services.errors import NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -526,7 +526,7 @@ def report_invalid_block(node: NodeKey, header: bytes, transactions: list[bytes]
 
 
 def pending_encoded(limit: int = 500) -> list[tuple[str, bytes]]:
-    """Pending transactions (hash, bytes), oldest first, for gossip."""
+    """Pending transactions (hash, bytes), oldest first."""
     rows = db.session.execute(
         select(LedgerTransaction.hash, LedgerTransaction.encoded)
         .where(LedgerTransaction.status == "pending")
@@ -534,6 +534,22 @@ def pending_encoded(limit: int = 500) -> list[tuple[str, bytes]]:
         .limit(limit)
     )
     return [(h, bytes(e)) for h, e in rows]
+
+
+def pending_from_here(node: NodeKey, limit: int = 500) -> list[tuple[str, bytes]]:
+    """Pending transactions signed by this node or by one of its own accounts: the ones this
+    node gossips. Transactions that peers sent are theirs to spread, so each reaches each node
+    once rather than once from every node."""
+    pending: list[tuple[str, bytes, str]] = []
+    for tx_hash, encoded in pending_encoded(limit):
+        try:
+            pending.append((tx_hash, encoded, decode_transaction(encoded).signer))
+        except CoreError:
+            continue
+    signers = {signer for _, _, signer in pending}
+    local = set(db.session.scalars(select(User.key_id).where(User.key_id.in_(signers)))) if signers else set()
+    local.add(node.key_id)
+    return [(tx_hash, encoded) for tx_hash, encoded, signer in pending if signer in local]
 
 
 def consensus_status(now: datetime) -> dict[str, Any]:

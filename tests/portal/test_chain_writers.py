@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from core.crypto import UserKeys
+from core.encoding import b64e
+from core.ledger import sign_transaction
 from core.ledger.validate import ChainValidator
 from portal import runtime
 from portal.extensions import db
-from portal.models import LedgerBlock, LedgerTransaction
+from portal.models import LedgerBlock, LedgerTransaction, User, utcnow
 from portal.services import ledger
 from portal.services.errors import ValidationFailed
 from tests.conftest import RECORD, Person, produce
@@ -147,3 +151,18 @@ def test_blocks_stored_by_another_process_are_replayed_incrementally(
     write_record(client, doctor, patient, "after the replay")
     assert produce(app) == current.height + 1
     assert ledger.verify_chain().valid
+
+
+def test_a_node_gossips_only_what_it_or_its_own_accounts_signed(
+    app: Flask, client: FlaskClient, key_pool: list[UserKeys], patient: Person
+) -> None:
+    node = runtime.node_key()
+    elsewhere = key_pool[-1]  # an account of another hospital: not in this node's users
+    payload = {"account": str(uuid.uuid4()), "role": "patient", "rsa": b64e(elsewhere.public.rsa_der)}
+    foreign = sign_transaction("key", {**payload, "umbral": b64e(elsewhere.public.umbral)}, elsewhere, 1)
+    assert ledger.accept_from_peer(foreign.encoded, utcnow())
+    pending = {h for h, _ in ledger.pending_encoded()}
+    mine = {h for h, _ in ledger.pending_from_here(node)}
+    own_key = db.session.scalar(select(User.key_tx_hash).where(User.public_id == patient.id))
+    assert foreign.hash in pending and foreign.hash not in mine
+    assert own_key in mine
