@@ -26,7 +26,9 @@ demo: db
 
 run: demo
 	@echo "MedLedger portal: http://127.0.0.1:$(PORT)/   patient app: http://127.0.0.1:$(PORT)/app/"
-	PORT=$(PORT) EMBEDDED_FTP=1 $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	@# One worker unless a Socket.IO message queue joins several (docs/api.md, Matching and chat).
+	PORT=$(PORT) EMBEDDED_FTP=1 WEB_CONCURRENCY=$${WEB_CONCURRENCY:-1} GUNICORN_THREADS=$${GUNICORN_THREADS:-16} \
+	  $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 lint: setup
 	$(BIN)/ruff check .

@@ -2,6 +2,11 @@
 
 The block producer runs as one child process of the gunicorn master, so a node
 has exactly one whatever the number of workers.
+
+Chat (Socket.IO over WebSocket) holds one gthread thread per open socket, so
+GUNICORN_THREADS bounds open chats plus requests per worker. Several workers (or
+servers) relay chat events through SOCKETIO_MESSAGE_QUEUE (Redis); clients use the
+WebSocket transport only, so no sticky sessions are needed.
 """
 
 import os
@@ -21,6 +26,12 @@ _producer: list[subprocess.Popen] = []
 
 
 def when_ready(server):
+    if workers > 1 and not os.environ.get("SOCKETIO_MESSAGE_QUEUE"):
+        server.log.warning(
+            "%d workers without SOCKETIO_MESSAGE_QUEUE: chat messages reach only clients of the same worker "
+            "(stored ones still arrive on reconnect); set a Redis URL or WEB_CONCURRENCY=1",
+            workers,
+        )
     if os.environ.get("EMBEDDED_FTP") == "1":
         cmd = [sys.executable, "-m", "flask", "--app", "wsgi", "medledger", "archive", "serve-embedded"]
         _producer.append(subprocess.Popen(cmd))  # noqa: S603 (fixed argv, no shell)

@@ -10,7 +10,7 @@ from pathlib import Path
 from flask import Flask
 
 from portal.config import CONFIGS, INSTANCE, Config, persistent_dev_secret
-from portal.extensions import db, login_manager, migrate
+from portal.extensions import db, login_manager, migrate, socketio
 
 
 def create_app(config_class: type[Config] | None = None) -> Flask:
@@ -30,6 +30,7 @@ def create_app(config_class: type[Config] | None = None) -> Flask:
     register_logging(app)
     register_extensions(app)
     register_blueprints(app)
+    register_socketio(app)
     register_errors(app)
     register_security(app)
     register_templates(app)
@@ -54,10 +55,24 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from portal import admin, api, auth, chain, doctor, node, pwa
+    from portal import admin, api, auth, chain, chat, doctor, node, pwa
 
-    for module in (api, auth, doctor, admin, chain, node, pwa):
+    for module in (api, auth, doctor, admin, chain, chat, node, pwa):
         app.register_blueprint(module.bp)
+
+
+def register_socketio(app: Flask) -> None:
+    """After the blueprints: the chat's event handlers must be declared before the server is made.
+    Threads, as gunicorn's gthread workers; several processes relay through the message queue.
+    One client's events are handled one after another, in the order sent."""
+    socketio.init_app(
+        app,
+        async_mode="threading",
+        message_queue=app.config["SOCKETIO_MESSAGE_QUEUE"] or None,
+        channel=app.config["SOCKETIO_CHANNEL"],
+        async_handlers=False,
+        max_http_buffer_size=app.config["CHAT_MAX_ENVELOPE_BYTES"] + 16 * 1024,
+    )
 
 
 def register_errors(app: Flask) -> None:

@@ -70,6 +70,20 @@ class Config:
     SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "1") == "1"
     PERMANENT_SESSION_LIFETIME = WEB_SESSION_TTL_SECONDS
 
+    # Matching and chat (docs/api.md "Matching and chat"). The matching, profile and pseudonym
+    # keys are derived from SECRET_KEY with HKDF (one label each): changing SECRET_KEY makes
+    # stored profiles unreadable and changes every pseudonym.
+    MATCH_THRESHOLD = float(os.environ.get("MATCH_THRESHOLD", 0.5))
+    MATCH_LIMIT = _int("MATCH_LIMIT", 50)
+    CONNECT_RATE_PER_HOUR = _int("CONNECT_RATE_PER_HOUR", 10)
+    CHAT_SEND_RATE_PER_MINUTE = _int("CHAT_SEND_RATE_PER_MINUTE", 120)
+    CHAT_MAX_ENVELOPE_BYTES = _int("CHAT_MAX_ENVELOPE_BYTES", 64 * 1024)
+    CHAT_MAX_HANDSHAKE_BYTES = _int("CHAT_MAX_HANDSHAKE_BYTES", 4 * 1024)
+    # Socket.IO between several gunicorn workers or servers: a Redis URL, e.g. redis://127.0.0.1:6379/0.
+    SOCKETIO_MESSAGE_QUEUE = os.environ.get("SOCKETIO_MESSAGE_QUEUE", "")
+    # The queue's channel: one per node when several nodes share a Redis server.
+    SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "medledger-chat")
+
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from portal import runtime
 from portal.extensions import db
 from portal.models import User, utcnow
-from portal.services import accounts, grants, ledger, records
+from portal.services import accounts, grants, ledger, matching, records
 from portal.services.records import CATEGORIES
 
 PASSWORD = "demo-password-1"  # noqa: S105 (demo accounts, development only)
@@ -47,6 +47,11 @@ RECORDS = [
         "prescriptions": [{"drug": "Metformin", "dose": "500 mg", "frequency": "twice daily", "duration": "3 months"}],
     }),
 ]  # fmt: skip
+PROFILES = [
+    ("alice", {"terms": ["HP:0002076", "HP:0002315"], "age_band": "30-44", "sex": "female", "discoverable": True}),
+    ("carol", {"terms": ["HP:0002076", "HP:0002315"], "age_band": "45-59", "sex": "female", "discoverable": True}),
+    ("bob", {"terms": ["HP:0002315", "HP:0012735"], "age_band": "30-44", "sex": "male", "discoverable": True}),
+]
 
 
 def seed() -> str:
@@ -84,6 +89,11 @@ def seed() -> str:
         )  # fmt: skip
     with _signed_in("carol") as carol:
         grants.set_emergency_optin(carol, True, node=node, now=utcnow())
+    # Matching: Alice and Carol share their symptoms exactly; Bob is similar to both.
+    ctx = runtime.matching_context()
+    for username, profile in PROFILES:
+        with _signed_in(username) as actor:
+            matching.put_profile(actor, profile, ctx=ctx, now=utcnow())
     ledger.seal_pending(key)
     return "demo data loaded\n" + message
 

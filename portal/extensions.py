@@ -4,6 +4,7 @@ from typing import Any
 
 from flask_login import LoginManager
 from flask_migrate import Migrate
+from flask_socketio import SocketIO
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
@@ -35,3 +36,4 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 migrate = Migrate()
 login_manager = LoginManager()
+socketio = SocketIO()

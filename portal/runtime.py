@@ -16,12 +16,15 @@ from flask import current_app
 from core.clinical import Vocabulary, load_vocabulary
 from core.crypto import KdfParams, NodeKey, load_node_key
 from core.encoding import b64e
+from core.matching import HpoGraph, Tokenizer
 from core.pre import EmergencyKey, Threshold
 from portal import consortium, embedded_ftp
 from portal.consortium import GenesisFile
 from portal.ftp import ArchiveStore, FtpTarget
-from portal.services import ledger
+from portal.services import ledger, matching
+from portal.services.chat import ChatLimits
 from portal.services.context import NodeContext
+from portal.services.matching import MatchingContext, ProfileIndex
 from portal.services.network import Peers
 from portal.services.records import Limits
 
@@ -164,3 +167,42 @@ def node_key(create: bool = False) -> NodeKey:
         key = load_node_key(path, _passphrase())
         current_app.extensions["medledger.node_key"] = key
         return key
+
+
+def matching_context() -> MatchingContext:
+    """Keys, tokenizer and the per-process index (built once per app and process)."""
+    cfg = current_app.config
+    cached = current_app.extensions.get("medledger.matching")
+    if cached is None:
+        with _lock:
+            cached = current_app.extensions.get("medledger.matching")
+            if cached is None:
+                keys = matching.derive_keys(cfg["SECRET_KEY"])
+                tokenizer = Tokenizer(keys.token, HpoGraph.load())
+                cached = (keys, tokenizer, ProfileIndex(tokenizer))
+                current_app.extensions["medledger.matching"] = cached
+    keys, tokenizer, index = cached
+    return MatchingContext(
+        keys=keys,
+        tokenizer=tokenizer,
+        vocabulary=vocabulary(),
+        index=index,
+        threshold=cfg["MATCH_THRESHOLD"],
+        limit=cfg["MATCH_LIMIT"],
+        connect_rate_per_hour=cfg["CONNECT_RATE_PER_HOUR"],
+    )
+
+
+def pseudonym_key() -> bytes:
+    """The key that turns an account into its matching pseudonym."""
+    return matching.derive_keys(current_app.config["SECRET_KEY"]).pseudonym
+
+
+def chat_limits() -> ChatLimits:
+    """Size and rate limits of the chat relay."""
+    cfg = current_app.config
+    return ChatLimits(
+        max_envelope_bytes=cfg["CHAT_MAX_ENVELOPE_BYTES"],
+        max_handshake_bytes=cfg["CHAT_MAX_HANDSHAKE_BYTES"],
+        send_rate_per_minute=cfg["CHAT_SEND_RATE_PER_MINUTE"],
+    )

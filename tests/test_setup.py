@@ -4,6 +4,7 @@ one producer per node."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -138,3 +139,6 @@ def test_demo_data_loads_once_and_verifies(tmp_path: Path) -> None:
     assert "demo data already present" in second.stdout
     verify = flask(["medledger", "verify"], env)
     assert verify.returncode == 0 and "chain valid" in verify.stdout
+    with sqlite3.connect(tmp_path / "demo.db") as demo:
+        discoverable = demo.execute("SELECT count(*) FROM symptom_profiles WHERE discoverable").fetchone()[0]
+    assert discoverable == 3  # Alice, Bob and Carol can find each other in the app's Matches

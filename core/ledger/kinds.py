@@ -7,9 +7,12 @@ never changes the transaction envelope.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.encoding import b64d
 from core.errors import EncodingError, InvalidTransaction
@@ -182,6 +185,24 @@ def check_admit(payload: dict[str, Any]) -> None:
         raise InvalidTransaction("url must be an http(s) URL")
 
 
+def check_chat_key(payload: dict[str, Any]) -> None:
+    """A patient registers a chat identity key: their account, the P-256 public key as the
+    65-byte uncompressed point, and its fingerprint (SHA-256 hex of those 65 bytes). The
+    registry checks that the account is the signer's own."""
+    _fields(payload, {"account", "key", "fingerprint"})
+    _uuid(payload, "account")
+    _hex64(payload, "fingerprint")
+    point = _binary(payload, "key")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError as exc:
+        raise InvalidTransaction("key must be a P-256 point") from exc
+    if len(point) != 65 or point[0] != 4:
+        raise InvalidTransaction("key must be an uncompressed P-256 point (65 bytes)")
+    if hashlib.sha256(point).hexdigest() != payload["fingerprint"]:
+        raise InvalidTransaction("fingerprint is not the SHA-256 of the key")
+
+
 RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "genesis": check_genesis,
     "key": check_key,
@@ -194,6 +215,7 @@ RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "vote": check_vote,
     "evidence": check_evidence,
     "admit": check_admit,
+    "chat_key": check_chat_key,
 }
 
 # Which role's key may sign each kind (genesis and key have their own rules in the registry).
@@ -207,4 +229,5 @@ SIGNER_ROLES: dict[str, tuple[str, ...]] = {
     "vote": ("patient", "doctor", "admin"),
     "evidence": ("patient", "doctor", "admin", "node"),
     "admit": ("node",),
+    "chat_key": ("patient",),
 }

@@ -47,4 +47,4 @@ def json_body() -> dict[str, Any]:
     return data
 
 
-from portal.api import access, routes  # noqa: E402,F401
+from portal.api import access, routes, social  # noqa: E402,F401

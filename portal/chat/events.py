@@ -1,0 +1,257 @@
+"""Socket.IO namespace /chat: authenticated at connect, store-then-relay, delivery until acked.
+
+Rooms: every connection of a user is in `user:<id>` (requests, unread counts); a member's
+connections that joined a conversation are in `conversation:<cid>:user:<id>`, where the
+peer's handshake messages and envelopes are relayed. Anything stored for a user and not
+yet acknowledged is sent again on connect (and on "join" of a conversation not joined yet,
+and on "sync"), oldest first; an item is never sent after its "ack". Every client event
+is answered through its ack callback with {"ok": true, ...} or {"error": {"code", "message"}}.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import request, session
+from flask_socketio import ConnectionRefusedError, disconnect, emit, join_room
+
+from portal import runtime
+from portal.api.social import connection_json, iso
+from portal.extensions import db, socketio
+from portal.models import ChatMessage, Connection, User, utcnow
+from portal.services import accounts, chat, matching
+from portal.services.errors import ServiceError, Unauthorized, ValidationFailed
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/chat"
+
+
+@dataclass
+class Client:
+    """One Socket.IO connection of this process: whose it is and what it was sent."""
+
+    token: str
+    user_id: int
+    sent_up_to: int = 0  # highest id sent from the backlog on this connection
+    joined: set[int] = field(default_factory=set)
+
+
+_clients: dict[str, Client] = {}
+_clients_lock = threading.Lock()
+
+
+def user_room(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+def conversation_room(conversation_id: int, user_id: int) -> str:
+    return f"conversation:{conversation_id}:user:{user_id}"
+
+
+def _error(exc: ServiceError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": exc.message}}
+
+
+def _item(message: ChatMessage, sender: str) -> tuple[str, dict[str, Any]]:
+    data: dict[str, Any] = {
+        "conversation": str(message.connection_id),
+        "id": message.id,
+        "from": sender,
+        "sent_at": iso(message.sent_at),
+    }
+    data["message" if message.kind == "handshake" else "envelope"] = chat.body_of(message)
+    return message.kind, data
+
+
+def _deliver(client: Client, messages: list[ChatMessage]) -> None:
+    """Send stored items to this connection, in id order."""
+    names: dict[int, str] = {}
+    for message in messages:
+        if message.sender_id not in names:
+            sender = db.session.get(User, message.sender_id)
+            names[message.sender_id] = matching.pseudonym_of(sender, runtime.pseudonym_key()) if sender else "?"
+        event, data = _item(message, names[message.sender_id])
+        emit(event, data, to=request.sid)
+        client.sent_up_to = max(client.sent_up_to, message.id)
+
+
+def _unread(user: User, connection_id: int) -> None:
+    socketio.emit(
+        "unread",
+        {"conversation": str(connection_id), "count": chat.unread_count(user, connection_id)},
+        to=user_room(user.id),
+        namespace=NAMESPACE,
+    )
+
+
+def notify_connection(connection: Connection, user_id: int) -> None:
+    """Tell a user's open connections about a request to them or an answer to theirs."""
+    user = db.session.get(User, user_id)
+    if user is not None:
+        socketio.emit(
+            "connection", {"connection": connection_json(connection, user)}, to=user_room(user_id), namespace=NAMESPACE
+        )
+
+
+def _authenticate(auth: object) -> accounts.Actor:
+    token = auth.get("token") if isinstance(auth, dict) else None
+    if token is None:
+        token = session.get("_user_id")  # the portal's cookie: Flask-Login keeps the session token here
+    actor = accounts.resolve(token, utcnow()) if isinstance(token, str) else None
+    if actor is None:
+        raise ConnectionRefusedError("Sign in first: connect with a valid token.")
+    if actor.user.role != "patient":
+        raise ConnectionRefusedError("Only patients use the chat.")
+    return actor
+
+
+@socketio.on("connect", namespace=NAMESPACE)
+def on_connect(auth: object = None) -> None:
+    actor = _authenticate(auth)
+    try:
+        _welcome(actor)
+    except Exception:
+        db.session.rollback()
+        with _clients_lock:
+            _clients.pop(request.sid, None)
+        log.exception("chat connect failed")
+        raise ConnectionRefusedError("The chat is unavailable right now; try again.") from None
+
+
+def _welcome(actor: accounts.Actor) -> None:
+    """Register the connection, join its rooms, send what waits for it."""
+    user = actor.user
+    client = Client(token=actor.token, user_id=user.id)
+    with _clients_lock:
+        _clients[request.sid] = client
+    join_room(user_room(user.id))
+    for connection in chat.conversations(user):
+        join_room(conversation_room(connection.id, user.id))
+        client.joined.add(connection.id)
+    _deliver(client, chat.undelivered(user))
+    for connection_id, count in chat.unread_counts(user).items():
+        if connection_id in client.joined:
+            emit("unread", {"conversation": str(connection_id), "count": count}, to=request.sid)
+    db.session.commit()
+
+
+@socketio.on("disconnect", namespace=NAMESPACE)
+def on_disconnect(*_reason: object) -> None:
+    with _clients_lock:
+        _clients.pop(request.sid, None)
+
+
+EventFn = Callable[[User, Client, dict[str, Any]], dict[str, Any]]
+
+
+def handler(name: str) -> Callable[[EventFn], EventFn]:
+    """Register a client event: check the sender's session again, parse the one JSON object
+    argument, and turn every failure into an {"error"} answer (never an exception)."""
+
+    def register(fn: EventFn) -> EventFn:
+        def run(*args: Any) -> dict[str, Any]:
+            try:
+                with _clients_lock:
+                    client = _clients.get(request.sid)
+                actor = accounts.resolve(client.token, utcnow()) if client else None
+                if client is None or actor is None:
+                    disconnect()
+                    raise Unauthorized("Your session has ended; sign in again.")
+                if len(args) > 1 or (args and not isinstance(args[0], dict)):
+                    raise ValidationFailed(f"`{name}` takes one JSON object.")
+                return {"ok": True, **fn(actor.user, client, args[0] if args else {})}
+            except ServiceError as exc:
+                db.session.rollback()
+                return _error(exc)
+            except Exception:
+                db.session.rollback()
+                log.exception("chat event %s failed", name)
+                return {
+                    "error": {"code": "internal", "message": "Something went wrong on the server; it has been logged."}
+                }
+
+        socketio.on_event(name, run, namespace=NAMESPACE)
+        return fn
+
+    return register
+
+
+@handler("join")
+def on_join(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+    connection = chat.conversation(user, data.get("conversation"))
+    peer = db.session.get(User, matching.peer_of(connection, user))
+    if connection.id not in client.joined:
+        join_room(conversation_room(connection.id, user.id))
+        client.joined.add(connection.id)
+        _deliver(client, chat.undelivered(user, connection.id, after=client.sent_up_to))
+    return {
+        "conversation": str(connection.id),
+        "peer": matching.pseudonym_of(peer, runtime.pseudonym_key()) if peer else None,
+        "role": "initiator" if connection.requester_id == user.id else "responder",
+    }
+
+
+def _relay(user: User, data: dict[str, Any], kind: str, field_name: str) -> dict[str, Any]:
+    message, connection = chat.store(
+        user, data.get("conversation"), kind, data.get(field_name), limits=runtime.chat_limits(), now=utcnow()
+    )
+    event, payload = _item(message, matching.pseudonym_of(user, runtime.pseudonym_key()))
+    socketio.emit(event, payload, to=conversation_room(connection.id, message.recipient_id), namespace=NAMESPACE)
+    recipient = db.session.get(User, message.recipient_id)
+    if recipient is not None and kind == "message":
+        _unread(recipient, connection.id)
+    return {"id": message.id, "sent_at": iso(message.sent_at)}
+
+
+@handler("handshake")
+def on_handshake(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+    return _relay(user, data, "handshake", "message")
+
+
+@handler("send")
+def on_send(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+    return _relay(user, data, "message", "envelope")
+
+
+@handler("ack")
+def on_ack(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+    chat.acknowledge(user, data.get("conversation"), data.get("up_to"), now=utcnow())
+    connection = chat.conversation(user, data.get("conversation"))
+    _unread(user, connection.id)
+    return {}
+
+
+@handler("history")
+def on_history(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+    messages, more = chat.history(user, data.get("conversation"), data.get("before"), data.get("limit"))
+    names = {user.id: matching.pseudonym_of(user, runtime.pseudonym_key())}
+    for message in messages:
+        if message.sender_id not in names:
+            sender = db.session.get(User, message.sender_id)
+            names[message.sender_id] = matching.pseudonym_of(sender, runtime.pseudonym_key()) if sender else "?"
+    return {
+        "messages": [
+            {
+                "id": m.id,
+                "from": names[m.sender_id],
+                "kind": m.kind,
+                "body": chat.body_of(m),
+                "sent_at": iso(m.sent_at),
+                "delivered": m.delivered_at is not None,
+            }
+            for m in messages
+        ],
+        "more": more,
+    }
+
+
+@handler("sync")
+def on_sync(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+    pending = chat.undelivered(user)
+    _deliver(client, pending)
+    return {"count": len(pending)}
