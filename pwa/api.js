@@ -26,6 +26,7 @@ const FALLBACK_CODES = {
   429: 'rate_limited',
 };
 const UNAUTHORIZED = 401;
+const SYMPTOM_LIMIT = 20;
 
 const hooks = {
   getToken: () => null,
@@ -136,6 +137,67 @@ export async function getEmergencyAccess({ signal } = {}) {
 export async function setEmergencyAccess(enabled, { signal } = {}) {
   const response = await send('PUT', '/emergency-access', { body: { enabled }, signal });
   return (await readJson(response)).enabled;
+}
+
+// ---- symptom profile, matches and chat (docs/api.md, "Matching and chat")
+
+export async function searchSymptoms(query, { signal, limit = SYMPTOM_LIMIT } = {}) {
+  const response = await send('GET', `/symptoms?q=${encodeURIComponent(query)}&limit=${limit}`, { signal });
+  return (await readJson(response)).symptoms;
+}
+
+export async function getProfile({ signal } = {}) {
+  const response = await send('GET', '/profile', { signal });
+  return (await readJson(response)).profile;
+}
+
+export async function saveProfile({ terms, diagnosis, ageBand, sex, discoverable }, { signal } = {}) {
+  const body = { terms, diagnosis, age_band: ageBand, sex, discoverable };
+  const response = await send('PUT', '/profile', { body, signal });
+  return (await readJson(response)).profile;
+}
+
+export async function withdrawProfile({ signal } = {}) {
+  await send('DELETE', '/profile', { signal });
+}
+
+export async function listMatches(mode, { signal } = {}) {
+  const response = await send('GET', `/matches?mode=${encodeURIComponent(mode)}`, { signal });
+  return (await readJson(response)).matches;
+}
+
+export async function connectTo(pseudonym, { signal } = {}) {
+  const response = await send('POST', `/matches/${encodeURIComponent(pseudonym)}/connect`, { signal });
+  return (await readJson(response)).connection;
+}
+
+export async function listConnections({ signal } = {}) {
+  const response = await send('GET', '/connections', { signal });
+  return (await readJson(response)).connections;
+}
+
+export async function acceptConnection(id, { signal } = {}) {
+  const response = await send('POST', `/connections/${encodeURIComponent(id)}/accept`, { signal });
+  return (await readJson(response)).connection;
+}
+
+export async function declineConnection(id, { signal } = {}) {
+  const response = await send('POST', `/connections/${encodeURIComponent(id)}/decline`, { signal });
+  return (await readJson(response)).connection;
+}
+
+export async function blockPeer(pseudonym, { signal } = {}) {
+  await send('POST', '/blocks', { body: { pseudonym }, signal });
+}
+
+export async function registerChatKey(key, { signal } = {}) {
+  const response = await send('PUT', '/chat/key', { body: { key }, signal });
+  return (await readJson(response)).key;
+}
+
+export async function getChatKey(pseudonym, { signal } = {}) {
+  const response = await send('GET', `/chat/keys/${encodeURIComponent(pseudonym)}`, { signal });
+  return (await readJson(response)).key;
 }
 
 async function send(method, path, options = {}) {

@@ -9,8 +9,12 @@ import { configureApi, revokeToken } from './api.js';
 import {
   attachEmergencyBanner, clearEmergencyBanner, expireEmergencyBanner, hideEmergencyBanner, refreshEmergencyBanner,
 } from './banner.js';
+import { stopChat } from './chat-client.js';
+import { chatView } from './chat.js';
 import { h, mount } from './dom.js';
 import { revokeAllObjectUrls } from './files.js';
+import { matchesView } from './matches.js';
+import { profileView } from './profile.js';
 import {
   clearSession, currentToken, currentUser, hasExpired, isSignedIn, loadSession, saveSession, watchOtherTabs,
 } from './session.js';
@@ -32,12 +36,18 @@ const ROUTES = [
   { pattern: /^#\/records\/([^/]+)$/, access: 'user', view: recordView },
   { pattern: /^#\/access$/, access: 'user', view: accessView },
   { pattern: /^#\/access-log$/, access: 'user', view: accessLogView },
+  { pattern: /^#\/profile$/, access: 'user', view: profileView },
+  { pattern: /^#\/matches$/, access: 'user', view: matchesView },
+  { pattern: /^#\/chat\/([^/]+)$/, access: 'user', view: chatView },
 ];
 
 const NAV_LINKS = [
   { href: '#/records', label: 'My records' },
   { href: '#/access', label: 'Access' },
   { href: '#/access-log', label: 'Access log' },
+  { href: '#/profile', label: 'Symptoms' },
+  // A conversation is reached from Matches: that tab stays current in it.
+  { href: '#/matches', label: 'Matches', covers: ['#/chat/'] },
 ];
 
 const app = {
@@ -193,6 +203,8 @@ function endSession(message) {
   }
   app.controller?.abort();
   app.controller = null;
+  // Before the session goes: the chat data to forget is this user's.
+  stopChat(currentUser()?.id);
   clearSession();
   clearEmergencyBanner();
   revokeAllObjectUrls();
@@ -233,8 +245,9 @@ function renderSessionBar() {
     logOutButton);
 }
 
-function navLink({ href, label }) {
-  const current = window.location.hash === href || window.location.hash.startsWith(`${href}/`);
+function navLink({ href, label, covers = [] }) {
+  const hash = window.location.hash;
+  const current = hash === href || [`${href}/`, ...covers].some((prefix) => hash.startsWith(prefix));
   return h('a', { class: 'nav-link', href, 'aria-current': current ? 'page' : null }, label);
 }
 

@@ -5,7 +5,7 @@
 // respondWith() and go to the network untouched.
 // Bump CACHE_VERSION whenever a file in SHELL_URLS changes.
 
-const CACHE_VERSION = 'v3';
+const CACHE_VERSION = 'v4';
 const CACHE_PREFIX = 'medledger-shell-';
 const CACHE_NAME = `${CACHE_PREFIX}${CACHE_VERSION}`;
 const APP_ROOT = '/app/';
@@ -16,12 +16,20 @@ const SHELL_URLS = [
   '/app/access.js',
   '/app/api.js',
   '/app/banner.js',
+  '/app/chat.js',
+  '/app/chat-client.js',
+  '/app/chat-crypto.js',
+  '/app/chat-store.js',
   '/app/dom.js',
   '/app/files.js',
   '/app/format.js',
+  '/app/matches.js',
+  '/app/profile.js',
   '/app/session.js',
+  '/app/socket.js',
   '/app/ui.js',
   '/app/views.js',
+  '/app/vendor/socket.io.esm.min.js',
   '/app/styles.css',
   '/app/manifest.webmanifest',
   '/app/icons/icon-192.png',

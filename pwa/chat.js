@@ -1,0 +1,242 @@
+'use strict';
+
+// The "Chat" screen (#/chat/<conversation>): one end-to-end encrypted conversation
+// with a match. The engine (chat-client.js) does the handshake and the crypto;
+// this screen shows its state (the status line, a changed-key warning, errors)
+// and the messages, and sends what the patient writes. Views follow views.js.
+
+import {
+  MAX_MESSAGE_CHARS, PHASES, dismissKeyWarning, retryConversation, sendText, watchConversation,
+} from './chat-client.js';
+import { h, mount } from './dom.js';
+import { formatClock, shortenHash } from './format.js';
+import { LINK_STATES } from './socket.js';
+import { errorNotice, errorText, hideNotice, setBusy, showNotice, viewHeading } from './ui.js';
+
+const MATCHES_HASH = '#/matches';
+const ELSEWHERE_TEXT = 'Your chat is open in another tab or window of this app. Close it to chat here.';
+const NOT_SENT_YET = 'It is kept on this phone and sent as soon as the connection is back.';
+const FINGERPRINT_GROUP = 4;
+const FINGERPRINT_CHARS = 16;
+const LINK_TEXT = {
+  [LINK_STATES.connecting]: 'Connecting to the chat server…',
+  [LINK_STATES.offline]: 'Offline: reconnecting…',
+};
+const PHASE_TEXT = {
+  [PHASES.starting]: 'Opening the conversation…',
+  [PHASES.verifying]: 'Checking their key against the ledger…',
+  [PHASES.handshaking]: 'Setting up end-to-end encryption: waiting for the other side to open the app…',
+};
+
+export function chatView(ctx, conversationId) {
+  ctx.setTitle('Chat');
+  const page = {
+    ctx,
+    id: conversationId,
+    title: viewHeading('Chat'),
+    status: h('p', { class: 'chat-status', role: 'status' }),
+    warning: h('div', { class: 'key-warning', role: 'alert', hidden: true }),
+    problem: h('div', { class: 'chat-problem', hidden: true }),
+    errors: h('ul', { class: 'chat-errors', 'aria-label': 'Problems with received messages' }),
+    list: h('ol', { class: 'message-list', 'aria-label': 'Messages', 'aria-live': 'polite' }),
+    peer: null,
+    shownKeys: [],
+    shownErrors: 0,
+    view: null,
+  };
+  const composer = messageComposer(page);
+  page.composer = composer;
+  const stop = watchConversation(conversationId, (view) => render(page, view));
+  ctx.signal.addEventListener('abort', stop);
+  return h('section', { class: 'view chat-view' },
+    h('a', { class: 'back-link', href: MATCHES_HASH }, '← Matches'),
+    page.title,
+    page.status,
+    page.warning,
+    page.problem,
+    page.errors,
+    page.list,
+    composer.form);
+}
+
+function render(page, view) {
+  if (page.ctx.signal.aborted) {
+    return;
+  }
+  page.view = view;
+  if (view.peer !== page.peer) {
+    page.peer = view.peer;
+    page.shownKeys = [];
+  }
+  if (view.peer) {
+    page.title.textContent = `Chat with ${view.peer}`;
+    page.ctx.setTitle(`Chat with ${view.peer}`);
+  }
+  page.status.textContent = statusText(view);
+  page.status.dataset.phase = view.phase;
+  renderWarning(page, view);
+  renderProblem(page, view);
+  renderErrors(page, view);
+  renderMessages(page, view);
+  const ready = view.phase === PHASES.ready;
+  page.composer.input.disabled = !ready;
+  page.composer.send.disabled = !ready || page.composer.busy;
+}
+
+function statusText(view) {
+  if (view.phase === PHASES.elsewhere) {
+    return ELSEWHERE_TEXT;
+  }
+  if (view.link.state === LINK_STATES.refused) {
+    return `Cannot connect to the chat server: ${view.link.problem}`;
+  }
+  if (view.link.state !== LINK_STATES.online) {
+    return LINK_TEXT[view.link.state];
+  }
+  if (view.phase === PHASES.ready) {
+    return `Online · end-to-end encrypted · their key matches the ledger (${fingerprintText(view.fingerprint)})`;
+  }
+  if (view.phase === PHASES.failed) {
+    return 'Not connected: see the problem below.';
+  }
+  return PHASE_TEXT[view.phase] ?? PHASE_TEXT[PHASES.starting];
+}
+
+function fingerprintText(fingerprint) {
+  const short = String(fingerprint ?? '').slice(0, FINGERPRINT_CHARS);
+  return short.match(new RegExp(`.{1,${FINGERPRINT_GROUP}}`, 'g'))?.join(' ') ?? '';
+}
+
+function renderWarning(page, view) {
+  const warning = view.keyWarning;
+  page.warning.hidden = !warning;
+  if (!warning) {
+    mount(page.warning);
+    return;
+  }
+  const dismiss = h('button', { type: 'button', class: 'button' }, 'I understand');
+  dismiss.addEventListener('click', () => dismissKeyWarning(page.id));
+  mount(page.warning,
+    h('p', { class: 'key-warning-title' }, `${view.peer ?? 'Your contact'}’s chat key has changed`),
+    h('p', {}, 'They may have a new phone or browser, or have logged in somewhere else. The new key is the one '
+      + 'registered on the ledger, and your messages are encrypted to it. If you did not expect this, check with '
+      + 'them another way before you share anything private.'),
+    h('p', { class: 'key-warning-prints' },
+      'Before: ', h('span', { class: 'hash' }, shortenHash(warning.previous)),
+      ' · now: ', h('span', { class: 'hash' }, shortenHash(warning.current))),
+    dismiss);
+}
+
+function renderProblem(page, view) {
+  const failed = view.phase === PHASES.failed;
+  page.problem.hidden = !failed;
+  if (!failed) {
+    mount(page.problem);
+    return;
+  }
+  const retry = h('button', { type: 'button', class: 'button' }, 'Try again');
+  retry.addEventListener('click', () => retryConversation(page.id));
+  mount(page.problem, h('p', { class: 'notice notice-error', role: 'alert' }, view.problem), retry);
+}
+
+// Only new problems are added: alerts already shown are not announced again.
+function renderErrors(page, view) {
+  if (view.errors.length < page.shownErrors) {
+    mount(page.errors);
+    page.shownErrors = 0;
+  }
+  page.errors.append(...view.errors.slice(page.shownErrors)
+    .map((item) => h('li', { class: 'notice notice-error', role: 'alert' }, item.text)));
+  page.shownErrors = view.errors.length;
+}
+
+// New messages are appended (the list is a live region: only they are announced);
+// anything else, such as one arriving out of order, redraws the list.
+function renderMessages(page, view) {
+  const keys = view.messages.map((row) => row.key);
+  if (!keys.length) {
+    mount(page.list, h('li', { class: 'muted message-empty' }, view.phase === PHASES.ready
+      ? 'No messages yet. Say hello!'
+      : 'Messages appear here once the encrypted conversation is set up.'));
+    page.shownKeys = [];
+    return;
+  }
+  const shown = page.shownKeys;
+  const grows = shown.length > 0 && shown.length <= keys.length && shown.every((key, i) => key === keys[i]);
+  if (grows) {
+    page.list.append(...view.messages.slice(shown.length).map((row) => messageItem(view, row)));
+  } else {
+    mount(page.list, view.messages.map((row) => messageItem(view, row)));
+  }
+  if (keys.length !== shown.length) {
+    page.list.lastElementChild?.scrollIntoView({ block: 'end' });
+  }
+  page.shownKeys = keys;
+}
+
+function messageItem(view, row) {
+  const who = row.mine ? 'You' : view.peer ?? 'Them';
+  const kind = row.mine ? 'message-mine' : 'message-theirs';
+  return h('li', { class: `message ${kind}${row.pending ? ' message-pending' : ''}` },
+    h('span', { class: 'visually-hidden' }, `${who}: `),
+    h('p', { class: 'message-text' }, row.text),
+    row.pending
+      ? h('span', { class: 'message-time' }, 'Not sent yet')
+      : row.sent_at && h('time', { class: 'message-time', datetime: row.sent_at }, formatClock(row.sent_at)));
+}
+
+// ---- writing
+
+function messageComposer(page) {
+  const input = h('textarea', {
+    id: 'chat-message', name: 'message', class: 'input composer-input', rows: 2, maxlength: MAX_MESSAGE_CHARS,
+    placeholder: 'Write a message', 'aria-label': 'Message', disabled: true, enterkeyhint: 'send',
+  });
+  const send = h('button', { type: 'submit', class: 'button button-primary', disabled: true }, 'Send');
+  const error = errorNotice();
+  const composer = { input, send, error, busy: false };
+  composer.form = h('form', { class: 'composer', novalidate: true, 'aria-label': 'Write a message' },
+    error, h('div', { class: 'composer-row' }, input, send));
+  composer.form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    submitMessage(page, composer);
+  });
+  // Ctrl/Cmd+Enter sends; a plain Enter is a new line (as on a phone keyboard).
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      composer.form.requestSubmit();
+    }
+  });
+  return composer;
+}
+
+async function submitMessage(page, composer) {
+  const text = composer.input.value.trim();
+  if (!text || composer.busy) {
+    return;
+  }
+  hideNotice(composer.error);
+  composer.busy = true;
+  setBusy(composer.send, true, 'Sending…');
+  try {
+    const result = await sendText(page.id, text);
+    if (!page.ctx.signal.aborted) {
+      composer.input.value = '';
+      if (!result.sent) {
+        showNotice(composer.error, `${result.problem} ${NOT_SENT_YET}`);
+      }
+    }
+  } catch (error) {
+    if (!page.ctx.signal.aborted) {
+      showNotice(composer.error, errorText(error));
+    }
+  } finally {
+    composer.busy = false;
+    setBusy(composer.send, false);
+    if (page.view) {
+      render(page, page.view);
+    }
+    composer.input.focus();
+  }
+}

@@ -1,0 +1,332 @@
+'use strict';
+
+// The "Matches" screen (#/matches): requests to connect waiting for the patient,
+// their conversations (with unread counts) and the patients whose symptoms match
+// theirs, exactly or by similarity. A match shows a pseudonym and the shared
+// symptoms only. Live changes arrive over the chat connection (chat-client.js).
+// Views follow views.js.
+
+import {
+  acceptConnection, blockPeer, connectTo, declineConnection, listConnections, listMatches,
+} from './api.js';
+import { onConnectionsChanged, startChat, unseenCounts } from './chat-client.js';
+import { h, mount } from './dom.js';
+import {
+  dateTime, errorNotice, errorText, flashNotice, hideNotice, isStale, loadingIndicator, setBusy, showNotice,
+  viewHeading,
+} from './ui.js';
+
+const MODES = [
+  { value: 'exact', label: 'Exact', hint: 'Patients with exactly the same symptoms as you.' },
+  { value: 'ranked', label: 'Similar', hint: 'Patients with similar symptoms, most similar first.' },
+];
+const DEFAULT_MODE = 'exact';
+const PROFILE_HASH = '#/profile';
+const NO_PROFILE_STATUSES = new Set([404, 409]);
+const PERCENT = 100;
+const STATE_TEXT = {
+  pending: 'Request sent: waiting for an answer',
+  declined: 'They declined',
+};
+
+const screen = {
+  mode: DEFAULT_MODE,
+};
+
+export function matchesView(ctx) {
+  ctx.setTitle('Matches');
+  const page = {
+    ctx,
+    status: h('p', { class: 'notice notice-info', role: 'status', tabindex: '-1', hidden: true }),
+    requests: h('div', { class: 'access-list' }, loadingIndicator('Loading requests…')),
+    conversations: h('div', { class: 'access-list' }),
+    matches: h('div', { class: 'access-list' }),
+    modeHint: h('p', { id: 'match-mode-hint', class: 'field-hint' }),
+    modeButtons: [],
+  };
+  const modes = modeSwitch(page);
+  startChat();
+  const stop = onConnectionsChanged(() => loadConnections(page));
+  ctx.signal.addEventListener('abort', stop);
+  loadConnections(page);
+  loadMatches(page);
+  return h('section', { class: 'view' },
+    viewHeading('Matches'),
+    h('p', { class: 'lead' }, 'Patients whose symptoms match yours. They see only a pseudonym for you, '
+      + 'and only the symptoms you share.'),
+    ctx.flash && flashNotice(ctx.flash),
+    page.status,
+    section('match-requests', 'Requests to connect', page.requests),
+    section('match-conversations', 'Your conversations', page.conversations),
+    section('match-list', 'People like you', modes, page.modeHint, page.matches));
+}
+
+function section(id, title, ...content) {
+  return h('section', { class: 'access-section', 'aria-labelledby': id },
+    h('h2', { id, class: 'section-title' }, title),
+    content);
+}
+
+function announce(page, text) {
+  showNotice(page.status, text);
+  page.status.focus();
+}
+
+// ---- exact or similar
+
+function modeSwitch(page) {
+  page.modeButtons = MODES.map((mode) => {
+    const button = h('button', { type: 'button', class: 'segment', 'data-mode': mode.value }, mode.label);
+    button.addEventListener('click', () => {
+      screen.mode = mode.value;
+      showMode(page);
+      loadMatches(page);
+    });
+    return button;
+  });
+  showMode(page);
+  return h('div', {
+    class: 'segments', role: 'group', 'aria-label': 'How to match', 'aria-describedby': 'match-mode-hint',
+  }, page.modeButtons);
+}
+
+function showMode(page) {
+  page.modeButtons.forEach((button) => {
+    button.setAttribute('aria-pressed', String(button.dataset.mode === screen.mode));
+  });
+  page.modeHint.textContent = MODES.find((mode) => mode.value === screen.mode).hint;
+}
+
+// ---- connections: requests for me, conversations
+
+async function loadConnections(page) {
+  const { ctx } = page;
+  try {
+    const [connections, unseen] = await Promise.all([
+      listConnections({ signal: ctx.signal }),
+      unseenCounts().catch(() => ({})),
+    ]);
+    if (ctx.signal.aborted) {
+      return;
+    }
+    mount(page.requests, incomingRequests(page, connections.filter(isIncomingRequest)));
+    mount(page.conversations, conversationList(connections.filter((item) => item.state !== 'declined'
+      && !isIncomingRequest(item)), unseen));
+  } catch (error) {
+    if (!isStale(ctx, error)) {
+      mount(page.requests, errorNotice(errorText(error)));
+      mount(page.conversations);
+    }
+  }
+}
+
+function isIncomingRequest(item) {
+  return item.direction === 'in' && item.state === 'pending';
+}
+
+function incomingRequests(page, requests) {
+  if (!requests.length) {
+    return h('p', { class: 'muted' }, 'Nobody is waiting for an answer from you.');
+  }
+  return h('ul', { class: 'card-list' }, requests.map((item) => h('li', {}, requestCard(page, item))));
+}
+
+function requestCard(page, item) {
+  const error = errorNotice();
+  const accept = h('button', { type: 'button', class: 'button button-primary' }, 'Accept');
+  const decline = h('button', { type: 'button', class: 'button' }, 'Decline');
+  accept.addEventListener('click', () => answerRequest(page, item, {
+    button: accept, other: decline, error, accept: true,
+  }));
+  decline.addEventListener('click', () => answerRequest(page, item, {
+    button: decline, other: accept, error, accept: false,
+  }));
+  return h('article', { class: 'card access-card match-request', 'aria-label': `Request from ${item.peer}` },
+    h('div', { class: 'access-card-head' },
+      h('h3', { class: 'access-card-title pseudonym' }, item.peer),
+      h('p', { class: 'access-card-meta' }, 'Asks to talk with you · ', dateTime(item.created_at))),
+    error,
+    h('div', { class: 'actions' }, accept, decline));
+}
+
+async function answerRequest(page, item, { button, other, error, accept }) {
+  hideNotice(error);
+  setBusy(button, true, accept ? 'Accepting…' : 'Declining…');
+  other.disabled = true;
+  try {
+    const answer = accept ? acceptConnection : declineConnection;
+    const connection = await answer(item.id, { signal: page.ctx.signal });
+    if (page.ctx.signal.aborted) {
+      return;
+    }
+    if (accept) {
+      page.ctx.navigate(chatHash(connection?.id ?? item.id));
+      return;
+    }
+    announce(page, `You declined ${item.peer}. They are not told anything else about you.`);
+    loadConnections(page);
+  } catch (failure) {
+    if (!isStale(page.ctx, failure)) {
+      showNotice(error, errorText(failure));
+      setBusy(button, false);
+      other.disabled = false;
+    }
+  }
+}
+
+function conversationList(connections, unseen) {
+  if (!connections.length) {
+    return h('p', { class: 'muted' }, 'No conversations yet. Ask someone below to connect.');
+  }
+  return h('ul', { class: 'conversation-list' },
+    connections.map((item) => h('li', {}, conversationItem(item, unseen[String(item.id)] ?? 0))));
+}
+
+// Unread: what the node holds for this device still (`unread`) plus what this
+// device received while the conversation was not on screen.
+function conversationItem(item, unseen) {
+  if (item.state !== 'accepted') {
+    return h('div', { class: 'conversation conversation-waiting' },
+      h('span', { class: 'pseudonym' }, item.peer),
+      h('span', { class: 'muted' }, STATE_TEXT[item.state] ?? item.state));
+  }
+  const unread = (Number(item.unread) || 0) + unseen;
+  return h('a', { class: 'conversation', href: chatHash(item.id) },
+    h('span', { class: 'pseudonym' }, item.peer),
+    unread
+      ? h('span', { class: 'badge', 'aria-label': `${unread} unread` }, String(unread))
+      : h('span', { class: 'muted' }, 'Open chat'));
+}
+
+function chatHash(id) {
+  return `#/chat/${encodeURIComponent(id)}`;
+}
+
+// ---- matches
+
+async function loadMatches(page) {
+  const { ctx } = page;
+  const mode = screen.mode;
+  page.matches.setAttribute('aria-busy', 'true');
+  mount(page.matches, loadingIndicator('Looking for matches…'));
+  try {
+    const matches = await listMatches(mode, { signal: ctx.signal });
+    if (!ctx.signal.aborted && mode === screen.mode) {
+      mount(page.matches, matchList(page, matches, mode));
+    }
+  } catch (error) {
+    if (!isStale(ctx, error) && mode === screen.mode) {
+      mount(page.matches, matchesProblem(error));
+    }
+  } finally {
+    page.matches.removeAttribute('aria-busy');
+  }
+}
+
+function matchesProblem(error) {
+  if (NO_PROFILE_STATUSES.has(error?.status)) {
+    return h('p', { class: 'notice notice-info' }, `${errorText(error)} `,
+      h('a', { href: PROFILE_HASH }, 'Add your symptoms'));
+  }
+  return errorNotice(errorText(error));
+}
+
+function matchList(page, matches, mode) {
+  if (!matches.length) {
+    return h('div', { class: 'card empty-state' },
+      h('p', { class: 'empty-title' }, 'No matches yet'),
+      h('p', {}, mode === 'exact'
+        ? 'Nobody who can be found has exactly your symptoms. Try “Similar”.'
+        : 'Nobody who can be found has symptoms close enough to yours.'),
+      h('p', {}, h('a', { href: PROFILE_HASH }, 'Check your symptoms and that others may find you')));
+  }
+  return h('ul', { class: 'card-list' }, matches.map((match) => h('li', {}, matchCard(page, match, mode))));
+}
+
+function matchCard(page, match, mode) {
+  const card = {
+    error: errorNotice(),
+    actions: h('div', { class: 'actions' }),
+  };
+  renderMatchActions(page, card, match);
+  const shared = [...(match.shared ?? [])].sort((x, y) => x.name.localeCompare(y.name));
+  return h('article', { class: 'card access-card match-card', 'aria-label': `Match ${match.pseudonym}` },
+    h('div', { class: 'match-head' },
+      h('h3', { class: 'access-card-title pseudonym' }, match.pseudonym),
+      mode === 'ranked' && h('span', { class: 'score', title: 'How similar your symptoms are' },
+        `${Math.round(Number(match.score) * PERCENT)}% similar`)),
+    h('p', { class: 'access-card-meta' }, shared.length ? 'Symptoms you share:' : 'No symptom in common exactly.'),
+    shared.length > 0 && h('ul', { class: 'chips shared-symptoms', 'aria-label': 'Symptoms you share' },
+      shared.map((term) => h('li', { class: 'chip' }, term.name))),
+    card.error,
+    card.actions);
+}
+
+function renderMatchActions(page, card, match) {
+  const connection = match.connection;
+  const block = h('button', { type: 'button', class: 'button button-danger-quiet' }, 'Block');
+  block.addEventListener('click', () => confirmBlock(page, card, match));
+  if (connection?.state === 'accepted') {
+    mount(card.actions, h('a', { class: 'button button-primary', href: chatHash(connection.id) }, 'Open chat'), block);
+    return;
+  }
+  if (connection) {
+    mount(card.actions, h('span', { class: 'chip chip-pending request-state', role: 'status' },
+      STATE_TEXT[connection.state] ?? connection.state), block);
+    return;
+  }
+  const connect = h('button', { type: 'button', class: 'button button-primary' }, 'Connect');
+  connect.addEventListener('click', () => requestConnection(page, card, match, connect));
+  mount(card.actions, connect, block);
+}
+
+async function requestConnection(page, card, match, button) {
+  hideNotice(card.error);
+  setBusy(button, true, 'Asking…');
+  try {
+    const connection = await connectTo(match.pseudonym, { signal: page.ctx.signal });
+    if (!page.ctx.signal.aborted) {
+      match.connection = connection ?? { state: 'pending' };
+      renderMatchActions(page, card, match);
+      loadConnections(page);
+    }
+  } catch (error) {
+    if (!isStale(page.ctx, error)) {
+      showNotice(card.error, errorText(error));
+      setBusy(button, false);
+    }
+  }
+}
+
+function confirmBlock(page, card, match) {
+  hideNotice(card.error);
+  const yes = h('button', { type: 'button', class: 'button button-danger' }, 'Block');
+  const no = h('button', { type: 'button', class: 'button' }, 'Cancel');
+  no.addEventListener('click', () => {
+    renderMatchActions(page, card, match);
+  });
+  yes.addEventListener('click', () => block(page, card, match, yes));
+  mount(card.actions, h('div', { class: 'confirm', role: 'group', 'aria-label': `Block ${match.pseudonym}?` },
+    h('p', { class: 'confirm-question' }, `Block ${match.pseudonym}?`),
+    h('p', { class: 'confirm-detail' }, 'You will not see each other in matches, and they cannot ask to connect '
+      + 'or write to you.'),
+    h('div', { class: 'actions' }, yes, no)));
+  yes.focus();
+}
+
+async function block(page, card, match, button) {
+  setBusy(button, true, 'Blocking…');
+  try {
+    await blockPeer(match.pseudonym, { signal: page.ctx.signal });
+    if (!page.ctx.signal.aborted) {
+      announce(page, `You blocked ${match.pseudonym}.`);
+      loadMatches(page);
+      loadConnections(page);
+    }
+  } catch (error) {
+    if (!isStale(page.ctx, error)) {
+      showNotice(card.error, errorText(error));
+      setBusy(button, false);
+    }
+  }
+}

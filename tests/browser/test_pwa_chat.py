@@ -1,0 +1,538 @@
+"""End to end: two patients find each other by their symptoms and talk, end-to-end encrypted (issue 6).
+
+Two phone-sized Chromium contexts, one per patient. Both choose the same symptoms on the Symptoms
+screen (search as you type) and opt in to being found; each sees the other on Matches with the
+shared symptoms; one asks to connect, the other accepts; the browsers run the handshake over
+Socket.IO and the two exchange messages both ways. Then the node's own database is read: the chat
+rows hold ciphertext only, and neither a message nor a symptom appears anywhere in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+import socketio
+from playwright.sync_api import Browser, Dialog, Page, Request, expect
+
+from tests.browser.support import (
+    HOST,
+    HTTP_TIMEOUT,
+    PHONE,
+    UI_TIMEOUT,
+    Node,
+    Phone,
+    bearer,
+    fits_the_phone,
+    heading,
+    register_patient,
+    token_for,
+)
+
+PASSWORD = "patient-chat-password"
+SYMPTOMS = {"HP:0000613": ("photoph", "Photophobia"), "HP:0000360": ("tinnit", "Tinnitus")}
+OTHER_SYMPTOMS = ["HP:0010780", "HP:0030828"]  # Hyperacusis, Wheezing: the second test's own match
+LONE_SYMPTOM = "HP:0010780"  # Hyperacusis alone: the profile tests' own match
+BLOCK_SYMPTOM = "HP:0030828"  # Wheezing alone: the blocking test's own match
+OPT_IN = "Let others with the same symptoms find me"
+SAVED_FINDABLE = "Saved. Patients with the same symptoms can now find you."
+TYPING_DELAY = 40  # milliseconds between keys: faster than the app's search debounce
+HANDSHAKE_TIMEOUT = 30_000  # milliseconds: identity keys, the ledger check and three relayed messages
+MATCHES_SCREENSHOT = Path("/tmp/pwa-matches.png")
+CHAT_SCREENSHOT = Path("/tmp/pwa-chat.png")
+KEY_WARNING_SCREENSHOT = Path("/tmp/pwa-key-warning.png")
+NAMESPACE = "/chat"
+STORAGE_POLL_MS = 100
+COUNT_CHAT_STORES = """async (userId) => {
+  const db = await new Promise((resolve, reject) => {
+    const opening = indexedDB.open(`medledger-chat-${userId}`);
+    opening.onsuccess = () => resolve(opening.result);
+    opening.onerror = () => reject(opening.error);
+  });
+  const counts = {};
+  for (const name of db.objectStoreNames) {
+    counts[name] = await new Promise((resolve) => {
+      const counting = db.transaction(name).objectStore(name).count();
+      counting.onsuccess = () => resolve(counting.result);
+    });
+  }
+  db.close();
+  return counts;
+}"""
+TAMPERED_TEXT = "A message could not be decrypted: it was altered or is not for this session."
+REPLAYED_TEXT = "A message that was already received arrived again and was ignored."
+PROFILE_SCREENSHOT = Path("/tmp/pwa-profile.png")
+
+
+@contextmanager
+def new_phone(browser: Browser, node: Node) -> Iterator[Phone]:
+    """Another phone: its own browser context, so its own storage and IndexedDB (as conftest's `phone`)."""
+    context = browser.new_context(
+        base_url=node.url,
+        viewport=PHONE,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        locale="en-GB",
+        timezone_id="UTC",
+        service_workers="allow",
+    )
+    context.set_default_timeout(UI_TIMEOUT)
+    context.set_default_navigation_timeout(UI_TIMEOUT)
+    phone = Phone(context.new_page())
+
+    def on_request(request: Request) -> None:
+        if request.url.startswith(("http:", "https:", "ws:", "wss:")) and urlsplit(request.url).hostname != HOST:
+            phone.foreign_requests.append(request.url)
+
+    def on_dialog(dialog: Dialog) -> None:
+        phone.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    context.on("request", on_request)
+    phone.page.on("pageerror", lambda error: phone.errors.append(str(error)))
+    phone.page.on("dialog", on_dialog)
+    try:
+        yield phone
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def other_phone(browser: Browser, node: Node) -> Iterator[Phone]:
+    """A second patient's phone."""
+    with new_phone(browser, node) as phone:
+        yield phone
+
+
+# ---- helpers
+
+
+def log_in(page: Page, username: str) -> None:
+    page.goto("/app/#/login")
+    expect(heading(page)).to_have_text("Log in")
+    page.fill("#login-username", username)
+    page.fill("#login-password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(heading(page)).to_have_text("My records")
+
+
+def open_tab(page: Page, name: str) -> None:
+    page.get_by_role("link", name=name, exact=True).click()
+    expect(heading(page)).to_have_text(name)
+
+
+def describe_symptoms_and_opt_in(page: Page) -> None:
+    """On the Symptoms screen: find each symptom by typing, add it, give an age band, opt in, save."""
+    open_tab(page, "Symptoms")
+    search = page.locator("#symptom-search")
+    for term_id, (typed, name) in SYMPTOMS.items():
+        search.press_sequentially(typed, delay=TYPING_DELAY)
+        page.locator(".symptom-option", has_text=term_id).click()
+        expect(page.locator(".term-chip-name", has_text=name)).to_be_visible()
+        expect(search).to_have_value("")
+    page.select_option("#profile-age-band", "30-44")
+    opt_in = page.get_by_role("switch", name=OPT_IN)
+    expect(opt_in).to_have_attribute("aria-checked", "false")
+    opt_in.click()
+    expect(opt_in).to_have_attribute("aria-checked", "true")
+    assert fits_the_phone(page)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_have_text(SAVED_FINDABLE)
+    # What the node gives back is what was chosen.
+    expect(page.locator(".term-chip-name")).to_have_text(sorted(name for _, name in SYMPTOMS.values()))
+    expect(page.get_by_role("switch", name=OPT_IN)).to_have_attribute("aria-checked", "true")
+
+
+def the_one_match(page: Page, shared: list[str]) -> str:
+    """On Matches: exactly one match, showing the shared symptoms only; answers its pseudonym."""
+    open_tab(page, "Matches")
+    card = page.locator(".match-card")
+    expect(card).to_have_count(1)
+    expect(card.locator(".shared-symptoms .chip")).to_have_text(shared)
+    return card.locator(".pseudonym").inner_text().strip()
+
+
+def chat_ready(page: Page, peer: str) -> None:
+    expect(heading(page)).to_have_text(f"Chat with {peer}")
+    expect(page.locator(".chat-status")).to_contain_text("end-to-end encrypted", timeout=HANDSHAKE_TIMEOUT)
+    expect(page.locator("#chat-message")).to_be_enabled()
+
+
+def send(page: Page, text: str) -> None:
+    page.fill("#chat-message", text)
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".message-mine .message-text").last).to_have_text(text)
+    expect(page.locator("#chat-message")).to_have_value("")
+
+
+def connect_through_the_api(node: Node, asking: str, answering: str) -> str:
+    """The first patient finds the second among their exact matches and asks; the second accepts."""
+    found = requests.get(node.api("/matches"), params={"mode": "exact"}, headers=bearer(asking), timeout=HTTP_TIMEOUT)
+    assert found.status_code == 200 and len(found.json()["matches"]) == 1, found.text
+    pseudonym = found.json()["matches"][0]["pseudonym"]
+    asked = requests.post(node.api(f"/matches/{pseudonym}/connect"), headers=bearer(asking), timeout=HTTP_TIMEOUT)
+    assert asked.status_code == 201, asked.text
+    connection = asked.json()["connection"]["id"]
+    accepted = requests.post(
+        node.api(f"/connections/{connection}/accept"), headers=bearer(answering), timeout=HTTP_TIMEOUT
+    )
+    assert accepted.status_code == 200, accepted.text
+    return str(connection)
+
+
+def peer_in_heading(page: Page) -> str:
+    expect(heading(page)).to_have_text(re.compile(r"^Chat with \S+$"))
+    return heading(page).inner_text().removeprefix("Chat with ").strip()
+
+
+@contextmanager
+def chat_client(node: Node, token: str) -> Iterator[socketio.Client]:
+    client = socketio.Client()
+    client.connect(node.url, namespaces=[NAMESPACE], auth={"token": token}, transports=["websocket"], wait_timeout=10)
+    try:
+        yield client
+    finally:
+        client.disconnect()
+
+
+def chat_storage(page: Page, user_id: object, *, until_empty: bool = False) -> dict[str, int]:
+    """How many entries each store of the user's chat database holds (waiting, if asked, for
+    the conversation to be forgotten: logout does that in the background)."""
+    for _ in range(UI_TIMEOUT // STORAGE_POLL_MS):
+        counts = page.evaluate(COUNT_CHAT_STORES, str(user_id))
+        if not until_empty or counts["messages"] == counts["sessions"] == 0:
+            break
+        page.wait_for_timeout(STORAGE_POLL_MS)
+    return counts
+
+
+def flip_a_bit(text: str) -> str:
+    raw = bytearray(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    raw[0] ^= 1
+    return base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+
+
+def database_dump(node: Node, conversation: str) -> tuple[str, list[tuple[str, str]]]:
+    """The node's whole SQLite database as SQL text, and one conversation's stored rows (kind, body); read-only."""
+    path = node.env["DATABASE_URL"].removeprefix("sqlite:///")
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        dump = "\n".join(db.iterdump())
+        rows = db.execute(
+            "SELECT kind, body FROM chat_messages WHERE connection_id = ? ORDER BY id", (int(conversation),)
+        ).fetchall()
+    return dump, rows
+
+
+# ---- the test
+
+
+def test_two_patients_match_connect_and_chat(node: Node, phone: Phone, other_phone: Phone) -> None:
+    suffix = secrets.token_hex(3)
+    alice, bob = f"pat.chat.a{suffix}", f"pat.chat.b{suffix}"
+    alice_id = register_patient(node, alice, PASSWORD, "Alice Chat")
+    register_patient(node, bob, PASSWORD, "Bob Chat")
+    hello = f"Hello from Alice {secrets.token_hex(4)}: does light hurt your eyes too?"
+    answer = f"Bob here {secrets.token_hex(4)}: yes, and the ringing never stops."
+    a, b = phone.page, other_phone.page
+
+    # Both describe the same symptoms and opt in, each on their own phone.
+    log_in(a, alice)
+    describe_symptoms_and_opt_in(a)
+    a.screenshot(path=str(PROFILE_SCREENSHOT), full_page=True)
+    log_in(b, bob)
+    describe_symptoms_and_opt_in(b)
+
+    # Each sees the other, by pseudonym and shared symptoms only, in both modes.
+    shared = sorted(name for _, name in SYMPTOMS.values())
+    bob_seen_as = the_one_match(a, shared)
+    alice_seen_as = the_one_match(b, shared)
+    assert bob_seen_as and alice_seen_as and bob_seen_as != alice_seen_as
+    for page in (a, b):  # neither name nor username is shown to the other
+        for revealing in (alice, bob, "Alice Chat", "Bob Chat"):
+            expect(page.locator("#app")).not_to_contain_text(revealing)
+    a.get_by_role("button", name="Similar").click()
+    ranked = a.locator(".match-card", has_text=bob_seen_as)
+    expect(ranked.locator(".score")).to_have_text(re.compile(r"^\d{1,3}% similar$"))
+    a.get_by_role("button", name="Exact").click()
+
+    # Alice asks to connect; Bob sees the request and accepts, which opens the chat.
+    card = a.locator(".match-card", has_text=bob_seen_as)
+    card.get_by_role("button", name="Connect").click()
+    expect(card.locator(".request-state")).to_contain_text("Request sent")
+    assert fits_the_phone(a)
+    a.screenshot(path=str(MATCHES_SCREENSHOT), full_page=True)
+    b.goto("/app/#/records")
+    open_tab(b, "Matches")
+    request_card = b.locator(".match-request", has_text=alice_seen_as)
+    request_card.get_by_role("button", name="Accept").click()
+    expect(b).to_have_url(re.compile(r"/app/#/chat/[^/]+$"))
+    conversation = b.url.rsplit("/", 1)[-1]
+
+    # Alice learns of the answer live, and opens the conversation.
+    link = a.locator("a.conversation", has_text=bob_seen_as)
+    expect(link).to_be_visible()
+    link.click()
+    expect(a).to_have_url(re.compile(rf"/app/#/chat/{re.escape(conversation)}$"))
+
+    # The handshake runs between the two browsers; then messages go both ways.
+    chat_ready(a, bob_seen_as)
+    chat_ready(b, alice_seen_as)
+    expect(a.get_by_role("link", name="Matches", exact=True)).to_have_attribute("aria-current", "page")
+    send(a, hello)
+    expect(b.locator(".message-theirs .message-text")).to_have_text([hello])
+    send(b, answer)
+    expect(a.locator(".message-theirs .message-text")).to_have_text([answer])
+    expect(a.locator(".message-text")).to_have_text([hello, answer])
+    assert fits_the_phone(a) and fits_the_phone(b)
+    a.screenshot(path=str(CHAT_SCREENSHOT), full_page=True)
+
+    # The conversation survives a reload: the session and the messages are kept on the device.
+    b.reload()
+    chat_ready(b, alice_seen_as)
+    expect(b.locator(".message-text")).to_have_text([hello, answer])
+    expect(b.locator(".chat-errors li")).to_have_count(0)
+    expect(a.locator(".chat-errors li")).to_have_count(0)
+
+    # Away from the conversation, a new message shows as unread on Matches; reading it clears that.
+    open_tab(b, "Matches")
+    later = f"One more thing {secrets.token_hex(4)}"
+    send(a, later)
+    alices = b.locator("a.conversation", has_text=alice_seen_as)
+    expect(alices.locator(".badge")).to_have_text("1")
+    alices.click()
+    expect(b.locator(".message-theirs .message-text").last).to_have_text(later)
+    open_tab(b, "Matches")
+    expect(alices).to_contain_text("Open chat")
+    expect(alices.locator(".badge")).to_have_count(0)
+
+    # The node stored ciphertext only: no message, no symptom, anywhere in its database.
+    dump, rows = database_dump(node, conversation)
+    for secret in (hello, answer, later, *SYMPTOMS, *(name for _, name in SYMPTOMS.values())):
+        assert secret not in dump
+    kinds = [kind for kind, _ in rows]
+    assert kinds.count("message") == 3 and kinds.count("handshake") == 3, kinds
+    for kind, body in rows:
+        stored = json.loads(body)
+        if kind == "message":
+            assert set(stored) == {"type", "v", "seq", "ct"} and stored["type"] == "msg", stored
+        else:
+            assert stored["type"] in ("hello", "reply", "confirm"), stored
+
+    # Logging out deletes the conversation and its keys from the device; the identity key stays
+    # for this user's next login (pwa/chat-store.js).
+    assert chat_storage(a, alice_id)["messages"] == 3
+    a.get_by_role("button", name="Log out").click()
+    expect(heading(a)).to_have_text("Log in")
+    assert chat_storage(a, alice_id, until_empty=True) == {
+        "identity": 1, "peers": 1, "sessions": 0, "handshakes": 0, "messages": 0,
+    }  # fmt: skip
+
+    for device in (phone, other_phone):
+        device.assert_clean()
+
+
+def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
+    node: Node, browser: Browser, phone: Phone, other_phone: Phone
+) -> None:
+    """Set up through the API, then: a tampered and a replayed message (sent with Alice's token
+    from a Python Socket.IO client, as a compromised or buggy client could) are refused with a
+    clear message and do not break the conversation; Bob on a new phone gets a new identity key,
+    the browsers run a new handshake, and Alice is warned that his key changed."""
+    suffix = secrets.token_hex(3)
+    alice, bob = f"pat.keys.a{suffix}", f"pat.keys.b{suffix}"
+    tokens = {}
+    for username in (alice, bob):
+        register_patient(node, username, PASSWORD, username)
+        tokens[username] = token_for(node, username, PASSWORD)
+        saved = requests.put(
+            node.api("/profile"),
+            json={"terms": OTHER_SYMPTOMS, "diagnosis": None, "age_band": None, "sex": None, "discoverable": True},
+            headers=bearer(tokens[username]),
+            timeout=HTTP_TIMEOUT,
+        )
+        assert saved.status_code == 200, saved.text
+    conversation = connect_through_the_api(node, tokens[alice], tokens[bob])
+    first, second, offline, from_new_phone = (
+        f"{what} {secrets.token_hex(4)}" for what in ("First", "Second", "Offline", "New phone")
+    )
+    a, b = phone.page, other_phone.page
+
+    log_in(a, alice)
+    log_in(b, bob)
+    a.goto(f"/app/#/chat/{conversation}")
+    b.goto(f"/app/#/chat/{conversation}")
+    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
+    chat_ready(a, bob_seen_as)
+    chat_ready(b, alice_seen_as)
+    send(a, first)
+    expect(b.locator(".message-theirs .message-text")).to_have_text([first])
+
+    # A tampered copy of the next message, then a replay of the first one: both refused, each
+    # with its own message; the next genuine message is read as usual.
+    _, rows = database_dump(node, conversation)
+    envelope = json.loads(next(body for kind, body in rows if kind == "message"))
+    tampered = {**envelope, "seq": 1, "ct": flip_a_bit(envelope["ct"])}
+    with chat_client(node, tokens[alice]) as client:
+        for bad in (tampered, envelope):
+            sent = client.call("send", {"conversation": conversation, "envelope": bad}, namespace=NAMESPACE)
+            assert sent.get("ok") is True, sent
+    errors = b.locator(".chat-errors li")
+    expect(errors).to_have_text([TAMPERED_TEXT, REPLAYED_TEXT])
+    send(a, second)
+    expect(b.locator(".message-theirs .message-text")).to_have_text([first, second])
+    assert fits_the_phone(b)
+
+    # Offline, a message is kept on the phone, marked as not sent, and goes out once back online.
+    a.context.set_offline(True)
+    expect(a.locator(".chat-status")).to_contain_text("Offline", timeout=HANDSHAKE_TIMEOUT)
+    a.fill("#chat-message", offline)
+    a.get_by_role("button", name="Send").click()
+    expect(a.locator(".message-pending")).to_contain_text("Not sent yet")
+    expect(a.locator(".composer .notice-error")).to_contain_text("sent as soon as the connection is back")
+    a.context.set_offline(False)
+    expect(b.locator(".message-theirs .message-text")).to_have_text([first, second, offline], timeout=HANDSHAKE_TIMEOUT)
+    expect(a.locator(".message-pending")).to_have_count(0)
+
+    # Bob's old phone is gone; on a new one he has a new identity key, registered on the ledger.
+    b.goto("about:blank")
+    with new_phone(browser, node) as new:
+        log_in(new.page, bob)
+        new.page.goto(f"/app/#/chat/{conversation}")
+        chat_ready(new.page, alice_seen_as)
+        warning = a.locator(".key-warning")
+        expect(warning).to_contain_text(f"{bob_seen_as}\u2019s chat key has changed")
+        expect(a.locator(".chat-status")).to_contain_text("end-to-end encrypted")
+        send(new.page, from_new_phone)
+        expect(a.locator(".message-theirs .message-text").last).to_have_text(from_new_phone)
+        assert fits_the_phone(a)
+        a.screenshot(path=str(KEY_WARNING_SCREENSHOT), full_page=True)
+        a.get_by_role("button", name="I understand").click()
+        expect(warning).to_be_hidden()
+        new.assert_clean()
+
+    # One tab at a time runs the chat: a second tab waits, and takes over when the first closes.
+    other_tab = a.context.new_page()
+    other_tab.on("pageerror", lambda error: phone.errors.append(str(error)))
+    other_tab.goto(f"/app/#/chat/{conversation}")
+    expect(other_tab.locator(".chat-status")).to_contain_text("open in another tab")
+    a.close()
+    chat_ready(other_tab, bob_seen_as)
+    expect(other_tab.locator(".message-text")).to_have_text([first, second, offline, from_new_phone])
+
+    keys = requests.get(node.api(f"/chat/keys/{bob_seen_as}"), headers=bearer(tokens[alice]), timeout=HTTP_TIMEOUT)
+    assert keys.status_code == 200 and len(keys.json()["key"]["previous"]) == 1, keys.text
+    for device in (phone, other_phone):
+        device.assert_clean()
+
+
+def test_invalid_profile_input_is_explained_beside_its_field(node: Node, phone: Phone) -> None:
+    username = f"pat.form.{secrets.token_hex(3)}"
+    register_patient(node, username, PASSWORD, username)
+    page = phone.page
+    log_in(page, username)
+    open_tab(page, "Symptoms")
+    save = page.get_by_role("button", name="Save")
+
+    # No symptom chosen: nothing is sent.
+    save.click()
+    expect(page.locator("#profile-terms-error")).to_have_text("Please choose at least one symptom.")
+    expect(page.locator("#symptom-search")).to_be_focused()
+
+    # A search that finds nothing says so.
+    page.locator("#symptom-search").press_sequentially("qqzzx", delay=TYPING_DELAY)
+    expect(page.locator(".search-note")).to_contain_text("No symptom matches")
+    expect(page.locator(".symptom-option")).to_have_count(0)
+    page.fill("#symptom-search", "")
+    page.locator("#symptom-search").press_sequentially("hyperacus", delay=TYPING_DELAY)
+    page.locator(".symptom-option", has_text=LONE_SYMPTOM).click()
+    expect(page.locator("#profile-terms-error")).to_be_hidden()
+
+    # Not shaped like an ICD-10-CM code: refused in the app.
+    page.fill("#profile-diagnosis", "12345")
+    save.click()
+    expect(page.locator("#profile-diagnosis-error")).to_contain_text("This is not an ICD-10-CM code")
+    expect(page.locator("#profile-diagnosis")).to_have_attribute("aria-invalid", "true")
+
+    # Shaped like one but not in ICD-10-CM: the node refuses, and the app says so beside the field.
+    page.fill("#profile-diagnosis", "Z99.999")
+    save.click()
+    expect(page.locator("#profile-diagnosis-error")).to_contain_text("This diagnosis code was not accepted")
+    expect(page.locator("#profile-diagnosis-error")).to_contain_text("Z99.999")
+    assert fits_the_phone(page)
+
+    # A real one is saved and named.
+    page.fill("#profile-diagnosis", "j45.909")
+    save.click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_contain_text("Saved.")
+    expect(page.locator("#profile-diagnosis")).to_have_value("J45.909")
+    expect(page.locator("#app form")).to_contain_text("Unspecified asthma, uncomplicated")
+    phone.assert_clean()
+
+
+def test_withdrawing_takes_effect_at_once(node: Node, phone: Phone) -> None:
+    suffix = secrets.token_hex(3)
+    username, other = f"pat.gone.{suffix}", f"pat.stay.{suffix}"
+    register_patient(node, username, PASSWORD, username)
+    register_patient(node, other, PASSWORD, other)
+    others_token = token_for(node, other, PASSWORD)
+    profile = {"terms": [LONE_SYMPTOM], "diagnosis": None, "age_band": None, "sex": None, "discoverable": True}
+    saved = requests.put(node.api("/profile"), json=profile, headers=bearer(others_token), timeout=HTTP_TIMEOUT)
+    assert saved.status_code == 200, saved.text
+    page = phone.page
+    log_in(page, username)
+    open_tab(page, "Symptoms")
+    page.locator("#symptom-search").press_sequentially("hyperacus", delay=TYPING_DELAY)
+    page.locator(".symptom-option", has_text=LONE_SYMPTOM).click()
+    page.get_by_role("switch", name=OPT_IN).click()
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_have_text(SAVED_FINDABLE)
+    assert len(exact_matches(node, others_token)) == 1
+
+    page.get_by_role("button", name="Withdraw").click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_contain_text("Nobody can find you any more")
+    assert exact_matches(node, others_token) == []  # at once: no delay, no background job
+    expect(page.locator(".term-chip-name")).to_have_count(0)
+    expect(page.get_by_role("switch", name=OPT_IN)).to_have_attribute("aria-checked", "false")
+    expect(page.get_by_role("button", name="Withdraw")).to_have_count(0)
+    phone.assert_clean()
+
+
+def exact_matches(node: Node, token: str) -> list[dict[str, object]]:
+    found = requests.get(node.api("/matches"), params={"mode": "exact"}, headers=bearer(token), timeout=HTTP_TIMEOUT)
+    assert found.status_code == 200, found.text
+    return found.json()["matches"]
+
+
+def test_blocking_hides_both_from_each_other(node: Node, phone: Phone) -> None:
+    suffix = secrets.token_hex(3)
+    username, other = f"pat.blocks.{suffix}", f"pat.blocked.{suffix}"
+    tokens = {}
+    for name in (username, other):
+        register_patient(node, name, PASSWORD, name)
+        tokens[name] = token_for(node, name, PASSWORD)
+        profile = {"terms": [BLOCK_SYMPTOM], "diagnosis": None, "age_band": None, "sex": None, "discoverable": True}
+        saved = requests.put(node.api("/profile"), json=profile, headers=bearer(tokens[name]), timeout=HTTP_TIMEOUT)
+        assert saved.status_code == 200, saved.text
+    page = phone.page
+    log_in(page, username)
+    pseudonym = the_one_match(page, ["Wheezing"])
+
+    card = page.locator(".match-card", has_text=pseudonym)
+    card.get_by_role("button", name="Block").click()
+    expect(card.get_by_role("group", name=f"Block {pseudonym}?")).to_be_visible()
+    assert fits_the_phone(page)
+    card.get_by_role("button", name="Block", exact=True).click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_have_text(f"You blocked {pseudonym}.")
+    expect(page.locator(".match-card")).to_have_count(0)
+    assert exact_matches(node, tokens[other]) == []
+    phone.assert_clean()
