@@ -14,11 +14,14 @@ import subprocess
 import sys
 
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '5000')}")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Without a message queue, live chat events reach only sockets of the same worker: one worker.
+workers = int(os.environ.get("WEB_CONCURRENCY") or (2 if os.environ.get("SOCKETIO_MESSAGE_QUEUE") else 1))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread"
 timeout = 60
 accesslog = "-"
+# The path without its query string: symptom and diagnosis searches carry what a patient typed.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
 # One control socket per server, beside its instance data: several nodes run on one machine.
 control_socket = os.path.join(os.environ.get("MEDLEDGER_INSTANCE", "instance"), "gunicorn.ctl")
 

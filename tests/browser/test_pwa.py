@@ -28,10 +28,13 @@ from tests.browser.support import (
     XSS,
     Node,
     Phone,
+    bearer,
     doctor_token,
     fits_the_phone,
     heading,
     our_storage_keys,
+    register_patient,
+    token_for,
     write_record,
 )
 
@@ -220,3 +223,16 @@ def test_wrong_password_shows_the_servers_message(node: Node, phone: Phone) -> N
     assert our_storage_keys(page) == []
     assert page.locator("#session-bar").inner_text() == ""
     phone.assert_clean()
+
+
+def test_the_access_log_never_holds_what_a_patient_searched_for(node: Node) -> None:
+    register_patient(node, "search.privacy", "correct-horse-battery", "Search Privacy")
+    token = token_for(node, "search.privacy", "correct-horse-battery")
+    answer = requests.get(node.api("/symptoms?q=hyperhidrosis"), headers=bearer(token), timeout=30)
+    assert answer.status_code == 200 and answer.json()["symptoms"]
+    deadline = time.monotonic() + 10
+    while "GET /api/v1/symptoms " not in node.log_tail(400) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the access log line is written after the answer
+    log = node.log.read_text(errors="replace")
+    assert "GET /api/v1/symptoms " in log  # the request is logged, by its path
+    assert "hyperhidrosis" not in log.lower()
