@@ -56,10 +56,11 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    # The clinical vocabularies take seconds to load; load them now rather than in the first
-    # request that validates a diagnosis or a symptom.
-    import threading
-
+    # The clinical vocabularies and the HPO graph take seconds to load: load them before the worker takes requests,
+    # so that no request waits for them and "answering" means ready (a consortium being founded
+    # starts its slots once every node answers).
     from core.clinical import load_vocabulary
+    from core.matching import HpoGraph
 
-    threading.Thread(target=load_vocabulary, daemon=True, name="vocabulary").start()
+    load_vocabulary()
+    HpoGraph.load()
