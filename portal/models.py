@@ -287,10 +287,14 @@ class Connection(db.Model):
     """A request to talk between two matched patients; once accepted it is a conversation."""
 
     __tablename__ = "connections"
+    # One connection per pair of patients, whoever asked: (lower user id, higher user id).
+    __table_args__ = (UniqueConstraint("low_user_id", "high_user_id", name="uq_connections_pair"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     requester_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     addressee_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    low_user_id: Mapped[int]
+    high_user_id: Mapped[int]
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, accepted, declined
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
@@ -304,27 +308,61 @@ class ChatMessage(db.Model):
     __table_args__ = (
         Index("ix_chat_messages_recipient_delivered", "recipient_id", "delivered_at", "id"),
         Index("ix_chat_messages_sender_sent", "sender_id", "sent_at"),
+        Index("ix_chat_messages_connection_order", "connection_id", "id"),
+        # A client's message id: a resent "send" is answered from the first one (NULLs never clash).
+        UniqueConstraint("connection_id", "sender_id", "cid", name="uq_chat_messages_cid"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"), index=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
     sender_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     recipient_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))  # handshake, message
     body: Mapped[str] = mapped_column(Text)
+    cid: Mapped[str | None] = mapped_column(String(64))
     sent_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
 
 
 class ChatKey(db.Model):
-    """A patient's chat identity public key (P-256), as registered by a `chat_key` transaction."""
+    """A patient's chat identity public key (P-256), as registered by a `chat_key` transaction
+    that this node signs. The transaction names no account: only `subject`, a salted hash of the
+    patient's pseudonym, which the patient's peers can check and nobody else can link."""
 
     __tablename__ = "chat_keys"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # The user id while this is the current key, NULL once superseded: at most one current key.
+    current_user_id: Mapped[int | None] = mapped_column(unique=True)
     key: Mapped[str] = mapped_column(String(100))
     fingerprint: Mapped[str] = mapped_column(String(64))
+    salt: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(64))
     tx_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_at: Mapped[datetime | None]
+
+
+class RateEvent(db.Model):
+    """One rate-limited action by a user (profile save, match query, ...), kept for the window
+    it counts in and then deleted."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (Index("ix_rate_events_user_action_at", "user_id", "action", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChatSocket(db.Model):
+    """A live /chat connection (its Socket.IO sid) and the signed-in session it was opened
+    with, so that signing out closes it in whichever process holds it."""
+
+    __tablename__ = "chat_sockets"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True)
+    connected_at: Mapped[datetime] = mapped_column(default=utcnow)

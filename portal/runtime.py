@@ -24,7 +24,7 @@ from portal.ftp import ArchiveStore, FtpTarget
 from portal.services import ledger, matching
 from portal.services.chat import ChatLimits
 from portal.services.context import NodeContext
-from portal.services.matching import MatchingContext, ProfileIndex
+from portal.services.matching import MatchingContext, ProfileIndex, RateLimits
 from portal.services.network import Peers
 from portal.services.records import Limits
 
@@ -189,7 +189,13 @@ def matching_context() -> MatchingContext:
         index=index,
         threshold=cfg["MATCH_THRESHOLD"],
         limit=cfg["MATCH_LIMIT"],
-        connect_rate_per_hour=cfg["CONNECT_RATE_PER_HOUR"],
+        rates=RateLimits(
+            connect=cfg["CONNECT_RATE_PER_HOUR"],
+            profile=cfg["PROFILE_RATE_PER_HOUR"],
+            match=cfg["MATCH_RATE_PER_HOUR"],
+            block=cfg["BLOCK_RATE_PER_HOUR"],
+            chat_key=cfg["CHAT_KEY_RATE_PER_HOUR"],
+        ),
     )
 
 
@@ -205,4 +211,5 @@ def chat_limits() -> ChatLimits:
         max_envelope_bytes=cfg["CHAT_MAX_ENVELOPE_BYTES"],
         max_handshake_bytes=cfg["CHAT_MAX_HANDSHAKE_BYTES"],
         send_rate_per_minute=cfg["CHAT_SEND_RATE_PER_MINUTE"],
+        max_undelivered=cfg["CHAT_MAX_UNDELIVERED"],
     )

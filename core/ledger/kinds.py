@@ -186,11 +186,14 @@ def check_admit(payload: dict[str, Any]) -> None:
 
 
 def check_chat_key(payload: dict[str, Any]) -> None:
-    """A patient registers a chat identity key: their account, the P-256 public key as the
-    65-byte uncompressed point, and its fingerprint (SHA-256 hex of those 65 bytes). The
-    registry checks that the account is the signer's own."""
-    _fields(payload, {"account", "key", "fingerprint"})
-    _uuid(payload, "account")
+    """A node registers a patient's chat identity key without naming the patient: `subject` is
+    SHA-256 hex of salt || the patient's pseudonym (UTF-8), `salt` 16 random bytes (base64url),
+    `key` the P-256 public key as the 65-byte uncompressed point (base64url), `fingerprint`
+    SHA-256 hex of those 65 bytes. The registry checks that a member node signed it."""
+    _fields(payload, {"subject", "salt", "key", "fingerprint"})
+    _hex64(payload, "subject")
+    if len(_binary(payload, "salt")) != 16:
+        raise InvalidTransaction("salt must be 16 bytes")
     _hex64(payload, "fingerprint")
     point = _binary(payload, "key")
     try:
@@ -229,5 +232,5 @@ SIGNER_ROLES: dict[str, tuple[str, ...]] = {
     "vote": ("patient", "doctor", "admin"),
     "evidence": ("patient", "doctor", "admin", "node"),
     "admit": ("node",),
-    "chat_key": ("patient",),
+    "chat_key": ("node",),  # a member node, for a patient it does not name
 }

@@ -21,18 +21,10 @@ class KeyRegistry:
     accounts: dict[str, Verifier] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     node_keys: dict[str, Verifier] = field(default_factory=dict)  # by key id, for node-signed transactions
-    account_ids: dict[str, str] = field(default_factory=dict)  # key id -> the account (UUID) it registered
 
     def copy(self) -> KeyRegistry:
         """An independent registry to try transactions on without touching this one."""
-        return KeyRegistry(
-            self.chain_id,
-            dict(self.nodes),
-            dict(self.accounts),
-            dict(self.roles),
-            dict(self.node_keys),
-            dict(self.account_ids),
-        )
+        return KeyRegistry(self.chain_id, dict(self.nodes), dict(self.accounts), dict(self.roles), dict(self.node_keys))
 
     def add_node(self, node_id: str, public_raw: bytes) -> None:
         """A node that may produce blocks and sign node transactions (a founder or one admitted)."""
@@ -78,8 +70,6 @@ class KeyRegistry:
         role = "node" if tx.signer in self.node_keys else self.roles.get(tx.signer)
         if allowed is not None and role not in allowed:
             raise InvalidTransaction(f"only {' or '.join(allowed)} keys sign {tx.kind} transactions")
-        if tx.kind == "chat_key" and self.account_ids.get(tx.signer) != tx.payload["account"]:
-            raise InvalidTransaction("a chat key must be registered by its own account")
 
     def apply(self, tx: Transaction, height: int, verify_signature: bool = True) -> None:
         """Check `tx` against the rules for its kind and the keys known so far, then record its
@@ -99,4 +89,3 @@ class KeyRegistry:
         elif tx.kind == "key":
             self.accounts[tx.signer] = verifier
             self.roles[tx.signer] = tx.payload["role"]
-            self.account_ids[tx.signer] = tx.payload["account"]

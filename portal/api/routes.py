@@ -56,7 +56,10 @@ def token() -> Response:
 
 @bp.delete("/auth/token")
 def revoke_token() -> tuple[str, int]:
+    from portal.chat.events import end_session
+
     api_actor()
+    end_session(bearer_token())
     accounts.logout(bearer_token())
     return "", 204
 

@@ -41,6 +41,8 @@ def key_json(row: ChatKey) -> dict[str, Any]:
         "fingerprint": row.fingerprint,
         "tx": row.tx_hash,
         "height": ledger.block_height_of(row.tx_hash),
+        "salt": row.salt,
+        "subject": row.subject,
         "registered_at": iso(row.created_at),
         "superseded_at": iso(row.superseded_at),
     }
@@ -69,7 +71,7 @@ def _limit(default: int, maximum: int) -> int:
     value = request.args.get("limit", "")
     if value == "":
         return default
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
+    if not (value.isascii() and value.isdigit() and len(value) <= 6) or not 1 <= int(value) <= maximum:
         raise ValidationFailed(f"`limit` must be a whole number from 1 to {maximum}.")
     return int(value)
 
@@ -127,13 +129,17 @@ def withdraw_profile() -> tuple[str, int]:
 def find_matches() -> Response:
     actor = api_actor("patient")
     found = matching.find_matches(
-        actor, request.args.get("mode", "exact"), request.args.get("threshold"), ctx=runtime.matching_context()
+        actor,
+        request.args.get("mode", "exact"),
+        request.args.get("threshold"),
+        ctx=runtime.matching_context(),
+        now=utcnow(),
     )
     return jsonify(
         matches=[
             {
                 "pseudonym": m.pseudonym,
-                "score": m.score,
+                "similar": m.similar,
                 "shared": m.shared,
                 "connection": {"id": str(m.connection.id), "state": m.connection.state} if m.connection else None,
             }
@@ -209,7 +215,10 @@ def list_blocks() -> Response:
 @bp.put("/chat/key")
 def register_chat_key() -> Response:
     actor = api_actor("patient")
-    return jsonify(key=key_json(chat.register_key(actor, json_body().get("key"), now=utcnow())))
+    row = chat.register_key(
+        actor, json_body().get("key"), node_key=runtime.node_key(), ctx=runtime.matching_context(), now=utcnow()
+    )
+    return jsonify(key=key_json(row))
 
 
 @bp.get("/chat/key")

@@ -58,6 +58,9 @@ def login() -> Response | str:
 @bp.post("/logout")
 @login_required
 def logout() -> Response:
+    from portal.chat.events import end_session
+
+    end_session(page_actor().token)
     accounts.logout(page_actor().token)
     logout_user()
     session.clear()

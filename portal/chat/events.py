@@ -2,10 +2,13 @@
 
 Rooms: every connection of a user is in `user:<id>` (requests, unread counts); a member's
 connections that joined a conversation are in `conversation:<cid>:user:<id>`, where the
-peer's handshake messages and envelopes are relayed. Anything stored for a user and not
-yet acknowledged is sent again on connect (and on "join" of a conversation not joined yet,
-and on "sync"), oldest first; an item is never sent after its "ack". Every client event
-is answered through its ack callback with {"ok": true, ...} or {"error": {"code", "message"}}.
+peer's handshake messages and envelopes are relayed. Order: a connection is sent a
+conversation's stored, unacknowledged items (in id order) before it joins that
+conversation's live room, then whatever was stored meanwhile; so live items follow the
+backlog. This happens on connect for every open conversation (at most a budget of items per
+round: the "backlog" event says more wait), on "join" of one not joined yet, and again on
+"sync"; an item is never sent after its "ack". Every client event is answered through its
+ack callback with {"ok": true, ...} or {"error": {"code", "message"}}.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Client:
 
     token: str
     user_id: int
-    sent_up_to: int = 0  # highest id sent from the backlog on this connection
+    sent_up_to: dict[int, int] = field(default_factory=dict)  # per conversation: highest id sent here
     joined: set[int] = field(default_factory=set)
 
 
@@ -77,7 +80,43 @@ def _deliver(client: Client, messages: list[ChatMessage]) -> None:
             names[message.sender_id] = matching.pseudonym_of(sender, runtime.pseudonym_key()) if sender else "?"
         event, data = _item(message, names[message.sender_id])
         emit(event, data, to=request.sid)
-        client.sent_up_to = max(client.sent_up_to, message.id)
+        cid = message.connection_id
+        client.sent_up_to[cid] = max(client.sent_up_to.get(cid, 0), message.id)
+
+
+def _send_backlog(client: Client, user: User, connection_id: int, budget: int, resend: bool) -> tuple[int, bool]:
+    """Send one conversation's unacknowledged items (all of them with `resend`, else those
+    after what this connection was sent), at most `budget`; once the whole backlog went out,
+    join the live room and send what was stored in between. Returns (items sent, more wait)."""
+    after = 0 if resend else client.sent_up_to.get(connection_id, 0)
+    items = chat.undelivered(user, connection_id, after, budget + 1)
+    _deliver(client, items[:budget])
+    if len(items) > budget:
+        return budget, True
+    if connection_id not in client.joined:
+        join_room(conversation_room(connection_id, user.id))
+        client.joined.add(connection_id)
+        # Stored after the query above and relayed before the join: not seen live, so sent now.
+        late = chat.undelivered(user, connection_id, client.sent_up_to.get(connection_id, 0), budget)
+        _deliver(client, late)
+        return len(items) + len(late), False
+    return len(items), False
+
+
+def _pump(client: Client, user: User, resend: bool) -> tuple[int, bool]:
+    """The backlog of every open conversation, one conversation after another in id order,
+    within one round's budget. Returns (items sent, more wait for a later "sync")."""
+    budget = runtime.chat_limits().backlog_budget
+    sent = 0
+    for connection in chat.conversations(user):
+        left = budget - sent
+        if left <= 0:
+            return sent, True
+        count, more = _send_backlog(client, user, connection.id, left, resend)
+        sent += count
+        if more:
+            return sent, True
+    return sent, False
 
 
 def _unread(user: User, connection_id: int) -> None:
@@ -120,30 +159,47 @@ def on_connect(auth: object = None) -> None:
         with _clients_lock:
             _clients.pop(request.sid, None)
         log.exception("chat connect failed")
+        chat.socket_closed(request.sid)
         raise ConnectionRefusedError("The chat is unavailable right now; try again.") from None
 
 
 def _welcome(actor: accounts.Actor) -> None:
-    """Register the connection, join its rooms, send what waits for it."""
+    """Register the connection, send what waits for it (each conversation's backlog before
+    its live room is joined), then the unread counts."""
     user = actor.user
     client = Client(token=actor.token, user_id=user.id)
     with _clients_lock:
         _clients[request.sid] = client
+    chat.socket_opened(request.sid, actor, now=utcnow())
     join_room(user_room(user.id))
-    for connection in chat.conversations(user):
-        join_room(conversation_room(connection.id, user.id))
-        client.joined.add(connection.id)
-    _deliver(client, chat.undelivered(user))
+    _, more = _pump(client, user, resend=False)
     for connection_id, count in chat.unread_counts(user).items():
         if connection_id in client.joined:
             emit("unread", {"conversation": str(connection_id), "count": count}, to=request.sid)
+    if more:
+        emit("backlog", {"more": True}, to=request.sid)
     db.session.commit()
+
+
+def end_session(token: str) -> int:
+    """Close every /chat connection opened with `token`, in this process or (through the
+    message queue) any other; called at sign-out, before the session is deleted. Returns how
+    many connections were asked to close."""
+    sids = chat.sockets_of_session(token, now=utcnow())
+    for sid in sids:
+        socketio.server.disconnect(sid, namespace=NAMESPACE)
+    return len(sids)
 
 
 @socketio.on("disconnect", namespace=NAMESPACE)
 def on_disconnect(*_reason: object) -> None:
     with _clients_lock:
         _clients.pop(request.sid, None)
+    try:
+        chat.socket_closed(request.sid)
+    except Exception:
+        db.session.rollback()
+        log.exception("chat disconnect bookkeeping failed")
 
 
 EventFn = Callable[[User, Client, dict[str, Any]], dict[str, Any]]
@@ -185,37 +241,47 @@ def handler(name: str) -> Callable[[EventFn], EventFn]:
 def on_join(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
     connection = chat.conversation(user, data.get("conversation"))
     peer = db.session.get(User, matching.peer_of(connection, user))
+    more = False
     if connection.id not in client.joined:
-        join_room(conversation_room(connection.id, user.id))
-        client.joined.add(connection.id)
-        _deliver(client, chat.undelivered(user, connection.id, after=client.sent_up_to))
+        _, more = _send_backlog(client, user, connection.id, runtime.chat_limits().backlog_budget, resend=False)
     return {
         "conversation": str(connection.id),
         "peer": matching.pseudonym_of(peer, runtime.pseudonym_key()) if peer else None,
         "role": "initiator" if connection.requester_id == user.id else "responder",
+        "more": more,
     }
 
 
-def _relay(user: User, data: dict[str, Any], kind: str, field_name: str) -> dict[str, Any]:
-    message, connection = chat.store(
-        user, data.get("conversation"), kind, data.get(field_name), limits=runtime.chat_limits(), now=utcnow()
+def _relay(user: User, data: dict[str, Any], kind: str, field_name: str, cid: object = None) -> dict[str, Any]:
+    stored = chat.store(
+        user,
+        data.get("conversation"),
+        kind,
+        data.get(field_name),
+        limits=runtime.chat_limits(),
+        now=utcnow(),
+        cid=cid,
     )
-    event, payload = _item(message, matching.pseudonym_of(user, runtime.pseudonym_key()))
-    socketio.emit(event, payload, to=conversation_room(connection.id, message.recipient_id), namespace=NAMESPACE)
-    recipient = db.session.get(User, message.recipient_id)
-    if recipient is not None and kind == "message":
-        _unread(recipient, connection.id)
-    return {"id": message.id, "sent_at": iso(message.sent_at)}
+    message, connection = stored.message, stored.connection
+    if not stored.duplicate:
+        event, payload = _item(message, matching.pseudonym_of(user, runtime.pseudonym_key()))
+        socketio.emit(event, payload, to=conversation_room(connection.id, message.recipient_id), namespace=NAMESPACE)
+        recipient = db.session.get(User, message.recipient_id)
+        if recipient is not None and kind == "message":
+            _unread(recipient, connection.id)
+    return {"id": message.id, "sent_at": iso(message.sent_at), "duplicate": stored.duplicate}
 
 
 @handler("handshake")
 def on_handshake(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
-    return _relay(user, data, "handshake", "message")
+    answer = _relay(user, data, "handshake", "message")
+    del answer["duplicate"]
+    return answer
 
 
 @handler("send")
 def on_send(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
-    return _relay(user, data, "message", "envelope")
+    return _relay(user, data, "message", "envelope", data.get("cid"))
 
 
 @handler("ack")
@@ -228,7 +294,9 @@ def on_ack(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
 
 @handler("history")
 def on_history(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
-    messages, more = chat.history(user, data.get("conversation"), data.get("before"), data.get("limit"))
+    messages, more = chat.history(
+        user, data.get("conversation"), data.get("before"), data.get("limit"), data.get("after")
+    )
     names = {user.id: matching.pseudonym_of(user, runtime.pseudonym_key())}
     for message in messages:
         if message.sender_id not in names:
@@ -252,6 +320,7 @@ def on_history(user: User, client: Client, data: dict[str, Any]) -> dict[str, An
 
 @handler("sync")
 def on_sync(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
-    pending = chat.undelivered(user)
-    _deliver(client, pending)
-    return {"count": len(pending)}
+    """Send every unacknowledged item again (a round's budget at most: with "more", ack what
+    arrived and call "sync" again), and join the conversations whose backlog is complete."""
+    count, more = _pump(client, user, resend=True)
+    return {"count": count, "more": more}

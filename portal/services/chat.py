@@ -9,26 +9,45 @@ have not blocked each other.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from core.chat import PublicIdentity
+from core.crypto import NodeKey
+from core.encoding import b64e
 from core.errors import CoreError
 from core.ledger import sign_transaction
 from portal.extensions import db
-from portal.models import ChatKey, ChatMessage, Connection, User, epoch_ms
-from portal.services import ledger
+from portal.models import ChatKey, ChatMessage, ChatSocket, Connection, User, epoch_ms
+from portal.services import accounts, ledger
 from portal.services.accounts import Actor
-from portal.services.errors import Conflict, Forbidden, NotFound, TooLarge, ValidationFailed
-from portal.services.matching import RateLimited, blocked_between, get_connection, patient_by_pseudonym, peer_of
+from portal.services.errors import Conflict, Forbidden, NotFound, ServiceError, TooLarge, ValidationFailed
+from portal.services.matching import (
+    MAX_ID,
+    MatchingContext,
+    RateLimited,
+    blocked_between,
+    get_connection,
+    id_value,
+    patient_by_pseudonym,
+    peer_of,
+    pseudonym_of,
+    rate_limit,
+)
 
 KINDS = ("handshake", "message")
 MAX_HISTORY_PAGE = 100
-MAX_BACKLOG = 1000
+MAX_BACKLOG = 1000  # items sent per connect or "sync" (at least one whole conversation: see backlog_budget)
+CID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NO_KEY = "No chat key for this pseudonym."
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,27 @@ class ChatLimits:
     max_envelope_bytes: int = 64 * 1024
     max_handshake_bytes: int = 4 * 1024
     send_rate_per_minute: int = 120
+    max_undelivered: int = 500  # per recipient and conversation
+
+    @property
+    def backlog_budget(self) -> int:
+        """Items sent per connect or "sync": MAX_BACKLOG, but never less than one conversation's
+        whole backlog, so that every round delivers at least one conversation completely."""
+        return max(MAX_BACKLOG, self.max_undelivered)
+
+
+class PeerBacklogFull(ServiceError):
+    status = 429
+    code = "too_many_unread"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored item and whether it was one stored earlier (a resent client message id)."""
+
+    message: ChatMessage
+    connection: Connection
+    duplicate: bool
 
 
 def _patient(actor: Actor) -> User:
@@ -60,24 +100,52 @@ def current_key(user: User) -> ChatKey | None:
     return db.session.scalar(select(ChatKey).where(ChatKey.user_id == user.id, ChatKey.superseded_at.is_(None)))
 
 
-def register_key(actor: Actor, key: object, *, now: datetime) -> ChatKey:
-    """Register the caller's chat identity public key: a `chat_key` transaction signed by the
-    patient goes to the ledger; an earlier key is kept as superseded (peers see the change).
-    Registering the current key again changes nothing."""
+def subject_of(salt: bytes, pseudonym: str) -> str:
+    """What a `chat_key` transaction names instead of an account: SHA-256 hex of salt || pseudonym.
+    A peer who knows the pseudonym checks it; the ledger alone links it to no one, and the
+    fresh salt of each registration keeps one patient's registrations apart."""
+    return hashlib.sha256(salt + pseudonym.encode()).hexdigest()
+
+
+def register_key(actor: Actor, key: object, *, node_key: NodeKey, ctx: MatchingContext, now: datetime) -> ChatKey:
+    """Register the caller's chat identity public key (rate-limited): a `chat_key` transaction
+    signed by this node, naming only a salted hash of the patient's pseudonym, goes to the
+    ledger; an earlier key is kept as superseded (peers see the change). Registering the
+    current key again changes nothing."""
     user = _patient(actor)
+    rate_limit(user, "chat_key", ctx.rates.chat_key, f"You can register {ctx.rates.chat_key} chat keys an hour.", now)
     identity = _parse_key(key)
     wire, fingerprint = identity.b64, identity.fingerprint
     current = current_key(user)
     if current is not None and current.key == wire:
         return current
-    payload = {"account": user.public_id, "key": wire, "fingerprint": fingerprint}
-    tx = sign_transaction("chat_key", payload, actor.keys(), epoch_ms(now))
+    salt = os.urandom(16)
+    subject = subject_of(salt, pseudonym_of(user, ctx.keys.pseudonym))
+    payload = {"subject": subject, "salt": b64e(salt), "key": wire, "fingerprint": fingerprint}
+    tx = sign_transaction("chat_key", payload, node_key, epoch_ms(now))
     ledger.queue(tx, now)
     if current is not None:
-        current.superseded_at = now
-    row = ChatKey(user_id=user.id, key=wire, fingerprint=fingerprint, tx_hash=tx.hash, created_at=now)
+        current.superseded_at, current.current_user_id = now, None
+        db.session.flush()  # free the "current key" slot before the new row takes it
+    row = ChatKey(
+        user_id=user.id,
+        current_user_id=user.id,
+        key=wire,
+        fingerprint=fingerprint,
+        salt=b64e(salt),
+        subject=subject,
+        tx_hash=tx.hash,
+        created_at=now,
+    )
     db.session.add(row)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:  # another registration of this patient won the race
+        db.session.rollback()
+        current = current_key(user)
+        if current is not None and current.key == wire:
+            return current
+        raise Conflict("Your chat key changed at the same time; try again.") from None
     return row
 
 
@@ -87,9 +155,9 @@ def own_key(actor: Actor) -> ChatKey | None:
 
 def peer_keys(actor: Actor, pseudonym: str) -> tuple[ChatKey, list[ChatKey]]:
     """A connected peer's current chat key and their earlier ones (newest first), only for a
-    patient with an accepted, unblocked connection to them."""
+    patient with an accepted, unblocked connection to them; one NotFound for everyone else."""
     user = _patient(actor)
-    peer = patient_by_pseudonym(pseudonym)
+    peer = patient_by_pseudonym(pseudonym, NO_KEY)
     accepted = db.session.scalar(
         select(Connection.id).where(
             Connection.state == "accepted",
@@ -98,7 +166,7 @@ def peer_keys(actor: Actor, pseudonym: str) -> tuple[ChatKey, list[ChatKey]]:
         )
     )
     if accepted is None or blocked_between(user, peer):
-        raise Forbidden("You can see the chat key of a patient you are connected with only.")
+        raise NotFound(NO_KEY)
     keys = list(db.session.scalars(select(ChatKey).where(ChatKey.user_id == peer.id).order_by(ChatKey.id.desc())))
     if not keys or keys[0].superseded_at is not None:
         raise NotFound("This patient has not registered a chat key yet.")
@@ -123,12 +191,14 @@ def conversation(user: User, conversation_id: object) -> Connection:
 
 
 def conversations(user: User) -> list[Connection]:
-    """The user's open conversations (accepted, unblocked)."""
+    """The user's open conversations (accepted, unblocked), in id order."""
     rows = db.session.scalars(
-        select(Connection).where(
+        select(Connection)
+        .where(
             Connection.state == "accepted",
             (Connection.requester_id == user.id) | (Connection.addressee_id == user.id),
         )
+        .order_by(Connection.id)
     )
     result = []
     for connection in rows:
@@ -154,11 +224,35 @@ def _body(kind: object, body: object, limits: ChatLimits) -> str:
     return text
 
 
+def _same_cid(connection: Connection, user: User, cid: str) -> ChatMessage | None:
+    return db.session.scalar(
+        select(ChatMessage).where(
+            ChatMessage.connection_id == connection.id, ChatMessage.sender_id == user.id, ChatMessage.cid == cid
+        )
+    )
+
+
 def store(
-    user: User, conversation_id: object, kind: str, body: object, *, limits: ChatLimits, now: datetime
-) -> tuple[ChatMessage, Connection]:
-    """Store a handshake message or an envelope for the peer (to relay now or deliver later)."""
+    user: User,
+    conversation_id: object,
+    kind: str,
+    body: object,
+    *,
+    limits: ChatLimits,
+    now: datetime,
+    cid: object = None,
+) -> Stored:
+    """Store a handshake message or an envelope for the peer (to relay now or deliver later).
+    With a client message id `cid`, a second store of the same (conversation, sender, cid)
+    stores nothing and returns the first item, marked duplicate. Refused when the peer has
+    `limits.max_undelivered` items waiting in this conversation."""
     connection = conversation(user, conversation_id)
+    if cid is not None and (not isinstance(cid, str) or not CID_RE.fullmatch(cid)):
+        raise ValidationFailed("`cid` must be 1-64 characters: letters, digits, _ or -.")
+    if cid is not None:
+        earlier = _same_cid(connection, user, cid)
+        if earlier is not None:
+            return Stored(earlier, connection, True)
     text = _body(kind, body, limits)
     recent = db.session.scalar(
         select(func.count(ChatMessage.id)).where(
@@ -167,31 +261,55 @@ def store(
     )
     if (recent or 0) >= limits.send_rate_per_minute:
         raise RateLimited(f"You can send {limits.send_rate_per_minute} messages a minute; wait a moment.")
+    recipient_id = peer_of(connection, user)
+    waiting = db.session.scalar(
+        select(func.count(ChatMessage.id)).where(
+            ChatMessage.recipient_id == recipient_id,
+            ChatMessage.delivered_at.is_(None),
+            ChatMessage.connection_id == connection.id,
+        )
+    )
+    if (waiting or 0) >= limits.max_undelivered:
+        raise PeerBacklogFull("The other patient has too many unread messages; try again once they have read some.")
     message = ChatMessage(
         connection_id=connection.id,
         sender_id=user.id,
-        recipient_id=peer_of(connection, user),
+        recipient_id=recipient_id,
         kind=kind,
         body=text,
+        cid=cid,
         sent_at=now,
     )
     db.session.add(message)
-    db.session.commit()
-    return message, connection
+    try:
+        db.session.commit()
+    except IntegrityError:  # the same cid, sent twice at once: answer from the first
+        db.session.rollback()
+        earlier = _same_cid(connection, user, cid) if isinstance(cid, str) else None
+        if earlier is None:
+            raise
+        return Stored(earlier, connection, True)
+    return Stored(message, connection, False)
+
+
+def message_id(value: object, name: str) -> int:
+    """A message id sent by a client: a JSON integer in 1..2^63-1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise ValidationFailed(f"`{name}` must be a message id.")
+    return value
 
 
 def acknowledge(user: User, conversation_id: object, up_to: object, *, now: datetime) -> int:
     """Mark everything for `user` in the conversation with id <= up_to delivered; returns how
     many were newly marked. Delivered items are never sent again."""
     connection = conversation(user, conversation_id)
-    if not isinstance(up_to, int) or isinstance(up_to, bool) or up_to < 0:
-        raise ValidationFailed("`up_to` must be a message id.")
+    up_to = message_id(up_to, "up_to")
     result = db.session.execute(
         update(ChatMessage)
         .where(
             ChatMessage.connection_id == connection.id,
             ChatMessage.recipient_id == user.id,
-            ChatMessage.id <= up_to,
+            ChatMessage.id <= id_value(up_to),
             ChatMessage.delivered_at.is_(None),
         )
         .values(delivered_at=now)
@@ -200,24 +318,20 @@ def acknowledge(user: User, conversation_id: object, up_to: object, *, now: date
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def undelivered(user: User, conversation_id: int | None = None, after: int = 0) -> list[ChatMessage]:
-    """Items for `user` not yet acknowledged, oldest first, in open conversations only."""
-    open_ids = [c.id for c in conversations(user)]
-    if conversation_id is not None:
-        open_ids = [i for i in open_ids if i == conversation_id]
-    if not open_ids:
-        return []
+def undelivered(user: User, conversation_id: int, after: int, limit: int) -> list[ChatMessage]:
+    """Items for `user` in one conversation (the caller checked it is open) not yet
+    acknowledged, with id > `after`, oldest first, at most `limit`."""
     return list(
         db.session.scalars(
             select(ChatMessage)
             .where(
                 ChatMessage.recipient_id == user.id,
+                ChatMessage.connection_id == conversation_id,
                 ChatMessage.delivered_at.is_(None),
-                ChatMessage.connection_id.in_(open_ids),
                 ChatMessage.id > after,
             )
             .order_by(ChatMessage.id)
-            .limit(MAX_BACKLOG)
+            .limit(limit)
         )
     )
 
@@ -246,19 +360,36 @@ def unread_counts(user: User) -> dict[int, int]:
     return {connection_id: count for connection_id, count in rows}
 
 
-def history(user: User, conversation_id: object, before: object, limit: object) -> tuple[list[ChatMessage], bool]:
-    """A page of the conversation (both directions), oldest first, ending before message id
-    `before` (None: the newest); and whether older items remain."""
+def _optional_id(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise ValidationFailed(f"`{name}` must be a message id or null.")
+    return value
+
+
+def history(
+    user: User, conversation_id: object, before: object, limit: object, after: object = None
+) -> tuple[list[ChatMessage], bool]:
+    """A page of the conversation (both directions), oldest first, and whether more remain in
+    the direction paged: with `after`, the first items with a greater id (more = newer ones
+    remain); otherwise the last items before message id `before` (None: the newest; more =
+    older ones remain)."""
     connection = conversation(user, conversation_id)
-    if before is not None and (not isinstance(before, int) or isinstance(before, bool) or before <= 0):
-        raise ValidationFailed("`before` must be a message id or null.")
+    before, after = _optional_id(before, "before"), _optional_id(after, "after")
+    if before is not None and after is not None:
+        raise ValidationFailed("Send `before` or `after`, not both.")
     if limit is None:
         limit = 50
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_HISTORY_PAGE:
         raise ValidationFailed(f"`limit` must be 1-{MAX_HISTORY_PAGE}.")
     query = select(ChatMessage).where(ChatMessage.connection_id == connection.id)
+    if after is not None:
+        forward = query.where(ChatMessage.id > id_value(after)).order_by(ChatMessage.id).limit(limit + 1)
+        rows = list(db.session.scalars(forward))
+        return rows[:limit], len(rows) > limit
     if before is not None:
-        query = query.where(ChatMessage.id < before)
+        query = query.where(ChatMessage.id < id_value(before))
     rows = list(db.session.scalars(query.order_by(ChatMessage.id.desc()).limit(limit + 1)))
     return list(reversed(rows[:limit])), len(rows) > limit
 
@@ -270,3 +401,30 @@ def body_of(message: ChatMessage) -> Any:
 def require_patient(actor: Actor) -> User:
     """The actor's account if it is a patient's; Forbidden otherwise."""
     return _patient(actor)
+
+
+# -- live sockets ---------------------------------------------------------------------------
+
+
+def socket_opened(sid: str, actor: Actor, *, now: datetime) -> None:
+    """Note a /chat connection and the session it was opened with (for `sockets_of_session`)."""
+    db.session.add(ChatSocket(sid=sid, session_id=actor.session.id, connected_at=now))
+    db.session.commit()
+
+
+def socket_closed(sid: str) -> None:
+    db.session.execute(delete(ChatSocket).where(ChatSocket.sid == sid))
+    db.session.commit()
+
+
+def sockets_of_session(token: str, *, now: datetime) -> list[str]:
+    """The sids of every /chat connection opened with `token` (in any process), forgotten here:
+    the caller closes them. Empty for a token that resolves to no session."""
+    actor = accounts.resolve(token, now)
+    if actor is None:
+        return []
+    where = ChatSocket.session_id == actor.session.id
+    sids = list(db.session.scalars(select(ChatSocket.sid).where(where)))
+    db.session.execute(delete(ChatSocket).where(where))
+    db.session.commit()
+    return sids

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import BigInteger, and_, delete, func, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from core import matching as core_matching
@@ -33,7 +34,7 @@ from core.crypto import aead
 from core.encoding import canonical
 from core.errors import CoreError
 from portal.extensions import db
-from portal.models import Block, Connection, Pseudonym, SymptomProfile, User
+from portal.models import Block, Connection, Pseudonym, RateEvent, SymptomProfile, User
 from portal.services.accounts import Actor
 from portal.services.errors import Conflict, Forbidden, NotFound, ServiceError, ValidationFailed
 
@@ -42,6 +43,10 @@ PAD_BLOCK = 512
 PROFILE_AAD = b"medledger/symptom-profile/v1\n"
 MODES = ("exact", "ranked")
 INDEX_SLACK = timedelta(seconds=5)  # rows committed late with an older updated_at are still picked up
+MAX_ID = 2**63 - 1  # ids from clients are bounded to what every database's BIGINT holds
+ID_RE = re.compile(r"[0-9]{1,19}")
+NO_MATCH = "No such match."
+NO_PATIENT = "No patient has this pseudonym."
 
 ADJECTIVES = (
     "amber", "azure", "brave", "bright", "calm", "clever", "coral", "cosmic", "crimson", "curious", "dapper",
@@ -64,6 +69,39 @@ ANIMALS = (
 class RateLimited(ServiceError):
     status = 429
     code = "rate_limited"
+
+
+def id_value(value: int) -> Any:
+    """A client's id as a BIGINT bind parameter: compared with an INTEGER column it never
+    overflows the column's type (PostgreSQL would refuse an int4 parameter above 2^31-1)."""
+    return literal(value, BigInteger())
+
+
+def parse_id(value: object) -> int | None:
+    """A database id sent by a client (an int or its ASCII decimal string) within 1..2^63-1;
+    None for anything else, so no client value ever reaches the database out of range."""
+    if isinstance(value, str) and ID_RE.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        return None
+    return value
+
+
+def rate_limit(user: User, action: str, per_hour: int, message: str, now: datetime) -> None:
+    """Count one `action` of `user` (committed at once, so refused and failed attempts count
+    too); RateLimited once `per_hour` were made in the last hour. Older events are deleted."""
+    since = now - timedelta(hours=1)
+    db.session.execute(
+        delete(RateEvent).where(RateEvent.user_id == user.id, RateEvent.action == action, RateEvent.at <= since)
+    )
+    made = db.session.scalar(
+        select(func.count(RateEvent.id)).where(RateEvent.user_id == user.id, RateEvent.action == action)
+    )
+    if (made or 0) >= per_hour:
+        db.session.commit()
+        raise RateLimited(message)
+    db.session.add(RateEvent(user_id=user.id, action=action, at=now))
+    db.session.commit()
 
 
 @dataclass(frozen=True)
@@ -150,8 +188,26 @@ class ProfileIndex:
                 return self._index.exact(tokens, limit, exclude=exclude)
             return self._index.ranked(tokens, threshold, limit, exclude=exclude)
 
+    def matches(self, a: core_matching.TokenProfile, b: core_matching.TokenProfile, threshold: float) -> bool:
+        """Do two profiles match in exact mode (same symptom set) or ranked mode (at `threshold`)?"""
+        if a.symptom_set == b.symptom_set:
+            return True
+        with self._lock:
+            return self._index.score(a, b) >= threshold
+
     def __len__(self) -> int:
         return len(self._versions)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Per patient and hour: actions that could be repeated to probe other patients."""
+
+    connect: int = 10
+    profile: int = 30
+    match: int = 120
+    block: int = 30
+    chat_key: int = 10
 
 
 @dataclass
@@ -164,7 +220,7 @@ class MatchingContext:
     index: ProfileIndex
     threshold: float = 0.5
     limit: int = 50
-    connect_rate_per_hour: int = 10
+    rates: RateLimits = RateLimits()
 
 
 # -- pseudonyms -----------------------------------------------------------------------------
@@ -213,15 +269,15 @@ def pseudonyms_of(users: Iterable[User], key: bytes) -> dict[int, str]:
     return names
 
 
-def patient_by_pseudonym(name: object) -> User:
-    """The active patient behind a pseudonym; NotFound otherwise."""
+def patient_by_pseudonym(name: object, message: str = NO_PATIENT) -> User:
+    """The active patient behind a pseudonym; NotFound(message) otherwise."""
     user = None
     if isinstance(name, str) and len(name) <= 64:
         user = db.session.scalar(
             select(User).join(Pseudonym, Pseudonym.user_id == User.id).where(Pseudonym.name == name)
         )
     if user is None or user.role != "patient" or not user.active:
-        raise NotFound("No patient has this pseudonym.")
+        raise NotFound(message)
     return user
 
 
@@ -306,9 +362,10 @@ def _parse_profile(data: dict[str, Any], vocabulary: Vocabulary) -> tuple[dict[s
 
 
 def put_profile(actor: Actor, data: dict[str, Any], *, ctx: MatchingContext, now: datetime) -> ProfileView:
-    """Save (replace) the patient's profile. Discoverable profiles enter the index; a profile made
-    undiscoverable leaves it at once."""
+    """Save (replace) the patient's profile (rate-limited). Discoverable profiles enter the index;
+    a profile made undiscoverable leaves it at once. Two saves at once: the last one wins."""
     user = _patient(actor)
+    rate_limit(user, "profile", ctx.rates.profile, f"You can save your profile {ctx.rates.profile} times an hour.", now)
     profile, discoverable = _parse_profile(data, ctx.vocabulary)
     tokens = ctx.tokenizer.tokens(
         core_matching.SymptomProfile(
@@ -319,13 +376,20 @@ def put_profile(actor: Actor, data: dict[str, Any], *, ctx: MatchingContext, now
         )
     )
     pseudonym_of(user, ctx.keys.pseudonym)
-    row = _row(user) or SymptomProfile(user_id=user.id)
-    row.sealed = _seal(ctx.keys, user, profile)
-    row.tokens = json.dumps(tokens.to_json(), separators=(",", ":"))
-    row.discoverable = discoverable
-    row.updated_at = now
-    db.session.add(row)
-    db.session.commit()
+    for attempt in range(2):
+        row = _row(user) or SymptomProfile(user_id=user.id)
+        row.sealed = _seal(ctx.keys, user, profile)
+        row.tokens = json.dumps(tokens.to_json(), separators=(",", ":"))
+        row.discoverable = discoverable
+        row.updated_at = now
+        db.session.add(row)
+        try:
+            db.session.commit()
+            break
+        except IntegrityError:  # a first save of the same patient won the race: update that row
+            db.session.rollback()
+            if attempt:
+                raise Conflict("Your profile changed at the same time; try again.") from None
     if discoverable:
         ctx.index.put(row.id, tokens, now)
     else:
@@ -372,29 +436,50 @@ def blocked_ids(user: User) -> set[int]:
     return {blocked if blocker == user.id else blocker for blocker, blocked in rows}
 
 
+def _has_blocked(user: User, target: User) -> bool:
+    found = db.session.scalar(select(Block.id).where(Block.blocker_id == user.id, Block.blocked_id == target.id))
+    return found is not None
+
+
+def _known_to(user: User, target: User, ctx: MatchingContext) -> bool:
+    """May `user` act on `target` by pseudonym: a connection (in any state) between them, or a
+    current match? (Anything else answers like an unknown pseudonym.)"""
+    if db.session.scalar(select(Connection.id).where(_pair(user, target))) is not None:
+        return True
+    return _is_current_match(user, target, ctx)
+
+
 def block(actor: Actor, pseudonym: object, *, ctx: MatchingContext, now: datetime) -> tuple[Block, str]:
-    """Block a patient: from now on the two never match, connect or message; a pending request
-    between them is declined."""
+    """Block a patient met through matching or a connection (rate-limited): from now on the two
+    never match, connect or message; a pending request between them is declined. Any other
+    pseudonym answers NotFound, as an unknown one does."""
     user = _patient(actor)
+    rate_limit(user, "block", ctx.rates.block, f"You can block {ctx.rates.block} patients an hour.", now)
     if not isinstance(pseudonym, str):
         raise ValidationFailed("`pseudonym` must be a patient's pseudonym.")
     target = patient_by_pseudonym(pseudonym)
     if target.id == user.id:
         raise ValidationFailed("You cannot block yourself.")
-    existing = db.session.scalar(select(Block).where(Block.blocker_id == user.id, Block.blocked_id == target.id))
-    if existing is not None:
+    if _has_blocked(user, target):
         raise Conflict("You have already blocked this patient.")
-    row = Block(blocker_id=user.id, blocked_id=target.id, created_at=now)
-    db.session.add(row)
+    if not _known_to(user, target, ctx):
+        raise NotFound(NO_PATIENT)
     for connection in db.session.scalars(select(Connection).where(_pair(user, target), Connection.state == "pending")):
         connection.state, connection.decided_at = "declined", now
-    db.session.commit()
+    row = Block(blocker_id=user.id, blocked_id=target.id, created_at=now)
+    db.session.add(row)
+    try:
+        db.session.commit()
+    except IntegrityError:  # the same block, sent twice at once
+        db.session.rollback()
+        raise Conflict("You have already blocked this patient.") from None
     return row, pseudonym
 
 
 def unblock(actor: Actor, pseudonym: str) -> None:
+    """Lift the caller's block; NotFound (one answer) for a pseudonym the caller has not blocked."""
     user = _patient(actor)
-    target = patient_by_pseudonym(pseudonym)
+    target = patient_by_pseudonym(pseudonym, "You have not blocked this patient.")
     result = db.session.execute(delete(Block).where(Block.blocker_id == user.id, Block.blocked_id == target.id))
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound("You have not blocked this patient.")
@@ -414,29 +499,36 @@ def list_blocks(actor: Actor, *, ctx: MatchingContext) -> list[tuple[Block, str]
 
 @dataclass(frozen=True)
 class MatchView:
+    """A match as the caller sees it: no score (it would tell the peer's other attributes)."""
+
     pseudonym: str
-    score: float
+    similar: bool  # found in ranked mode (similar, not necessarily the same symptoms)
     shared: list[dict[str, str]]
     connection: Connection | None
 
 
-def _threshold(value: object, default: float) -> float:
+def _threshold(value: object, floor: float) -> float:
+    """The requested threshold, never below the node's `floor` (lower ones are raised to it)."""
     if value in (None, ""):
-        return default
+        return floor
     try:
         threshold = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValidationFailed("`threshold` must be a number from 0 to 1.") from None
     if not 0 <= threshold <= 1:
         raise ValidationFailed("`threshold` must be a number from 0 to 1.")
-    return threshold
+    return max(threshold, floor)
 
 
-def find_matches(actor: Actor, mode: object, threshold: object = None, *, ctx: MatchingContext) -> list[MatchView]:
+def find_matches(
+    actor: Actor, mode: object, threshold: object = None, *, ctx: MatchingContext, now: datetime
+) -> list[MatchView]:
     """Discoverable patients matching the caller's profile: `exact` (same symptom set) or `ranked`
-    (similarity over all attributes at or above the threshold), best first. Matching is mutual:
-    only a discoverable profile sees others. Blocked pairs never match."""
+    (similarity over all attributes at or above the threshold, which is at least the node's
+    MATCH_THRESHOLD), best first. Rate-limited. Matching is mutual: only a discoverable profile
+    sees others. Blocked pairs never match."""
     user = _patient(actor)
+    rate_limit(user, "match", ctx.rates.match, f"You can look for matches {ctx.rates.match} times an hour.", now)
     if mode not in MODES:
         raise ValidationFailed("`mode` must be exact or ranked.")
     cut = _threshold(threshold, ctx.threshold)
@@ -470,7 +562,7 @@ def find_matches(actor: Actor, mode: object, threshold: object = None, *, ctx: M
     names = pseudonyms_of([owner for _, owner in kept], ctx.keys.pseudonym)
     connections = _connections_with(user, [owner.id for _, owner in kept])
     return [
-        MatchView(names[owner.id], round(float(c.score), 4), _shared(c.shared, ctx), connections.get(owner.id))
+        MatchView(names[owner.id], mode == "ranked", _shared(c.shared, ctx), connections.get(owner.id))
         for c, owner in kept
     ]
 
@@ -522,40 +614,69 @@ def peer_of(connection: Connection, user: User) -> int:
     return connection.addressee_id if connection.requester_id == user.id else connection.requester_id
 
 
+def _is_current_match(user: User, target: User, ctx: MatchingContext) -> bool:
+    """Are both profiles discoverable and matching (exact, or ranked at the node's threshold),
+    with neither patient blocking the other?"""
+    own, theirs = _row(user), _row(target)
+    if own is None or theirs is None or not own.discoverable or not theirs.discoverable:
+        return False
+    if blocked_between(user, target):
+        return False
+    mine = core_matching.TokenProfile.from_json(json.loads(own.tokens))
+    other = core_matching.TokenProfile.from_json(json.loads(theirs.tokens))
+    return ctx.index.matches(mine, other, ctx.threshold)
+
+
+def _existing_conflict(user: User, target: User) -> Conflict | None:
+    existing = db.session.scalar(select(Connection).where(_pair(user, target)))
+    if existing is None:
+        return None
+    return Conflict(
+        {
+            "pending": "A connection request between you is already pending.",
+            "accepted": "You are already connected.",
+            "declined": "This connection request was declined.",
+        }[existing.state]
+    )
+
+
 def connect(actor: Actor, pseudonym: str, *, ctx: MatchingContext, now: datetime) -> Connection:
-    """Ask a discoverable patient to connect. Rate-limited per patient and hour; refused between
-    blocked patients and when a request between the two already exists."""
+    """Ask a current match to connect. The rate limit (per patient and hour, every attempt counts)
+    comes first; then anyone who is not a current match (unknown, withdrawn, no longer similar,
+    blocked either way) gets the same NotFound. One connection per pair, ever."""
     user = _patient(actor)
-    target = patient_by_pseudonym(pseudonym)
-    if target.id == user.id:
-        raise ValidationFailed("You cannot connect to yourself.")
+    rate_limit(
+        user,
+        "connect",
+        ctx.rates.connect,
+        f"You can send {ctx.rates.connect} connection requests an hour; try again later.",
+        now,
+    )
     own = _row(user)
     if own is None or not own.discoverable:
         raise Conflict("Matching is mutual: make your profile discoverable to connect.")
-    if db.session.scalar(select(Block.id).where(Block.blocker_id == user.id, Block.blocked_id == target.id)):
-        raise Conflict("You have blocked this patient; unblock them first.")
-    theirs = _row(target)
-    # Someone who blocked the caller, or withdrew, looks exactly like an unknown pseudonym.
-    if theirs is None or not theirs.discoverable or blocked_between(user, target):
-        raise NotFound("No patient has this pseudonym.")
-    since = now - timedelta(hours=1)
-    sent = db.session.scalar(
-        select(func.count(Connection.id)).where(Connection.requester_id == user.id, Connection.created_at > since)
+    target = patient_by_pseudonym(pseudonym, NO_MATCH)
+    if target.id == user.id:
+        raise ValidationFailed("You cannot connect to yourself.")
+    if not _is_current_match(user, target, ctx):
+        raise NotFound(NO_MATCH)
+    conflict = _existing_conflict(user, target)
+    if conflict is not None:
+        raise conflict
+    connection = Connection(
+        requester_id=user.id,
+        addressee_id=target.id,
+        low_user_id=min(user.id, target.id),
+        high_user_id=max(user.id, target.id),
+        state="pending",
+        created_at=now,
     )
-    if (sent or 0) >= ctx.connect_rate_per_hour:
-        raise RateLimited(f"You can send {ctx.connect_rate_per_hour} connection requests an hour; try again later.")
-    existing = db.session.scalar(select(Connection).where(_pair(user, target)).order_by(Connection.id.desc()))
-    if existing is not None:
-        raise Conflict(
-            {
-                "pending": "A connection request between you is already pending.",
-                "accepted": "You are already connected.",
-                "declined": "This connection request was declined.",
-            }[existing.state]
-        )
-    connection = Connection(requester_id=user.id, addressee_id=target.id, state="pending", created_at=now)
     db.session.add(connection)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:  # the other patient asked at the same moment
+        db.session.rollback()
+        raise _existing_conflict(user, target) or Conflict("Try again.") from None
     return connection
 
 
@@ -589,11 +710,8 @@ def decide(actor: Actor, connection_id: object, accept: bool, *, now: datetime) 
 
 
 def get_connection(connection_id: object) -> Connection | None:
-    """A connection by id (an int or its decimal string), or None."""
-    if isinstance(connection_id, bool):
+    """A connection by id (an int or its decimal string, 1..2^63-1), or None."""
+    parsed = parse_id(connection_id)
+    if parsed is None:
         return None
-    if isinstance(connection_id, str) and connection_id.isdigit() and len(connection_id) <= 18:
-        connection_id = int(connection_id)
-    if not isinstance(connection_id, int) or connection_id <= 0:
-        return None
-    return db.session.get(Connection, connection_id)
+    return db.session.scalar(select(Connection).where(Connection.id == id_value(parsed)))

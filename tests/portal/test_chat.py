@@ -3,6 +3,8 @@ membership, store-then-relay, delivery until acknowledged, history, limits, refu
 
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,12 +13,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_socketio import SocketIOTestClient
+from sqlalchemy import update
 
-from core.encoding import b64e
+from core.encoding import b64d, b64e
 from core.ledger import decode_transaction
+from portal import runtime
+from portal.chat import events
 from portal.extensions import db, socketio
-from portal.models import ChatMessage, LedgerTransaction
-from portal.services import ledger
+from portal.models import AuthSession, ChatKey, ChatMessage, LedgerTransaction, utcnow
+from portal.services import accounts, chat, ledger
 from tests.conftest import Person, make_person, produce
 from tests.portal.test_matching import HEADACHE, error, pseudonym, put_profile
 from tests.portal.test_pages import log_in
@@ -60,14 +65,14 @@ def call(client: SocketIOTestClient, event: str, *args: Any) -> Any:
     return client.emit(event, *args, namespace=NS, callback=True)
 
 
+def payload(item: dict[str, Any]) -> Any:
+    args = item["args"]
+    return args[0] if isinstance(args, list) else args
+
+
 def received(client: SocketIOTestClient, *names: str) -> list[dict[str, Any]]:
     """Payloads of the received events named `names`, in order."""
-    out = []
-    for item in client.get_received(NS):
-        if item["name"] in names:
-            args = item["args"]
-            out.append(args[0] if isinstance(args, list) else args)
-    return out
+    return [payload(item) for item in client.get_received(NS) if item["name"] in names]
 
 
 def envelope(n: int) -> dict[str, Any]:
@@ -89,7 +94,17 @@ def test_chat_key_goes_to_the_ledger_and_peers_see_changes(
     row = db.session.get(LedgerTransaction, registered["tx"])
     assert row is not None and row.kind == "chat_key"
     tx = decode_transaction(row.encoded)
-    assert tx.payload == {"account": patient.id, "key": first_key, "fingerprint": registered["fingerprint"]}
+    salt = b64d(registered["salt"])
+    assert len(salt) == 16
+    assert tx.payload == {
+        "subject": hashlib.sha256(salt + pseudonym(patient).encode()).hexdigest(),
+        "salt": registered["salt"],
+        "key": first_key,
+        "fingerprint": registered["fingerprint"],
+    }
+    assert registered["subject"] == tx.payload["subject"]
+    assert tx.signer == runtime.node_key().key_id  # signed by this node: no account key links it
+    assert patient.id.encode() not in row.encoded and pseudonym(patient).encode() not in row.encoded
     height = produce(app)
     assert height is not None
     assert ledger.verify_chain().valid
@@ -99,18 +114,22 @@ def test_chat_key_goes_to_the_ledger_and_peers_see_changes(
 
     seen = client.get(f"/api/v1/chat/keys/{pseudonym(patient)}", headers=other_patient.headers).json["key"]
     assert (seen["key"], seen["tx"], seen["height"], seen["previous"]) == (first_key, registered["tx"], height, [])
+    assert (seen["salt"], seen["subject"]) == (registered["salt"], registered["subject"])
     second_key = p256()
     client.put("/api/v1/chat/key", json={"key": second_key}, headers=patient.headers)
     seen = client.get(f"/api/v1/chat/keys/{pseudonym(patient)}", headers=other_patient.headers).json["key"]
     assert seen["key"] == second_key and seen["height"] is None
     assert [(k["key"], k["tx"]) for k in seen["previous"]] == [(first_key, registered["tx"])]
     assert seen["previous"][0]["superseded_at"] is not None
+    assert seen["salt"] != registered["salt"]  # a fresh salt: the two registrations do not link on the ledger
+    produce(app)
+    assert ledger.verify_chain().valid
 
 
 def test_invalid_chat_key_lookups(client: FlaskClient, patient: Person, other_patient: Person, carol: Person) -> None:
     pending = connect(client, patient, other_patient, accept=False)
     client.put("/api/v1/chat/key", json={"key": p256()}, headers=patient.headers)
-    refused = (403, "forbidden", "You can see the chat key of a patient you are connected with only.")
+    refused = (404, "not_found", "No chat key for this pseudonym.")
     assert error(client.get(f"/api/v1/chat/keys/{pseudonym(patient)}", headers=other_patient.headers)) == refused
     put_profile(client, carol, [HEADACHE])
     assert error(client.get(f"/api/v1/chat/keys/{pseudonym(patient)}", headers=carol.headers)) == refused
@@ -118,7 +137,7 @@ def test_invalid_chat_key_lookups(client: FlaskClient, patient: Person, other_pa
     answer = client.get(f"/api/v1/chat/keys/{pseudonym(other_patient)}", headers=patient.headers)
     assert error(answer) == (404, "not_found", "This patient has not registered a chat key yet.")
     answer = client.get("/api/v1/chat/keys/nobody-here-0000", headers=patient.headers)
-    assert error(answer) == (404, "not_found", "No patient has this pseudonym.")
+    assert error(answer) == refused
     client.post("/api/v1/blocks", json={"pseudonym": pseudonym(patient)}, headers=other_patient.headers)
     assert error(client.get(f"/api/v1/chat/keys/{pseudonym(patient)}", headers=other_patient.headers)) == refused
 
@@ -159,13 +178,30 @@ def test_invalid_socket_connect_as_doctor(app: Flask, client: FlaskClient, docto
     assert not socketio.test_client(app, namespace=NS, flask_test_client=client).is_connected(NS)
 
 
-def test_session_ended_mid_connection(app: Flask, client: FlaskClient, patient: Person, conversation: str) -> None:
+def test_sign_out_disconnects_that_sessions_sockets(
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person, conversation: str
+) -> None:
+    alice, bob = sio(app, patient), sio(app, other_patient)
+    second_token = client.post("/api/v1/auth/token", json={"username": "alice", "password": patient.password}).json
+    alice_phone = socketio.test_client(app, namespace=NS, auth={"token": second_token["token"]})
+    assert call(alice, "join", {"conversation": conversation})["ok"] is True
+    assert client.delete("/api/v1/auth/token", headers=patient.headers).status_code == 204
+    assert not alice.is_connected(NS)  # at once, not at its next event
+    assert alice_phone.is_connected(NS) and bob.is_connected(NS)  # other sessions stay
+    alice_phone.get_received(NS)
+    call(bob, "send", {"conversation": conversation, "envelope": envelope(1)})
+    assert [m["envelope"] for m in received(alice_phone, "message")] == [envelope(1)]
+
+
+def test_session_expired_mid_connection(app: Flask, patient: Person, conversation: str) -> None:
     alice = sio(app, patient)
     assert call(alice, "join", {"conversation": conversation})["ok"] is True
-    client.delete("/api/v1/auth/token", headers=patient.headers)
+    db.session.execute(update(AuthSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
     answer = call(alice, "send", {"conversation": conversation, "envelope": envelope(0)})
     assert answer == {"error": {"code": "unauthorized", "message": "Your session has ended; sign in again."}}
     assert not alice.is_connected(NS)
+    assert db.session.query(ChatMessage).count() == 0
 
 
 # -- membership -----------------------------------------------------------------------------
@@ -177,6 +213,7 @@ def test_join_answers_peer_and_role(app: Flask, patient: Person, other_patient: 
         "conversation": conversation,
         "peer": pseudonym(other_patient),
         "role": "initiator",
+        "more": False,
     }
     assert call(sio(app, other_patient), "join", {"conversation": int(conversation)})["role"] == "responder"
 
@@ -246,7 +283,7 @@ def test_relay_live_and_deliver_offline_items_once_in_order(
 
     assert call(bob, "ack", {"conversation": conversation, "up_to": ids[1]}) == {"ok": True}
     assert received(bob, "unread") == [{"conversation": conversation, "count": 1}]
-    assert call(bob, "sync", {}) == {"ok": True, "count": 1}
+    assert call(bob, "sync", {}) == {"ok": True, "count": 1, "more": False}
     assert [m["id"] for m in received(bob, "message")] == [ids[2]]
     call(bob, "ack", {"conversation": conversation, "up_to": ids[2]})
     bob.disconnect(NS)
@@ -296,6 +333,7 @@ NOT_MESSAGE = "`message` must be a non-empty JSON object."
 BAD = "validation_failed"
 BIG_ENVELOPE = "The envelope is larger than 65536 bytes."
 BIG_MESSAGE = "The message is larger than 4096 bytes."
+BAD_CID = "`cid` must be 1-64 characters: letters, digits, _ or -."
 
 
 @pytest.mark.parametrize(
@@ -313,6 +351,22 @@ BIG_MESSAGE = "The message is larger than 4096 bytes."
         ("history", {"conversation": "C", "limit": 0}, "validation_failed", "`limit` must be 1-100."),
         ("history", {"conversation": "C", "limit": 101}, "validation_failed", "`limit` must be 1-100."),
         ("history", {"conversation": "C", "before": "x"}, BAD, "`before` must be a message id or null."),
+        ("history", {"conversation": "C", "before": 2**63}, BAD, "`before` must be a message id or null."),
+        ("history", {"conversation": "C", "after": 0}, BAD, "`after` must be a message id or null."),
+        ("history", {"conversation": "C", "after": 2**70}, BAD, "`after` must be a message id or null."),
+        ("history", {"conversation": "C", "after": 1, "before": 5}, BAD, "Send `before` or `after`, not both."),
+        ("ack", {"conversation": "C", "up_to": 2**63}, BAD, "`up_to` must be a message id."),
+        ("ack", {"conversation": "C", "up_to": 0}, BAD, "`up_to` must be a message id."),
+        ("join", {"conversation": 2**64}, "forbidden", NOT_MEMBER),
+        ("join", {"conversation": 2**63 - 1}, "forbidden", NOT_MEMBER),
+        ("join", {"conversation": "99999999999999999999"}, "forbidden", NOT_MEMBER),
+        ("join", {"conversation": "²"}, "forbidden", NOT_MEMBER),
+        ("send", {"conversation": 2**64, "envelope": {"ct": "x"}}, "forbidden", NOT_MEMBER),
+        ("send", {"conversation": "C", "envelope": {"ct": "x"}, "cid": "a b"}, BAD, BAD_CID),
+        ("send", {"conversation": "C", "envelope": {"ct": "x"}, "cid": "x" * 65}, BAD, BAD_CID),
+        ("send", {"conversation": "C", "envelope": {"ct": "x"}, "cid": 7}, BAD, BAD_CID),
+        ("send", {"conversation": "C", "envelope": {"ct": "x"}, "cid": "abc\n"}, BAD, BAD_CID),
+        ("join", {"conversation": "1\n"}, "forbidden", NOT_MEMBER),
         ("join", {"conversation": True}, "forbidden", NOT_MEMBER),
         ("join", {"conversation": "1; DROP TABLE"}, "forbidden", NOT_MEMBER),
         ("join", ["C"], "validation_failed", "`join` takes one JSON object."),
@@ -343,3 +397,164 @@ def test_connection_events_reach_the_other_patient(
     (answered,) = received(alice, "connection")
     assert (answered["connection"]["direction"], answered["connection"]["state"]) == ("out", "accepted")
     assert call(alice, "join", {"conversation": request["connection"]["id"]})["ok"] is True
+
+
+# -- round 2: delivery order, idempotent sends, backlog limits, races -----------------------
+
+
+def _two_conversations(client: FlaskClient, bob: Person, alice: Person, carol: Person) -> tuple[str, str]:
+    """Alice-Bob (asked first, lower id) and Carol-Bob, both accepted."""
+    first = connect(client, alice, bob)
+    put_profile(client, carol, [HEADACHE])
+    answer = client.post(f"/api/v1/matches/{pseudonym(bob)}/connect", headers=carol.headers)
+    second = answer.json["connection"]["id"]
+    assert client.post(f"/api/v1/connections/{second}/accept", headers=bob.headers).status_code == 200
+    return first, second
+
+
+def test_backlog_is_sent_before_the_live_room_is_joined(
+    app: Flask, patient: Person, other_patient: Person, conversation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = sio(app, patient)
+    ids = [call(alice, "send", {"conversation": conversation, "envelope": envelope(n)})["id"] for n in range(3)]
+    log: list[tuple[str, Any]] = []
+    real_join, real_emit = events.join_room, events.emit
+    monkeypatch.setattr(events, "join_room", lambda room: (log.append(("join", room)), real_join(room))[1])
+    monkeypatch.setattr(
+        events, "emit", lambda name, data, **kw: (log.append((name, data.get("id"))), real_emit(name, data, **kw))[1]
+    )
+    sio(app, other_patient)
+    room = events.conversation_room(int(conversation), accounts.get_user(other_patient.id).id)
+    assert [entry for entry in log if entry[0] == "message" or entry == ("join", room)] == [
+        ("message", ids[0]),
+        ("message", ids[1]),
+        ("message", ids[2]),
+        ("join", room),
+    ]
+
+
+def test_join_uses_the_conversations_own_cursor(
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person, carol: Person
+) -> None:
+    """An item of a conversation opened later is sent even when its id is below what other
+    conversations already sent on this connection."""
+    with_alice, with_carol = _two_conversations(client, other_patient, patient, carol)
+    early = call(sio(app, carol), "send", {"conversation": with_carol, "envelope": envelope(1)})["id"]
+    client.post("/api/v1/blocks", json={"pseudonym": pseudonym(carol)}, headers=other_patient.headers)
+    later = call(sio(app, patient), "send", {"conversation": with_alice, "envelope": envelope(2)})["id"]
+    assert early < later
+    bob = sio(app, other_patient)
+    assert [m["id"] for m in received(bob, "message")] == [later]  # the blocked conversation is closed
+    assert client.delete(f"/api/v1/blocks/{pseudonym(carol)}", headers=other_patient.headers).status_code == 204
+    assert call(bob, "join", {"conversation": with_carol})["ok"] is True
+    assert [(m["id"], m["conversation"]) for m in received(bob, "message")] == [(early, with_carol)]
+
+
+def test_backlog_over_the_budget_says_more_and_sync_continues(
+    app: Flask,
+    client: FlaskClient,
+    patient: Person,
+    other_patient: Person,
+    carol: Person,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat, "MAX_BACKLOG", 2)
+    app.config["CHAT_MAX_UNDELIVERED"] = 2  # a round sends at most 2 items
+    with_alice, with_carol = _two_conversations(client, other_patient, patient, carol)
+    from_alice = [call(sio(app, patient), "send", {"conversation": with_alice, "envelope": envelope(n)})["id"]
+                  for n in range(2)]  # fmt: skip
+    carol_client = sio(app, carol)
+    from_carol = [call(carol_client, "send", {"conversation": with_carol, "envelope": envelope(n)})["id"]
+                  for n in range(2)]  # fmt: skip
+    bob = sio(app, other_patient)
+    got = bob.get_received(NS)
+    assert [payload(e)["id"] for e in got if e["name"] == "message"] == from_alice
+    assert [payload(e) for e in got if e["name"] == "backlog"] == [{"more": True}]
+    call(bob, "ack", {"conversation": with_alice, "up_to": from_alice[-1]})
+    assert call(bob, "sync", {}) == {"ok": True, "count": 2, "more": False}
+    assert [m["id"] for m in received(bob, "message")] == from_carol
+    call(bob, "ack", {"conversation": with_carol, "up_to": from_carol[-1]})
+    live = call(carol_client, "send", {"conversation": with_carol, "envelope": envelope(9)})["id"]
+    assert [m["id"] for m in received(bob, "message")] == [live]  # sync joined the live room
+
+
+def test_history_pages_forwards_after_an_id(
+    app: Flask, patient: Person, other_patient: Person, conversation: str
+) -> None:
+    alice = sio(app, patient)
+    ids = [call(alice, "send", {"conversation": conversation, "envelope": envelope(n)})["id"] for n in range(5)]
+    bob = sio(app, other_patient)
+    page = call(bob, "history", {"conversation": conversation, "after": ids[1], "limit": 2})
+    assert [m["id"] for m in page["messages"]] == ids[2:4] and page["more"] is True
+    page = call(bob, "history", {"conversation": conversation, "after": ids[3], "limit": 2})
+    assert [m["id"] for m in page["messages"]] == ids[4:] and page["more"] is False
+
+
+def test_send_with_the_same_cid_is_stored_once(
+    app: Flask, patient: Person, other_patient: Person, conversation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = sio(app, patient), sio(app, other_patient)
+    bob.get_received(NS)
+    first = call(alice, "send", {"conversation": conversation, "envelope": envelope(1), "cid": "out-1_a"})
+    assert first["ok"] is True and first["duplicate"] is False
+    again = call(alice, "send", {"conversation": conversation, "envelope": envelope(1), "cid": "out-1_a"})
+    assert again == {"ok": True, "id": first["id"], "sent_at": first["sent_at"], "duplicate": True}
+    # Two sends of one cid at the same moment: the database keeps one, both get its id.
+    real = chat._same_cid
+    seen: list[int] = []
+    monkeypatch.setattr(chat, "_same_cid", lambda *a: (seen.append(1), None if len(seen) == 1 else real(*a))[1])
+    raced = call(alice, "send", {"conversation": conversation, "envelope": envelope(1), "cid": "out-1_a"})
+    assert raced == again
+    assert [m["id"] for m in received(bob, "message")] == [first["id"]]
+    assert db.session.query(ChatMessage).count() == 1
+    other = call(alice, "send", {"conversation": conversation, "envelope": envelope(2), "cid": "out-2"})
+    assert other["duplicate"] is False and other["id"] > first["id"]
+
+
+def test_invalid_send_when_the_peer_has_too_many_unread(
+    app: Flask, patient: Person, other_patient: Person, conversation: str
+) -> None:
+    app.config["CHAT_MAX_UNDELIVERED"] = 2
+    alice = sio(app, patient)
+    ids = [call(alice, "send", {"conversation": conversation, "envelope": envelope(n)})["id"] for n in range(2)]
+    assert call(alice, "send", {"conversation": conversation, "envelope": envelope(3)}) == {
+        "error": {
+            "code": "too_many_unread",
+            "message": "The other patient has too many unread messages; try again once they have read some.",
+        }
+    }
+    assert db.session.query(ChatMessage).count() == 2
+    call(sio(app, other_patient), "ack", {"conversation": conversation, "up_to": ids[0]})
+    assert call(alice, "send", {"conversation": conversation, "envelope": envelope(3)})["ok"] is True
+
+
+def test_chat_key_registration_race(client: FlaskClient, patient: Person, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = p256()
+    first = client.put("/api/v1/chat/key", json={"key": key}, headers=patient.headers).json["key"]
+    real = chat.current_key
+    calls: list[int] = []
+
+    def not_committed_yet(user: Any) -> Any:  # the first look misses the other request's key
+        calls.append(1)
+        return None if len(calls) % 2 == 1 else real(user)
+
+    monkeypatch.setattr(chat, "current_key", not_committed_yet)
+    same = client.put("/api/v1/chat/key", json={"key": key}, headers=patient.headers)
+    assert same.status_code == 200 and same.json["key"]["tx"] == first["tx"]
+    other = client.put("/api/v1/chat/key", json={"key": p256()}, headers=patient.headers)
+    assert error(other) == (409, "conflict", "Your chat key changed at the same time; try again.")
+    monkeypatch.undo()
+    assert db.session.query(ChatKey).filter(ChatKey.superseded_at.is_(None)).count() == 1
+    assert client.get("/api/v1/chat/key", headers=patient.headers).json["key"]["tx"] == first["tx"]
+
+
+def test_largest_ids_are_accepted(app: Flask, patient: Person, other_patient: Person, conversation: str) -> None:
+    """2^63-1 is a valid id on every database, even where the id column is a 32-bit INTEGER."""
+    sent = call(sio(app, patient), "send", {"conversation": conversation, "envelope": envelope(1)})["id"]
+    bob = sio(app, other_patient)
+    top = 2**63 - 1
+    assert call(bob, "history", {"conversation": conversation, "after": top})["messages"] == []
+    page = call(bob, "history", {"conversation": conversation, "before": top})
+    assert [m["id"] for m in page["messages"]] == [sent]
+    assert call(bob, "ack", {"conversation": conversation, "up_to": top}) == {"ok": True}
+    assert db.session.get(ChatMessage, sent).delivered_at is not None

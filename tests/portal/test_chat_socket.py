@@ -212,7 +212,8 @@ class ChatClient:
                 found.append(data)
 
     def close(self) -> None:
-        self.sio.disconnect()
+        if self.sio.connected:
+            self.sio.disconnect()
 
 
 def envelope(n: int) -> dict[str, Any]:
@@ -230,7 +231,7 @@ def test_two_clients_over_a_real_server(server: Node, tmp: Path) -> None:
     a, b = ChatClient(url, alice.token), ChatClient(url, bob.token)
     try:
         assert a.call("join", {"conversation": conversation}) == {
-            "ok": True, "conversation": conversation, "peer": bob_name, "role": "initiator",
+            "ok": True, "conversation": conversation, "peer": bob_name, "role": "initiator", "more": False,
         }  # fmt: skip
         assert b.call("join", {"conversation": conversation})["role"] == "responder"
 
@@ -255,7 +256,7 @@ def test_two_clients_over_a_real_server(server: Node, tmp: Path) -> None:
         b.close()
         b = ChatClient(url, bob.token)
         assert b.drain("message", "handshake") == []  # acknowledged items never come again
-        assert b.call("sync", {}) == {"ok": True, "count": 0}
+        assert b.call("sync", {}) == {"ok": True, "count": 0, "more": False}
 
         page = b.call("history", {"conversation": conversation, "limit": 4})
         assert [m["id"] for m in page["messages"]] == ids[-1:] + offline and page["more"] is True
@@ -313,6 +314,14 @@ def test_redis_message_queue_relays_between_server_processes(tmp: Path) -> None:
         assert b.next("unread") == {"conversation": conversation, "count": 1}
         reply = b.call("send", {"conversation": conversation, "envelope": envelope(2)})
         assert a.next("message")["id"] == reply["id"]
+
+        # Signing out through the first server closes bob's socket held by the second one.
+        assert requests.delete(f"{first.url}/api/v1/auth/token", headers=bob.headers, timeout=30).status_code == 204
+        deadline = time.monotonic() + 10
+        while b.sio.connected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not b.sio.connected
+        assert a.sio.connected
     finally:
         for client in (a, b):
             if client is not None:

@@ -11,11 +11,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
 from core.clinical import load_vocabulary
 from portal import runtime
 from portal.extensions import db
-from portal.models import SymptomProfile, utcnow
+from portal.models import Connection, RateEvent, SymptomProfile, utcnow
 from portal.services import accounts, matching
 from portal.services.matching import ProfileIndex
 from tests.conftest import Person, make_person
@@ -105,28 +106,39 @@ def test_exact_mode_same_symptom_set_only(
     assert len(found) == 1
     match = found[0]
     assert PSEUDONYM_RE.match(match["pseudonym"])
-    assert match["score"] == 1.0
+    assert match["similar"] is False
     assert match["shared"] == [{"id": HEADACHE, "name": "Headache"}, {"id": NAUSEA, "name": "Nausea"}]
     assert match["connection"] is None
-    assert set(match) == {"pseudonym", "score", "shared", "connection"}  # nothing else about bob
-    assert [m["score"] for m in matches(client, carol, "exact")] == []
+    assert set(match) == {"pseudonym", "similar", "shared", "connection"}  # nothing else about bob, no score
+    assert matches(client, carol, "exact") == []
 
 
 def test_ranked_mode_orders_by_similarity_above_threshold(
-    client: FlaskClient, patient: Person, other_patient: Person, carol: Person
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person, carol: Person
 ) -> None:
+    app.config["MATCH_THRESHOLD"] = 0.0
     put_profile(client, patient, [HEADACHE, NAUSEA], age_band="30-44", sex="female")
     put_profile(client, other_patient, [HEADACHE, NAUSEA], age_band="30-44", sex="female")
     put_profile(client, carol, [CLUSTER_HEADACHE, FATIGUE], age_band="60-74", sex="male")
     everyone = matches(client, patient, "ranked", threshold="0")
-    assert len(everyone) == 2
+    assert [m["pseudonym"] for m in everyone] == [pseudonym(other_patient), pseudonym(carol)]  # best first
     best, other = everyone
-    assert best["score"] > other["score"] >= 0
-    assert best["score"] == pytest.approx(1.0)
+    assert all(set(m) == {"pseudonym", "similar", "shared", "connection"} and m["similar"] for m in everyone)
     assert best["shared"] == [{"id": HEADACHE, "name": "Headache"}, {"id": NAUSEA, "name": "Nausea"}]
     assert other["shared"] == []  # related symptoms (a kind of headache) score, but only same terms are shown
-    cut = (best["score"] + other["score"]) / 2
-    assert [m["pseudonym"] for m in matches(client, patient, "ranked", threshold=str(cut))] == [best["pseudonym"]]
+    assert [m["pseudonym"] for m in matches(client, patient, "ranked", threshold="0.99")] == [best["pseudonym"]]
+
+
+def test_invalid_threshold_below_the_node_floor_is_raised_to_it(
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person, carol: Person
+) -> None:
+    """A low threshold would list weak matches, whose presence tells about their attributes."""
+    app.config["MATCH_THRESHOLD"] = 0.99
+    put_profile(client, patient, [HEADACHE, NAUSEA], age_band="30-44", sex="female")
+    put_profile(client, other_patient, [HEADACHE, NAUSEA], age_band="30-44", sex="female")
+    put_profile(client, carol, [CLUSTER_HEADACHE, FATIGUE], age_band="60-74", sex="male")
+    found = matches(client, patient, "ranked", threshold="0")
+    assert [m["pseudonym"] for m in found] == [pseudonym(other_patient)]
 
 
 def test_matching_is_mutual(client: FlaskClient, patient: Person, other_patient: Person) -> None:
@@ -167,14 +179,14 @@ def test_another_workers_index_sees_changes_at_once(
         ctx = runtime.matching_context()
         other_worker = ProfileIndex(ctx.tokenizer)
         ctx.index = other_worker
-        assert len(matching.find_matches(actor, "exact", ctx=ctx)) == 1
+        assert len(matching.find_matches(actor, "exact", ctx=ctx, now=utcnow())) == 1
         assert len(other_worker) == 2
         # A withdrawal that this worker's index never heard of, in the same second as the last change.
         db.session.execute(
             update(SymptomProfile).where(SymptomProfile.user_id != actor.user.id).values(discoverable=False)
         )
         db.session.commit()
-        assert matching.find_matches(actor, "exact", ctx=ctx) == []
+        assert matching.find_matches(actor, "exact", ctx=ctx, now=utcnow()) == []
         assert len(other_worker) == 1
         db.session.execute(
             update(SymptomProfile)
@@ -182,7 +194,7 @@ def test_another_workers_index_sees_changes_at_once(
             .values(discoverable=True, updated_at=utcnow() - timedelta(seconds=1))
         )
         db.session.commit()
-        assert len(matching.find_matches(actor, "exact", ctx=ctx)) == 1
+        assert len(matching.find_matches(actor, "exact", ctx=ctx, now=utcnow())) == 1
 
 
 def test_pseudonyms_are_stable_and_name_no_one(client: FlaskClient, patient: Person, other_patient: Person) -> None:
@@ -261,9 +273,9 @@ def test_blocked_patients_never_match_connect_or_see_each_other(
     answer = client.post(f"/api/v1/connections/{pending['id']}/accept", headers=patient.headers)
     assert error(answer) == (409, "conflict", "This request was already declined.")  # blocking declined it
     answer = client.post(f"/api/v1/matches/{bob_name}/connect", headers=patient.headers)
-    assert error(answer) == (409, "conflict", "You have blocked this patient; unblock them first.")
+    assert error(answer) == (404, "not_found", "No such match.")
     answer = client.post(f"/api/v1/matches/{alice_name}/connect", headers=other_patient.headers)
-    assert error(answer) == (404, "not_found", "No patient has this pseudonym.")  # no hint of the block
+    assert error(answer) == (404, "not_found", "No such match.")  # no hint of the block
     assert client.get("/api/v1/blocks", headers=patient.headers).json["blocks"][0]["pseudonym"] == bob_name
     answer = client.post("/api/v1/blocks", json={"pseudonym": bob_name}, headers=patient.headers)
     assert error(answer) == (409, "conflict", "You have already blocked this patient.")
@@ -363,7 +375,7 @@ def test_invalid_connect_and_block_targets(client: FlaskClient, patient: Person,
     answer = client.post(f"/api/v1/matches/{alice_name}/connect", headers=patient.headers)
     assert error(answer) == (422, "validation_failed", "You cannot connect to yourself.")
     answer = client.post("/api/v1/matches/no-such-name-0000/connect", headers=patient.headers)
-    assert error(answer) == (404, "not_found", "No patient has this pseudonym.")
+    assert error(answer) == (404, "not_found", "No such match.")
     answer = client.post("/api/v1/blocks", json={"pseudonym": alice_name}, headers=patient.headers)
     assert error(answer) == (422, "validation_failed", "You cannot block yourself.")
     answer = client.post("/api/v1/blocks", json={"pseudonym": 7}, headers=patient.headers)
@@ -403,3 +415,156 @@ def test_no_symptom_in_clear_anywhere_in_the_database(
     for needle in needles:
         assert needle.encode() not in dump, needle
         assert needle.lower().encode() not in dump.lower(), needle
+
+
+# -- round 2: no probing, one connection per pair, races ----------------------------------
+
+
+def test_invalid_connect_to_someone_not_a_current_match(
+    client: FlaskClient, patient: Person, other_patient: Person, carol: Person
+) -> None:
+    """Unknown, not similar, withdrawn: one answer, so a pseudonym tells nothing more."""
+    put_profile(client, patient, [HEADACHE])
+    put_profile(client, other_patient, [HEADACHE])
+    put_profile(client, carol, [ASTHMA])
+    no_match = (404, "not_found", "No such match.")
+    for name in ("no-such-name-0000", pseudonym(carol)):
+        assert error(client.post(f"/api/v1/matches/{name}/connect", headers=patient.headers)) == no_match
+    put_profile(client, other_patient, [HEADACHE], discoverable=False)
+    answer = client.post(f"/api/v1/matches/{pseudonym(other_patient)}/connect", headers=patient.headers)
+    assert error(answer) == no_match
+
+
+def test_invalid_connect_rate_limit_comes_first(
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person
+) -> None:
+    """Every attempt counts, so guessing pseudonyms is as slow as asking."""
+    app.config["CONNECT_RATE_PER_HOUR"] = 1
+    put_profile(client, patient, [HEADACHE])
+    put_profile(client, other_patient, [HEADACHE])
+    answer = client.post("/api/v1/matches/no-such-name-0000/connect", headers=patient.headers)
+    assert error(answer)[0] == 404
+    answer = client.post(f"/api/v1/matches/{pseudonym(other_patient)}/connect", headers=patient.headers)
+    assert error(answer) == (429, "rate_limited", "You can send 1 connection requests an hour; try again later.")
+
+
+@pytest.mark.parametrize(
+    ("setting", "method", "path", "body", "message"),
+    [
+        ("PROFILE_RATE_PER_HOUR", "put", "/api/v1/profile", {}, "You can save your profile 2 times an hour."),
+        ("MATCH_RATE_PER_HOUR", "get", "/api/v1/matches", None, "You can look for matches 2 times an hour."),
+        ("BLOCK_RATE_PER_HOUR", "post", "/api/v1/blocks", {"pseudonym": "x"}, "You can block 2 patients an hour."),
+        ("CHAT_KEY_RATE_PER_HOUR", "put", "/api/v1/chat/key", {"key": "x"}, "You can register 2 chat keys an hour."),
+    ],
+)  # fmt: skip
+def test_invalid_too_many_requests(
+    app: Flask,
+    client: FlaskClient,
+    patient: Person,
+    setting: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    message: str,
+) -> None:
+    if setting != "PROFILE_RATE_PER_HOUR":
+        put_profile(client, patient, [HEADACHE])
+    app.config[setting] = 2
+    for _ in range(2):  # failed attempts count as well
+        assert getattr(client, method)(path, json=body, headers=patient.headers).status_code != 429
+    answer = getattr(client, method)(path, json=body, headers=patient.headers)
+    assert error(answer) == (429, "rate_limited", message)
+
+
+def test_rate_limit_window_is_an_hour(app: Flask, client: FlaskClient, patient: Person) -> None:
+    app.config["MATCH_RATE_PER_HOUR"] = 1
+    put_profile(client, patient, [HEADACHE])
+    assert matches(client, patient) == []
+    assert client.get("/api/v1/matches", headers=patient.headers).status_code == 429
+    db.session.execute(update(RateEvent).values(at=utcnow() - timedelta(hours=1, seconds=1)))
+    db.session.commit()
+    assert matches(client, patient) == []
+
+
+def test_invalid_block_of_a_stranger(
+    client: FlaskClient, patient: Person, other_patient: Person, carol: Person
+) -> None:
+    """Only someone met through matching or a request can be blocked: others look unknown."""
+    put_profile(client, patient, [HEADACHE])
+    put_profile(client, carol, [ASTHMA])
+    for name in (pseudonym(carol), "no-such-name-0000"):
+        answer = client.post("/api/v1/blocks", json={"pseudonym": name}, headers=patient.headers)
+        assert error(answer) == (404, "not_found", "No patient has this pseudonym.")
+    answer = client.delete(f"/api/v1/blocks/{pseudonym(carol)}", headers=patient.headers)
+    assert error(answer) == (404, "not_found", "You have not blocked this patient.")
+    answer = client.delete("/api/v1/blocks/no-such-name-0000", headers=patient.headers)
+    assert error(answer) == (404, "not_found", "You have not blocked this patient.")
+    put_profile(client, other_patient, [HEADACHE])
+    answer = client.post("/api/v1/blocks", json={"pseudonym": pseudonym(other_patient)}, headers=patient.headers)
+    assert answer.status_code == 201
+
+
+def test_invalid_second_connection_for_a_pair(
+    client: FlaskClient, patient: Person, other_patient: Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ask at the same moment: the database keeps one connection, the second gets 409."""
+    put_profile(client, patient, [HEADACHE])
+    put_profile(client, other_patient, [HEADACHE])
+    first = client.post(f"/api/v1/matches/{pseudonym(other_patient)}/connect", headers=patient.headers)
+    assert first.status_code == 201
+    real = matching._existing_conflict
+    calls: list[int] = []
+
+    def missed_it(user: Any, target: Any) -> Any:  # the check ran before the other insert committed
+        calls.append(1)
+        return None if len(calls) == 1 else real(user, target)
+
+    monkeypatch.setattr(matching, "_existing_conflict", missed_it)
+    answer = client.post(f"/api/v1/matches/{pseudonym(patient)}/connect", headers=other_patient.headers)
+    assert error(answer) == (409, "conflict", "A connection request between you is already pending.")
+    assert db.session.query(Connection).count() == 1
+    with pytest.raises(IntegrityError):
+        db.session.add(Connection(requester_id=1, addressee_id=2, low_user_id=1, high_user_id=2, state="pending"))
+        db.session.add(Connection(requester_id=2, addressee_id=1, low_user_id=1, high_user_id=2, state="pending"))
+        db.session.commit()
+    db.session.rollback()
+
+
+def test_profile_and_block_races_answer_cleanly(
+    client: FlaskClient, patient: Person, other_patient: Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_profile(client, patient, [HEADACHE])
+    put_profile(client, other_patient, [HEADACHE])
+    real_row = matching._row
+    rows: list[int] = []
+
+    def row_not_yet_seen(user: Any) -> Any:  # another request created the row just after this one looked
+        rows.append(1)
+        return None if len(rows) == 1 else real_row(user)
+
+    monkeypatch.setattr(matching, "_row", row_not_yet_seen)
+    saved = put_profile(client, patient, [HEADACHE], age_band="18-29")
+    assert saved["age_band"] == "18-29" and len(rows) == 2  # the second attempt updated the row
+    assert db.session.query(SymptomProfile).count() == 2
+    monkeypatch.setattr(matching, "_row", real_row)
+
+    name = pseudonym(other_patient)
+    assert client.post("/api/v1/blocks", json={"pseudonym": name}, headers=patient.headers).status_code == 201
+    # A second block sent at the same moment: both passed the checks before either was stored.
+    monkeypatch.setattr(matching, "_has_blocked", lambda user, target: False)
+    monkeypatch.setattr(matching, "_known_to", lambda user, target, ctx: True)
+    answer = client.post("/api/v1/blocks", json={"pseudonym": name}, headers=patient.headers)
+    assert error(answer) == (409, "conflict", "You have already blocked this patient.")
+
+
+@pytest.mark.parametrize(
+    "bad", ["99999999999999999999", "9223372036854775808", "9223372036854775807", "2147483648", "²", "0", "-1"]
+)
+def test_invalid_connection_ids(client: FlaskClient, patient: Person, bad: str) -> None:
+    answer = client.post(f"/api/v1/connections/{bad}/accept", headers=patient.headers)
+    assert error(answer) == (404, "not_found", "No such connection request for you.")
+
+
+def test_invalid_limit_not_ascii_digits(client: FlaskClient, patient: Person) -> None:
+    answer = client.get("/api/v1/symptoms?q=head&limit=²", headers=patient.headers)
+    assert error(answer) == (422, "validation_failed", "`limit` must be a whole number from 1 to 50.")
