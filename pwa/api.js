@@ -200,6 +200,12 @@ export async function getChatKey(pseudonym, { signal } = {}) {
   return (await readJson(response)).key;
 }
 
+// One block of the public ledger, with its transactions (docs/api.md).
+export async function getBlock(height, { signal } = {}) {
+  const response = await send('GET', `/chain/blocks/${encodeURIComponent(height)}`, { signal });
+  return readJson(response);
+}
+
 async function send(method, path, options = {}) {
   const { body, signal, accept = 'application/json', reportUnauthorized = true } = options;
   const token = 'token' in options ? options.token : hooks.getToken();

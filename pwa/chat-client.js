@@ -10,17 +10,26 @@
 // starts one when they have no session. The other patient starts one only when
 // they lost a session they had (they logged out, see chat-store.js); the other
 // side answers it. When both start at once, the hello of the patient who asked
-// to connect wins. Every handshake checks the peer's identity key against the
-// key on the ledger.
+// to connect wins. Every handshake runs against the peer's key as found on the
+// public ledger (checked here, not taken from the node's word).
 //
-// What arrives is handled in order, one item at a time per conversation, and
-// acknowledged once handled, also when it could not be read: a bad item is
-// reported once instead of coming back for ever.
+// Receiving: what arrives is buffered per conversation by server id and handled
+// strictly in id order, one item at a time. The node is told (ack) only up to the
+// highest id handled without a hole. A message ahead of its counter (out_of_order)
+// is never acknowledged: the missing items are fetched ("history" after the
+// cursor); when they cannot be found, the session is given up, a fresh handshake
+// starts and the patient is told that some messages could not be read. An item
+// that can never be read (tampered, replayed) is reported once and skipped.
+//
+// Sending: a message is sealed and put in the outbox together with the advanced
+// session (one IndexedDB transaction) before the first attempt, and every attempt
+// carries the outbox item's "cid", which the node dedupes on: a send whose answer
+// was lost is simply sent again.
 
-import { getChatKey, registerChatKey } from './api.js';
+import { getBlock, getChatKey, registerChatKey } from './api.js';
 import {
-  ChatError, ERROR_TEXT, generateIdentity, keyChange, onConfirm, onReply, openText, publicKeyB64, sealMessage,
-  startInitiator, startResponder,
+  ChatError, ERROR_TEXT, b64d, b64e, fingerprint, generateIdentity, keyChange, onConfirm, onReply, openText,
+  publicKeyB64, sealMessage, startInitiator, startResponder,
 } from './chat-crypto.js';
 import * as store from './chat-store.js';
 import { currentToken, currentUser } from './session.js';
@@ -31,39 +40,64 @@ import {
 export const PHASES = {
   starting: 'starting',
   verifying: 'verifying',
+  ledger: 'ledger',
   handshaking: 'handshaking',
   ready: 'ready',
   failed: 'failed',
   elsewhere: 'elsewhere',
+  unsupported: 'unsupported',
 };
 export const MAX_MESSAGE_CHARS = 4000;
 const ROLE_INITIATOR = 'initiator';
 const ID_DIGITS = 15;
 const NOT_FOUND = 404;
 const NO_KEY_RETRY_MS = 5_000;
+const OUTBOX_RETRY_MS = 5_000;
+const LEDGER_POLL_MS = 2_000;
 const HISTORY_LIMIT = 50;
+const MAX_GAP_PAGES = 20;
+const CID_BYTES = 16;
+const CHAT_KEY_KIND = 'chat_key';
+// After a reset, the peer may still send a few messages under the session being
+// replaced (until our handshake reaches them): those are skipped quietly. More than
+// this many unreadable ones in a row mean the new session is broken too.
+const QUIET_SKIPS = 10;
 const LOCK_PREFIX = 'medledger-chat-';
-// Kept messages not sent yet sort after every sent one (ids are digits), in the order written.
+// Messages not sent yet sort after every sent one (ids are digits), in the order written.
 const PENDING_MARK = '~';
-const QUEUED_MARK = 'q';
 const KEY_ERRORS = new Set(['identity_mismatch', 'bad_signature']);
+const HANDLED = 'handled';
+const STUCK = 'stuck';
+const LATER = 'later';
+const DRAIN_RETRY_MS = 5_000;
+const BACKLOG_ROUNDS = 50; // sync rounds after one connect; each round is bounded by the node
+const BACKLOG_PAUSE_MS = 1_000;
+// Refusals worth sending again as they are; any other one would be refused again.
+const PASSING_SEND_ERRORS = new Set(['timeout', 'offline', 'rate_limited', 'internal', 'not_connected']);
 const PROBLEMS = {
   identity: 'This device could not make or register your chat key.',
   noKey: 'Your contact has not opened the chat on their phone yet, so there is no key to check. '
     + 'Try again once they have.',
+  ledger: 'Your contact\'s chat key does not match the public ledger, so this app will not use it. '
+    + 'The conversation was stopped: do not trust this key.',
   handshake: 'Setting up the encrypted conversation failed.',
-  oldSession: 'A message sent before the encryption was renewed cannot be read on this device.',
-  noSession: 'A message arrived before the encrypted conversation was set up, and cannot be read.',
+  lost: 'Some messages could not be read: they are missing or were sealed under an encryption session '
+    + 'that no longer works. A new encrypted session is being set up.',
   tooLong: `A message can be at most ${MAX_MESSAGE_CHARS} characters long.`,
   notReady: 'The encrypted conversation is not ready yet.',
+  confirmKey: 'Their chat key has changed: confirm the new key before you send anything.',
   unexpected: 'A handshake message arrived out of turn and was ignored.',
   notSent: 'The message could not be sent yet.',
+  unsupported: 'This browser cannot run the chat safely: it lacks Web Locks (navigator.locks), which keep '
+    + 'two tabs from encrypting with the same counter. Please use an up-to-date browser.',
+  stopped: 'The chat was closed.',
 };
 
 const chat = {
   userId: null,
   identityReady: null,
   waiting: false,
+  unsupported: false,
   releaseDevice: null,
   conversations: new Map(),
   connectionListeners: new Set(),
@@ -87,20 +121,35 @@ export function startChat() {
       onChatEvent('message', (item) => receive(item, 'message')),
       onChatEvent('connection', notifyConnections),
       onChatEvent('unread', notifyConnections),
+      onChatEvent('backlog', fetchMoreBacklog),
       onLinkState(linkChanged),
     ];
     claimDevice(user.id, token);
-  } else if (!chat.waiting) {
+  } else if (!chat.waiting && !chat.unsupported) {
     openChatLink(token);
+  }
+}
+
+// The node sends a bounded backlog per round and says when more waits: ask again
+// (after a pause that lets the acks of this round land) until nothing is left.
+async function fetchMoreBacklog({ more } = {}) {
+  for (let round = 0; more && round < BACKLOG_ROUNDS; round += 1) {
+    await new Promise((resolve) => setTimeout(resolve, BACKLOG_PAUSE_MS));
+    try {
+      ({ more } = await request('sync', {}));
+    } catch {
+      return; // the link dropped: reconnecting sends the backlog again
+    }
   }
 }
 
 // One tab at a time runs the chat of a user on this device: two tabs sealing with
 // copies of one session would use a counter, hence an AES-GCM nonce, twice. The
-// others wait (Web Locks) and take over when that tab closes or logs out.
+// others wait (Web Locks) and take over when that tab closes or logs out. Without
+// Web Locks nothing can guarantee that, so the chat does not run at all.
 function claimDevice(userId, token) {
-  if (!navigator.locks) {
-    begin(userId, token);
+  if (!navigator.locks?.request) {
+    chat.unsupported = true;
     return;
   }
   chat.waiting = true;
@@ -115,14 +164,15 @@ function claimDevice(userId, token) {
 }
 
 function begin(userId, token) {
+  store.rememberUser(userId);
   chat.identityReady = prepareIdentity(userId);
   chat.identityReady.catch(() => {});
-  store.forgetOtherUsers(userId).catch(() => {});
   openChatLink(token);
   chat.conversations.forEach((conv) => {
     if (conv.listeners.size) {
       enqueue(conv, () => openConversation(conv));
     }
+    drainLater(conv);
   });
 }
 
@@ -140,14 +190,16 @@ export async function stopChat(userId) {
 function resetState() {
   chat.unsubscribe.forEach((stop) => stop());
   chat.releaseDevice?.();
-  Object.assign(chat, { userId: null, identityReady: null, waiting: false, releaseDevice: null, unsubscribe: [] });
+  Object.assign(chat, {
+    userId: null, identityReady: null, waiting: false, unsupported: false, releaseDevice: null, unsubscribe: [],
+  });
   chat.conversations.clear();
 }
 
 // Messages this device received but the patient has not seen yet, per conversation id.
 export async function unseenCounts() {
   startChat();
-  return chat.userId === null ? {} : store.unseenCounts(chat.userId);
+  return chat.userId === null || chat.unsupported ? {} : store.unseenCounts(chat.userId);
 }
 
 // Requests, answers and unread counts changed: the Matches screen reloads.
@@ -227,10 +279,21 @@ export function retryConversation(id) {
   });
 }
 
-export function dismissKeyWarning(id) {
+// The patient confirmed the peer's new key ("I trust the new key"): it becomes the
+// pinned one, and sending is allowed again.
+export function trustNewKey(id) {
   const conv = conversation(String(id));
-  conv.keyWarning = null;
-  changed(conv);
+  return enqueue(conv, async () => {
+    const change = conv.pin?.change;
+    if (!change) {
+      return;
+    }
+    const pin = { key: change.key, fingerprint: change.fingerprint, change: null };
+    await store.savePin(chat.userId, conv.id, pin);
+    Object.assign(conv, { pin, keyWarning: null });
+    changed(conv);
+    flushLater(conv);
+  });
 }
 
 function conversation(id) {
@@ -240,6 +303,7 @@ function conversation(id) {
       peer: null,
       role: null,
       peerKey: null,
+      pin: null,
       session: null,
       handshake: null,
       phase: PHASES.starting,
@@ -247,7 +311,16 @@ function conversation(id) {
       keyWarning: null,
       errors: [],
       messages: new Map(),
+      outbox: [],
+      retryTimer: null,
+      inbox: new Map(),
+      draining: false,
+      drainTimer: null,
+      unsentConfirm: null,
       acked: 0,
+      ackSent: 0,
+      recovering: false,
+      quietSkips: 0,
       opened: false,
       loaded: false,
       queue: Promise.resolve(),
@@ -258,13 +331,16 @@ function conversation(id) {
 }
 
 function snapshot(conv) {
+  const phase = chat.unsupported ? PHASES.unsupported : conv.phase;
   return {
     id: conv.id,
     peer: conv.peer,
-    phase: conv.phase,
-    problem: conv.problem,
+    phase,
+    problem: phase === PHASES.unsupported ? PROBLEMS.unsupported : conv.problem,
     keyWarning: conv.keyWarning,
+    // Set only once the key was found in its ledger transaction (checkOnLedger).
     fingerprint: conv.peerKey?.fingerprint ?? null,
+    canSend: phase === PHASES.ready && !conv.keyWarning,
     errors: [...conv.errors],
     messages: [...conv.messages.values()].sort((a, b) => a.key.localeCompare(b.key)),
     link: linkState(),
@@ -280,6 +356,7 @@ function linkChanged({ state }) {
   chat.conversations.forEach((conv) => {
     changed(conv);
     if (state === LINK_STATES.online) {
+      resendConfirmLater(conv);
       flushLater(conv);
     }
   });
@@ -292,9 +369,17 @@ function enqueue(conv, task) {
   return run;
 }
 
+function isCurrent(conv) {
+  return chat.conversations.get(conv.id) === conv;
+}
+
 // ---- opening a conversation
 
 async function openConversation(conv) {
+  if (chat.unsupported) {
+    changed(conv);
+    return;
+  }
   if (chat.waiting) {
     conv.phase = PHASES.elsewhere;
     changed(conv);
@@ -320,6 +405,7 @@ async function openConversation(conv) {
   } catch (error) {
     fail(conv, error);
   }
+  drainLater(conv);
 }
 
 async function join(conv) {
@@ -327,43 +413,125 @@ async function join(conv) {
   Object.assign(conv, { peer: joined.peer, role: joined.role });
 }
 
-// The session, a handshake under way and the transcript this device kept
-// (they survive a reload, not a logout).
+// The session, a handshake under way, the cursor, the pinned key (and a key change
+// not confirmed yet), the outbox and the transcript this device kept (they survive
+// a reload, not a logout).
 async function loadLocal(conv) {
   if (conv.loaded) {
     return;
   }
   const userId = chat.userId;
-  const [rows, session, handshake] = await Promise.all([
+  const [rows, outbox, session, handshake, acked, pin] = await Promise.all([
     store.messagesOf(userId, conv.id),
+    store.outboxOf(userId, conv.id),
     store.sessionOf(userId, conv.id),
     store.handshakeOf(userId, conv.id),
+    store.cursorOf(userId, conv.id),
+    store.pinOf(userId, conv.id),
   ]);
   rows.forEach((row) => conv.messages.set(row.key, row));
-  // Only what the peer sent counts: they were acknowledged before being kept.
-  conv.acked = Math.max(conv.acked, ...rows.filter((row) => !row.mine).map((row) => row.id));
+  conv.outbox = outbox;
+  outbox.forEach((item) => showPending(conv, item));
+  conv.acked = Math.max(conv.acked, acked);
+  conv.ackSent = Math.max(conv.ackSent, acked);
   conv.session = conv.session ?? session;
   conv.handshake = conv.handshake ?? handshake;
+  setPin(conv, pin);
   conv.loaded = true;
   changed(conv);
 }
 
-// The peer's identity key as registered on the ledger. A key other than the one
-// this device verified for them before raises the changed-key warning.
+// ---- the peer's key: the ledger, and the changed-key rule
+
+// The peer's identity key as registered on the ledger, checked in its ledger
+// transaction. A key other than the one pinned for them (the last one a handshake
+// succeeded with, or one the patient confirmed) raises the changed-key warning,
+// which stays until the patient confirms the new key.
 async function verifyPeerKey(conv) {
-  let answer;
-  try {
-    answer = await getChatKey(conv.peer);
-  } catch (error) {
-    throw error?.status === NOT_FOUND ? Object.assign(new Error(PROBLEMS.noKey), { retry: true }) : error;
+  const answer = await ledgerKey(conv);
+  const pin = await store.pinOf(chat.userId, conv.id);
+  const change = keyChange(pin?.key ?? null, answer.key);
+  let updated = pin;
+  if (change === 'changed' && pin.change?.key !== answer.key) {
+    updated = {
+      ...pin,
+      change: { key: answer.key, fingerprint: answer.fingerprint, since: answer.registered_at ?? null },
+    };
+  } else if (change === 'same' && pin.change) {
+    updated = { ...pin, change: null };
   }
-  const pinned = await store.pinnedPeerKey(chat.userId, conv.id);
-  if (keyChange(pinned?.key, answer.key) === 'changed') {
-    conv.keyWarning = { previous: pinned.fingerprint, current: answer.fingerprint };
+  if (updated !== pin) {
+    await store.savePin(chat.userId, conv.id, updated);
   }
+  setPin(conv, updated);
   conv.peerKey = answer;
-  await store.pinPeerKey(chat.userId, conv.id, { key: answer.key, fingerprint: answer.fingerprint });
+  changed(conv);
 }
+
+function setPin(conv, pin) {
+  conv.pin = pin ?? null;
+  const change = pin?.change;
+  conv.keyWarning = change ? { previous: pin.fingerprint, current: change.fingerprint, since: change.since } : null;
+}
+
+// Fetches the key; one registered too recently to be in a block yet is fetched
+// again every LEDGER_POLL_MS until it is, and trusted only then.
+async function ledgerKey(conv) {
+  for (;;) {
+    let answer;
+    try {
+      answer = await getChatKey(conv.peer);
+    } catch (error) {
+      throw error?.status === NOT_FOUND ? Object.assign(new Error(PROBLEMS.noKey), { retry: true }) : error;
+    }
+    if (answer.height !== null && answer.height !== undefined) {
+      await checkOnLedger(answer, conv.peer);
+      return answer;
+    }
+    conv.phase = PHASES.ledger;
+    changed(conv);
+    await new Promise((resolve) => {
+      setTimeout(resolve, LEDGER_POLL_MS);
+    });
+    if (!isCurrent(conv)) {
+      throw new Error(PROBLEMS.stopped);
+    }
+  }
+}
+
+// The node's answer must be what the public ledger holds: the transaction it names,
+// in the block it names, is a chat_key transaction for this key whose subject is
+// SHA-256(salt || pseudonym) for the pseudonym this conversation is with.
+async function checkOnLedger(answer, pseudonym) {
+  const block = await getBlock(answer.height);
+  const tx = (block?.transactions ?? []).find((item) => item?.hash === answer.tx);
+  const payload = tx?.payload;
+  const matches = tx?.kind === CHAT_KEY_KIND
+    && typeof payload?.key === 'string' && payload.key === answer.key
+    && typeof payload.salt === 'string' && typeof payload.subject === 'string'
+    && payload.subject === await subjectOf(payload.salt, pseudonym)
+    && answer.fingerprint === await fingerprint(answer.key);
+  if (!matches) {
+    throw Object.assign(new Error(PROBLEMS.ledger), { final: true });
+  }
+}
+
+async function subjectOf(salt, pseudonym) {
+  let saltBytes;
+  try {
+    saltBytes = b64d(salt, 'salt');
+  } catch {
+    return null;
+  }
+  const name = new TextEncoder().encode(String(pseudonym ?? ''));
+  const data = new Uint8Array(saltBytes.length + name.length);
+  data.set(saltBytes, 0);
+  data.set(name, saltBytes.length);
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', data));
+  return [...digest].map((byte) => byte.toString(16).padStart(2, '0')).join('');
+}
+
+// ---- handshakes
 
 // The patient who accepted starts a handshake only to replace a session this
 // device no longer has: one was confirmed, or used, in this conversation before.
@@ -398,7 +566,7 @@ function fail(conv, error) {
 
 // The peer has no key yet: look again while the conversation is on screen.
 function retryIfStillFailed(conv) {
-  if (chat.conversations.get(conv.id) === conv && conv.phase === PHASES.failed && conv.listeners.size) {
+  if (isCurrent(conv) && conv.phase === PHASES.failed && conv.listeners.size) {
     retryConversation(conv.id);
   }
 }
@@ -411,56 +579,220 @@ function describe(error, fallback) {
   return error?.message || fallback;
 }
 
-// ---- receiving
+// ---- receiving, strictly in id order
 
 function receive(item, kind) {
   if (item?.conversation === undefined || item.conversation === null) {
     return;
   }
+  const id = Number(item.id);
   const conv = conversation(String(item.conversation));
-  enqueue(conv, () => handleIncoming(conv, item, kind));
+  if (!Number.isSafeInteger(id) || id <= 0 || id <= conv.acked || conv.inbox.has(id)) {
+    return;
+  }
+  conv.inbox.set(id, { id, kind, item });
+  drainLater(conv);
 }
 
-async function handleIncoming(conv, item, kind) {
-  const id = Number(item.id);
+// Items that arrive while a drain runs are taken by it or by the next one; a drain
+// that stopped for a passing failure waits for its timer (drainSoon).
+function drainLater(conv) {
+  if (!conv.inbox.size || conv.draining || conv.drainTimer || chat.waiting || chat.unsupported) {
+    return;
+  }
+  conv.draining = true;
+  enqueue(conv, () => drain(conv)).catch(() => drainSoon(conv)).finally(() => {
+    conv.draining = false;
+    drainLater(conv);
+  });
+}
+
+// Handles buffered items lowest id first; stops at one that is ahead of its
+// counter and cannot be completed, and acknowledges what was handled.
+async function drain(conv) {
   try {
     await loadLocal(conv);
-    if (id <= conv.acked) {
-      return;
+    while (conv.inbox.size) {
+      const id = Math.min(...conv.inbox.keys());
+      const entry = conv.inbox.get(id);
+      if (id <= conv.acked) {
+        conv.inbox.delete(id);
+        continue;
+      }
+      const outcome = await handleItem(conv, entry);
+      if (outcome === LATER) {
+        drainSoon(conv);
+        break;
+      }
+      if (outcome === STUCK && !await fillGap(conv, id)) {
+        await giveUpSession(conv, id);
+      } else if (outcome === HANDLED && conv.inbox.has(id)) {
+        await handled(conv, id);
+      }
     }
-    if (kind === 'handshake') {
-      await handleHandshake(conv, item.message);
-    } else {
-      await handleMessage(conv, item);
-    }
-  } catch (error) {
-    reportError(conv, id, error, kind);
+  } finally {
+    await acknowledge(conv);
   }
-  await acknowledge(conv, id);
 }
 
-async function acknowledge(conv, id) {
-  conv.acked = Math.max(conv.acked, id);
+// The item could not be handled for a passing reason (no network, the node busy):
+// it stays first in line, not acknowledged, and is tried again a little later.
+function drainSoon(conv) {
+  if (conv.drainTimer) {
+    return;
+  }
+  conv.drainTimer = setTimeout(() => {
+    conv.drainTimer = null;
+    if (isCurrent(conv)) {
+      drainLater(conv);
+    }
+  }, DRAIN_RETRY_MS);
+}
+
+// HANDLED (read, or reported and to be skipped), STUCK (an earlier item is missing) or
+// LATER (a passing failure: not a protocol error, nor a final verdict on the peer's key).
+async function handleItem(conv, { id, kind, item }) {
   try {
-    await request('ack', { conversation: conv.id, up_to: id });
-  } catch {
-    // The node sends it again later; it is skipped then.
+    if (kind === 'handshake') {
+      await handleHandshake(conv, item.message, id);
+    } else {
+      await handleMessage(conv, item, id);
+    }
+    return HANDLED;
+  } catch (error) {
+    const code = error instanceof ChatError ? error.code : null;
+    if (code === null && !error?.final && conv.inbox.has(id)) {
+      return LATER;
+    }
+    if (kind === 'message' && conv.recovering && conv.quietSkips < QUIET_SKIPS) {
+      conv.quietSkips += 1;
+    } else if (code === 'out_of_order') {
+      return STUCK;
+    } else {
+      reportError(conv, id, error, kind);
+    }
+    await handled(conv, id);
+    return HANDLED;
   }
 }
 
-async function handleHandshake(conv, message) {
+// The cursor moves past an item that needed no other change (a message's moves with it).
+async function handled(conv, id) {
+  conv.inbox.delete(id);
+  conv.acked = Math.max(conv.acked, id);
+  await store.saveCursor(chat.userId, conv.id, conv.acked);
+}
+
+async function acknowledge(conv) {
+  if (conv.acked <= conv.ackSent) {
+    return;
+  }
+  const upTo = conv.acked;
+  try {
+    await request('ack', { conversation: conv.id, up_to: upTo });
+    conv.ackSent = Math.max(conv.ackSent, upTo);
+  } catch {
+    // The node sends those items again later; they are skipped then.
+  }
+}
+
+// Fetches what the node holds for this conversation after the cursor and before
+// the stuck item; answers whether anything of the peer's was missing here.
+async function fillGap(conv, stuckId) {
+  if (!conv.peer) {
+    await join(conv);
+  }
+  let after = conv.acked;
+  let found = false;
+  for (let page = 0; page < MAX_GAP_PAGES; page += 1) {
+    let answer;
+    try {
+      answer = await request('history', { conversation: conv.id, after, before: null, limit: HISTORY_LIMIT });
+    } catch {
+      return found;
+    }
+    const items = (answer.messages ?? []).filter((item) => Number(item.id) > after).sort((x, y) => x.id - y.id);
+    items.filter((item) => item.from === conv.peer && item.id < stuckId && !conv.inbox.has(item.id))
+      .forEach((item) => {
+        found = true;
+        conv.inbox.set(item.id, { id: item.id, kind: item.kind, item: fromHistory(conv, item) });
+      });
+    if (!answer.more || !items.length || items.at(-1).id >= stuckId) {
+      return found;
+    }
+    after = items.at(-1).id;
+  }
+  return found;
+}
+
+function fromHistory(conv, item) {
+  const body = item.kind === 'handshake' ? { message: item.body } : { envelope: item.body };
+  return { conversation: conv.id, id: item.id, from: item.from, sent_at: item.sent_at, ...body };
+}
+
+// A hole that cannot be filled: the rest of this session cannot be read. The item is
+// skipped, the patient told once, and a fresh handshake replaces the session.
+async function giveUpSession(conv, id) {
+  await handled(conv, id);
+  await restartSession(conv, id);
+}
+
+async function restartSession(conv, id) {
+  if (!conv.recovering) {
+    conv.errors = [...conv.errors, { id, kind: 'message', text: PROBLEMS.lost }];
+  }
+  Object.assign(conv, { session: null, phase: PHASES.handshaking, recovering: true, quietSkips: 0 });
+  await store.dropSession(chat.userId, conv.id);
+  changed(conv);
+  // A handshake under way (ours, or an answer to the peer's) already brings a new session.
+  if (!conv.handshake || conv.handshake.step === 'done') {
+    try {
+      await ensurePeer(conv);
+      await startHandshake(conv);
+    } catch (error) {
+      fail(conv, error);
+    }
+  }
+}
+
+async function handleHandshake(conv, message, id) {
   await ensurePeer(conv);
   if (message?.type === 'hello') {
     await answerHello(conv, message);
+    await handled(conv, id);
   } else if (message?.type === 'reply' && conv.handshake?.role === 'initiator') {
     const { session, message: confirm } = await onReply(conv.handshake, message);
     // Kept first: the reply is acknowledged, so it never comes back to finish this later.
-    await useSession(conv, session);
-    await request('handshake', { conversation: conv.id, message: confirm });
+    await useSession(conv, session, id);
+    await sendConfirm(conv, confirm);
   } else if (message?.type === 'confirm' && conv.handshake?.role === 'responder') {
-    await useSession(conv, await onConfirm(conv.handshake, message));
+    await useSession(conv, await onConfirm(conv.handshake, message), id);
   } else {
     throw new ChatError('unexpected_message', PROBLEMS.unexpected);
+  }
+}
+
+// The peer cannot finish without it: one that did not go out is sent again once online.
+async function sendConfirm(conv, confirm) {
+  conv.unsentConfirm = confirm;
+  try {
+    await request('handshake', { conversation: conv.id, message: confirm });
+    if (conv.unsentConfirm === confirm) {
+      conv.unsentConfirm = null;
+    }
+  } catch {
+    resendConfirmLater(conv);
+  }
+}
+
+function resendConfirmLater(conv) {
+  const confirm = conv.unsentConfirm;
+  if (confirm && linkState().state === LINK_STATES.online) {
+    setTimeout(() => {
+      if (isCurrent(conv) && conv.unsentConfirm === confirm) {
+        enqueue(conv, () => sendConfirm(conv, confirm));
+      }
+    }, DRAIN_RETRY_MS);
   }
 }
 
@@ -496,21 +828,38 @@ async function ensurePeer(conv) {
   }
 }
 
-async function useSession(conv, session) {
-  Object.assign(conv, { session, handshake: null, phase: PHASES.ready, problem: null });
-  await store.saveSession(chat.userId, conv.id, session);
-  await store.dropHandshake(chat.userId, conv.id);
+// The new session replaces the old one; messages waiting in the outbox are sealed
+// again under it, in order, before anything newer is.
+async function useSession(conv, session, id) {
+  await store.commitSession(chat.userId, conv.id, { session, acked: Math.max(conv.acked, id) });
+  conv.inbox.delete(id);
+  conv.acked = Math.max(conv.acked, id);
+  Object.assign(conv, { session, handshake: null, phase: PHASES.ready, problem: null, quietSkips: 0 });
+  if (!conv.pin) {
+    const pin = { key: conv.peerKey.key, fingerprint: conv.peerKey.fingerprint, change: null };
+    await store.savePin(chat.userId, conv.id, pin);
+    setPin(conv, pin);
+  }
+  await resealOutbox(conv);
   changed(conv);
   flushLater(conv);
 }
 
-async function handleMessage(conv, item) {
+async function handleMessage(conv, item, id) {
   if (!conv.session) {
-    throw new Error(conv.messages.size ? PROBLEMS.oldSession : PROBLEMS.noSession);
+    // The peer writes under a session this device no longer has (a logout, a reset).
+    await handled(conv, id);
+    await restartSession(conv, id);
+    return;
   }
   const text = await openText(conv.session, item.envelope);
-  await store.saveSession(chat.userId, conv.id, conv.session);
-  await keep(conv, { id: Number(item.id), mine: false, text, sentAt: item.sent_at ?? null });
+  const row = messageRow(conv, { id, mine: false, text, sentAt: item.sent_at ?? null });
+  await store.commitReceived(chat.userId, conv.id, { session: conv.session, row, acked: Math.max(conv.acked, id) });
+  conv.inbox.delete(id);
+  conv.acked = Math.max(conv.acked, id);
+  Object.assign(conv, { recovering: false, quietSkips: 0 });
+  conv.messages.set(row.key, row);
+  changed(conv);
   notifyConnections();
 }
 
@@ -536,88 +885,122 @@ function reportError(conv, id, error, kind) {
 
 // ---- sending
 
-// Answers {sent: true}, or {sent: false, problem} when the message is kept to be sent
-// once the link is back (the outbox); throws when nothing could be kept.
+// Answers {sent: true}, or {sent: false, problem} when the message is kept in the
+// outbox to be sent once the link is back; throws when nothing could be kept.
 async function sealAndSend(conv, text) {
+  if (conv.keyWarning) {
+    throw new Error(PROBLEMS.confirmKey);
+  }
   if (!conv.session) {
     throw new Error(PROBLEMS.notReady);
   }
+  const last = conv.outbox.at(-1)?.order ?? 0;
+  const item = {
+    cid: b64e(crypto.getRandomValues(new Uint8Array(CID_BYTES))), conversation: conv.id,
+    order: Math.max(Date.now(), last + 1), text, envelope: null, th: null,
+  };
+  await seal(conv, item);
+  conv.outbox = [...conv.outbox, item];
+  showPending(conv, item);
+  changed(conv);
   try {
     await flushOutbox(conv);
   } catch (error) {
-    return queue(conv, text, error);
-  }
-  const envelope = await sealMessage(conv.session, text);
-  const row = {
-    key: `${conv.id}:${PENDING_MARK}${String(envelope.seq).padStart(ID_DIGITS, '0')}`, conversation: conv.id,
-    id: null, mine: true, text, sent_at: null, seen: true, pending: true, envelope, th: conv.session.th,
-  };
-  // Both kept before sending: a counter, hence a nonce, is never used twice, and a
-  // message that could not be sent goes out later, before any newer one.
-  await store.saveSession(chat.userId, conv.id, conv.session);
-  await store.saveMessage(chat.userId, row);
-  conv.messages.set(row.key, row);
-  changed(conv);
-  try {
-    await deliver(conv, row);
-  } catch (error) {
+    retryOutboxSoon(conv, error);
     return { sent: false, problem: describe(error, PROBLEMS.notSent) };
   }
   return { sent: true };
 }
 
-// The outbox could not be emptied: the new message waits behind it, sealed later in order.
-async function queue(conv, text, error) {
-  const row = {
-    key: `${conv.id}:${PENDING_MARK}${QUEUED_MARK}${String(Date.now()).padStart(ID_DIGITS, '0')}`,
-    conversation: conv.id, id: null, mine: true, text, sent_at: null, seen: true, pending: true, envelope: null,
-    th: null,
-  };
-  await store.saveMessage(chat.userId, row);
+// Seals (again) under the current session: the envelope and the advanced session
+// are stored in one transaction, or neither is and the counter goes back to what
+// is stored, so the peer never sees a counter skipped.
+async function seal(conv, item) {
+  const envelope = await sealMessage(conv.session, item.text);
+  Object.assign(item, { envelope, th: conv.session.th });
+  try {
+    await store.commitSealed(chat.userId, conv.id, { session: conv.session, item });
+  } catch (error) {
+    Object.assign(item, { envelope: null, th: null });
+    conv.session = await store.sessionOf(chat.userId, conv.id);
+    throw error;
+  }
+}
+
+// Sealed under a session since replaced: a new cid, as the old envelope may have
+// reached the node (an answer lost) and must not stand for this one.
+async function resealOutbox(conv) {
+  for (const item of conv.outbox) {
+    if (item.th !== conv.session.th) {
+      item.cid = b64e(crypto.getRandomValues(new Uint8Array(CID_BYTES)));
+      await seal(conv, item);
+    }
+  }
+}
+
+function showPending(conv, item) {
+  const key = `${conv.id}:${PENDING_MARK}${String(item.order).padStart(ID_DIGITS, '0')}`;
+  conv.messages.set(key, {
+    key, conversation: conv.id, id: null, mine: true, text: item.text, sent_at: null, seen: true, pending: true,
+    cid: item.cid,
+  });
+}
+
+// In order; stops at the first one that cannot go (offline, no answer, refused).
+async function flushOutbox(conv) {
+  while (conv.outbox.length) {
+    if (conv.keyWarning) {
+      throw new Error(PROBLEMS.confirmKey);
+    }
+    await deliver(conv, conv.outbox[0]);
+  }
+}
+
+async function deliver(conv, item) {
+  if (!conv.session) {
+    throw new Error(PROBLEMS.notReady);
+  }
+  if (item.th !== conv.session.th) {
+    await resealOutbox(conv);
+  }
+  const answer = await request('send', { conversation: conv.id, envelope: item.envelope, cid: item.cid },
+    { buffer: false });
+  const row = messageRow(conv, { id: Number(answer.id), mine: true, text: item.text, sentAt: answer.sent_at ?? null });
+  await store.commitSent(chat.userId, item.cid, row);
+  conv.outbox = conv.outbox.filter((other) => other.cid !== item.cid);
+  conv.messages.forEach((shown, key) => {
+    if (shown.pending && shown.cid === item.cid) {
+      conv.messages.delete(key);
+    }
+  });
   conv.messages.set(row.key, row);
   changed(conv);
-  return { sent: false, problem: describe(error, PROBLEMS.notSent) };
 }
 
-function pendingRows(conv) {
-  return [...conv.messages.values()].filter((row) => row.pending).sort((a, b) => a.key.localeCompare(b.key));
-}
-
-async function flushOutbox(conv) {
-  for (const row of pendingRows(conv)) {
-    await deliver(conv, row);
-  }
-}
-
-// Sends one kept message; one sealed under a session since replaced (or not sealed
-// yet) is sealed again under the current one first.
-async function deliver(conv, row) {
-  let current = row;
-  if (!row.envelope || row.th !== conv.session.th) {
-    current = { ...row, envelope: await sealMessage(conv.session, row.text), th: conv.session.th };
-    await store.saveSession(chat.userId, conv.id, conv.session);
-    await store.saveMessage(chat.userId, current);
-    conv.messages.set(row.key, current);
-  }
-  const answer = await request('send', { conversation: conv.id, envelope: current.envelope }, { buffer: false });
-  conv.messages.delete(row.key);
-  await store.deleteMessage(chat.userId, row.key);
-  await keep(conv, { id: Number(answer.id), mine: true, text: row.text, sentAt: answer.sent_at ?? null });
-}
-
-// Back online, or the conversation is ready again: what waits in the outbox goes out.
+// Back online, the conversation ready again, or a new key confirmed: the outbox goes out.
 function flushLater(conv) {
-  if (conv.session && pendingRows(conv).length) {
-    enqueue(conv, () => flushOutbox(conv).catch(() => {}));
+  if (conv.session && conv.outbox.length && !conv.keyWarning) {
+    enqueue(conv, () => flushOutbox(conv).catch((error) => retryOutboxSoon(conv, error)));
   }
 }
 
-async function keep(conv, { id, mine, text, sentAt }) {
-  const row = {
+// Online but not answered (or refused for now): try again a little later, with the same
+// cid, so a message the node did store is not stored twice. Offline, reconnecting does it.
+function retryOutboxSoon(conv, error) {
+  if (conv.retryTimer || linkState().state !== LINK_STATES.online || !PASSING_SEND_ERRORS.has(error?.code)) {
+    return;
+  }
+  conv.retryTimer = setTimeout(() => {
+    conv.retryTimer = null;
+    if (isCurrent(conv)) {
+      flushLater(conv);
+    }
+  }, OUTBOX_RETRY_MS);
+}
+
+function messageRow(conv, { id, mine, text, sentAt }) {
+  return {
     key: `${conv.id}:${String(id).padStart(ID_DIGITS, '0')}`, conversation: conv.id, id, mine, text, sent_at: sentAt,
     seen: mine || conv.listeners.size > 0,
   };
-  conv.messages.set(row.key, row);
-  changed(conv);
-  await store.saveMessage(chat.userId, row);
 }

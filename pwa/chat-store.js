@@ -4,26 +4,39 @@
 // ("medledger-chat-<user id>"), so one person's chat never opens another's:
 // - identity: this user's chat identity key pair. The private key is a
 //   non-extractable WebCrypto key, so its bytes can never be read, only used by
-//   this origin. It survives logout so that the same user logging in again on
-//   this device keeps their key (and their peers see no changed-key warning).
-// - peers: the identity key last verified for each conversation's peer (public),
-//   kept too, so a key that changes later is noticed.
-// - sessions, handshakes, messages: session keys, handshakes under way and the
-//   decrypted conversation. These are the patient's private data: logout deletes
-//   them (forgetConversations), so nobody using the device next can read them.
+//   this origin. It survives logout, as decided for issue 6: the same user
+//   logging in again on this device keeps their key (their peers see no
+//   changed-key warning), and a key nobody can read or export reveals nothing
+//   about the conversations, which are deleted.
+// - peers: per conversation, the peer key pinned after a handshake and a key
+//   change the patient has not confirmed yet (public keys only). Kept too, so a
+//   key that changes later is noticed, and the warning survives a reload.
+// - sessions, handshakes, messages, outbox, cursors: session keys, handshakes
+//   under way, the decrypted conversation, sealed messages not sent yet, and how
+//   far each conversation was read. These are the patient's private data: logout
+//   deletes them (forgetConversations), and so does the next start of the app on
+//   this device for anyone but the one signed in (forgetOtherUsers): a session
+//   that expired, or another person signing in, never leaves them readable.
 //   The next login runs a fresh handshake; messages of the old session stay
 //   ciphertext on the node.
+//
+// Every user with chat data here is listed in localStorage (USERS_KEY, outside
+// the "medledger." keys that session.js clears), so their data can be found and
+// wiped without a session.
 
 const DB_PREFIX = 'medledger-chat-';
-const DB_VERSION = 1;
+const DB_VERSION = 2;
+const USERS_KEY = 'medledger-chat-users';
 const IDENTITY = 'identity';
 const PEERS = 'peers';
 const SESSIONS = 'sessions';
 const HANDSHAKES = 'handshakes';
 const MESSAGES = 'messages';
+const OUTBOX = 'outbox';
+const CURSORS = 'cursors';
 const BY_CONVERSATION = 'by_conversation';
 const SELF = 'self';
-const PRIVATE_STORES = [SESSIONS, HANDSHAKES, MESSAGES];
+const PRIVATE_STORES = [SESSIONS, HANDSHAKES, MESSAGES, OUTBOX, CURSORS];
 
 const open = new Map();
 
@@ -35,20 +48,21 @@ export function saveIdentity(userId, identity) {
   return write(userId, IDENTITY, SELF, identity);
 }
 
-export function pinnedPeerKey(userId, conversation) {
+// {key, fingerprint} pinned, and `change`: {key, fingerprint, since} not confirmed yet, or null.
+export function pinOf(userId, conversation) {
   return read(userId, PEERS, conversation);
 }
 
-export function pinPeerKey(userId, conversation, key) {
-  return write(userId, PEERS, conversation, key);
+export function savePin(userId, conversation, pin) {
+  return write(userId, PEERS, conversation, pin);
 }
 
 export function sessionOf(userId, conversation) {
   return read(userId, SESSIONS, conversation);
 }
 
-export function saveSession(userId, conversation, session) {
-  return write(userId, SESSIONS, conversation, session);
+export function dropSession(userId, conversation) {
+  return remove(userId, SESSIONS, conversation);
 }
 
 export function handshakeOf(userId, conversation) {
@@ -63,14 +77,64 @@ export function dropHandshake(userId, conversation) {
   return remove(userId, HANDSHAKES, conversation);
 }
 
-// Message rows: {conversation, key, id, mine, text, sent_at, seen}, and for a message not
-// sent yet also {pending, envelope, th}; `key` orders them.
-export function saveMessage(userId, row) {
-  return write(userId, MESSAGES, null, row);
+// The highest server id of this conversation that was fully handled (and acknowledged).
+export async function cursorOf(userId, conversation) {
+  return (await read(userId, CURSORS, conversation)) ?? 0;
 }
 
-export function deleteMessage(userId, key) {
-  return remove(userId, MESSAGES, key);
+export function saveCursor(userId, conversation, acked) {
+  return write(userId, CURSORS, conversation, acked);
+}
+
+// Message rows: {conversation, key, id, mine, text, sent_at, seen}; `key` orders them.
+// A received message is handled in one transaction: the session's counter, the
+// readable row and the cursor move together, or none of them does.
+export async function commitReceived(userId, conversation, { session, row, acked }) {
+  const db = await database(userId);
+  const tx = db.transaction([SESSIONS, MESSAGES, CURSORS], 'readwrite');
+  tx.objectStore(SESSIONS).put(session, conversation);
+  tx.objectStore(MESSAGES).put(row);
+  tx.objectStore(CURSORS).put(acked, conversation);
+  await finished(tx);
+}
+
+// A handshake completed on the item `acked`: the new session replaces the old one
+// and the handshake state goes, together with the cursor.
+export async function commitSession(userId, conversation, { session, acked }) {
+  const db = await database(userId);
+  const tx = db.transaction([SESSIONS, HANDSHAKES, CURSORS], 'readwrite');
+  tx.objectStore(SESSIONS).put(session, conversation);
+  tx.objectStore(HANDSHAKES).delete(conversation);
+  tx.objectStore(CURSORS).put(acked, conversation);
+  await finished(tx);
+}
+
+// Outbox items: {cid, conversation, order, text, envelope, th}; envelope and th are null
+// until it is sealed. `cid` is the id the node dedupes a resent message on.
+export async function outboxOf(userId, conversation) {
+  const db = await database(userId);
+  const items = await done(db.transaction(OUTBOX).objectStore(OUTBOX).index(BY_CONVERSATION).getAll(conversation));
+  return items.sort((a, b) => a.order - b.order);
+}
+
+// Sealing advances the session's send counter: the envelope and the advanced
+// session are kept together, before the first attempt to send, so a counter is
+// never used twice nor skipped (the peer would see a gap).
+export async function commitSealed(userId, conversation, { session, item }) {
+  const db = await database(userId);
+  const tx = db.transaction([SESSIONS, OUTBOX], 'readwrite');
+  tx.objectStore(SESSIONS).put(session, conversation);
+  tx.objectStore(OUTBOX).put(item);
+  await finished(tx);
+}
+
+// The node took it: the outbox item becomes a sent message row.
+export async function commitSent(userId, cid, row) {
+  const db = await database(userId);
+  const tx = db.transaction([OUTBOX, MESSAGES], 'readwrite');
+  tx.objectStore(OUTBOX).delete(cid);
+  tx.objectStore(MESSAGES).put(row);
+  await finished(tx);
 }
 
 // Messages received but not yet shown, per conversation id.
@@ -109,13 +173,60 @@ export async function forgetConversations(userId) {
   await finished(tx);
 }
 
-// Another user's private chat data must never stay readable here: it goes when someone else
-// signs in (that user may not have logged out, e.g. their session expired while the app was closed).
-export async function forgetOtherUsers(userId) {
-  const ours = DB_PREFIX + String(userId);
-  const names = (await indexedDB.databases?.() ?? []).map((db) => db.name);
-  const others = names.filter((name) => name?.startsWith(DB_PREFIX) && name !== ours);
-  await Promise.all(others.map((name) => forgetConversations(name.slice(DB_PREFIX.length))));
+// This user is about to keep chat data here: listed first, so it can always be found.
+export function rememberUser(userId) {
+  const users = listedUsers();
+  if (!users.includes(String(userId))) {
+    writeUsers([...users, String(userId)]);
+  }
+}
+
+// Every other user's private chat data goes (signedIn null: everybody's). Listed
+// users, and any chat database the browser knows of (from before the list).
+export async function forgetOtherUsers(signedIn) {
+  const ours = signedIn === null || signedIn === undefined ? null : String(signedIn);
+  const known = await databaseNames();
+  const others = [...new Set([...listedUsers(), ...known])].filter((userId) => userId !== ours);
+  const failed = [];
+  await Promise.all(others.map((userId) => forgetConversations(userId).catch(() => failed.push(userId))));
+  writeUsers([...(ours === null ? [] : [ours]), ...failed]);
+  others.forEach((userId) => closeDatabase(userId));
+}
+
+async function databaseNames() {
+  try {
+    const names = (await indexedDB.databases?.() ?? []).map((db) => db.name);
+    return names.filter((name) => name?.startsWith(DB_PREFIX)).map((name) => name.slice(DB_PREFIX.length));
+  } catch {
+    return [];
+  }
+}
+
+function listedUsers() {
+  try {
+    const users = JSON.parse(localStorage.getItem(USERS_KEY) ?? '[]');
+    return Array.isArray(users) ? users.map(String) : [];
+  } catch {
+    return [];
+  }
+}
+
+function writeUsers(users) {
+  try {
+    if (users.length) {
+      localStorage.setItem(USERS_KEY, JSON.stringify([...new Set(users)]));
+    } else {
+      localStorage.removeItem(USERS_KEY);
+    }
+  } catch {
+    // Without localStorage only the browser's own list of databases is left to find them.
+  }
+}
+
+function closeDatabase(userId) {
+  const name = DB_PREFIX + String(userId);
+  open.get(name)?.then((db) => db.close()).catch(() => {});
+  open.delete(name);
 }
 
 export function closeDatabases() {
@@ -138,16 +249,26 @@ function openDatabase(name) {
   return new Promise((resolve, reject) => {
     const opening = indexedDB.open(name, DB_VERSION);
     opening.onupgradeneeded = () => createStores(opening.result);
-    opening.onsuccess = () => resolve(opening.result);
+    opening.onsuccess = () => {
+      // Another tab upgrading the database must not be blocked by this one.
+      opening.result.onversionchange = () => opening.result.close();
+      resolve(opening.result);
+    };
     opening.onerror = () => reject(opening.error);
     opening.onblocked = () => reject(new Error('Close the app in your other tabs, then try again.'));
   });
 }
 
+// Version 1 had no outbox (messages not sent yet were rows of `messages`) and no
+// cursors; those rows cannot be trusted not to skip a counter, so an upgrade drops
+// the private stores and starts clean (a fresh handshake follows).
 function createStores(db) {
-  [IDENTITY, PEERS, SESSIONS, HANDSHAKES].forEach((store) => db.createObjectStore(store));
-  const messages = db.createObjectStore(MESSAGES, { keyPath: 'key' });
-  messages.createIndex(BY_CONVERSATION, 'conversation');
+  [IDENTITY, PEERS].filter((name) => !db.objectStoreNames.contains(name))
+    .forEach((name) => db.createObjectStore(name));
+  PRIVATE_STORES.filter((name) => db.objectStoreNames.contains(name)).forEach((name) => db.deleteObjectStore(name));
+  [SESSIONS, HANDSHAKES, CURSORS].forEach((name) => db.createObjectStore(name));
+  db.createObjectStore(MESSAGES, { keyPath: 'key' }).createIndex(BY_CONVERSATION, 'conversation');
+  db.createObjectStore(OUTBOX, { keyPath: 'cid' }).createIndex(BY_CONVERSATION, 'conversation');
 }
 
 async function read(userId, store, key) {
@@ -158,11 +279,7 @@ async function read(userId, store, key) {
 async function write(userId, store, key, value) {
   const db = await database(userId);
   const tx = db.transaction(store, 'readwrite');
-  if (key === null) {
-    tx.objectStore(store).put(value);
-  } else {
-    tx.objectStore(store).put(value, key);
-  }
+  tx.objectStore(store).put(value, key);
   await finished(tx);
 }
 

@@ -5,19 +5,21 @@
 // this screen shows its state (the status line, a changed-key warning, errors)
 // and the messages, and sends what the patient writes. Views follow views.js.
 
+import { blockPeer } from './api.js';
 import {
-  MAX_MESSAGE_CHARS, PHASES, dismissKeyWarning, retryConversation, sendText, watchConversation,
+  MAX_MESSAGE_CHARS, PHASES, retryConversation, sendText, trustNewKey, watchConversation,
 } from './chat-client.js';
 import { h, mount } from './dom.js';
-import { formatClock, shortenHash } from './format.js';
+import { formatClock, formatDateTime } from './format.js';
 import { LINK_STATES } from './socket.js';
-import { errorNotice, errorText, hideNotice, setBusy, showNotice, viewHeading } from './ui.js';
+import { errorNotice, errorText, hideNotice, isStale, setBusy, showNotice, viewHeading } from './ui.js';
 
 const MATCHES_HASH = '#/matches';
 const ELSEWHERE_TEXT = 'Your chat is open in another tab or window of this app. Close it to chat here.';
 const NOT_SENT_YET = 'It is kept on this phone and sent as soon as the connection is back.';
 const FINGERPRINT_GROUP = 4;
 const FINGERPRINT_CHARS = 16;
+const KEY_CHANGED_HINT = 'Confirm the new key above before you send anything.';
 const LINK_TEXT = {
   [LINK_STATES.connecting]: 'Connecting to the chat server…',
   [LINK_STATES.offline]: 'Offline: reconnecting…',
@@ -25,6 +27,7 @@ const LINK_TEXT = {
 const PHASE_TEXT = {
   [PHASES.starting]: 'Opening the conversation…',
   [PHASES.verifying]: 'Checking their key against the ledger…',
+  [PHASES.ledger]: 'Their chat key is waiting for the ledger: it is trusted once it is in a block. Checking again…',
   [PHASES.handshaking]: 'Setting up end-to-end encryption: waiting for the other side to open the app…',
 };
 
@@ -37,9 +40,11 @@ export function chatView(ctx, conversationId) {
     status: h('p', { class: 'chat-status', role: 'status' }),
     warning: h('div', { class: 'key-warning', role: 'alert', hidden: true }),
     problem: h('div', { class: 'chat-problem', hidden: true }),
+    blocking: h('div', { class: 'chat-block' }),
     errors: h('ul', { class: 'chat-errors', 'aria-label': 'Problems with received messages' }),
     list: h('ol', { class: 'message-list', 'aria-label': 'Messages', 'aria-live': 'polite' }),
     peer: null,
+    blockShown: null,
     shownKeys: [],
     shownErrors: 0,
     view: null,
@@ -49,7 +54,9 @@ export function chatView(ctx, conversationId) {
   const stop = watchConversation(conversationId, (view) => render(page, view));
   ctx.signal.addEventListener('abort', stop);
   return h('section', { class: 'view chat-view' },
-    h('a', { class: 'back-link', href: MATCHES_HASH }, '← Matches'),
+    h('div', { class: 'chat-head' },
+      h('a', { class: 'back-link', href: MATCHES_HASH }, '← Matches'),
+      page.blocking),
     page.title,
     page.status,
     page.warning,
@@ -78,14 +85,18 @@ function render(page, view) {
   renderProblem(page, view);
   renderErrors(page, view);
   renderMessages(page, view);
-  const ready = view.phase === PHASES.ready;
-  page.composer.input.disabled = !ready;
-  page.composer.send.disabled = !ready || page.composer.busy;
+  renderBlock(page, view);
+  page.composer.input.disabled = !view.canSend;
+  page.composer.send.disabled = !view.canSend || page.composer.busy;
+  page.composer.hint.hidden = !(view.phase === PHASES.ready && view.keyWarning);
 }
 
 function statusText(view) {
   if (view.phase === PHASES.elsewhere) {
     return ELSEWHERE_TEXT;
+  }
+  if (view.phase === PHASES.unsupported) {
+    return 'The chat cannot run in this browser: see the problem below.';
   }
   if (view.link.state === LINK_STATES.refused) {
     return `Cannot connect to the chat server: ${view.link.problem}`;
@@ -93,7 +104,7 @@ function statusText(view) {
   if (view.link.state !== LINK_STATES.online) {
     return LINK_TEXT[view.link.state];
   }
-  if (view.phase === PHASES.ready) {
+  if (view.phase === PHASES.ready && view.fingerprint) {
     return `Online · end-to-end encrypted · their key matches the ledger (${fingerprintText(view.fingerprint)})`;
   }
   if (view.phase === PHASES.failed) {
@@ -103,10 +114,10 @@ function statusText(view) {
 }
 
 function fingerprintText(fingerprint) {
-  const short = String(fingerprint ?? '').slice(0, FINGERPRINT_CHARS);
-  return short.match(new RegExp(`.{1,${FINGERPRINT_GROUP}}`, 'g'))?.join(' ') ?? '';
+  return groupedFingerprint(String(fingerprint ?? '').slice(0, FINGERPRINT_CHARS));
 }
 
+// Shown, and sending blocked, until the patient confirms the new key (it survives a reload).
 function renderWarning(page, view) {
   const warning = view.keyWarning;
   page.warning.hidden = !warning;
@@ -114,22 +125,37 @@ function renderWarning(page, view) {
     mount(page.warning);
     return;
   }
-  const dismiss = h('button', { type: 'button', class: 'button' }, 'I understand');
-  dismiss.addEventListener('click', () => dismissKeyWarning(page.id));
+  const trust = h('button', { type: 'button', class: 'button' }, 'I trust the new key');
+  trust.addEventListener('click', () => {
+    trust.disabled = true;
+    trustNewKey(page.id).catch(() => {
+      trust.disabled = false;
+    });
+  });
   mount(page.warning,
     h('p', { class: 'key-warning-title' }, `${view.peer ?? 'Your contact'}’s chat key has changed`),
     h('p', {}, 'They may have a new phone or browser, or have logged in somewhere else. The new key is the one '
-      + 'registered on the ledger, and your messages are encrypted to it. If you did not expect this, check with '
-      + 'them another way before you share anything private.'),
-    h('p', { class: 'key-warning-prints' },
-      'Before: ', h('span', { class: 'hash' }, shortenHash(warning.previous)),
-      ' · now: ', h('span', { class: 'hash' }, shortenHash(warning.current))),
-    dismiss);
+      + 'on the ledger. If you did not expect this, compare the fingerprints with them another way (in person, '
+      + 'by phone) before you trust it. Until you do, you cannot send messages here.'),
+    h('dl', { class: 'key-warning-prints' },
+      h('dt', {}, 'Key you trusted before'),
+      h('dd', { class: 'hash fingerprint-previous' }, groupedFingerprint(warning.previous)),
+      h('dt', {}, warning.since ? `New key (registered ${formatDateTime(warning.since)})` : 'New key'),
+      h('dd', { class: 'hash fingerprint-current' }, groupedFingerprint(warning.current))),
+    trust);
+}
+
+function groupedFingerprint(fingerprint) {
+  return String(fingerprint ?? '').match(new RegExp(`.{1,${FINGERPRINT_GROUP}}`, 'g'))?.join(' ') ?? '';
 }
 
 function renderProblem(page, view) {
   const failed = view.phase === PHASES.failed;
-  page.problem.hidden = !failed;
+  page.problem.hidden = !failed && view.phase !== PHASES.unsupported;
+  if (view.phase === PHASES.unsupported) {
+    mount(page.problem, h('p', { class: 'notice notice-error', role: 'alert' }, view.problem));
+    return;
+  }
   if (!failed) {
     mount(page.problem);
     return;
@@ -194,9 +220,10 @@ function messageComposer(page) {
   });
   const send = h('button', { type: 'submit', class: 'button button-primary', disabled: true }, 'Send');
   const error = errorNotice();
-  const composer = { input, send, error, busy: false };
+  const hint = h('p', { class: 'field-hint composer-hint', hidden: true }, KEY_CHANGED_HINT);
+  const composer = { input, send, error, hint, busy: false };
   composer.form = h('form', { class: 'composer', novalidate: true, 'aria-label': 'Write a message' },
-    error, h('div', { class: 'composer-row' }, input, send));
+    error, hint, h('div', { class: 'composer-row' }, input, send));
   composer.form.addEventListener('submit', (event) => {
     event.preventDefault();
     submitMessage(page, composer);
@@ -238,5 +265,55 @@ async function submitMessage(page, composer) {
       render(page, page.view);
     }
     composer.input.focus();
+  }
+}
+
+// ---- blocking
+
+// A Block button, then a confirmation; blocking ends the conversation for both.
+function renderBlock(page, view) {
+  if (!view.peer || page.blockShown === view.peer) {
+    return;
+  }
+  page.blockShown = view.peer;
+  showBlockButton(page, view.peer);
+}
+
+function showBlockButton(page, peer) {
+  const button = h('button', { type: 'button', class: 'button button-danger-quiet' }, 'Block');
+  button.addEventListener('click', () => confirmBlock(page, peer));
+  mount(page.blocking, button);
+}
+
+function confirmBlock(page, peer) {
+  const error = errorNotice();
+  const yes = h('button', { type: 'button', class: 'button button-danger' }, 'Block');
+  const no = h('button', { type: 'button', class: 'button' }, 'Cancel');
+  no.addEventListener('click', () => showBlockButton(page, peer));
+  yes.addEventListener('click', () => block(page, peer, { yes, no, error }));
+  mount(page.blocking, h('div', { class: 'confirm', role: 'group', 'aria-label': `Block ${peer}?` },
+    h('p', { class: 'confirm-question' }, `Block ${peer}?`),
+    h('p', { class: 'confirm-detail' }, 'This conversation ends. You will not see each other in matches, and '
+      + 'they cannot ask to connect or write to you.'),
+    error,
+    h('div', { class: 'actions' }, yes, no)));
+  yes.focus();
+}
+
+async function block(page, peer, { yes, no, error }) {
+  hideNotice(error);
+  setBusy(yes, true, 'Blocking…');
+  no.disabled = true;
+  try {
+    await blockPeer(peer, { signal: page.ctx.signal });
+    if (!page.ctx.signal.aborted) {
+      page.ctx.navigate(MATCHES_HASH, { flash: `You blocked ${peer}.` });
+    }
+  } catch (failure) {
+    if (!isStale(page.ctx, failure)) {
+      showNotice(error, errorText(failure));
+      setBusy(yes, false);
+      no.disabled = false;
+    }
   }
 }

@@ -23,7 +23,10 @@ const MODES = [
 const DEFAULT_MODE = 'exact';
 const PROFILE_HASH = '#/profile';
 const NO_PROFILE_STATUSES = new Set([404, 409]);
-const PERCENT = 100;
+const KIND_TEXT = {
+  exact: 'Exact match',
+  similar: 'Similar symptoms',
+};
 const STATE_TEXT = {
   pending: 'Request sent: waiting for an answer',
   declined: 'They declined',
@@ -132,21 +135,33 @@ function incomingRequests(page, requests) {
 }
 
 function requestCard(page, item) {
-  const error = errorNotice();
+  const card = {
+    error: errorNotice(),
+    actions: h('div', { class: 'actions' }),
+  };
+  renderRequestActions(page, card, item);
+  return h('article', { class: 'card access-card match-request', 'aria-label': `Request from ${item.peer}` },
+    h('div', { class: 'access-card-head' },
+      h('h3', { class: 'access-card-title pseudonym' }, item.peer),
+      h('p', { class: 'access-card-meta' }, 'Asks to talk with you · ', dateTime(item.created_at))),
+    card.error,
+    card.actions);
+}
+
+function renderRequestActions(page, card, item) {
+  const { error } = card;
   const accept = h('button', { type: 'button', class: 'button button-primary' }, 'Accept');
   const decline = h('button', { type: 'button', class: 'button' }, 'Decline');
+  const block = h('button', { type: 'button', class: 'button button-danger-quiet' }, 'Block');
   accept.addEventListener('click', () => answerRequest(page, item, {
     button: accept, other: decline, error, accept: true,
   }));
   decline.addEventListener('click', () => answerRequest(page, item, {
     button: decline, other: accept, error, accept: false,
   }));
-  return h('article', { class: 'card access-card match-request', 'aria-label': `Request from ${item.peer}` },
-    h('div', { class: 'access-card-head' },
-      h('h3', { class: 'access-card-title pseudonym' }, item.peer),
-      h('p', { class: 'access-card-meta' }, 'Asks to talk with you · ', dateTime(item.created_at))),
-    error,
-    h('div', { class: 'actions' }, accept, decline));
+  block.addEventListener('click', () => confirmBlock(page, card, item.peer,
+    () => renderRequestActions(page, card, item)));
+  mount(card.actions, accept, decline, block);
 }
 
 async function answerRequest(page, item, { button, other, error, accept }) {
@@ -250,11 +265,13 @@ function matchCard(page, match, mode) {
   };
   renderMatchActions(page, card, match);
   const shared = [...(match.shared ?? [])].sort((x, y) => x.name.localeCompare(y.name));
+  // No score: a number would tell more about the other patient than the symptoms you share.
+  const similar = match.similar ?? mode === 'ranked';
   return h('article', { class: 'card access-card match-card', 'aria-label': `Match ${match.pseudonym}` },
     h('div', { class: 'match-head' },
       h('h3', { class: 'access-card-title pseudonym' }, match.pseudonym),
-      mode === 'ranked' && h('span', { class: 'score', title: 'How similar your symptoms are' },
-        `${Math.round(Number(match.score) * PERCENT)}% similar`)),
+      h('span', { class: `match-kind${similar ? ' match-similar' : ''}` },
+        similar ? KIND_TEXT.similar : KIND_TEXT.exact)),
     h('p', { class: 'access-card-meta' }, shared.length ? 'Symptoms you share:' : 'No symptom in common exactly.'),
     shared.length > 0 && h('ul', { class: 'chips shared-symptoms', 'aria-label': 'Symptoms you share' },
       shared.map((term) => h('li', { class: 'chip' }, term.name))),
@@ -265,7 +282,8 @@ function matchCard(page, match, mode) {
 function renderMatchActions(page, card, match) {
   const connection = match.connection;
   const block = h('button', { type: 'button', class: 'button button-danger-quiet' }, 'Block');
-  block.addEventListener('click', () => confirmBlock(page, card, match));
+  block.addEventListener('click', () => confirmBlock(page, card, match.pseudonym,
+    () => renderMatchActions(page, card, match)));
   if (connection?.state === 'accepted') {
     mount(card.actions, h('a', { class: 'button button-primary', href: chatHash(connection.id) }, 'Open chat'), block);
     return;
@@ -298,28 +316,26 @@ async function requestConnection(page, card, match, button) {
   }
 }
 
-function confirmBlock(page, card, match) {
+function confirmBlock(page, card, pseudonym, cancel) {
   hideNotice(card.error);
   const yes = h('button', { type: 'button', class: 'button button-danger' }, 'Block');
   const no = h('button', { type: 'button', class: 'button' }, 'Cancel');
-  no.addEventListener('click', () => {
-    renderMatchActions(page, card, match);
-  });
-  yes.addEventListener('click', () => block(page, card, match, yes));
-  mount(card.actions, h('div', { class: 'confirm', role: 'group', 'aria-label': `Block ${match.pseudonym}?` },
-    h('p', { class: 'confirm-question' }, `Block ${match.pseudonym}?`),
+  no.addEventListener('click', cancel);
+  yes.addEventListener('click', () => block(page, card, pseudonym, yes));
+  mount(card.actions, h('div', { class: 'confirm', role: 'group', 'aria-label': `Block ${pseudonym}?` },
+    h('p', { class: 'confirm-question' }, `Block ${pseudonym}?`),
     h('p', { class: 'confirm-detail' }, 'You will not see each other in matches, and they cannot ask to connect '
       + 'or write to you.'),
     h('div', { class: 'actions' }, yes, no)));
   yes.focus();
 }
 
-async function block(page, card, match, button) {
+async function block(page, card, pseudonym, button) {
   setBusy(button, true, 'Blocking…');
   try {
-    await blockPeer(match.pseudonym, { signal: page.ctx.signal });
+    await blockPeer(pseudonym, { signal: page.ctx.signal });
     if (!page.ctx.signal.aborted) {
-      announce(page, `You blocked ${match.pseudonym}.`);
+      announce(page, `You blocked ${pseudonym}.`);
       loadMatches(page);
       loadConnections(page);
     }

@@ -2,6 +2,10 @@
 
 // The signed-in user's token and profile, kept in memory and in localStorage so
 // the installed app stays signed in between launches until logout or expiry.
+// Whenever the session is read or cleared, the private chat data of everybody but
+// the signed-in user is wiped from the device (a shared phone: chat-store.js).
+
+import { forgetOtherUsers } from './chat-store.js';
 
 const TOKEN_KEY = 'medledger.token';
 const USER_KEY = 'medledger.user';
@@ -28,6 +32,7 @@ export function loadSession() {
     clearSession();
     return true;
   }
+  forgetChatsOfOthers(user.id);
   return false;
 }
 
@@ -44,6 +49,11 @@ export function clearSession() {
   resetState();
   removeOurKeys(safeStorage('localStorage'));
   removeOurKeys(safeStorage('sessionStorage'));
+  forgetChatsOfOthers(null);
+}
+
+function forgetChatsOfOthers(userId) {
+  forgetOtherUsers(userId).catch((error) => console.warn('Could not wipe chat data on this device.', error));
 }
 
 export function currentToken() {

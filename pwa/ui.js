@@ -8,6 +8,8 @@ import { h } from './dom.js';
 import { formatDateTime } from './format.js';
 
 const FALLBACK_ERROR_MESSAGE = 'Something went wrong. Please try again.';
+const RATE_LIMITED = 429;
+const RATE_LIMITED_MESSAGE = 'You did this too often in a short time. Please wait a minute, then try again.';
 
 export function viewHeading(text) {
   return h('h1', { class: 'view-title', tabindex: '-1' }, text);
@@ -91,7 +93,11 @@ export function setBusy(button, busy, busyLabel) {
   button.textContent = busy ? busyLabel : button.dataset.idleLabel;
 }
 
+// A refusal for going too fast always reads the same, whichever request it was.
 export function errorText(error) {
+  if (error?.status === RATE_LIMITED) {
+    return RATE_LIMITED_MESSAGE;
+  }
   return error?.message || FALLBACK_ERROR_MESSAGE;
 }
 

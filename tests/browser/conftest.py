@@ -10,10 +10,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Request, sync_playwright
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.browser.support import (
     CHROMIUM,
@@ -23,14 +22,13 @@ from tests.browser.support import (
     DOCTOR_PASSWORD,
     DOCTOR_USERNAME,
     HOST,
-    PHONE,
     ROOT,
-    UI_TIMEOUT,
     Node,
     Phone,
     flask_cli,
     free_port,
     node_env,
+    open_phone,
     stop,
     wait_until_serving,
 )
@@ -79,39 +77,5 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def phone(browser: Browser, node: Node) -> Iterator[Phone]:
-    context = browser.new_context(
-        base_url=node.url,
-        viewport=PHONE,
-        device_scale_factor=2,
-        is_mobile=True,
-        has_touch=True,
-        locale="en-GB",
-        timezone_id="UTC",
-        service_workers="allow",
-        accept_downloads=True,
-    )
-    context.set_default_timeout(UI_TIMEOUT)
-    context.set_default_navigation_timeout(UI_TIMEOUT)
-    page = context.new_page()
-    phone = Phone(page)
-
-    def on_request(request: Request) -> None:
-        if request.url.startswith(("http:", "https:", "ws:", "wss:")) and urlsplit(request.url).hostname != HOST:
-            phone.foreign_requests.append(request.url)
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            phone.console_errors.append(message.text)
-
-    def on_dialog(dialog: Dialog) -> None:
-        phone.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    context.on("request", on_request)
-    page.on("pageerror", lambda error: phone.errors.append(str(error)))
-    page.on("console", on_console)
-    page.on("dialog", on_dialog)
-    try:
+    with open_phone(browser, node) as phone:
         yield phone
-    finally:
-        context.close()

@@ -14,13 +14,16 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
-from playwright.sync_api import Page
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it. Never `playwright install`.
@@ -240,3 +243,45 @@ def write_record(node: Node, token: str, patient_username: str, title: str) -> s
     )
     assert written.status_code == 201, written.text
     return written.json()["id"]
+
+
+@contextmanager
+def open_phone(browser: Browser, node: Node) -> Iterator[Phone]:
+    """A phone: its own browser context at a phone's size (so its own storage and IndexedDB),
+    recording what goes wrong in it."""
+    context = browser.new_context(
+        base_url=node.url,
+        viewport=PHONE,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        locale="en-GB",
+        timezone_id="UTC",
+        service_workers="allow",
+        accept_downloads=True,
+    )
+    context.set_default_timeout(UI_TIMEOUT)
+    context.set_default_navigation_timeout(UI_TIMEOUT)
+    page = context.new_page()
+    phone = Phone(page)
+
+    def on_request(request: Request) -> None:
+        if request.url.startswith(("http:", "https:", "ws:", "wss:")) and urlsplit(request.url).hostname != HOST:
+            phone.foreign_requests.append(request.url)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            phone.console_errors.append(message.text)
+
+    def on_dialog(dialog: Dialog) -> None:
+        phone.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    context.on("request", on_request)
+    page.on("pageerror", lambda error: phone.errors.append(str(error)))
+    page.on("console", on_console)
+    page.on("dialog", on_dialog)
+    try:
+        yield phone
+    finally:
+        context.close()

@@ -16,24 +16,23 @@ import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 import socketio
-from playwright.sync_api import Browser, Dialog, Page, Request, expect
+from playwright.sync_api import Browser, Page, Route, WebSocketRoute, expect
 
 from tests.browser.support import (
-    HOST,
     HTTP_TIMEOUT,
-    PHONE,
     UI_TIMEOUT,
     Node,
     Phone,
     bearer,
     fits_the_phone,
     heading,
+    open_phone,
     register_patient,
     token_for,
 )
@@ -73,44 +72,10 @@ REPLAYED_TEXT = "A message that was already received arrived again and was ignor
 PROFILE_SCREENSHOT = Path("/tmp/pwa-profile.png")
 
 
-@contextmanager
-def new_phone(browser: Browser, node: Node) -> Iterator[Phone]:
-    """Another phone: its own browser context, so its own storage and IndexedDB (as conftest's `phone`)."""
-    context = browser.new_context(
-        base_url=node.url,
-        viewport=PHONE,
-        device_scale_factor=2,
-        is_mobile=True,
-        has_touch=True,
-        locale="en-GB",
-        timezone_id="UTC",
-        service_workers="allow",
-    )
-    context.set_default_timeout(UI_TIMEOUT)
-    context.set_default_navigation_timeout(UI_TIMEOUT)
-    phone = Phone(context.new_page())
-
-    def on_request(request: Request) -> None:
-        if request.url.startswith(("http:", "https:", "ws:", "wss:")) and urlsplit(request.url).hostname != HOST:
-            phone.foreign_requests.append(request.url)
-
-    def on_dialog(dialog: Dialog) -> None:
-        phone.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    context.on("request", on_request)
-    phone.page.on("pageerror", lambda error: phone.errors.append(str(error)))
-    phone.page.on("dialog", on_dialog)
-    try:
-        yield phone
-    finally:
-        context.close()
-
-
 @pytest.fixture
 def other_phone(browser: Browser, node: Node) -> Iterator[Phone]:
     """A second patient's phone."""
-    with new_phone(browser, node) as phone:
+    with open_phone(browser, node) as phone:
         yield phone
 
 
@@ -216,6 +181,11 @@ def chat_storage(page: Page, user_id: object, *, until_empty: bool = False) -> d
     return counts
 
 
+def grouped(fingerprint: str) -> str:
+    """A fingerprint as the app shows it: groups of four hex digits."""
+    return " ".join(fingerprint[i : i + 4] for i in range(0, len(fingerprint), 4))
+
+
 def flip_a_bit(text: str) -> str:
     raw = bytearray(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     raw[0] ^= 1
@@ -260,9 +230,12 @@ def test_two_patients_match_connect_and_chat(node: Node, phone: Phone, other_pho
     for page in (a, b):  # neither name nor username is shown to the other
         for revealing in (alice, bob, "Alice Chat", "Bob Chat"):
             expect(page.locator("#app")).not_to_contain_text(revealing)
+    # No score (it would say more about the other patient than the shared symptoms): a kind only.
+    expect(a.locator(".match-card", has_text=bob_seen_as).locator(".match-kind")).to_have_text("Exact match")
     a.get_by_role("button", name="Similar").click()
     ranked = a.locator(".match-card", has_text=bob_seen_as)
-    expect(ranked.locator(".score")).to_have_text(re.compile(r"^\d{1,3}% similar$"))
+    expect(ranked.locator(".match-kind")).to_have_text("Similar symptoms")
+    expect(a.locator(".match-card")).not_to_contain_text("%")
     a.get_by_role("button", name="Exact").click()
 
     # Alice asks to connect; Bob sees the request and accepts, which opens the chat.
@@ -334,7 +307,7 @@ def test_two_patients_match_connect_and_chat(node: Node, phone: Phone, other_pho
     a.get_by_role("button", name="Log out").click()
     expect(heading(a)).to_have_text("Log in")
     assert chat_storage(a, alice_id, until_empty=True) == {
-        "identity": 1, "peers": 1, "sessions": 0, "handshakes": 0, "messages": 0,
+        "identity": 1, "peers": 1, "sessions": 0, "handshakes": 0, "messages": 0, "outbox": 0, "cursors": 0,
     }  # fmt: skip
 
     for device in (phone, other_phone):
@@ -405,7 +378,7 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
 
     # Bob's old phone is gone; on a new one he has a new identity key, registered on the ledger.
     b.goto("about:blank")
-    with new_phone(browser, node) as new:
+    with open_phone(browser, node) as new:
         log_in(new.page, bob)
         new.page.goto(f"/app/#/chat/{conversation}")
         chat_ready(new.page, alice_seen_as)
@@ -414,10 +387,23 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
         expect(a.locator(".chat-status")).to_contain_text("end-to-end encrypted")
         send(new.page, from_new_phone)
         expect(a.locator(".message-theirs .message-text").last).to_have_text(from_new_phone)
+        # Both fingerprints in full, to compare with Bob another way; nothing can be sent meanwhile.
+        keys = requests.get(
+            node.api(f"/chat/keys/{bob_seen_as}"), headers=bearer(tokens[alice]), timeout=HTTP_TIMEOUT
+        ).json()["key"]
+        expect(warning.locator(".fingerprint-previous")).to_have_text(grouped(keys["previous"][0]["fingerprint"]))
+        expect(warning.locator(".fingerprint-current")).to_have_text(grouped(keys["fingerprint"]))
+        expect(a.locator("#chat-message")).to_be_disabled()
         assert fits_the_phone(a)
         a.screenshot(path=str(KEY_WARNING_SCREENSHOT), full_page=True)
-        a.get_by_role("button", name="I understand").click()
+        # The warning is kept on the device: a reload does not make it go away.
+        a.reload()
+        expect(warning).to_contain_text(f"{bob_seen_as}\u2019s chat key has changed")
+        expect(a.locator(".chat-status")).to_contain_text("matches the ledger", timeout=HANDSHAKE_TIMEOUT)
+        expect(a.locator("#chat-message")).to_be_disabled()
+        a.get_by_role("button", name="I trust the new key").click()
         expect(warning).to_be_hidden()
+        expect(a.locator("#chat-message")).to_be_enabled()
         new.assert_clean()
 
     # One tab at a time runs the chat: a second tab waits, and takes over when the first closes.
@@ -536,3 +522,370 @@ def test_blocking_hides_both_from_each_other(node: Node, phone: Phone) -> None:
     expect(page.locator(".match-card")).to_have_count(0)
     assert exact_matches(node, tokens[other]) == []
     phone.assert_clean()
+
+
+# ---- delivery in order, gaps, a shared phone, Web Locks, blocking
+
+GAP_SYMPTOMS = ["HP:0002315"]  # Headache alone: the gap test's own match
+LOCKS_SYMPTOMS = ["HP:0012378"]  # Fatigue alone: the Web Locks test's own match
+REQUEST_BLOCK_SYMPTOMS = ["HP:0002018"]  # Nausea alone
+CONVERSATION_BLOCK_SYMPTOMS = ["HP:0001945"]  # Fever alone
+LOST_TEXT = "Some messages could not be read"
+EVENT_FRAME = "42/chat,"
+ACK_FRAME = re.compile(r"^43/chat,(\d+)(.*)$", re.DOTALL)
+SEND_FRAME = re.compile(r'^42/chat,(\d+)\["send",')
+LEDGER_SYMPTOMS = ["HP:0001250"]  # Seizure alone: the ledger test's own match
+LEDGER_MISMATCH_TEXT = "does not match the public ledger"
+WAITING_FOR_LEDGER = "waiting for the ledger"
+RESEND_SYMPTOMS = ["HP:0002017"]  # Nausea and vomiting: the resend test's own match
+ACK_TIMEOUT = 30_000  # milliseconds: more than the app's 15 s wait for an answer
+OUTBOX_AND_SESSION = """async ([userId, conversation]) => {
+  const db = await new Promise((resolve, reject) => {
+    const opening = indexedDB.open(`medledger-chat-${userId}`);
+    opening.onsuccess = () => resolve(opening.result);
+    opening.onerror = () => reject(opening.error);
+  });
+  const read = (store, how) => new Promise((resolve) => {
+    const request = how(db.transaction(store).objectStore(store));
+    request.onsuccess = () => resolve(request.result);
+  });
+  const outbox = await read('outbox', (store) => store.getAll());
+  const session = await read('sessions', (store) => store.get(conversation));
+  db.close();
+  return {
+    outbox: outbox.map((item) => ({ cid: item.cid, seq: item.envelope?.seq ?? null })),
+    sendSeq: session?.sendSeq ?? null,
+  };
+}"""
+CURSOR_OF = """async ([userId, conversation]) => {
+  const db = await new Promise((resolve, reject) => {
+    const opening = indexedDB.open(`medledger-chat-${userId}`);
+    opening.onsuccess = () => resolve(opening.result);
+    opening.onerror = () => reject(opening.error);
+  });
+  const cursor = await new Promise((resolve) => {
+    const reading = db.transaction('cursors').objectStore('cursors').get(conversation);
+    reading.onsuccess = () => resolve(reading.result ?? 0);
+  });
+  db.close();
+  return cursor;
+}"""
+
+
+class LossyRelay:
+    """Sits between one page and the node's Socket.IO endpoint (Playwright's WebSocket routing):
+    passes every frame, except that it can lose the next chat message the node relays to the
+    page (as a relay that drops one would), hide the lost ones from "history" answers too, and
+    lose the node's answer to the page's next "send" (the message itself gets through)."""
+
+    def __init__(self, page: Page) -> None:
+        self.lose_next = False
+        self.hide_from_history = False
+        self.lose_send_answer = False
+        self.lost: list[int] = []
+        self.lost_answers: set[str] = set()
+        page.route_web_socket(re.compile(r"/socket\.io/"), self._route)
+
+    def _route(self, ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(frame: str | bytes) -> None:
+            send = SEND_FRAME.match(frame) if isinstance(frame, str) else None
+            if send and self.lose_send_answer:
+                self.lose_send_answer = False
+                self.lost_answers.add(send.group(1))
+            server.send(frame)
+
+        ws.on_message(from_page)
+
+        def from_server(frame: str | bytes) -> None:
+            passed = self._pass(frame) if isinstance(frame, str) else frame
+            if passed is not None:
+                ws.send(passed)
+
+        server.on_message(from_server)
+
+    def _pass(self, frame: str) -> str | None:
+        if frame.startswith(EVENT_FRAME):
+            event, payload = json.loads(frame.removeprefix(EVENT_FRAME))[:2]
+            if event == "message" and self.lose_next:
+                self.lose_next = False
+                self.lost.append(payload["id"])
+                return None
+        ack = ACK_FRAME.match(frame)
+        if ack and ack.group(1) in self.lost_answers:
+            self.lost_answers.discard(ack.group(1))
+            return None
+        if ack and self.hide_from_history and self.lost:
+            answer = json.loads(ack.group(2))
+            if isinstance(answer[0], dict) and "messages" in answer[0]:
+                answer[0]["messages"] = [item for item in answer[0]["messages"] if item["id"] not in self.lost]
+                return f"43/chat,{ack.group(1)}{json.dumps(answer)}"
+        return frame
+
+
+@dataclass
+class Pair:
+    """Two patients with the same symptoms, connected through the API; each dict by "asking"/"answering"."""
+
+    names: dict[str, str]
+    ids: dict[str, str]
+    tokens: dict[str, str]
+    conversation: str
+
+
+def matched_pair(node: Node, prefix: str, terms: list[str]) -> Pair:
+    suffix = secrets.token_hex(3)
+    names = {"asking": f"{prefix}.a{suffix}", "answering": f"{prefix}.b{suffix}"}
+    ids, tokens = {}, {}
+    for role, username in names.items():
+        ids[role] = register_patient(node, username, PASSWORD, username)
+        tokens[role] = token_for(node, username, PASSWORD)
+        profile = {"terms": terms, "diagnosis": None, "age_band": None, "sex": None, "discoverable": True}
+        saved = requests.put(node.api("/profile"), json=profile, headers=bearer(tokens[role]), timeout=HTTP_TIMEOUT)
+        assert saved.status_code == 200, saved.text
+    return Pair(names, ids, tokens, connect_through_the_api(node, tokens["asking"], tokens["answering"]))
+
+
+def wait_for_cursor(page: Page, user_id: object, conversation: str, at_least: int) -> None:
+    """Until the page has handled (and stored its cursor past) the item `at_least`."""
+    for _ in range(HANDSHAKE_TIMEOUT // STORAGE_POLL_MS):
+        if page.evaluate(CURSOR_OF, [str(user_id), conversation]) >= at_least:
+            return
+        page.wait_for_timeout(STORAGE_POLL_MS)
+    pytest.fail(f"the page never handled item {at_least}")
+
+
+def test_a_lost_message_is_fetched_again_and_a_hole_starts_a_new_session(
+    node: Node, phone: Phone, other_phone: Phone
+) -> None:
+    """The relay loses a message on its way to Bob: the next one is ahead of its counter, so Bob's
+    app fetches what is missing and shows both, in order. Then one is lost for good (the node's
+    history hides it too): Bob is told that some messages could not be read, the browsers run a
+    fresh handshake on their own, and the conversation goes on under the new session. Last, Bob's
+    session expires while the app is closed: the next start wipes his conversation off the phone."""
+    pair = matched_pair(node, "pat.gap", GAP_SYMPTOMS)
+    names, conversation = pair.names, pair.conversation
+    alice_id, bob_id = pair.ids["asking"], pair.ids["answering"]
+    texts = [f"{what} {secrets.token_hex(4)}" for what in ("One", "Two", "Three", "Four", "Five", "Six")]
+    a, b = phone.page, other_phone.page
+    relay = LossyRelay(b)
+
+    log_in(a, names["asking"])
+    log_in(b, names["answering"])
+    a.goto(f"/app/#/chat/{conversation}")
+    b.goto(f"/app/#/chat/{conversation}")
+    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
+    chat_ready(a, bob_seen_as)
+    chat_ready(b, alice_seen_as)
+    bobs = b.locator(".message-theirs .message-text")
+
+    # Lost once: found again through "history", and read in order.
+    relay.lose_next = True
+    send(a, texts[0])
+    send(a, texts[1])
+    expect(bobs).to_have_text(texts[:2])
+    assert len(relay.lost) == 1
+    expect(b.locator(".chat-errors li")).to_have_count(0)
+
+    # Lost for good: told once, and a new session is set up without anyone doing anything.
+    _, rows = database_dump(node, conversation)
+    handshakes_before = [kind for kind, _ in rows].count("handshake")
+    relay.lose_next = relay.hide_from_history = True
+    send(a, texts[2])
+    send(a, texts[3])
+    expect(b.locator(".chat-errors li")).to_have_count(1)
+    expect(b.locator(".chat-errors li")).to_contain_text(LOST_TEXT)
+    chat_ready(b, alice_seen_as)
+    path = node.env["DATABASE_URL"].removeprefix("sqlite:///")
+    for _ in range(HANDSHAKE_TIMEOUT // STORAGE_POLL_MS):
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            handshake_ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM chat_messages WHERE connection_id = ? AND kind = 'handshake' ORDER BY id",
+                    (int(conversation),),
+                )
+            ]
+        if len(handshake_ids) == handshakes_before + 3:
+            break
+        a.wait_for_timeout(STORAGE_POLL_MS)
+    assert len(handshake_ids) == handshakes_before + 3, handshake_ids
+    wait_for_cursor(a, alice_id, conversation, handshake_ids[-1])  # Alice took the confirm: new session
+    send(a, texts[4])
+    expect(bobs).to_have_text([*texts[:2], texts[4]])
+    send(b, texts[5])
+    expect(a.locator(".message-theirs .message-text")).to_have_text([texts[5]])
+    expect(a.locator(".chat-errors li")).to_have_count(0)
+    expect(b.locator(".chat-errors li")).to_have_count(1)
+
+    # A shared phone: Bob's session expires while the app is closed; the next start wipes his chat.
+    assert chat_storage(b, bob_id)["messages"] == 4
+    b.evaluate("() => localStorage.setItem('medledger.expires_at', '2000-01-01T00:00:00Z')")
+    b.reload()
+    expect(heading(b)).to_have_text("Log in")
+    assert chat_storage(b, bob_id, until_empty=True) == {
+        "identity": 1, "peers": 1, "sessions": 0, "handshakes": 0, "messages": 0, "outbox": 0, "cursors": 0,
+    }  # fmt: skip
+    assert b.evaluate("() => localStorage.getItem('medledger-chat-users')") is None
+    for device in (phone, other_phone):
+        device.assert_clean()
+
+
+def test_the_chat_refuses_to_run_without_web_locks(node: Node, phone: Phone) -> None:
+    """Without navigator.locks two tabs could seal with copies of one session (one counter, one
+    nonce, twice): the chat says so and does nothing, not even make a key."""
+    pair = matched_pair(node, "pat.locks", LOCKS_SYMPTOMS)
+    names, tokens, conversation = pair.names, pair.tokens, pair.conversation
+    page = phone.page
+    page.context.add_init_script(
+        "Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined, configurable: true });"
+    )
+    log_in(page, names["asking"])
+    page.goto(f"/app/#/chat/{conversation}")
+    expect(page.locator(".chat-problem")).to_contain_text("lacks Web Locks")
+    expect(page.locator(".chat-status")).to_contain_text("cannot run in this browser")
+    expect(page.locator("#chat-message")).to_be_disabled()
+    own = requests.get(node.api("/chat/key"), headers=bearer(tokens["asking"]), timeout=HTTP_TIMEOUT)
+    assert own.status_code == 200 and own.json()["key"] is None, own.text
+    phone.assert_clean()
+
+
+def test_blocking_from_a_request_and_from_a_conversation(node: Node, phone: Phone, other_phone: Phone) -> None:
+    # A request waiting for an answer: blocked (after a confirmation) instead of answered.
+    suffix = secrets.token_hex(3)
+    asking, answering = f"pat.rqb.a{suffix}", f"pat.rqb.b{suffix}"
+    tokens = {}
+    for username in (asking, answering):
+        register_patient(node, username, PASSWORD, username)
+        tokens[username] = token_for(node, username, PASSWORD)
+        profile = {
+            "terms": REQUEST_BLOCK_SYMPTOMS, "diagnosis": None, "age_band": None, "sex": None, "discoverable": True,
+        }  # fmt: skip
+        saved = requests.put(node.api("/profile"), json=profile, headers=bearer(tokens[username]), timeout=HTTP_TIMEOUT)
+        assert saved.status_code == 200, saved.text
+    [found] = exact_matches(node, tokens[asking])
+    asked = requests.post(
+        node.api(f"/matches/{found['pseudonym']}/connect"), headers=bearer(tokens[asking]), timeout=HTTP_TIMEOUT
+    )
+    assert asked.status_code == 201, asked.text
+    page = phone.page
+    log_in(page, answering)
+    open_tab(page, "Matches")
+    request_card = page.locator(".match-request")
+    expect(request_card).to_have_count(1)
+    request_card.get_by_role("button", name="Block").click()
+    expect(request_card.get_by_role("group", name=re.compile(r"^Block \S+\?$"))).to_be_visible()
+    request_card.get_by_role("button", name="Block", exact=True).click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_have_text(re.compile(r"^You blocked \S+\.$"))
+    expect(page.locator(".match-request")).to_have_count(0)
+    assert exact_matches(node, tokens[asking]) == []
+
+    # An open conversation: the Block action ends it and goes back to Matches.
+    pair = matched_pair(node, "pat.cvb", CONVERSATION_BLOCK_SYMPTOMS)
+    names, pair_tokens, conversation = pair.names, pair.tokens, pair.conversation
+    other = other_phone.page
+    log_in(other, names["answering"])
+    other.goto(f"/app/#/chat/{conversation}")
+    peer = peer_in_heading(other)
+    other.locator(".chat-head").get_by_role("button", name="Block").click()
+    expect(other.get_by_role("group", name=f"Block {peer}?")).to_be_visible()
+    assert fits_the_phone(other)
+    other.get_by_role("group", name=f"Block {peer}?").get_by_role("button", name="Block", exact=True).click()
+    expect(heading(other)).to_have_text("Matches")
+    expect(other.locator("#app .view")).to_contain_text(f"You blocked {peer}.")
+    assert exact_matches(node, pair_tokens["asking"]) == []
+    for device in (phone, other_phone):
+        device.assert_clean()
+
+
+def test_a_message_whose_answer_was_lost_is_sent_again_once(node: Node, phone: Phone, other_phone: Phone) -> None:
+    """The node stores Alice's message but its answer never reaches her: the message stays in her
+    outbox, sealed, with its counter already stored; sent again later with the same cid, the node
+    recognises it, so Bob reads it once, and the next one follows in order."""
+    pair = matched_pair(node, "pat.resend", RESEND_SYMPTOMS)
+    first, second = (f"{what} {secrets.token_hex(4)}" for what in ("Once", "Then"))
+    a, b = phone.page, other_phone.page
+    relay = LossyRelay(a)
+    log_in(a, pair.names["asking"])
+    log_in(b, pair.names["answering"])
+    a.goto(f"/app/#/chat/{pair.conversation}")
+    b.goto(f"/app/#/chat/{pair.conversation}")
+    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
+    chat_ready(a, bob_seen_as)
+    chat_ready(b, alice_seen_as)
+
+    relay.lose_send_answer = True
+    a.fill("#chat-message", first)
+    a.get_by_role("button", name="Send").click()
+    expect(b.locator(".message-theirs .message-text")).to_have_text([first])
+    # Before any answer: the sealed message and the advanced counter are both stored.
+    kept = a.evaluate(OUTBOX_AND_SESSION, [str(pair.ids["asking"]), pair.conversation])
+    assert len(kept["outbox"]) == 1 and kept["outbox"][0]["cid"], kept
+    assert kept["sendSeq"] == kept["outbox"][0]["seq"] + 1, kept
+    expect(a.locator(".composer .notice-error")).to_contain_text("did not answer in time", timeout=ACK_TIMEOUT)
+    expect(a.locator(".message-pending")).to_have_count(1)
+
+    send(a, second)
+    expect(b.locator(".message-theirs .message-text")).to_have_text([first, second])
+    expect(a.locator(".message-pending")).to_have_count(0)
+    expect(a.locator(".message-mine .message-text")).to_have_text([first, second])
+    _, rows = database_dump(node, pair.conversation)
+    assert [kind for kind, _ in rows].count("message") == 2, rows
+    assert a.evaluate(OUTBOX_AND_SESSION, [str(pair.ids["asking"]), pair.conversation])["outbox"] == []
+    expect(b.locator(".chat-errors li")).to_have_count(0)
+    for device in (phone, other_phone):
+        device.assert_clean()
+
+
+def test_the_peers_key_is_checked_on_the_public_ledger(node: Node, phone: Phone, other_phone: Phone) -> None:
+    """Alice's node first says Bob's key is in no block yet: her app waits for the ledger (and says
+    so) before trusting it. Bob's node serves a block whose chat_key transaction does not name
+    Alice: his app refuses her key with a clear message and answers no handshake."""
+    pair = matched_pair(node, "pat.ledger", LEDGER_SYMPTOMS)
+    a, b = phone.page, other_phone.page
+    not_in_a_block = {"left": 2}
+
+    def key_not_in_a_block_yet(route: Route) -> None:
+        answer = route.fetch()
+        if answer.status != 200 or not_in_a_block["left"] == 0:
+            route.fulfill(response=answer)
+            return
+        not_in_a_block["left"] -= 1
+        body = answer.json()
+        body["key"]["height"] = None
+        route.fulfill(response=answer, json=body)
+
+    def another_subject(route: Route) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        for tx in body.get("transactions", []):
+            if tx.get("kind") == "chat_key":
+                tx["payload"]["subject"] = "0" * 64
+        route.fulfill(response=answer, json=body)
+
+    a.route(re.compile(r"/api/v1/chat/keys/"), key_not_in_a_block_yet)
+    b.route(re.compile(r"/api/v1/chain/blocks/\d+$"), another_subject)
+    log_in(b, pair.names["answering"])
+    b.goto(f"/app/#/chat/{pair.conversation}")
+    alice_seen_as = peer_in_heading(b)
+    log_in(a, pair.names["asking"])
+    a.goto(f"/app/#/chat/{pair.conversation}")
+    bob_seen_as = peer_in_heading(a)
+
+    # Alice: "waiting for the ledger" while the key is in no block, then on with the handshake.
+    expect(a.locator(".chat-status")).to_contain_text(WAITING_FOR_LEDGER, timeout=HANDSHAKE_TIMEOUT)
+    expect(a.locator(".chat-status")).to_contain_text("waiting for the other side", timeout=HANDSHAKE_TIMEOUT)
+    assert not_in_a_block["left"] == 0
+
+    # Bob: Alice's key is not what the ledger says; no reply goes out, nothing can be sent.
+    expect(b.locator(".chat-problem")).to_contain_text(LEDGER_MISMATCH_TEXT, timeout=HANDSHAKE_TIMEOUT)
+    expect(b.locator(".chat-status")).not_to_contain_text("matches the ledger")
+    expect(b.locator("#chat-message")).to_be_disabled()
+    b.wait_for_timeout(1_000)
+    _, rows = database_dump(node, pair.conversation)
+    assert [json.loads(body)["type"] for _, body in rows] == ["hello"], rows
+    expect(a.locator(".chat-status")).not_to_contain_text("end-to-end encrypted")
+    assert bob_seen_as and alice_seen_as
+    for device in (phone, other_phone):
+        device.assert_clean()
