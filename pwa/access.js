@@ -15,8 +15,8 @@ import {
   authorLine, capitalise, categoryLabel, daysText, formatDateTime, formatFromNow, personWithHospital, scopeText,
 } from './format.js';
 import {
-  dateTime, definitionList, errorNotice, errorText, flashNotice, formField, hideNotice, isStale, loadingIndicator,
-  setBusy, showNotice, viewHeading,
+  SEARCH_MIN_CHARS, dateTime, definitionList, errorNotice, errorText, flashNotice, formField, hideNotice, isStale,
+  loadingIndicator, searchAsYouType, setBusy, showNotice, viewHeading,
 } from './ui.js';
 
 const CATEGORIES = [
@@ -26,8 +26,6 @@ const CATEGORIES = [
 const DEFAULT_DAYS = 30;
 const MIN_DAYS = 1;
 const MAX_DAYS = 365;
-const SEARCH_MIN_CHARS = 2;
-const SEARCH_DEBOUNCE_MS = 300;
 const RECORD_TITLES_LIMIT = 200;
 const DAY_MS = 24 * 60 * 60 * 1000;
 const RECORDS_HASH = '#/records';
@@ -449,49 +447,12 @@ function doctorSearch(page, onChoose) {
     results: h('ul', { class: 'doctor-results', 'aria-label': 'Doctors found' }),
     note: h('p', { class: 'field-hint', role: 'status' }),
     chosenBox: h('div', { class: 'chosen', hidden: true }),
-    timer: null,
-    controller: null,
   };
   search.element = h('div', { class: 'doctor-search' }, field.wrapper, search.note, search.results, search.chosenBox);
   search.choose = (doctor) => showChosen(search, doctor, onChoose);
   search.reset = () => resetSearch(search);
-  field.input.addEventListener('input', () => scheduleSearch(page, search));
-  page.ctx.signal.addEventListener('abort', () => stopSearch(search));
+  search.stop = searchAsYouType(page, search, findDoctors, (query, doctors) => showResults(search, query, doctors));
   return search;
-}
-
-function scheduleSearch(page, search) {
-  stopSearch(search);
-  const query = search.input.value.trim();
-  mount(search.results);
-  search.note.textContent = '';
-  if (query.length < SEARCH_MIN_CHARS) {
-    return;
-  }
-  search.timer = setTimeout(() => runSearch(page, search, query), SEARCH_DEBOUNCE_MS);
-}
-
-function stopSearch(search) {
-  clearTimeout(search.timer);
-  search.controller?.abort();
-  search.controller = null;
-}
-
-async function runSearch(page, search, query) {
-  const controller = new AbortController();
-  search.controller = controller;
-  search.note.textContent = 'Searching…';
-  try {
-    const doctors = await findDoctors(query, { signal: controller.signal });
-    if (!controller.signal.aborted && !page.ctx.signal.aborted) {
-      showResults(search, query, doctors);
-    }
-  } catch (error) {
-    if (!controller.signal.aborted && !isStale(page.ctx, error)) {
-      search.note.textContent = '';
-      search.setError(errorText(error));
-    }
-  }
 }
 
 function showResults(search, query, doctors) {
@@ -529,7 +490,7 @@ function showChosen(search, doctor, onChoose) {
 }
 
 function resetSearch(search) {
-  stopSearch(search);
+  search.stop();
   search.input.value = '';
   search.note.textContent = '';
   search.setError(null);

@@ -10,12 +10,10 @@ import { getProfile, saveProfile, searchSymptoms, withdrawProfile } from './api.
 import { startChat } from './chat-client.js';
 import { h, mount } from './dom.js';
 import {
-  errorNotice, errorText, flashNotice, formField, hideNotice, isStale, loadingIndicator, setBusy, showNotice,
-  viewHeading,
+  SEARCH_MIN_CHARS, errorNotice, errorText, flashNotice, formField, hideNotice, isStale, loadingIndicator,
+  searchAsYouType, setBusy, showNotice, viewHeading,
 } from './ui.js';
 
-const SEARCH_MIN_CHARS = 2;
-const SEARCH_DEBOUNCE_MS = 250;
 const MAX_TERMS = 50;
 const AGE_BANDS = ['0-17', '18-29', '30-44', '45-59', '60-74', '75+'];
 const AGE_BAND_CHOICES = AGE_BANDS.map((band) => ({ value: band, label: band }));
@@ -209,59 +207,24 @@ function symptomSearch(page, onChoose) {
     ...field,
     results: h('ul', { class: 'symptom-results', 'aria-label': 'Symptoms found' }),
     note: h('p', { class: 'field-hint search-note', role: 'status' }),
-    timer: null,
-    controller: null,
     onChoose,
   };
   search.element = h('div', { class: 'symptom-search' }, field.wrapper, search.note, search.results);
   search.clear = () => {
-    stopSearch(search);
+    search.stop();
     search.input.value = '';
     search.note.textContent = '';
     mount(search.results);
   };
-  field.input.addEventListener('input', () => scheduleSearch(page, search));
+  const show = (query, symptoms) => showResults(page, search, query, symptoms);
+  search.stop = searchAsYouType(page, search, searchSymptoms, show);
   // Enter in the search box picks nothing and must not submit the whole form.
   field.input.addEventListener('keydown', (event) => {
     if (event.key === 'Enter') {
       event.preventDefault();
     }
   });
-  page.ctx.signal.addEventListener('abort', () => stopSearch(search));
   return search;
-}
-
-function scheduleSearch(page, search) {
-  stopSearch(search);
-  const query = search.input.value.trim();
-  mount(search.results);
-  search.note.textContent = '';
-  if (query.length >= SEARCH_MIN_CHARS) {
-    search.timer = setTimeout(() => runSearch(page, search, query), SEARCH_DEBOUNCE_MS);
-  }
-}
-
-function stopSearch(search) {
-  clearTimeout(search.timer);
-  search.controller?.abort();
-  search.controller = null;
-}
-
-async function runSearch(page, search, query) {
-  const controller = new AbortController();
-  search.controller = controller;
-  search.note.textContent = 'Searching…';
-  try {
-    const symptoms = await searchSymptoms(query, { signal: controller.signal });
-    if (!controller.signal.aborted && !page.ctx.signal.aborted) {
-      showResults(page, search, query, symptoms);
-    }
-  } catch (error) {
-    if (!controller.signal.aborted && !isStale(page.ctx, error)) {
-      search.note.textContent = '';
-      search.setError(errorText(error));
-    }
-  }
 }
 
 function showResults(page, search, query, symptoms) {

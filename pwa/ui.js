@@ -4,12 +4,14 @@
 // form fields and busy buttons. Text always goes in as text (see dom.js).
 
 import { isAbortError } from './api.js';
-import { h } from './dom.js';
+import { h, mount } from './dom.js';
 import { formatDateTime } from './format.js';
 
 const FALLBACK_ERROR_MESSAGE = 'Something went wrong. Please try again.';
 const RATE_LIMITED = 429;
 const RATE_LIMITED_MESSAGE = 'You did this too often in a short time. Please wait a minute, then try again.';
+export const SEARCH_MIN_CHARS = 2;
+const SEARCH_DEBOUNCE_MS = 250;
 
 export function viewHeading(text) {
   return h('h1', { class: 'view-title', tabindex: '-1' }, text);
@@ -103,4 +105,45 @@ export function errorText(error) {
 
 export function isStale(ctx, error) {
   return ctx.signal.aborted || isAbortError(error);
+}
+
+// Search as you type on `search` (a form field with `results` and `note`): waits for a
+// pause in typing, and only the latest query's answer is shown (an older request still
+// under way is aborted). `find(query, {signal})` fetches, `show(query, items)` draws.
+// Returns the function that stops it (also called when the page goes away).
+export function searchAsYouType(page, search, find, show) {
+  const state = { timer: null, controller: null };
+  const stop = () => {
+    clearTimeout(state.timer);
+    state.controller?.abort();
+    state.controller = null;
+  };
+  search.input.addEventListener('input', () => {
+    stop();
+    const query = search.input.value.trim();
+    mount(search.results);
+    search.note.textContent = '';
+    if (query.length >= SEARCH_MIN_CHARS) {
+      state.timer = setTimeout(() => runSearch(page, search, state, query, find, show), SEARCH_DEBOUNCE_MS);
+    }
+  });
+  page.ctx.signal.addEventListener('abort', stop);
+  return stop;
+}
+
+async function runSearch(page, search, state, query, find, show) {
+  const controller = new AbortController();
+  state.controller = controller;
+  search.note.textContent = 'Searching…';
+  try {
+    const items = await find(query, { signal: controller.signal });
+    if (!controller.signal.aborted && !page.ctx.signal.aborted) {
+      show(query, items);
+    }
+  } catch (error) {
+    if (!controller.signal.aborted && !isStale(page.ctx, error)) {
+      search.note.textContent = '';
+      search.setError(errorText(error));
+    }
+  }
 }
