@@ -11,7 +11,7 @@ from flask import Response, current_app, jsonify, request, send_file
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, json_body
 from portal.models import User, utcnow
-from portal.services import accounts, ledger, records, votes
+from portal.services import accounts, chat, ledger, records, votes
 from portal.services.errors import ValidationFailed
 from portal.services.records import NewAttachment
 
@@ -71,9 +71,13 @@ def me() -> Response:
 
 @bp.post("/me/password")
 def change_password() -> tuple[str, int]:
+    from portal.chat.events import close_sockets
+
     actor = api_actor()
     data = json_body()
+    others = chat.sockets_of_other_sessions(actor)
     accounts.change_password(actor, data.get("current_password"), data.get("new_password"), runtime.kdf())
+    close_sockets(others)  # their sessions have just ended
     return "", 204
 
 

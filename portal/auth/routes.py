@@ -7,7 +7,7 @@ from werkzeug.wrappers import Response
 from portal import runtime
 from portal.auth import bp, page_actor
 from portal.models import utcnow
-from portal.services import accounts
+from portal.services import accounts, chat
 from portal.services.errors import ServiceError
 
 HOME = {"doctor": "doctor.find_patient", "admin": "admin.users"}
@@ -72,13 +72,18 @@ def logout() -> Response:
 @login_required
 def change_password() -> Response | str:
     if request.method == "POST":
+        from portal.chat.events import close_sockets
+
+        actor = page_actor()
+        others = chat.sockets_of_other_sessions(actor)
         try:
             accounts.change_password(
-                page_actor(), request.form.get("current_password"), request.form.get("new_password"), runtime.kdf()
+                actor, request.form.get("current_password"), request.form.get("new_password"), runtime.kdf()
             )
         except ServiceError as exc:
             flash(exc.message, "error")
             return render_template("auth/password.html"), exc.status
+        close_sockets(others)  # their sessions have just ended
         flash("Password changed. Your other sessions have been signed out.", "info")
         return _home()
     return render_template("auth/password.html")

@@ -185,7 +185,11 @@ def end_session(token: str) -> int:
     """Close every /chat connection opened with `token`, in this process or (through the
     message queue) any other; called at sign-out, before the session is deleted. Returns how
     many connections were asked to close."""
-    sids = chat.sockets_of_session(token, now=utcnow())
+    return close_sockets(chat.sockets_of_session(token, now=utcnow()))
+
+
+def close_sockets(sids: list[str]) -> int:
+    """Close these /chat connections, in this process or (through the message queue) any other."""
     for sid in sids:
         socketio.server.disconnect(sid, namespace=NAMESPACE)
     return len(sids)

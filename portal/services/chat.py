@@ -26,7 +26,7 @@ from core.encoding import b64e
 from core.errors import CoreError
 from core.ledger import sign_transaction
 from portal.extensions import db
-from portal.models import ChatKey, ChatMessage, ChatSocket, Connection, User, epoch_ms
+from portal.models import AuthSession, ChatKey, ChatMessage, ChatSocket, Connection, User, epoch_ms
 from portal.services import accounts, ledger
 from portal.services.accounts import Actor
 from portal.services.errors import Conflict, Forbidden, NotFound, ServiceError, TooLarge, ValidationFailed
@@ -423,7 +423,17 @@ def sockets_of_session(token: str, *, now: datetime) -> list[str]:
     actor = accounts.resolve(token, now)
     if actor is None:
         return []
-    where = ChatSocket.session_id == actor.session.id
+    return _forget_sockets(ChatSocket.session_id == actor.session.id)
+
+
+def sockets_of_other_sessions(actor: Actor) -> list[str]:
+    """The sids of the actor's /chat connections opened with any session but this one: a password
+    change ends those sessions (their rows go with them) and the caller then closes these."""
+    others = select(AuthSession.id).where(AuthSession.user_id == actor.user.id, AuthSession.id != actor.session.id)
+    return list(db.session.scalars(select(ChatSocket.sid).where(ChatSocket.session_id.in_(others))))
+
+
+def _forget_sockets(where: Any) -> list[str]:
     sids = list(db.session.scalars(select(ChatSocket.sid).where(where)))
     db.session.execute(delete(ChatSocket).where(where))
     db.session.commit()

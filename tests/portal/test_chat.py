@@ -193,6 +193,23 @@ def test_sign_out_disconnects_that_sessions_sockets(
     assert [m["envelope"] for m in received(alice_phone, "message")] == [envelope(1)]
 
 
+def test_a_password_change_disconnects_the_other_sessions_sockets(
+    app: Flask, client: FlaskClient, patient: Person, conversation: str
+) -> None:
+    current = sio(app, patient)
+    other_token = client.post("/api/v1/auth/token", json={"username": "alice", "password": patient.password}).json
+    other_phone = socketio.test_client(app, namespace=NS, auth={"token": other_token["token"]})
+    assert other_phone.is_connected(NS)
+    wrong = {"current_password": "not-the-password", "new_password": "a-brand-new-password"}
+    assert client.post("/api/v1/me/password", json=wrong, headers=patient.headers).status_code == 401
+    assert other_phone.is_connected(NS)  # a refused change ends nothing
+    change = {"current_password": patient.password, "new_password": "a-brand-new-password"}
+    assert client.post("/api/v1/me/password", json=change, headers=patient.headers).status_code == 204
+    assert not other_phone.is_connected(NS)  # at once: its session has ended
+    assert current.is_connected(NS)  # the session that changed the password goes on
+    assert call(current, "join", {"conversation": conversation})["ok"] is True
+
+
 def test_session_expired_mid_connection(app: Flask, patient: Person, conversation: str) -> None:
     alice = sio(app, patient)
     assert call(alice, "join", {"conversation": conversation})["ok"] is True
