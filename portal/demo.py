@@ -47,10 +47,11 @@ RECORDS = [
         "prescriptions": [{"drug": "Metformin", "dose": "500 mg", "frequency": "twice daily", "duration": "3 months"}],
     }),
 ]  # fmt: skip
+MIGRAINE, HEADACHE, COUGH = "HP:0002076", "HP:0002315", "HP:0012735"
 PROFILES = [
-    ("alice", {"terms": ["HP:0002076", "HP:0002315"], "age_band": "30-44", "sex": "female", "discoverable": True}),
-    ("carol", {"terms": ["HP:0002076", "HP:0002315"], "age_band": "45-59", "sex": "female", "discoverable": True}),
-    ("bob", {"terms": ["HP:0002315", "HP:0012735"], "age_band": "30-44", "sex": "male", "discoverable": True}),
+    ("alice", {"terms": [MIGRAINE, HEADACHE], "age_band": "30-44", "sex": "female", "discoverable": True}),
+    ("carol", {"terms": [MIGRAINE, HEADACHE], "age_band": "45-59", "sex": "female", "discoverable": True}),
+    ("bob", {"terms": [MIGRAINE, HEADACHE, COUGH], "age_band": "30-44", "sex": "male", "discoverable": True}),
 ]
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from core.clinical import load_vocabulary
-from portal import runtime
+from portal import demo, runtime
 from portal.extensions import db
 from portal.models import Connection, RateEvent, SymptomProfile, utcnow
 from portal.services import accounts, matching
@@ -568,3 +568,18 @@ def test_invalid_connection_ids(client: FlaskClient, patient: Person, bad: str) 
 def test_invalid_limit_not_ascii_digits(client: FlaskClient, patient: Person) -> None:
     answer = client.get("/api/v1/symptoms?q=head&limit=²", headers=patient.headers)
     assert error(answer) == (422, "validation_failed", "`limit` must be a whole number from 1 to 50.")
+
+
+def test_the_demo_profiles_match_as_the_readme_says(
+    client: FlaskClient, patient: Person, other_patient: Person, carol: Person
+) -> None:
+    """README: Alice and Carol share their symptoms exactly; Bob is similar to both."""
+    profiles = dict(demo.PROFILES)
+    alice, bob = patient, other_patient  # the fixtures' usernames are alice and bob
+    for who, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        fields = {k: v for k, v in profiles[name].items() if k != "terms"}
+        put_profile(client, who, profiles[name]["terms"], **fields)
+    assert [m["pseudonym"] for m in matches(client, alice)] == [pseudonym(carol)]
+    assert {m["pseudonym"] for m in matches(client, alice, "ranked")} == {pseudonym(carol), pseudonym(bob)}
+    assert {m["pseudonym"] for m in matches(client, carol, "ranked")} == {pseudonym(alice), pseudonym(bob)}
+    assert matches(client, bob) == []
