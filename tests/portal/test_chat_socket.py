@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,8 +296,15 @@ def test_refused_connect_says_why(server: Node) -> None:
 def test_redis_message_queue_relays_between_server_processes(tmp: Path) -> None:
     redis.Redis.from_url(REDIS_URL).ping()  # fails (never skips) without Redis
     channel = f"medledger-test-{uuid.uuid4().hex[:12]}"
-    first = start(tmp, "web1", SOCKETIO_MESSAGE_QUEUE=REDIS_URL, SOCKETIO_CHANNEL=channel)
-    second = start(tmp, "web2", SOCKETIO_MESSAGE_QUEUE=REDIS_URL, SOCKETIO_CHANNEL=channel)
+    with ExitStack() as servers:  # every server started is stopped, also when the next fails to start
+        first = start(tmp, "web1", SOCKETIO_MESSAGE_QUEUE=REDIS_URL, SOCKETIO_CHANNEL=channel)
+        servers.callback(stop, first)
+        second = start(tmp, "web2", SOCKETIO_MESSAGE_QUEUE=REDIS_URL, SOCKETIO_CHANNEL=channel)
+        servers.callback(stop, second)
+        relay_between(first, second)
+
+
+def relay_between(first: Node, second: Node) -> None:
     a = b = None
     try:
         alice, bob = register(first.url, "alice"), register(second.url, "bob")
@@ -326,8 +334,6 @@ def test_redis_message_queue_relays_between_server_processes(tmp: Path) -> None:
         for client in (a, b):
             if client is not None:
                 client.close()
-        stop(first)
-        stop(second)
 
 
 def test_core_chat_clients_handshake_and_talk_through_the_server(server: Node, tmp: Path) -> None:
