@@ -190,6 +190,15 @@ export async function blockPeer(pseudonym, { signal } = {}) {
   await send('POST', '/blocks', { body: { pseudonym }, signal });
 }
 
+export async function listBlocks({ signal } = {}) {
+  const response = await send('GET', '/blocks', { signal });
+  return (await readJson(response)).blocks;
+}
+
+export async function unblockPeer(pseudonym, { signal } = {}) {
+  await send('DELETE', `/blocks/${encodeURIComponent(pseudonym)}`, { signal });
+}
+
 export async function registerChatKey(key, { signal } = {}) {
   const response = await send('PUT', '/chat/key', { body: { key }, signal });
   return (await readJson(response)).key;

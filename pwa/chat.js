@@ -3,7 +3,8 @@
 // The "Chat" screen (#/chat/<conversation>): one end-to-end encrypted conversation
 // with a match. The engine (chat-client.js) does the handshake and the crypto;
 // this screen shows its state (the status line, a changed-key warning, errors)
-// and the messages, and sends what the patient writes. Views follow views.js.
+// and the messages (the newest hundred, older ones on request), and sends what the
+// patient writes. Views follow views.js.
 
 import { blockPeer } from './api.js';
 import {
@@ -20,6 +21,7 @@ const NOT_SENT_YET = 'It is kept on this phone and sent as soon as the connectio
 const FINGERPRINT_GROUP = 4;
 const FINGERPRINT_CHARS = 16;
 const KEY_CHANGED_HINT = 'Confirm the new key above before you send anything.';
+const MESSAGES_PAGE = 100;
 const LINK_TEXT = {
   [LINK_STATES.connecting]: 'Connecting to the chat server…',
   [LINK_STATES.offline]: 'Offline: reconnecting…',
@@ -42,15 +44,18 @@ export function chatView(ctx, conversationId) {
     problem: h('div', { class: 'chat-problem', hidden: true }),
     blocking: h('div', { class: 'chat-block' }),
     errors: h('ul', { class: 'chat-errors', 'aria-label': 'Problems with received messages' }),
-    list: h('ol', { class: 'message-list', 'aria-label': 'Messages', 'aria-live': 'polite' }),
+    list: h('ol', { class: 'message-list', 'aria-label': 'Messages', 'aria-live': 'polite', tabindex: '-1' }),
+    older: h('button', { type: 'button', class: 'button older-messages', hidden: true }, 'Show older messages'),
     peer: null,
     blockShown: null,
     shownKeys: [],
+    hidden: null,
     shownErrors: 0,
     view: null,
   };
   const composer = messageComposer(page);
   page.composer = composer;
+  page.older.addEventListener('click', () => showOlder(page));
   const stop = watchConversation(conversationId, (view) => render(page, view));
   ctx.signal.addEventListener('abort', stop);
   return h('section', { class: 'view chat-view' },
@@ -62,6 +67,7 @@ export function chatView(ctx, conversationId) {
     page.warning,
     page.problem,
     page.errors,
+    page.older,
     page.list,
     composer.form);
 }
@@ -179,7 +185,9 @@ function renderErrors(page, view) {
 // New messages are appended (the list is a live region: only they are announced);
 // anything else, such as one arriving out of order, redraws the list.
 function renderMessages(page, view) {
-  const keys = view.messages.map((row) => row.key);
+  const rows = shownRows(page, view.messages);
+  page.older.hidden = rows.length === view.messages.length;
+  const keys = rows.map((row) => row.key);
   if (!keys.length) {
     mount(page.list, h('li', { class: 'muted message-empty' }, view.phase === PHASES.ready
       ? 'No messages yet. Say hello!'
@@ -190,14 +198,49 @@ function renderMessages(page, view) {
   const shown = page.shownKeys;
   const grows = shown.length > 0 && shown.length <= keys.length && shown.every((key, i) => key === keys[i]);
   if (grows) {
-    page.list.append(...view.messages.slice(shown.length).map((row) => messageItem(view, row)));
+    page.list.append(...rows.slice(shown.length).map((row) => messageItem(view, row)));
   } else {
-    mount(page.list, view.messages.map((row) => messageItem(view, row)));
+    mount(page.list, rows.map((row) => messageItem(view, row)));
   }
   if (keys.length !== shown.length) {
     page.list.lastElementChild?.scrollIntoView({ block: 'end' });
   }
   page.shownKeys = keys;
+}
+
+// A long history would make a slow, endless page: the newest messages first. The
+// oldest ones stay hidden by number, not by key, as a message not sent yet changes
+// key once it is; whatever comes after is shown, so new ones still appear.
+function shownRows(page, messages) {
+  if (!messages.length) {
+    page.hidden = null;
+    return messages;
+  }
+  if (page.hidden === null) {
+    page.hidden = Math.max(0, messages.length - MESSAGES_PAGE);
+  }
+  return messages.slice(page.hidden);
+}
+
+// From this device's own store (no server call). The message that was on top stays
+// where it was on screen: the older ones are above it, to scroll up to.
+function showOlder(page) {
+  const { view } = page;
+  const start = Math.min(page.hidden ?? 0, view.messages.length);
+  if (start === 0) {
+    return;
+  }
+  page.hidden = Math.max(0, start - MESSAGES_PAGE);
+  const older = view.messages.slice(page.hidden, start);
+  const anchor = page.list.firstElementChild;
+  const top = anchor.getBoundingClientRect().top;
+  page.list.prepend(...older.map((row) => messageItem(view, row)));
+  page.shownKeys = [...older.map((row) => row.key), ...page.shownKeys];
+  window.scrollBy(0, anchor.getBoundingClientRect().top - top);
+  if (page.hidden === 0) {
+    page.older.hidden = true;
+    page.list.focus({ preventScroll: true });
+  }
 }
 
 function messageItem(view, row) {

@@ -3,11 +3,12 @@
 // The "Matches" screen (#/matches): requests to connect waiting for the patient,
 // their conversations (with unread counts) and the patients whose symptoms match
 // theirs, exactly or by similarity. A match shows a pseudonym and the shared
-// symptoms only. Live changes arrive over the chat connection (chat-client.js).
+// symptoms only. At the bottom, the patients they blocked, each to unblock. Live
+// changes arrive over the chat connection (chat-client.js).
 // Views follow views.js.
 
 import {
-  acceptConnection, blockPeer, connectTo, declineConnection, listConnections, listMatches,
+  acceptConnection, blockPeer, connectTo, declineConnection, listBlocks, listConnections, listMatches, unblockPeer,
 } from './api.js';
 import { onConnectionsChanged, startChat, unseenCounts } from './chat-client.js';
 import { h, mount } from './dom.js';
@@ -44,6 +45,7 @@ export function matchesView(ctx) {
     requests: h('div', { class: 'access-list' }, loadingIndicator('Loading requests…')),
     conversations: h('div', { class: 'access-list' }),
     matches: h('div', { class: 'access-list' }),
+    blocked: h('div', { class: 'access-list' }),
     modeHint: h('p', { id: 'match-mode-hint', class: 'field-hint' }),
     modeButtons: [],
   };
@@ -53,6 +55,7 @@ export function matchesView(ctx) {
   ctx.signal.addEventListener('abort', stop);
   loadConnections(page);
   loadMatches(page);
+  loadBlocks(page);
   return h('section', { class: 'view' },
     viewHeading('Matches'),
     h('p', { class: 'lead' }, 'Patients whose symptoms match yours. They see only a pseudonym for you, '
@@ -61,7 +64,8 @@ export function matchesView(ctx) {
     page.status,
     section('match-requests', 'Requests to connect', page.requests),
     section('match-conversations', 'Your conversations', page.conversations),
-    section('match-list', 'People like you', modes, page.modeHint, page.matches));
+    section('match-list', 'People like you', modes, page.modeHint, page.matches),
+    section('match-blocked', 'Blocked patients', page.blocked));
 }
 
 function section(id, title, ...content) {
@@ -338,11 +342,92 @@ async function block(page, card, pseudonym, button) {
       announce(page, `You blocked ${pseudonym}.`);
       loadMatches(page);
       loadConnections(page);
+      loadBlocks(page);
     }
   } catch (error) {
     if (!isStale(page.ctx, error)) {
       showNotice(card.error, errorText(error));
       setBusy(button, false);
+    }
+  }
+}
+
+// ---- blocked patients: unblocking
+
+async function loadBlocks(page) {
+  const { ctx } = page;
+  mount(page.blocked, loadingIndicator('Loading blocked patients…'));
+  try {
+    const blocks = await listBlocks({ signal: ctx.signal });
+    if (!ctx.signal.aborted) {
+      mount(page.blocked, blockedList(page, blocks));
+    }
+  } catch (error) {
+    if (!isStale(ctx, error)) {
+      mount(page.blocked, errorNotice(errorText(error)));
+    }
+  }
+}
+
+function blockedList(page, blocks) {
+  if (!blocks.length) {
+    return h('p', { class: 'muted' }, 'You have not blocked anyone.');
+  }
+  return h('ul', { class: 'card-list' }, blocks.map((item) => h('li', {}, blockedCard(page, item))));
+}
+
+function blockedCard(page, item) {
+  const card = {
+    error: errorNotice(),
+    actions: h('div', { class: 'actions' }),
+  };
+  showUnblockButton(page, card, item.pseudonym);
+  return h('article', { class: 'card access-card blocked-card', 'aria-label': `Blocked ${item.pseudonym}` },
+    h('div', { class: 'access-card-head' },
+      h('h3', { class: 'access-card-title pseudonym' }, item.pseudonym),
+      h('p', { class: 'access-card-meta' }, 'Blocked on ', dateTime(item.created_at))),
+    card.error,
+    card.actions);
+}
+
+function showUnblockButton(page, card, pseudonym) {
+  const button = h('button', { type: 'button', class: 'button' }, 'Unblock');
+  button.addEventListener('click', () => confirmUnblock(page, card, pseudonym));
+  mount(card.actions, button);
+  return button;
+}
+
+function confirmUnblock(page, card, pseudonym) {
+  hideNotice(card.error);
+  const yes = h('button', { type: 'button', class: 'button button-primary' }, 'Unblock');
+  const no = h('button', { type: 'button', class: 'button' }, 'Cancel');
+  no.addEventListener('click', () => showUnblockButton(page, card, pseudonym).focus());
+  yes.addEventListener('click', () => unblock(page, card, pseudonym, { yes, no }));
+  mount(card.actions, h('div', { class: 'confirm', role: 'group', 'aria-label': `Unblock ${pseudonym}?` },
+    h('p', { class: 'confirm-question' }, `Unblock ${pseudonym}?`),
+    h('p', { class: 'confirm-detail' }, 'If your symptoms still match, you may see each other in matches again '
+      + 'and they can ask to connect. They are not told.'),
+    h('div', { class: 'actions' }, yes, no)));
+  yes.focus();
+}
+
+async function unblock(page, card, pseudonym, { yes, no }) {
+  hideNotice(card.error);
+  setBusy(yes, true, 'Unblocking…');
+  no.disabled = true;
+  try {
+    await unblockPeer(pseudonym, { signal: page.ctx.signal });
+    if (!page.ctx.signal.aborted) {
+      announce(page, `You unblocked ${pseudonym}.`);
+      loadMatches(page);
+      loadConnections(page);
+      loadBlocks(page);
+    }
+  } catch (error) {
+    if (!isStale(page.ctx, error)) {
+      showNotice(card.error, errorText(error));
+      setBusy(yes, false);
+      no.disabled = false;
     }
   }
 }

@@ -634,7 +634,8 @@ class Pair:
     conversation: str
 
 
-def matched_pair(node: Node, prefix: str, terms: list[str]) -> Pair:
+def findable_pair(node: Node, prefix: str, terms: list[str]) -> Pair:
+    """Two patients with the same symptoms, both findable, not connected (no conversation yet)."""
     suffix = secrets.token_hex(3)
     names = {"asking": f"{prefix}.a{suffix}", "answering": f"{prefix}.b{suffix}"}
     ids, tokens = {}, {}
@@ -644,7 +645,13 @@ def matched_pair(node: Node, prefix: str, terms: list[str]) -> Pair:
         profile = {"terms": terms, "diagnosis": None, "age_band": None, "sex": None, "discoverable": True}
         saved = requests.put(node.api("/profile"), json=profile, headers=bearer(tokens[role]), timeout=HTTP_TIMEOUT)
         assert saved.status_code == 200, saved.text
-    return Pair(names, ids, tokens, connect_through_the_api(node, tokens["asking"], tokens["answering"]))
+    return Pair(names, ids, tokens, "")
+
+
+def matched_pair(node: Node, prefix: str, terms: list[str]) -> Pair:
+    pair = findable_pair(node, prefix, terms)
+    pair.conversation = connect_through_the_api(node, pair.tokens["asking"], pair.tokens["answering"])
+    return pair
 
 
 def wait_for_cursor(page: Page, user_id: object, conversation: str, at_least: int) -> None:
@@ -887,5 +894,140 @@ def test_the_peers_key_is_checked_on_the_public_ledger(node: Node, phone: Phone,
     assert [json.loads(body)["type"] for _, body in rows] == ["hello"], rows
     expect(a.locator(".chat-status")).not_to_contain_text("end-to-end encrypted")
     assert bob_seen_as and alice_seen_as
+    for device in (phone, other_phone):
+        device.assert_clean()
+
+
+# ---- unblocking, and a long conversation shown a page at a time
+
+UNBLOCK_SYMPTOMS = ["HP:0000989"]  # Pruritus alone: the unblocking test's own match
+PAGING_SYMPTOMS = ["HP:0002019"]  # Constipation alone: the paging test's own match
+NOT_BLOCKED = "You have not blocked this patient."
+NOBODY_BLOCKED = "You have not blocked anyone."
+SHOW_OLDER = "Show older messages"
+MESSAGES_PAGE = 100  # messages the chat shows at first, and again each time older ones are asked for
+MESSAGES_EACH = 110  # sent by each patient: more than a page, less than the node's 120 a minute
+SEND_MANY = """async (texts) => {
+  const input = document.querySelector('#chat-message');
+  const sendButton = input.form.querySelector('button[type=submit]');
+  const problem = input.form.querySelector('.notice-error');
+  const sent = () => new Promise((resolve, reject) => {
+    const check = () => {
+      if (!problem.hidden) {
+        reject(new Error(problem.textContent));
+      } else if (input.value === '' && !sendButton.disabled) {
+        resolve();
+      } else {
+        setTimeout(check, 5);
+      }
+    };
+    check();
+  });
+  for (const text of texts) {
+    input.value = text;
+    input.form.requestSubmit();
+    await sent();
+  }
+}"""
+
+
+def test_a_blocked_patient_is_listed_on_matches_and_can_be_unblocked(node: Node, phone: Phone) -> None:
+    """Matches lists the patients one blocked, at the bottom. Unblocking asks first; one already
+    unblocked elsewhere is explained; once unblocked, the two are each other's match again."""
+    pair = findable_pair(node, "pat.unblock", UNBLOCK_SYMPTOMS)
+    token = pair.tokens["asking"]
+    page = phone.page
+    log_in(page, pair.names["asking"])
+    pseudonym = the_one_match(page, ["Pruritus"])
+    blocked_section = page.get_by_role("region", name="Blocked patients")
+    expect(blocked_section).to_contain_text(NOBODY_BLOCKED)
+
+    page.locator(".match-card", has_text=pseudonym).get_by_role("button", name="Block").click()
+    page.locator(".match-card").get_by_role("button", name="Block", exact=True).click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_have_text(f"You blocked {pseudonym}.")
+    expect(page.locator(".match-card")).to_have_count(0)
+    card = blocked_section.locator(".blocked-card")
+    expect(card).to_have_count(1)
+    expect(card.locator(".pseudonym")).to_have_text(pseudonym)
+
+    # Asked first; cancelling changes nothing.
+    card.get_by_role("button", name="Unblock").click()
+    question = card.get_by_role("group", name=f"Unblock {pseudonym}?")
+    expect(question).to_be_visible()
+    assert fits_the_phone(page)
+    question.get_by_role("button", name="Cancel").click()
+    expect(question).to_have_count(0)
+    expect(card.get_by_role("button", name="Unblock")).to_be_focused()
+
+    # Unblocked behind the app's back: the node's answer is shown on the card.
+    lifted = requests.delete(node.api(f"/blocks/{pseudonym}"), headers=bearer(token), timeout=HTTP_TIMEOUT)
+    assert lifted.status_code == 204, lifted.text
+    card.get_by_role("button", name="Unblock").click()
+    card.get_by_role("group", name=f"Unblock {pseudonym}?").get_by_role("button", name="Unblock").click()
+    expect(card.locator(".notice-error")).to_have_text(NOT_BLOCKED)
+
+    blocked = requests.post(
+        node.api("/blocks"), json={"pseudonym": pseudonym}, headers=bearer(token), timeout=HTTP_TIMEOUT
+    )
+    assert blocked.status_code == 201, blocked.text
+    page.reload()
+    expect(heading(page)).to_have_text("Matches")
+    expect(card).to_have_count(1)
+    expect(page.locator(".match-card")).to_have_count(0)
+    card.get_by_role("button", name="Unblock").click()
+    card.get_by_role("group", name=f"Unblock {pseudonym}?").get_by_role("button", name="Unblock").click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_have_text(f"You unblocked {pseudonym}.")
+    expect(blocked_section).to_contain_text(NOBODY_BLOCKED)
+    expect(page.locator(".match-card .pseudonym")).to_have_text([pseudonym])
+    assert len(exact_matches(node, pair.tokens["answering"])) == 1
+    phone.assert_clean()
+
+
+def test_a_long_conversation_shows_the_newest_messages_first(node: Node, phone: Phone, other_phone: Phone) -> None:
+    """Both patients write more than a page of messages. Opened again, Alice's chat shows the
+    newest hundred; "Show older messages" reveals a hundred more each time, from the phone's own
+    store (no request), leaving the message that was on top where it was; new ones still come in."""
+    pair = matched_pair(node, "pat.page", PAGING_SYMPTOMS)
+    a, b = phone.page, other_phone.page
+    log_in(a, pair.names["asking"])
+    log_in(b, pair.names["answering"])
+    a.goto(f"/app/#/chat/{pair.conversation}")
+    b.goto(f"/app/#/chat/{pair.conversation}")
+    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
+    chat_ready(a, bob_seen_as)
+    chat_ready(b, alice_seen_as)
+    alices = [f"Alice {n:03d}" for n in range(MESSAGES_EACH)]
+    bobs = [f"Bob {n:03d}" for n in range(MESSAGES_EACH)]
+    texts = alices + bobs
+    a.evaluate(SEND_MANY, alices)
+    expect(b.locator(".message-theirs")).to_have_count(MESSAGES_EACH)
+    b.evaluate(SEND_MANY, bobs)
+    shown = a.locator(".message-list .message-text")
+    # On screen while they arrive: every one of them is added.
+    expect(shown).to_have_count(len(texts))
+    older = a.get_by_role("button", name=SHOW_OLDER)
+    expect(older).to_be_hidden()
+
+    a.reload()
+    chat_ready(a, bob_seen_as)
+    expect(shown).to_have_text(texts[-MESSAGES_PAGE:])
+    requested: list[str] = []
+    a.on("request", lambda request: requested.append(request.url))
+    older.scroll_into_view_if_needed()
+    top = shown.first.bounding_box()
+    older.click()
+    expect(shown).to_have_text(texts[-2 * MESSAGES_PAGE :])
+    moved = shown.nth(MESSAGES_PAGE).bounding_box()
+    assert top and moved and abs(moved["y"] - top["y"]) <= 1, (top, moved)
+    older.click()
+    expect(shown).to_have_text(texts)
+    expect(older).to_be_hidden()
+    assert requested == []
+    assert fits_the_phone(a)
+
+    live = f"Still here {secrets.token_hex(4)}"
+    send(b, live)
+    expect(shown).to_have_count(len(texts) + 1)
+    expect(shown.last).to_have_text(live)
     for device in (phone, other_phone):
         device.assert_clean()
