@@ -334,12 +334,23 @@ function confirmBlock(page, card, pseudonym, cancel) {
   yes.focus();
 }
 
-async function block(page, card, pseudonym, button) {
-  setBusy(button, true, 'Blocking…');
+function block(page, card, pseudonym, button) {
+  const request = (options) => blockPeer(pseudonym, options);
+  return changeBlock(page, card, request, { yes: button }, 'Blocking…', `You blocked ${pseudonym}.`);
+}
+
+// Blocking and unblocking: busy button, then every list that a block changes is reloaded,
+// or the node's refusal is shown on the card.
+async function changeBlock(page, card, request, { yes, no = null }, busyLabel, doneText) {
+  hideNotice(card.error);
+  setBusy(yes, true, busyLabel);
+  if (no) {
+    no.disabled = true;
+  }
   try {
-    await blockPeer(pseudonym, { signal: page.ctx.signal });
+    await request({ signal: page.ctx.signal });
     if (!page.ctx.signal.aborted) {
-      announce(page, `You blocked ${pseudonym}.`);
+      announce(page, doneText);
       loadMatches(page);
       loadConnections(page);
       loadBlocks(page);
@@ -347,7 +358,10 @@ async function block(page, card, pseudonym, button) {
   } catch (error) {
     if (!isStale(page.ctx, error)) {
       showNotice(card.error, errorText(error));
-      setBusy(button, false);
+      setBusy(yes, false);
+      if (no) {
+        no.disabled = false;
+      }
     }
   }
 }
@@ -411,23 +425,7 @@ function confirmUnblock(page, card, pseudonym) {
   yes.focus();
 }
 
-async function unblock(page, card, pseudonym, { yes, no }) {
-  hideNotice(card.error);
-  setBusy(yes, true, 'Unblocking…');
-  no.disabled = true;
-  try {
-    await unblockPeer(pseudonym, { signal: page.ctx.signal });
-    if (!page.ctx.signal.aborted) {
-      announce(page, `You unblocked ${pseudonym}.`);
-      loadMatches(page);
-      loadConnections(page);
-      loadBlocks(page);
-    }
-  } catch (error) {
-    if (!isStale(page.ctx, error)) {
-      showNotice(card.error, errorText(error));
-      setBusy(yes, false);
-      no.disabled = false;
-    }
-  }
+function unblock(page, card, pseudonym, buttons) {
+  const request = (options) => unblockPeer(pseudonym, options);
+  return changeBlock(page, card, request, buttons, 'Unblocking…', `You unblocked ${pseudonym}.`);
 }
