@@ -22,7 +22,6 @@ import json
 import struct
 import time
 import tracemalloc
-import uuid
 import warnings
 import zipfile
 import zlib
@@ -41,16 +40,13 @@ from core.archive import (
     read_zip,
     verify_archive,
 )
-from core.consensus import Params
-from core.crypto import NodeKey, UserKeys
+from core.crypto import NodeKey
 from core.encoding import b64e, canonical, decode_canonical
 from core.errors import CoreError
-from core.ledger import GENESIS_PREV_HASH, StoredBlock, decode_header, make_block, sign_transaction, validate_chain
+from core.ledger import StoredBlock, decode_header, validate_chain
 from core.ledger import block as block_module
+from tests.core.chains import SLOT_MS, TS, build_blocks
 
-TS = 1_700_000_000_000
-SLOT_MS = 1000
-PARAMS = Params(delegates=1, slot_ms=SLOT_MS, epoch_slots=60, miss_limit=3, genesis_ms=TS).to_dict()
 MIB = 1 << 20
 ENTRIES = ("header", "body", "block.json", "manifest.json")
 # Reasons a damaged zip structure can give (as opposed to well-formed zips with wrong contents).
@@ -75,48 +71,9 @@ class Chain:
         return archive_name(height, self.blocks[height].hash)
 
 
-def _record_payload(seed: int) -> dict:
-    return {
-        "record": str(uuid.UUID(int=seed, version=4)),
-        "body": b64e(bytes([seed]) * 48),
-        "capsule": b64e(bytes([seed + 1]) * 98),
-        "pkey": b64e(bytes([seed + 2]) * 72),
-        "akey": b64e(bytes([seed + 3]) * 384),
-        "attachments": [],
-    }
-
-
-def _key_payload(user: UserKeys, role: str, seed: int) -> dict:
-    return {
-        "account": str(uuid.UUID(int=seed, version=4)),
-        "role": role,
-        "rsa": b64e(user.public.rsa_der),
-        "umbral": b64e(user.public.umbral),
-    }
-
-
 @pytest.fixture(scope="module")
 def chain(node_key, doctor_keys, patient_keys) -> Chain:
-    genesis_payload = {
-        "chain": "medledger-test",
-        "nodes": [{"id": "node-1", "key": b64e(node_key.public_raw)}],
-        "params": PARAMS,
-    }
-    bodies = [
-        [sign_transaction("genesis", genesis_payload, node_key, TS)],
-        [
-            sign_transaction("key", _key_payload(doctor_keys, "doctor", 100), doctor_keys, TS + 1),
-            sign_transaction("key", _key_payload(patient_keys, "patient", 101), patient_keys, TS + 2),
-        ],
-        [sign_transaction("record", _record_payload(1), doctor_keys, TS + 10)],
-        [sign_transaction("record", _record_payload(seed), doctor_keys, TS + 20) for seed in (2, 3, 4)],
-        [sign_transaction("record", _record_payload(seed), doctor_keys, TS + 30) for seed in (5, 6)],
-    ]
-    blocks, prev = [], GENESIS_PREV_HASH
-    for height, txs in enumerate(bodies):
-        block = make_block(height, prev, txs, "node-1", node_key, TS + SLOT_MS * height)  # one block per slot
-        blocks.append(StoredBlock(height, block.header.hash, block.header.encoded, [tx.encoded for tx in txs]))
-        prev = block.header.hash
+    blocks = build_blocks(node_key, doctor_keys, patient_keys)
     assert validate_chain(blocks).valid
     return Chain(blocks, node_key)
 

@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from core.consensus import Params
 from core.crypto import NodeKey, UserKeys
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.ledger import GENESIS_PREV_HASH, StoredBlock, decode_header, make_block, sign_transaction, validate_chain
 from core.ledger import block as block_module
 from core.ledger import transaction as transaction_module
 from core.ledger.merkle import merkle_root
+from tests.core.chains import TS, build_blocks, genesis_payload, key_payload, record_payload
 
-TS = 1_700_000_000_000
-SLOT_MS = 1000
-PARAMS = Params(delegates=1, slot_ms=SLOT_MS, epoch_slots=60, miss_limit=3, genesis_ms=TS).to_dict()
 HEADER_LEN = 343
 
 
@@ -46,49 +42,9 @@ class Chain:
     patient: UserKeys
 
 
-def _record_payload(seed: int) -> dict:
-    return {
-        "record": str(uuid.UUID(int=seed, version=4)),
-        "body": b64e(bytes([seed]) * 48),
-        "capsule": b64e(bytes([seed + 1]) * 98),
-        "pkey": b64e(bytes([seed + 2]) * 72),
-        "akey": b64e(bytes([seed + 3]) * 384),
-        "attachments": [],
-    }
-
-
-def _genesis_payload(node: NodeKey) -> dict:
-    return {"chain": "medledger-test", "nodes": [{"id": "node-1", "key": b64e(node.public_raw)}], "params": PARAMS}
-
-
-def _key_payload(user: UserKeys, role: str, seed: int) -> dict:
-    return {
-        "account": str(uuid.UUID(int=seed, version=4)),
-        "role": role,
-        "rsa": b64e(user.public.rsa_der),
-        "umbral": b64e(user.public.umbral),
-    }
-
-
 @pytest.fixture(scope="module")
 def chain(node_key, doctor_keys, patient_keys) -> Chain:
-    genesis = sign_transaction("genesis", _genesis_payload(node_key), node_key, TS)
-    bodies = [
-        [genesis],
-        [
-            sign_transaction("key", _key_payload(doctor_keys, "doctor", 100), doctor_keys, TS + 1),
-            sign_transaction("key", _key_payload(patient_keys, "patient", 101), patient_keys, TS + 2),
-        ],
-        [sign_transaction("record", _record_payload(1), doctor_keys, TS + 10)],
-        [sign_transaction("record", _record_payload(seed), doctor_keys, TS + 20) for seed in (2, 3, 4)],
-        [sign_transaction("record", _record_payload(seed), doctor_keys, TS + 30) for seed in (5, 6)],
-    ]
-    blocks, prev = [], GENESIS_PREV_HASH
-    for height, txs in enumerate(bodies):
-        block = make_block(height, prev, txs, "node-1", node_key, TS + SLOT_MS * height)  # one block per slot
-        blocks.append(StoredBlock(height, block.header.hash, block.header.encoded, [tx.encoded for tx in txs]))
-        prev = block.header.hash
-    return Chain(blocks, node_key, doctor_keys, patient_keys)
+    return Chain(build_blocks(node_key, doctor_keys, patient_keys), node_key, doctor_keys, patient_keys)
 
 
 def test_untouched_chain_is_valid(chain):
@@ -250,7 +206,7 @@ def _edited_role(c: Chain) -> list[StoredBlock]:
 
 
 def _patient_record(c: Chain) -> list[StoredBlock]:
-    tx = sign_transaction("record", _record_payload(50), c.patient, TS + 40)
+    tx = sign_transaction("record", record_payload(50), c.patient, TS + 40)
     return _rebody(c, 4, [*c.blocks[4].transactions, tx.encoded], signer=c.node)
 
 
@@ -264,19 +220,19 @@ def _replayed_genesis(c: Chain) -> list[StoredBlock]:
 
 
 def _stranger_key_registration(c: Chain) -> list[StoredBlock]:
-    tx = sign_transaction("key", _key_payload(c.patient, "doctor", 200), c.doctor, TS + 40)
+    tx = sign_transaction("key", key_payload(c.patient, "doctor", 200), c.doctor, TS + 40)
     return _rebody(c, 4, [tx.encoded], signer=c.node)
 
 
 def _foreign_genesis(c: Chain) -> list[StoredBlock]:
     other = _foreign_node()
-    genesis = sign_transaction("genesis", _genesis_payload(other), other, TS)
+    genesis = sign_transaction("genesis", genesis_payload(other), other, TS)
     block = make_block(0, GENESIS_PREV_HASH, [genesis], "node-1", other, TS)
     return [StoredBlock(0, block.header.hash, block.header.encoded, [genesis.encoded]), *c.blocks[1:]]
 
 
 def _genesis_signed_by_doctor(c: Chain) -> list[StoredBlock]:
-    genesis = sign_transaction("genesis", _genesis_payload(c.node), c.doctor, TS)
+    genesis = sign_transaction("genesis", genesis_payload(c.node), c.doctor, TS)
     block = make_block(0, GENESIS_PREV_HASH, [genesis], "node-1", c.node, TS)
     return [StoredBlock(0, block.header.hash, block.header.encoded, [genesis.encoded]), *c.blocks[1:]]
 
@@ -302,7 +258,7 @@ def _foreign_resign(c: Chain, height: int) -> list[StoredBlock]:
 
 
 def _new_genesis(c: Chain) -> list[StoredBlock]:
-    genesis = sign_transaction("genesis", _genesis_payload(c.node), c.node, TS + 40)
+    genesis = sign_transaction("genesis", genesis_payload(c.node), c.node, TS + 40)
     return _rebody(c, 4, [genesis.encoded], signer=c.node)
 
 
