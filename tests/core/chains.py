@@ -15,8 +15,9 @@ import uuid
 
 from core.consensus import Params
 from core.crypto import NodeKey, UserKeys
-from core.encoding import b64e
-from core.ledger import GENESIS_PREV_HASH, StoredBlock, make_block, sign_transaction
+from core.encoding import b64e, canonical
+from core.ledger import GENESIS_PREV_HASH, StoredBlock, decode_header, make_block, sign_transaction
+from core.ledger import block as block_module
 
 TS = 1_700_000_000_000
 SLOT_MS = 1000
@@ -65,3 +66,15 @@ def build_blocks(node: NodeKey, doctor: UserKeys, patient: UserKeys) -> list[Sto
         blocks.append(StoredBlock(height, block.header.hash, block.header.encoded, [tx.encoded for tx in txs]))
         prev = block.header.hash
     return blocks
+
+
+def rewrite_header(stored: StoredBlock, signer: NodeKey | None = None, **changes: object) -> StoredBlock:
+    """The block with header fields changed, re-signed by `signer` if given (else keeping the old
+    signature), filed under its new hash."""
+    header = decode_header(stored.header)
+    unsigned = {**header.unsigned(), **changes}
+    signature = header.signature
+    if signer is not None:
+        signature = signer.sign(block_module.SIGNING_DOMAIN + canonical(unsigned))
+    rebuilt = block_module._build(unsigned, signature)
+    return StoredBlock(stored.height, rebuilt.hash, rebuilt.encoded, list(stored.transactions))

@@ -44,8 +44,7 @@ from core.crypto import NodeKey
 from core.encoding import b64e, canonical, decode_canonical
 from core.errors import CoreError
 from core.ledger import StoredBlock, decode_header, validate_chain
-from core.ledger import block as block_module
-from tests.core.chains import SLOT_MS, TS, build_blocks
+from tests.core.chains import SLOT_MS, TS, build_blocks, rewrite_header
 
 MIB = 1 << 20
 ENTRIES = ("header", "body", "block.json", "manifest.json")
@@ -133,17 +132,6 @@ def _flip(data: bytes, position: int, mask: int = 0x01) -> bytes:
     mutated = bytearray(data)
     mutated[position] ^= mask
     return bytes(mutated)
-
-
-def _rewrite_header(stored: StoredBlock, signer: NodeKey | None = None, **changes: object) -> StoredBlock:
-    """The block with header fields changed, re-signed by `signer` if given, filed under its new hash."""
-    header = decode_header(stored.header)
-    unsigned = {**header.unsigned(), **changes}
-    signature = header.signature
-    if signer is not None:
-        signature = signer.sign(block_module.SIGNING_DOMAIN + canonical(unsigned))
-    rebuilt = block_module._build(unsigned, signature)
-    return StoredBlock(stored.height, rebuilt.hash, rebuilt.encoded, list(stored.transactions))
 
 
 def _assert_bad(
@@ -448,7 +436,7 @@ def test_invalid_two_files_swapped(chain, files):
 
 
 def test_invalid_duplicate_height(chain, files):
-    rival = _rewrite_header(chain.blocks[2], chain.node, nonce="ab" * 16)  # a second, well-signed block 2
+    rival = rewrite_header(chain.blocks[2], chain.node, nonce="ab" * 16)  # a second, well-signed block 2
     rival_name = archive_name(2, rival.hash)
     expected = ", ".join(sorted([chain.name(2), rival_name]))
     report = _assert_bad(_with(files, (rival_name, build_zip(rival))), expected, 2, "duplicate height", blocks=2)
@@ -802,7 +790,7 @@ def test_invalid_block_json_edited(chain, files):
 
 def test_invalid_tampered_header(chain, files):
     """Block 2's header edited (not re-signed), filed and archived under its new hash."""
-    forged = _rewrite_header(chain.blocks[2], nonce="cd" * 16)
+    forged = rewrite_header(chain.blocks[2], nonce="cd" * 16)
     name = archive_name(2, forged.hash)
     report = _assert_bad(
         _with(files, (chain.name(2), None), (name, build_zip(forged))), name, 2, "producer signature", blocks=2
@@ -812,14 +800,14 @@ def test_invalid_tampered_header(chain, files):
 
 def test_invalid_tampered_header_resigned(chain, files):
     """With the node key the header verifies, but block 3 no longer links to it."""
-    forged = _rewrite_header(chain.blocks[2], chain.node, nonce="cd" * 16)
+    forged = rewrite_header(chain.blocks[2], chain.node, nonce="cd" * 16)
     archive = _with(files, (chain.name(2), None), (archive_name(2, forged.hash), build_zip(forged)))
     _assert_bad(archive, chain.name(3), 3, "link", blocks=3)
 
 
 def test_invalid_tampered_header_by_hand(chain, files):
     """The same, built by hand with plain zipfile: header edited, name and manifest recomputed."""
-    forged = _rewrite_header(chain.blocks[2], ts=TS + 2 * SLOT_MS + 1)
+    forged = rewrite_header(chain.blocks[2], ts=TS + 2 * SLOT_MS + 1)
     honest = _honest(files, chain, 2)
     readable = json.loads(honest["block.json"])
     readable["header"] = decode_header(forged.header).to_dict()

@@ -26,10 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from core.crypto import NodeKey, UserKeys
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.ledger import GENESIS_PREV_HASH, StoredBlock, decode_header, make_block, sign_transaction, validate_chain
-from core.ledger import block as block_module
 from core.ledger import transaction as transaction_module
 from core.ledger.merkle import merkle_root
-from tests.core.chains import TS, build_blocks, genesis_payload, key_payload, record_payload
+from tests.core.chains import TS, build_blocks, genesis_payload, key_payload, record_payload, rewrite_header
 
 HEADER_LEN = 343
 
@@ -71,22 +70,9 @@ def _replace(blocks: list[StoredBlock], height: int, stored: StoredBlock) -> lis
     return copy
 
 
-def _rewrite_header(stored: StoredBlock, signer: NodeKey | None = None, **changes: object) -> tuple[bytes, str]:
-    """Header bytes with `changes` to the unsigned fields, re-signed by `signer` if given; and its hash."""
-    header = decode_header(stored.header)
-    unsigned = {**header.unsigned(), **changes}
-    signature = header.signature
-    if signer is not None:
-        signature = signer.sign(block_module.SIGNING_DOMAIN + canonical(unsigned))
-    rebuilt = block_module._build(unsigned, signature)
-    return rebuilt.encoded, rebuilt.hash
-
-
 def _reheader(chain: Chain, at: int, resign: bool = False, **changes: object) -> list[StoredBlock]:
     """Change header fields of block `at` and file it under its new hash, so only deeper checks can fail."""
-    stored = chain.blocks[at]
-    encoded, digest = _rewrite_header(stored, chain.node if resign else None, **changes)
-    return _replace(chain.blocks, at, dataclasses.replace(stored, header=encoded, hash=digest))
+    return _replace(chain.blocks, at, rewrite_header(chain.blocks[at], chain.node if resign else None, **changes))
 
 
 def _with_signature(chain: Chain, height: int, signature: bytes) -> list[StoredBlock]:
@@ -106,8 +92,8 @@ def _rebody(chain: Chain, height: int, txs: list[bytes], signer: NodeKey | None 
     if signer is None:
         return _replace(chain.blocks, height, dataclasses.replace(stored, transactions=txs))
     root = merkle_root([_sha(tx) for tx in txs])
-    encoded, digest = _rewrite_header(stored, signer, root=root)
-    return _replace(chain.blocks, height, StoredBlock(height, digest, encoded, txs))
+    rebuilt = rewrite_header(stored, signer, root=root)
+    return _replace(chain.blocks, height, dataclasses.replace(rebuilt, transactions=txs))
 
 
 def _edit_payload(tx_bytes: bytes, **changes: object) -> bytes:
@@ -252,9 +238,7 @@ def _lone_surrogate(c: Chain) -> list[StoredBlock]:
 
 
 def _foreign_resign(c: Chain, height: int) -> list[StoredBlock]:
-    stored = c.blocks[height]
-    encoded, digest = _rewrite_header(stored, _foreign_node())
-    return _replace(c.blocks, height, dataclasses.replace(stored, header=encoded, hash=digest))
+    return _replace(c.blocks, height, rewrite_header(c.blocks[height], _foreign_node()))
 
 
 def _new_genesis(c: Chain) -> list[StoredBlock]:
@@ -451,7 +435,7 @@ def test_transaction_with_lone_surrogate_is_reported(chain):
 
 def test_rebuild_helpers_are_faithful(chain):
     """Guard for the helpers above: rewriting nothing reproduces the stored header byte for byte."""
-    encoded, digest = _rewrite_header(chain.blocks[2])
-    assert (encoded, digest) == (chain.blocks[2].header, chain.blocks[2].hash)
-    assert b64d(decode_canonical(encoded)["sig"]) == decode_header(encoded).signature
+    rebuilt = rewrite_header(chain.blocks[2])
+    assert rebuilt == chain.blocks[2]
+    assert b64d(decode_canonical(rebuilt.header)["sig"]) == decode_header(rebuilt.header).signature
     assert _rebody(chain, 3, list(chain.blocks[3].transactions), signer=None) == chain.blocks
