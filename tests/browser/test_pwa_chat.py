@@ -133,6 +133,19 @@ def chat_ready(page: Page, peer: str) -> None:
     expect(page.locator("#chat-message")).to_be_enabled()
 
 
+def open_chat_on_both(a: Page, b: Page, alice: str, bob: str, conversation: str) -> tuple[str, str]:
+    """Alice and Bob sign in on their phones and open their conversation until both are ready;
+    answers how each sees the other (Bob as Alice sees him, Alice as Bob sees her)."""
+    log_in(a, alice)
+    log_in(b, bob)
+    a.goto(f"/app/#/chat/{conversation}")
+    b.goto(f"/app/#/chat/{conversation}")
+    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
+    chat_ready(a, bob_seen_as)
+    chat_ready(b, alice_seen_as)
+    return bob_seen_as, alice_seen_as
+
+
 def send(page: Page, text: str) -> None:
     page.fill("#chat-message", text)
     page.get_by_role("button", name="Send").click()
@@ -340,13 +353,7 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
     )
     a, b = phone.page, other_phone.page
 
-    log_in(a, alice)
-    log_in(b, bob)
-    a.goto(f"/app/#/chat/{conversation}")
-    b.goto(f"/app/#/chat/{conversation}")
-    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
-    chat_ready(a, bob_seen_as)
-    chat_ready(b, alice_seen_as)
+    bob_seen_as, alice_seen_as = open_chat_on_both(a, b, alice, bob, conversation)
     send(a, first)
     expect(b.locator(".message-theirs .message-text")).to_have_text([first])
 
@@ -678,13 +685,7 @@ def test_a_lost_message_is_fetched_again_and_a_hole_starts_a_new_session(
     a, b = phone.page, other_phone.page
     relay = LossyRelay(b)
 
-    log_in(a, names["asking"])
-    log_in(b, names["answering"])
-    a.goto(f"/app/#/chat/{conversation}")
-    b.goto(f"/app/#/chat/{conversation}")
-    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
-    chat_ready(a, bob_seen_as)
-    chat_ready(b, alice_seen_as)
+    _, alice_seen_as = open_chat_on_both(a, b, names["asking"], names["answering"], conversation)
     bobs = b.locator(".message-theirs .message-text")
 
     # Lost once: found again through "history", and read in order.
@@ -814,13 +815,7 @@ def test_a_message_whose_answer_was_lost_is_sent_again_once(node: Node, phone: P
     first, second = (f"{what} {secrets.token_hex(4)}" for what in ("Once", "Then"))
     a, b = phone.page, other_phone.page
     relay = LossyRelay(a)
-    log_in(a, pair.names["asking"])
-    log_in(b, pair.names["answering"])
-    a.goto(f"/app/#/chat/{pair.conversation}")
-    b.goto(f"/app/#/chat/{pair.conversation}")
-    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
-    chat_ready(a, bob_seen_as)
-    chat_ready(b, alice_seen_as)
+    open_chat_on_both(a, b, pair.names["asking"], pair.names["answering"], pair.conversation)
 
     relay.lose_send_answer = True
     a.fill("#chat-message", first)
@@ -989,13 +984,7 @@ def test_a_long_conversation_shows_the_newest_messages_first(node: Node, phone: 
     store (no request), leaving the message that was on top where it was; new ones still come in."""
     pair = matched_pair(node, "pat.page", PAGING_SYMPTOMS)
     a, b = phone.page, other_phone.page
-    log_in(a, pair.names["asking"])
-    log_in(b, pair.names["answering"])
-    a.goto(f"/app/#/chat/{pair.conversation}")
-    b.goto(f"/app/#/chat/{pair.conversation}")
-    bob_seen_as, alice_seen_as = peer_in_heading(a), peer_in_heading(b)
-    chat_ready(a, bob_seen_as)
-    chat_ready(b, alice_seen_as)
+    bob_seen_as, _ = open_chat_on_both(a, b, pair.names["asking"], pair.names["answering"], pair.conversation)
     alices = [f"Alice {n:03d}" for n in range(MESSAGES_EACH)]
     bobs = [f"Bob {n:03d}" for n in range(MESSAGES_EACH)]
     texts = alices + bobs
