@@ -21,10 +21,10 @@ from core.pre import EmergencyKey, Threshold
 from portal import consortium, embedded_ftp
 from portal.consortium import GenesisFile
 from portal.ftp import ArchiveStore, FtpTarget
-from portal.services import ledger, matching
+from portal.services import ledger
 from portal.services.chat import ChatLimits
 from portal.services.context import NodeContext
-from portal.services.matching import MatchingContext, ProfileIndex, RateLimits
+from portal.services.matching import MatchingContext, MatchingKeys, ProfileIndex, RateLimits
 from portal.services.network import Peers
 from portal.services.records import Limits
 
@@ -71,9 +71,7 @@ def node() -> NodeContext:
 
     return NodeContext(
         node_id=cfg["NODE_ID"],
-        tag_key=HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"medledger/category-tag/v1").derive(
-            cfg["SECRET_KEY"].encode()
-        ),
+        tag_key=derived_key(b"medledger/category-tag/v1"),
         threshold=Threshold(cfg["PRE_THRESHOLD"], cfg["PRE_SHARES"]),
         emergency_key=load_emergency_key,
         default_grant_days=cfg["GRANT_DEFAULT_DAYS"],
@@ -177,7 +175,7 @@ def matching_context() -> MatchingContext:
         with _lock:
             cached = current_app.extensions.get("medledger.matching")
             if cached is None:
-                keys = matching.derive_keys(cfg["SECRET_KEY"])
+                keys = matching_keys()
                 tokenizer = Tokenizer(keys.token, HpoGraph.load())
                 cached = (keys, tokenizer, ProfileIndex(tokenizer))
                 current_app.extensions["medledger.matching"] = cached
@@ -201,7 +199,28 @@ def matching_context() -> MatchingContext:
 
 def pseudonym_key() -> bytes:
     """The key that turns an account into its matching pseudonym."""
-    return matching.derive_keys(current_app.config["SECRET_KEY"]).pseudonym
+    return matching_keys().pseudonym
+
+
+def matching_keys() -> MatchingKeys:
+    """The matching token, profile sealing and pseudonym keys (derived once per app)."""
+    keys = current_app.extensions.get("medledger.matching_keys")
+    if keys is None:
+        keys = MatchingKeys(
+            token=derived_key(b"medledger/matching-token/v1"),
+            profile=derived_key(b"medledger/symptom-profile/v1"),
+            pseudonym=derived_key(b"medledger/pseudonym/v1"),
+        )
+        current_app.extensions["medledger.matching_keys"] = keys
+    return keys
+
+
+def derived_key(label: bytes) -> bytes:
+    """A key for one purpose, HKDF-SHA256 of SECRET_KEY under `label`: never stored, so the
+    database alone opens nothing it protects. Changing SECRET_KEY changes every such key."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(
+        current_app.config["SECRET_KEY"].encode()
+    )
 
 
 def chat_limits() -> ChatLimits:

@@ -7,8 +7,8 @@ the keyed matching tokens of `core.matching`; never a symptom id or name. Matchi
 over the tokens in a per-process index kept in step with the table (`ProfileIndex`);
 every result is checked against the table, so a withdrawal counts at once in every worker.
 
-Keys, all derived from SECRET_KEY with HKDF-SHA256 under their own label (`derive_keys`):
-the matching token key, the profile sealing key, the pseudonym key.
+Keys, each derived from SECRET_KEY under its own label (`portal.runtime.derived_key`) and never
+stored: the matching token key, the profile sealing key, the pseudonym key.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import BigInteger, and_, delete, func, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 
@@ -109,20 +107,6 @@ class MatchingKeys:
     token: bytes
     profile: bytes
     pseudonym: bytes
-
-
-def derive_keys(secret_key: str) -> MatchingKeys:
-    """The matching, profile-sealing and pseudonym keys, each HKDF-SHA256(SECRET_KEY) under its own
-    label. None of them is stored; the database alone opens no profile and links no pseudonym."""
-
-    def derive(label: bytes) -> bytes:
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret_key.encode())
-
-    return MatchingKeys(
-        token=derive(b"medledger/matching-token/v1"),
-        profile=derive(b"medledger/symptom-profile/v1"),
-        pseudonym=derive(b"medledger/pseudonym/v1"),
-    )
 
 
 # -- the per-process index ------------------------------------------------------------------
