@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, request
@@ -35,6 +36,11 @@ def api_actor(*roles: str) -> Actor:
     if roles and actor.user.role not in roles:
         raise Forbidden(f"Only {' or '.join(roles)} accounts may do this.")
     return actor
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A stored UTC time as the API writes every time: ISO 8601 with a Z; None stays None."""
+    return moment.isoformat() + "Z" if moment is not None else None
 
 
 def json_body() -> dict[str, Any]:

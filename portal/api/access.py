@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, jsonify, request
 
 from portal import runtime
-from portal.api import api_actor, bp, json_body
+from portal.api import api_actor, bp, iso, json_body
 from portal.models import AccessEntry, AccessRequest, EmergencyAccess, Grant, User, utcnow
 from portal.services import access_log, accounts, grants, records
 from portal.services.accounts import Actor
@@ -30,8 +30,8 @@ def request_json(actor: Actor, item: AccessRequest) -> dict[str, Any]:
         "scope_text": grants.describe_scope(grants.decode_scope(item.scope)),
         "days": item.days,
         "status": item.status,
-        "created_at": item.created_at.isoformat() + "Z",
-        "decided_at": item.decided_at.isoformat() + "Z" if item.decided_at else None,
+        "created_at": iso(item.created_at),
+        "decided_at": iso(item.decided_at),
         "grant_id": item.grant_id,
     }
 
@@ -43,9 +43,9 @@ def grant_json(grant: Grant) -> dict[str, Any]:
         "patient": person(grant.patient),
         "scope": grants.grant_scope(grant),
         "scope_text": grants.describe_scope(grants.grant_scope(grant)),
-        "created_at": grant.created_at.isoformat() + "Z",
-        "expires_at": grant.expires_at.isoformat() + "Z",
-        "revoked_at": grant.revoked_at.isoformat() + "Z" if grant.revoked_at else None,
+        "created_at": iso(grant.created_at),
+        "expires_at": iso(grant.expires_at),
+        "revoked_at": iso(grant.revoked_at),
         "status": grants.grant_status(grant, utcnow()),
         "tx_hash": grant.tx_hash,
     }
@@ -57,11 +57,11 @@ def emergency_json(actor: Actor | None, item: EmergencyAccess) -> dict[str, Any]
         "doctor": person(item.doctor),
         "patient": person(item.patient),
         "reason": grants.emergency_reason(item, node=runtime.node(), actor=actor),
-        "created_at": item.created_at.isoformat() + "Z",
-        "expires_at": item.expires_at.isoformat() + "Z",
+        "created_at": iso(item.created_at),
+        "expires_at": iso(item.expires_at),
         # Opting out ends a running emergency at once (reads are refused), so it is not active.
         "active": item.expires_at > utcnow() and grants.emergency_optin(item.patient, utcnow()) is not None,
-        "reviewed_at": item.reviewed_at.isoformat() + "Z" if item.reviewed_at else None,
+        "reviewed_at": iso(item.reviewed_at),
         "tx_hash": item.tx_hash,
     }
 
@@ -69,12 +69,12 @@ def emergency_json(actor: Actor | None, item: EmergencyAccess) -> dict[str, Any]
 def entry_json(entry: AccessEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
-        "record": {"id": entry.record_id, "created_at": entry.record.created_at.isoformat() + "Z"},
+        "record": {"id": entry.record_id, "created_at": iso(entry.record.created_at)},
         "reader": person(entry.reader),
         "mode": entry.mode,
         "grant_id": entry.grant_id,
         "part": "record" if entry.part < 0 else f"attachment {entry.part + 1}",
-        "at": entry.at.isoformat() + "Z",
+        "at": iso(entry.at),
         "tx_hash": entry.tx_hash,
     }
 

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Response, current_app, jsonify, request, send_file
 
 from portal import runtime
-from portal.api import api_actor, bearer_token, bp, json_body
+from portal.api import api_actor, bearer_token, bp, iso, json_body
 from portal.models import User, utcnow
 from portal.services import accounts, chat, ledger, records, votes
 from portal.services.errors import ValidationFailed
@@ -51,7 +51,7 @@ def token() -> Response:
         kdf=runtime.kdf(),
         now=utcnow(),
     )
-    return jsonify(token=value, expires_at=auth_session.expires_at.isoformat() + "Z", user=user_json(auth_session.user))
+    return jsonify(token=value, expires_at=iso(auth_session.expires_at), user=user_json(auth_session.user))
 
 
 @bp.delete("/auth/token")

@@ -9,17 +9,13 @@ from flask import Response, jsonify, request
 from core.clinical import Vocabulary
 from core.errors import CoreError
 from portal import runtime
-from portal.api import api_actor, bp, json_body
+from portal.api import api_actor, bp, iso, json_body
 from portal.extensions import db
 from portal.models import ChatKey, Connection, User, utcnow
 from portal.services import chat, ledger, matching
 from portal.services.errors import ValidationFailed
 
 MAX_QUERY = 100
-
-
-def iso(moment: Any) -> str | None:
-    return moment.isoformat() + "Z" if moment is not None else None
 
 
 def connection_json(connection: Connection, me: User, unread: int = 0) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from flask import request, session
 from flask_socketio import ConnectionRefusedError, disconnect, emit, join_room
 
 from portal import runtime
-from portal.api.social import connection_json, iso
+from portal.api import iso
+from portal.api.social import connection_json
 from portal.extensions import db, socketio
 from portal.models import ChatMessage, Connection, User, utcnow
 from portal.services import accounts, chat, matching
