@@ -3,6 +3,11 @@
 Slots: slot s covers [genesis + s*slot_ms, genesis + (s+1)*slot_ms). A round is K
 consecutive slots (round r = slots rK .. rK+K-1); an epoch is `epoch_slots` slots.
 
+- **Voting power**: hospitals hold it, not accounts. A doctor's or admin's vote carries
+  its stake (STAKE) only because its hospital's node endorsed its key; patients have
+  none. The votes of all accounts one hospital endorsed are pooled into that
+  hospital's one vote of weight FULL, split over the candidates they named in
+  proportion to stake, so no hospital outweighs another by registering accounts.
 - **Election** (each epoch start): candidates not banned, by score = (1000 + vote
   weight) * reliability / 1000, highest first (ties by node id); the top K are the
   delegates.
@@ -26,6 +31,7 @@ import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from core.consensus.params import Params
@@ -37,8 +43,10 @@ from core.ledger.merkle import merkle_root
 from core.ledger.registry import KeyRegistry
 from core.ledger.transaction import Transaction, decode_transaction
 
-STAKE = {"admin": 10, "doctor": 3, "patient": 1}
-FULL = 1000
+# A staff account's share of its own hospital's vote. Patients have none: they choose who reads
+# their records, not who runs the infrastructure, and anyone can register as one.
+STAKE = {"admin": 10, "doctor": 3}
+FULL = 1000  # also the whole vote of one hospital: every member has the same say
 RECOVERY = 100
 BAN_EPOCHS = 2  # removed in epoch e: not electable in e + 1
 MAX_REPLAYED_GAP = 10_000  # missed slots replayed one by one; past that, only the outcome matters
@@ -65,8 +73,9 @@ class Removal:
 class ConsensusState:
     params: Params
     node_keys: dict[str, bytes]  # candidate -> raw Ed25519 key, in admission order
-    votes: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    stakes: dict[str, int] = field(default_factory=dict)
+    votes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # voter key id -> candidates named
+    stakes: dict[str, int] = field(default_factory=dict)  # voter key id -> stake when it voted (0: none)
+    homes: dict[str, str] = field(default_factory=dict)  # voter key id -> the member node that endorsed it
     reliability: dict[str, int] = field(default_factory=dict)
     banned_until: dict[str, int] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
@@ -96,11 +105,26 @@ class ConsensusState:
 
     # -- election and order -----------------------------------------------------------------
 
-    def vote_weight(self, node: str) -> int:
-        weight = 0
+    def ballots(self) -> dict[str, list[tuple[int, tuple[str, ...]]]]:
+        """The votes that carry stake, pooled by the hospital node that endorsed each voter:
+        hospital -> [(stake, candidates named)]."""
+        pools: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
         for voter, chosen in self.votes.items():
-            if node in chosen:
-                weight += self.stakes.get(voter, 0) * FULL // len(chosen)
+            stake, home = self.stakes.get(voter, 0), self.homes.get(voter)
+            if stake > 0 and home is not None:
+                pools.setdefault(home, []).append((stake, chosen))
+        return pools
+
+    def vote_weight(self, node: str) -> int:
+        """`node`'s votes in thousandths of one hospital's vote. Each hospital whose accounts voted
+        gives FULL, split over the candidates they named: an account's stake is split equally over
+        its candidates, and the hospital's FULL in proportion to those shares. So one hospital adds
+        at most FULL to a candidate (and FULL in all), however many accounts it endorsed."""
+        weight = 0
+        for pool in self.ballots().values():
+            total = sum(stake for stake, _ in pool)
+            share = sum((Fraction(stake, len(chosen)) for stake, chosen in pool if node in chosen), Fraction(0))
+            weight += FULL * share // total  # exact rationals, floored once: every node agrees
         return weight
 
     def score(self, node: str) -> int:
@@ -220,7 +244,7 @@ class ConsensusState:
         InvalidTransaction. (Producers fold a candidate batch through a copy with this.)"""
         self.check(tx, registry)
         if tx.kind == "vote":
-            self._vote(tx, registry.roles)
+            self._vote(tx, registry)
         elif tx.kind == "evidence":
             self._evidence(tx, registry)
         elif tx.kind == "admit" and self._admit(tx):
@@ -259,10 +283,18 @@ class ConsensusState:
             if tx.payload["node"] in self.node_keys:
                 raise InvalidTransaction(f"{tx.payload['node']} is already a member")
 
-    def _vote(self, tx: Transaction, roles: dict[str, str]) -> None:
-        chosen = tx.payload["nodes"]
-        self.votes[tx.signer] = tuple(chosen)
-        self.stakes[tx.signer] = STAKE.get(roles.get(tx.signer, ""), 0)
+    def _vote(self, tx: Transaction, registry: KeyRegistry) -> None:
+        """Record the signer's vote, replacing any earlier one, with the stake and home it has now:
+        STAKE by role if a member node endorsed its key, else none (the vote is kept, so the
+        account sees it, but weighs nothing)."""
+        home = registry.homes.get(tx.signer)
+        self.votes[tx.signer] = tuple(tx.payload["nodes"])
+        if home in self.node_keys:
+            self.stakes[tx.signer] = STAKE.get(registry.roles.get(tx.signer, ""), 0)
+            self.homes[tx.signer] = home
+        else:
+            self.stakes[tx.signer] = 0
+            self.homes.pop(tx.signer, None)
 
     def equivocator(self, payload: dict[str, Any]) -> tuple[str, int]:
         """The producer (and slot) that two different headers for one slot prove guilty; raises

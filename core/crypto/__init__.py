@@ -1,6 +1,7 @@
 """Cryptographic building blocks: AEAD, password keys, user and node keys, record envelopes."""
 
 from core.crypto.aead import decrypt, encrypt, random_key
+from core.crypto.box import BoxKey, seal_to_node
 from core.crypto.envelope import DataKey, Envelope, open_as_author, open_as_patient, seal
 from core.crypto.keys import (
     NodeKey,
@@ -18,6 +19,7 @@ from core.crypto.password import KdfParams, derive_key
 from core.crypto.signing import Verifier, ed25519_verifier, rsa_verifier
 
 __all__ = [
+    "BoxKey",
     "DataKey",
     "Envelope",
     "KdfParams",
@@ -41,5 +43,6 @@ __all__ = [
     "rsa_verifier",
     "seal",
     "seal_note",
+    "seal_to_node",
     "seal_user_keys",
 ]

@@ -149,6 +149,12 @@ class NodeKey(_Secret):
     def sign(self, message: bytes) -> bytes:
         return self._private.sign(message)
 
+    def private_raw(self) -> bytes:
+        """The 32-byte seed, for deriving the node's other keys (never stored apart from the key file)."""
+        return self._private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
     @classmethod
     def generate(cls, node_id: str) -> NodeKey:
         return cls(node_id, ed25519.Ed25519PrivateKey.generate())

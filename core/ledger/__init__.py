@@ -1,6 +1,7 @@
 """The hash-chained ledger: transactions, blocks, and chain validation."""
 
 from core.ledger.block import GENESIS_PREV_HASH, Block, BlockHeader, decode_header, make_block
+from core.ledger.kinds import key_payload
 from core.ledger.merkle import merkle_root
 from core.ledger.registry import KeyRegistry
 from core.ledger.transaction import (
@@ -22,6 +23,7 @@ __all__ = [
     "Transaction",
     "decode_header",
     "decode_transaction",
+    "key_payload",
     "make_block",
     "merkle_root",
     "sign_transaction",

@@ -14,14 +14,19 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from core.encoding import b64d
+from core.crypto.keys import NodeKey
+from core.encoding import b64d, b64e, canonical
 from core.errors import EncodingError, InvalidTransaction
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
 ROLES = ("patient", "doctor", "admin")
 MAX_ATTACHMENTS = 20
+MAX_SEALED = 64  # packages of one grant: one per member node at most
+ENDORSE_DOMAIN = b"medledger/endorse/v1\n"
+ENDORSED_FIELDS = ("account", "role", "rsa", "umbral", "home")
 
 
 def _fields(payload: dict[str, Any], names: set[str]) -> None:
@@ -55,8 +60,22 @@ def check_genesis(payload: dict[str, Any]) -> None:
             raise InvalidTransaction("node keys are 32-byte Ed25519 keys")
 
 
+def endorsement_message(payload: dict[str, Any]) -> bytes:
+    """What a home node signs to endorse an account's key registration: the account, its role,
+    both public keys and the node itself (so an endorsement cannot be moved to another key)."""
+    return ENDORSE_DOMAIN + canonical({name: payload[name] for name in ENDORSED_FIELDS})
+
+
+def key_payload(account: str, role: str, rsa_der: bytes, umbral: bytes, home: NodeKey) -> dict[str, Any]:
+    """A `key` transaction's payload, endorsed by `home` (a NodeKey: its node id and signature)."""
+    payload = {"account": account, "role": role, "rsa": b64e(rsa_der), "umbral": b64e(umbral), "home": home.node_id}
+    return {**payload, "endorsement": b64e(home.sign(endorsement_message(payload)))}
+
+
 def check_key(payload: dict[str, Any]) -> None:
-    _fields(payload, {"account", "role", "rsa", "umbral"})
+    """An account's public keys, its role and its home node, with that node's endorsement
+    (checked by the registry against the node's key)."""
+    _fields(payload, {"account", "role", "rsa", "umbral", "home", "endorsement"})
     if not isinstance(payload["account"], str) or not UUID_RE.match(payload["account"]):
         raise InvalidTransaction("account must be a UUID")
     if payload["role"] not in ROLES:
@@ -64,12 +83,34 @@ def check_key(payload: dict[str, Any]) -> None:
     _binary(payload, "rsa")
     if len(_binary(payload, "umbral")) != 33:
         raise InvalidTransaction("umbral key must be a 33-byte compressed point")
+    if not isinstance(payload["home"], str) or not NODE_ID_RE.match(payload["home"]):
+        raise InvalidTransaction("home must be a node id")
+    if len(_binary(payload, "endorsement")) != 64:
+        raise InvalidTransaction("endorsement must be a 64-byte Ed25519 signature")
+
+
+def check_node_info(payload: dict[str, Any]) -> None:
+    """A member node publishes its box key (X25519, for what is sealed to it) and its hospital's
+    name. The registry checks that the node named signed it."""
+    _fields(payload, {"node", "box", "hospital"})
+    if not isinstance(payload["node"], str) or not NODE_ID_RE.match(payload["node"]):
+        raise InvalidTransaction("bad node id")
+    if len(_binary(payload, "box")) != 32:
+        raise InvalidTransaction("box must be a 32-byte X25519 key")
+    hospital = payload["hospital"]
+    if not isinstance(hospital, str) or not 1 <= len(hospital) <= 120 or not hospital.isprintable():
+        raise InvalidTransaction("hospital must be 1-120 printable characters")
 
 
 def check_record(payload: dict[str, Any]) -> None:
-    _fields(payload, {"record", "body", "capsule", "pkey", "akey", "attachments"})
+    """A sealed record: for which patient (their account id), a keyed tag of its category
+    (the consortium's tag key, so any member can check a grant's scope), and ciphertext."""
+    _fields(payload, {"record", "patient", "ctag", "body", "capsule", "pkey", "akey", "attachments"})
     if not isinstance(payload["record"], str) or not UUID_RE.match(payload["record"]):
         raise InvalidTransaction("record must be a UUID")
+    _uuid(payload, "patient")
+    if not isinstance(payload["ctag"], str) or not HEX32_RE.match(payload["ctag"]):
+        raise InvalidTransaction("ctag must be 32 hex digits")
     for name in ("body", "capsule", "pkey", "akey"):
         _binary(payload, name)
     attachments = payload["attachments"]
@@ -99,16 +140,35 @@ def _timestamp(payload: dict[str, Any], name: str) -> None:
 
 
 def check_grant(payload: dict[str, Any]) -> None:
-    """A patient delegates reading: to whom (account), what (scope commitment), until when, and a
-    commitment to the key fragments the proxies hold."""
-    _fields(payload, {"grant", "grantee", "scope", "expires", "fragments", "emergency"})
+    """A patient delegates reading: to whom (account), what (scope commitment), until when, the
+    request it answers (if any), a commitment to the key fragments, and one package per node
+    concerned (each proxy's fragment, the scope for the grantee's hospital), sealed to that node."""
+    _fields(payload, {"grant", "grantee", "scope", "expires", "fragments", "emergency", "request", "sealed"})
     _uuid(payload, "grant")
     _uuid(payload, "grantee", optional=True)  # None: the hospital's emergency key
+    _uuid(payload, "request", optional=True)
     _hex64(payload, "scope")
     _hex64(payload, "fragments")
     _timestamp(payload, "expires")
     if not isinstance(payload["emergency"], bool) or payload["emergency"] != (payload["grantee"] is None):
         raise InvalidTransaction("emergency grants, and only they, have no grantee")
+    sealed = payload["sealed"]
+    if not isinstance(sealed, dict) or not 1 <= len(sealed) <= MAX_SEALED:
+        raise InvalidTransaction(f"sealed must map 1-{MAX_SEALED} node ids to packages")
+    for node, package in sealed.items():
+        if not NODE_ID_RE.match(node):
+            raise InvalidTransaction("bad node id in sealed")
+        _binary({"package": package}, "package")
+
+
+def check_request(payload: dict[str, Any]) -> None:
+    """A doctor asks a patient for access: the reason, scope and duration travel only in `note`,
+    sealed for the two of them."""
+    _fields(payload, {"request", "patient", "note"})
+    _uuid(payload, "request")
+    _uuid(payload, "patient")
+    if len(_binary(payload, "note")) > 16_384:
+        raise InvalidTransaction("note is too long")
 
 
 def check_revoke(payload: dict[str, Any]) -> None:
@@ -219,6 +279,8 @@ RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "evidence": check_evidence,
     "admit": check_admit,
     "chat_key": check_chat_key,
+    "request": check_request,
+    "node_info": check_node_info,
 }
 
 # Which role's key may sign each kind (genesis and key have their own rules in the registry).
@@ -233,4 +295,6 @@ SIGNER_ROLES: dict[str, tuple[str, ...]] = {
     "evidence": ("patient", "doctor", "admin", "node"),
     "admit": ("node",),
     "chat_key": ("node",),  # a member node, for a patient it does not name
+    "request": ("doctor",),
+    "node_info": ("node",),  # the node it describes (checked by the registry)
 }

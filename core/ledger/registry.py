@@ -8,7 +8,7 @@ from core.crypto.keys import fingerprint, node_public_key_from_bytes
 from core.crypto.signing import Verifier, rsa_verifier
 from core.encoding import b64d
 from core.errors import EncodingError, InvalidSignature, InvalidTransaction
-from core.ledger.kinds import RULES, SIGNER_ROLES
+from core.ledger.kinds import RULES, SIGNER_ROLES, endorsement_message
 from core.ledger.transaction import Transaction
 
 
@@ -21,10 +21,14 @@ class KeyRegistry:
     accounts: dict[str, Verifier] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     node_keys: dict[str, Verifier] = field(default_factory=dict)  # by key id, for node-signed transactions
+    homes: dict[str, str] = field(default_factory=dict)  # account key id -> the node that endorsed it
 
     def copy(self) -> KeyRegistry:
         """An independent registry to try transactions on without touching this one."""
-        return KeyRegistry(self.chain_id, dict(self.nodes), dict(self.accounts), dict(self.roles), dict(self.node_keys))
+        return KeyRegistry(
+            self.chain_id, dict(self.nodes), dict(self.accounts), dict(self.roles), dict(self.node_keys),
+            dict(self.homes),
+        )  # fmt: skip
 
     def add_node(self, node_id: str, public_raw: bytes) -> None:
         """A node that may produce blocks and sign node transactions (a founder or one admitted)."""
@@ -51,15 +55,31 @@ class KeyRegistry:
                 raise InvalidTransaction("a key registration must be signed by the key it registers")
             if tx.signer in self.accounts:
                 raise InvalidTransaction("key already registered")
+            self._check_endorsement(tx)
             try:
                 return rsa_verifier(rsa_der, tx.signer)
             except EncodingError as exc:
                 raise InvalidTransaction(str(exc)) from exc
+        if tx.kind == "node_info":
+            named = self.nodes.get(tx.payload["node"])
+            if named is None or named.key_id != tx.signer:
+                raise InvalidTransaction("a node publishes only its own node info")
         if tx.signer in self.node_keys:
             return self.node_keys[tx.signer]
         if tx.signer not in self.accounts:
             raise InvalidTransaction("signer is not a registered key")
         return self.accounts[tx.signer]
+
+    def _check_endorsement(self, tx: Transaction) -> None:
+        """Every account key carries its home node's signature over the account, role and keys:
+        no node can make a doctor or admin (or a patient) that its own key did not vouch for."""
+        home = self.nodes.get(tx.payload["home"])
+        if home is None:
+            raise InvalidTransaction(f"key endorsed by unknown node {tx.payload['home']!r}")
+        try:
+            home.verify(b64d(tx.payload["endorsement"]), endorsement_message(tx.payload))
+        except InvalidSignature:
+            raise InvalidTransaction(f"the key's endorsement by {tx.payload['home']} does not verify") from None
 
     def _authorise(self, tx: Transaction, height: int) -> None:
         if tx.kind == "genesis" and (height != 0 or self.chain_id is not None):
@@ -89,3 +109,4 @@ class KeyRegistry:
         elif tx.kind == "key":
             self.accounts[tx.signer] = verifier
             self.roles[tx.signer] = tx.payload["role"]
+            self.homes[tx.signer] = tx.payload["home"]

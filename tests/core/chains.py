@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import uuid
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from core.consensus import Params
 from core.crypto import NodeKey, UserKeys
 from core.encoding import b64e, canonical
 from core.ledger import GENESIS_PREV_HASH, StoredBlock, decode_header, make_block, sign_transaction
 from core.ledger import block as block_module
+from core.ledger import key_payload as endorsed_key
 
 TS = 1_700_000_000_000
 SLOT_MS = 1000
 PARAMS = Params(delegates=1, slot_ms=SLOT_MS, epoch_slots=60, miss_limit=3, genesis_ms=TS).to_dict()
+# The core tests' node-1, deterministic so that its endorsements are the same on every run.
+NODE = NodeKey("node-1", ed25519.Ed25519PrivateKey.from_private_bytes(b"\x11" * 32))
+PATIENT_ID = str(uuid.UUID(int=101, version=4))
 
 
 def record_payload(seed: int) -> dict:
     return {
         "record": str(uuid.UUID(int=seed, version=4)),
+        "patient": PATIENT_ID,
+        "ctag": f"{seed:032x}",
         "body": b64e(bytes([seed]) * 48),
         "capsule": b64e(bytes([seed + 1]) * 98),
         "pkey": b64e(bytes([seed + 2]) * 72),
@@ -39,13 +47,9 @@ def genesis_payload(node: NodeKey) -> dict:
     return {"chain": "medledger-test", "nodes": [{"id": "node-1", "key": b64e(node.public_raw)}], "params": PARAMS}
 
 
-def key_payload(user: UserKeys, role: str, seed: int) -> dict:
-    return {
-        "account": str(uuid.UUID(int=seed, version=4)),
-        "role": role,
-        "rsa": b64e(user.public.rsa_der),
-        "umbral": b64e(user.public.umbral),
-    }
+def key_payload(user: UserKeys, role: str, seed: int, home: NodeKey = NODE) -> dict:
+    """A key registration endorsed by `home` (node-1 unless said otherwise)."""
+    return endorsed_key(str(uuid.UUID(int=seed, version=4)), role, user.public.rsa_der, user.public.umbral, home)
 
 
 def build_blocks(node: NodeKey, doctor: UserKeys, patient: UserKeys) -> list[StoredBlock]:

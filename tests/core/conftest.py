@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from core.crypto import NodeKey, UserKeys, generate_user_keys
+from tests.core.chains import NODE
 
 
 @pytest.fixture(scope="session")
@@ -29,4 +30,4 @@ def stranger_keys() -> UserKeys:
 
 @pytest.fixture(scope="session")
 def node_key() -> NodeKey:
-    return NodeKey.generate("node-1")
+    return NODE

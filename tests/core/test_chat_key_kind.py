@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from core.crypto import NodeKey, UserKeys
 from core.encoding import b64e
 from core.errors import InvalidTransaction
-from core.ledger import KeyRegistry, sign_transaction
+from core.ledger import KeyRegistry, key_payload, sign_transaction
 from core.ledger.kinds import check_chat_key
 from tests.core.test_ledger import TS, _genesis_payload
 
@@ -44,12 +44,7 @@ def registry(node_key: NodeKey, patient_keys: UserKeys, doctor_keys: UserKeys) -
     registry = KeyRegistry()
     registry.apply(sign_transaction("genesis", _genesis_payload(node_key), node_key, TS), 0)
     for keys, account, role in ((patient_keys, PATIENT, "patient"), (doctor_keys, DOCTOR, "doctor")):
-        payload = {
-            "account": account,
-            "role": role,
-            "rsa": b64e(keys.public.rsa_der),
-            "umbral": b64e(keys.public.umbral),
-        }
+        payload = key_payload(account, role, keys.public.rsa_der, keys.public.umbral, node_key)
         registry.apply(sign_transaction("key", payload, keys, TS + 1), 1)
     return registry
 

@@ -29,9 +29,11 @@ from core.ledger import (
     Block,
     BlockHeader,
     ChainReport,
+    KeyRegistry,
     StoredBlock,
     Transaction,
     decode_header,
+    key_payload,
     make_block,
     sign_transaction,
     validate_chain,
@@ -150,13 +152,8 @@ class Chain:
         return validate_chain([*self.blocks, *extra])
 
 
-def _key_payload(user: UserKeys, role: str) -> dict:
-    return {
-        "account": str(uuid.UUID(int=len(role), version=4)),
-        "role": role,
-        "rsa": b64e(user.public.rsa_der),
-        "umbral": b64e(user.public.umbral),
-    }
+def _key_payload(user: UserKeys, role: str, home: NodeKey = KEYS["n1"]) -> dict:
+    return key_payload(str(uuid.UUID(int=len(role), version=4)), role, user.public.rsa_der, user.public.umbral, home)
 
 
 def _header(
@@ -628,26 +625,32 @@ def voters(patient_keys, doctor_keys, stranger_keys) -> dict[str, UserKeys]:
     return {"patient": patient_keys, "doctor": doctor_keys, "admin": stranger_keys}
 
 
-def _with_voters(voters: dict[str, UserKeys], **params: int) -> Chain:
+def _with_voters(voters: dict[str, UserKeys], homes: dict[str, str] | None = None, **params: int) -> Chain:
+    """A chain whose block 1 registers the voters' keys, each endorsed by its home node (by role in
+    `homes`; n1 otherwise)."""
     chain = Chain(NAMES, _params(**{"epoch_slots": 8, **params}))
-    chain.add(1, [chain.tx("key", _key_payload(keys, role), keys) for role, keys in voters.items()])
+    home = {role: KEYS[(homes or {}).get(role, "n1")] for role in voters}
+    chain.add(1, [chain.tx("key", _key_payload(keys, role, home[role]), keys) for role, keys in voters.items()])
     return chain
 
 
 def test_votes_change_the_election_at_the_next_epoch(voters):
-    chain = _with_voters(voters)
+    """Hospitals n2 (by its doctor) and n3 (by its admin) each give one hospital's vote, FULL; n1's
+    patient gives nothing. A vote counts from the next epoch's election, through validate_chain."""
+    chain = _with_voters(voters, homes={"doctor": "n2", "admin": "n3"})
     assert chain.state.elected == ["n1", "n2", "n3", "n4"]
     votes = [
-        chain.tx("vote", {"nodes": ["n5"]}, voters["patient"]),  # stake 1: 1000 to n5
-        chain.tx("vote", {"nodes": ["n5", "n1"]}, voters["doctor"]),  # stake 3: 1500 each
-        chain.tx("vote", {"nodes": ["n4"]}, voters["admin"]),  # stake 10: 10000 to n4
+        chain.tx("vote", {"nodes": ["n5"]}, voters["patient"]),  # a patient: no stake
+        chain.tx("vote", {"nodes": ["n5", "n1"]}, voters["doctor"]),  # n2's whole vote: 500 each
+        chain.tx("vote", {"nodes": ["n4"]}, voters["admin"]),  # n3's whole vote: 1000 to n4
     ]
     chain.add(2, votes)
     state = chain.state
-    assert state.stakes == {voters["patient"].key_id: 1, voters["doctor"].key_id: 3, voters["admin"].key_id: 10}
-    assert [state.vote_weight(n) for n in NAMES] == [1500, 0, 0, 10_000, 2500]
-    assert [state.score(n) for n in NAMES] == [2500, 1000, 1000, 11_000, 3500]
-    assert state.ranking() == ["n4", "n5", "n1", "n2", "n3"]
+    assert state.stakes == {voters["patient"].key_id: 0, voters["doctor"].key_id: 3, voters["admin"].key_id: 10}
+    assert state.homes == {voters["patient"].key_id: "n1", voters["doctor"].key_id: "n2", voters["admin"].key_id: "n3"}
+    assert [state.vote_weight(n) for n in NAMES] == [500, 0, 0, FULL, 500]
+    assert [state.score(n) for n in NAMES] == [1500, 1000, 1000, 2000, 1500]
+    assert state.ranking() == ["n4", "n1", "n5", "n2", "n3"]
 
     chain.fill(7)  # the rest of epoch 0: the old delegates
     assert chain.state.elected == ["n1", "n2", "n3", "n4"]
@@ -655,7 +658,7 @@ def test_votes_change_the_election_at_the_next_epoch(voters):
 
     chain.fill(8)  # the first slot of epoch 1
     assert chain.state.epoch == 1
-    assert chain.state.elected == ["n4", "n5", "n1", "n2"]
+    assert chain.state.elected == ["n4", "n1", "n5", "n2"]
     report = chain.report_with(chain.block(9, producer="n3"))
     assert (report.height, report.check) == (len(chain.blocks), "producer schedule")
     assert report.detail == f"slot 9 belongs to {chain.scheduled(9)}, not n3"
@@ -665,14 +668,122 @@ def test_votes_change_the_election_at_the_next_epoch(voters):
 
 
 def test_a_new_vote_replaces_the_old(voters):
+    """The admin's hospital (n1) moves its whole vote, FULL, from n4 to n3 and n5: nothing stays on n4."""
     chain = _with_voters(voters)
     chain.add(2, [chain.tx("vote", {"nodes": ["n4"]}, voters["admin"])])
-    assert chain.state.vote_weight("n4") == 10_000
+    assert chain.state.vote_weight("n4") == FULL
     chain.add(3, [chain.tx("vote", {"nodes": ["n3", "n5"]}, voters["admin"])])
-    assert [chain.state.vote_weight(n) for n in NAMES] == [0, 0, 5000, 0, 5000]
+    assert [chain.state.vote_weight(n) for n in NAMES] == [0, 0, 500, 0, 500]
     chain.fill(8)
     assert chain.state.elected == ["n3", "n5", "n1", "n2"]
     assert validate_chain(chain.blocks).valid
+
+
+# Voting power, on the state alone: `apply_tx` takes the registry's word for roles and homes (the
+# registry checked the endorsements and signatures), so many accounts cost no RSA keys here.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Account:
+    """A voter known by its key id only: consensus never checks a vote's signature itself."""
+
+    key_id: str
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(64)
+
+
+def _electorate(accounts: dict[str, tuple[str, str | None]]) -> KeyRegistry:
+    """A registry of accounts by key id -> (role, home node or None for no endorsement)."""
+    registry = KeyRegistry()
+    for key_id, (role, home) in accounts.items():
+        registry.roles[key_id] = role
+        if home is not None:
+            registry.homes[key_id] = home
+    return registry
+
+
+def _five() -> ConsensusState:
+    return ConsensusState.from_genesis(_params(epoch_slots=8), {n: KEYS[n].public_raw for n in NAMES}, "00" * 32)
+
+
+def _cast(state: ConsensusState, registry: KeyRegistry, key_id: str, *nodes: str) -> None:
+    state.apply_tx(sign_transaction("vote", {"nodes": list(nodes)}, _Account(key_id), T0), registry)
+
+
+def test_a_hundred_patient_votes_weigh_nothing_and_one_admin_vote_does():
+    patients = {f"patient-{i}": ("patient", NAMES[i % 5]) for i in range(100)}
+    registry = _electorate({**patients, "admin-n2": ("admin", "n2")})
+    state = _five()
+    for key_id in patients:
+        _cast(state, registry, key_id, "n5")
+    assert [state.vote_weight(n) for n in NAMES] == [0, 0, 0, 0, 0]
+    assert state.ranking() == ["n1", "n2", "n3", "n4", "n5"]
+    assert len(state.votes) == 100  # recorded (each patient sees their vote), but without stake
+
+    _cast(state, registry, "admin-n2", "n5")
+    assert [state.vote_weight(n) for n in NAMES] == [0, 0, 0, 0, FULL]
+    assert state.ranking()[0] == "n5"
+    state.advance(8)  # epoch 1: one hospital's admin got n5 elected, a hundred patients did not
+    assert state.elected == ["n5", "n1", "n2", "n3"]
+
+
+def test_a_hospital_minting_admins_cannot_outweigh_another_hospitals_single_admin():
+    minted = {f"n1-admin-{i}": ("admin", "n1") for i in range(50)}
+    minted |= {f"n1-doctor-{i}": ("doctor", "n1") for i in range(50)}
+    registry = _electorate({**minted, "n2-admin": ("admin", "n2")})
+    state = _five()
+    _cast(state, registry, "n2-admin", "n4")
+    _cast(state, registry, "n1-admin-0", "n5")
+    assert (state.vote_weight("n5"), state.vote_weight("n4")) == (FULL, FULL)
+
+    for key_id in minted:
+        _cast(state, registry, key_id, "n5")
+    assert (state.vote_weight("n5"), state.vote_weight("n4")) == (FULL, FULL)  # a hundred accounts: no more
+    assert state.ranking()[:2] == ["n4", "n5"]  # a tie, broken by node id: n1 gained nothing by minting
+
+
+def test_one_hospitals_vote_is_split_over_its_accounts_candidates_by_stake():
+    """n1's admin (stake 10) names n4, its doctor (stake 3) n4 and n5: n1's FULL is split 11.5 : 1.5;
+    n2's doctor gives n2's whole vote to n3. No hospital gives more than FULL in all."""
+    registry = _electorate({"admin": ("admin", "n1"), "doctor": ("doctor", "n1"), "other": ("doctor", "n2")})
+    state = _five()
+    _cast(state, registry, "admin", "n4")
+    _cast(state, registry, "doctor", "n4", "n5")
+    _cast(state, registry, "other", "n3")
+    assert [state.vote_weight(n) for n in NAMES] == [0, 0, FULL, FULL * 23 // 26, FULL * 3 // 26]
+    assert state.vote_weight("n4") + state.vote_weight("n5") <= FULL
+
+
+@pytest.mark.parametrize(
+    ("role", "home"),
+    [("admin", None), ("doctor", None), ("admin", "node-9")],
+    ids=["admin-without-home", "doctor-without-home", "admin-of-a-non-member"],
+)
+def test_a_vote_without_a_members_endorsement_counts_nothing(role, home):
+    registry = _electorate({"voter": (role, home), "witness": ("doctor", "n2")})
+    state = _five()
+    _cast(state, registry, "voter", "n5")
+    assert state.votes == {"voter": ("n5",)}
+    assert (state.stakes, state.homes) == ({"voter": 0}, {})
+    assert [state.vote_weight(n) for n in NAMES] == [0, 0, 0, 0, 0]
+    _cast(state, registry, "witness", "n5")  # the same vote from an endorsed account does count
+    assert state.vote_weight("n5") == FULL
+
+
+def test_a_new_vote_replaces_the_old_within_the_hospitals_pool():
+    """Re-voting moves the account's share; it is never counted twice, and a copy taken before is
+    left alone."""
+    registry = _electorate({"a": ("admin", "n1"), "b": ("admin", "n1")})
+    state = _five()
+    _cast(state, registry, "a", "n4")
+    _cast(state, registry, "b", "n5")
+    assert (state.vote_weight("n4"), state.vote_weight("n5")) == (500, 500)
+    before = state.copy()
+    _cast(state, registry, "a", "n5")
+    assert (state.vote_weight("n4"), state.vote_weight("n5")) == (0, FULL)
+    assert state.votes == {"a": ("n5",), "b": ("n5",)}
+    assert (before.vote_weight("n4"), before.vote_weight("n5")) == (500, 500)
 
 
 @pytest.mark.parametrize(

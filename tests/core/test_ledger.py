@@ -18,6 +18,7 @@ from core.ledger import (
     StoredBlock,
     decode_header,
     decode_transaction,
+    key_payload,
     make_block,
     merkle_root,
     sign_transaction,
@@ -25,6 +26,7 @@ from core.ledger import (
 )
 from core.ledger import transaction as transaction_module
 from core.ledger.transaction import Transaction
+from tests.core.chains import NODE
 
 TS = 1_700_000_000_000
 SLOT_MS = 1000
@@ -39,18 +41,15 @@ def _genesis_payload(node_key: NodeKey) -> dict:
     }
 
 
-def _key_payload(user: UserKeys, role: str) -> dict:
-    return {
-        "account": str(uuid.uuid4()),
-        "role": role,
-        "rsa": b64e(user.public.rsa_der),
-        "umbral": b64e(user.public.umbral),
-    }
+def _key_payload(user: UserKeys, role: str, home: NodeKey = NODE) -> dict:
+    return key_payload(str(uuid.uuid4()), role, user.public.rsa_der, user.public.umbral, home)
 
 
 def _record_payload(seed: int = 0) -> dict:
     return {
         "record": str(uuid.UUID(int=seed, version=4)),
+        "patient": str(uuid.UUID(int=seed + 1000, version=4)),
+        "ctag": f"{seed:032x}",
         "body": b64e(bytes([seed]) * 40),
         "capsule": b64e(bytes([seed]) * 98),
         "pkey": b64e(bytes([seed]) * 72),
@@ -560,7 +559,11 @@ PARAMS_FIELDS = "params must have exactly delegates, epoch_slots, genesis_ms, mi
         ("evidence", {"a": b64e(b"x")}, "payload must have exactly the fields a, b"),
         ("evidence", {"a": "a+b", "b": b64e(b"x")}, "payload field 'a' is not base64url"),
         ("evidence", {"a": b64e(b"x"), "b": None}, "payload field 'b' is not base64url"),
-        ("key", {"account": "x", "role": "doctor", "rsa": "", "umbral": ""}, "account must be a UUID"),
+        (
+            "key",
+            {"account": "x", "role": "doctor", "rsa": "", "umbral": "", "home": "node-1", "endorsement": ""},
+            "account must be a UUID",
+        ),
         ("record", {**_record_payload(1), "record": "not-a-uuid"}, "record must be a UUID"),
         ("record", {**_record_payload(1), "body": "a+b"}, "payload field 'body' is not base64url"),
         ("record", {**_record_payload(1), "attachments": ["00" * 32] * 21}, "at most 20 hashes"),

@@ -306,7 +306,8 @@ STRUCTURE_CASES = [
     ("edit-record-payload", _edited_payload, 3, "transaction signature"),
     ("edit-tx-timestamp", _unsigned_tx_field, 2, "transaction signature"),
     ("forge-record-signature", _tx_signature_forged, 3, "transaction signature"),
-    ("promote-patient-to-doctor", _edited_role, 1, "transaction signature"),
+    # The role is endorsed by the home node as well as signed by the key: the endorsement fails first.
+    ("promote-patient-to-doctor", _edited_role, 1, "transaction"),
     (
         "copy-earlier-tx-into-later-block",
         lambda c: _rebody(c, 4, [*c.blocks[4].transactions, c.blocks[2].transactions[0]], signer=c.node),
