@@ -49,9 +49,11 @@ def register_extensions(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
     login_manager.init_app(app)
-    from portal import auth
+    from portal import auth, runtime
 
     auth.register_login(login_manager)
+    # Projection of stored blocks (services/federation.py) asks for this node's id and box key.
+    app.extensions["medledger.federation"] = runtime.federation_self
 
 
 def register_blueprints(app: Flask) -> None:

@@ -52,6 +52,7 @@ def create_user(
             hospital=hospital,
             licence_number=licence_number,
             kdf=runtime.kdf(),
+            home=runtime.node_key(),
             now=utcnow(),
         )
     except ServiceError as exc:

@@ -49,8 +49,14 @@ class Config:
     ARCHIVE_INTERVAL_SECONDS = float(os.environ.get("ARCHIVE_INTERVAL_SECONDS", 5))
 
     EMERGENCY_KEY_PATH = os.environ.get("EMERGENCY_KEY_PATH", str(INSTANCE / "emergency.key"))
-    PRE_THRESHOLD = _int("PRE_THRESHOLD", 1)
-    PRE_SHARES = _int("PRE_SHARES", 1)
+    # Proxy re-encryption across the member nodes (docs/federation.md): a grant's key fragments go
+    # to every member node (n), and any PRE_THRESHOLD of them re-encrypt; 0 means n // 2 + 1.
+    PRE_THRESHOLD = _int("PRE_THRESHOLD", 0)
+    # The hospital's name as other nodes show it (published on the ledger); the node id if unset.
+    HOSPITAL_NAME = os.environ.get("HOSPITAL_NAME")
+    # The category tag key the member hospitals share (hex, set at founding, docs/federation.md), so
+    # that any member can check a grant's scope on any record; derived from SECRET_KEY if unset.
+    CATEGORY_TAG_KEY = os.environ.get("CATEGORY_TAG_KEY")
     GRANT_DEFAULT_DAYS = _int("GRANT_DEFAULT_DAYS", 30)
     GRANT_MAX_DAYS = _int("GRANT_MAX_DAYS", 365)
     EMERGENCY_HOURS = float(os.environ.get("EMERGENCY_HOURS", 4))

@@ -67,7 +67,7 @@ def seed() -> str:
     for role, username, name, hospital, licence in USERS:
         accounts.create_user(
             role=role, username=username, password=PASSWORD, display_name=name,
-            hospital=hospital, licence_number=licence, kdf=kdf, now=utcnow(),
+            hospital=hospital, licence_number=licence, kdf=kdf, home=runtime.node_key(), now=utcnow(),
         )  # fmt: skip
     ledger.seal_pending(key)
     node = runtime.node()

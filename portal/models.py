@@ -24,24 +24,31 @@ def epoch_ms(moment: datetime) -> int:
 
 class User(UserMixin, db.Model):
     """An account. Private keys are stored only sealed under the user key, which is stored
-    only wrapped under a key derived from the password (and, per session, under the token)."""
+    only wrapped under a key derived from the password (and, per session, under the token).
+
+    Accounts of other member hospitals appear here too, projected from their `key` transaction
+    on the ledger: they have public keys and a home node but no username, password or sealed
+    keys (`is_local` is False), and their name is fetched from their home node."""
 
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     public_id: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuid.uuid4()))
-    username: Mapped[str] = mapped_column(String(40), unique=True)
+    username: Mapped[str | None] = mapped_column(String(40), unique=True)
     display_name: Mapped[str] = mapped_column(String(120))
     role: Mapped[str] = mapped_column(String(16), index=True)
     hospital: Mapped[str | None] = mapped_column(String(120))
     licence_number: Mapped[str | None] = mapped_column(String(40))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    home_node: Mapped[str | None] = mapped_column(String(64), index=True)
+    # When the name of another hospital's account was last fetched from its home node.
+    resolved_at: Mapped[datetime | None]
 
-    kdf_salt: Mapped[bytes] = mapped_column(LargeBinary(32))
-    kdf_params: Mapped[str] = mapped_column(String(64))
-    wrapped_user_key: Mapped[bytes] = mapped_column(LargeBinary(128))
-    sealed_private_keys: Mapped[bytes] = mapped_column(LargeBinary(4096))
+    kdf_salt: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    kdf_params: Mapped[str | None] = mapped_column(String(64))
+    wrapped_user_key: Mapped[bytes | None] = mapped_column(LargeBinary(128))
+    sealed_private_keys: Mapped[bytes | None] = mapped_column(LargeBinary(4096))
 
     rsa_public_key: Mapped[bytes] = mapped_column(LargeBinary(1024))
     umbral_public_key: Mapped[bytes] = mapped_column(LargeBinary(64))
@@ -58,6 +65,11 @@ class User(UserMixin, db.Model):
     @property
     def is_active(self) -> bool:
         return self.active
+
+    @property
+    def is_local(self) -> bool:
+        """Registered at this node (it holds the sealed keys), not projected from the ledger."""
+        return self.sealed_private_keys is not None
 
 
 class AuthSession(db.Model):
@@ -134,11 +146,13 @@ class Attachment(db.Model):
     record_id: Mapped[str] = mapped_column(ForeignKey("records.id", ondelete="CASCADE"), primary_key=True)
     n: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     sha256: Mapped[str] = mapped_column(String(64))
-    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    # None until fetched from the peer that holds it (checked against `sha256`, from the ledger).
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class AccessRequest(db.Model):
-    """A doctor asks a patient for access; the reason is sealed for the two of them."""
+    """A doctor asks a patient for access (a `request` transaction): the reason, scope and
+    duration are sealed for the two of them, so only they can read what was asked."""
 
     __tablename__ = "access_requests"
 
@@ -146,13 +160,12 @@ class AccessRequest(db.Model):
     doctor_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     sealed_reason: Mapped[bytes] = mapped_column(LargeBinary)
-    scope: Mapped[str] = mapped_column(String(2000))
-    days: Mapped[int]
     status: Mapped[str] = mapped_column(String(16), default="pending")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
     grant_id: Mapped[str | None] = mapped_column(String(36))
     tx_hash: Mapped[str | None] = mapped_column(String(64))
+    decision_tx_hash: Mapped[str | None] = mapped_column(String(64))
 
     doctor: Mapped[User] = relationship(foreign_keys=[doctor_id])
     patient: Mapped[User] = relationship(foreign_keys=[patient_id])
@@ -168,7 +181,9 @@ class Grant(db.Model):
     patient_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     doctor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     emergency: Mapped[bool] = mapped_column(default=False)
-    scope: Mapped[str] = mapped_column(String(2000))
+    # The salted scope, known to the patient's home node, the grantee's and the proxies (each
+    # opens its sealed package on the ledger); None on a node that is none of those.
+    scope: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
@@ -231,6 +246,18 @@ class AccessEntry(db.Model):
 
     record: Mapped[Record] = relationship()
     reader: Mapped[User] = relationship()
+
+
+class MemberNode(db.Model):
+    """A member hospital's node as it describes itself on the ledger (`node_info`): its hospital's
+    name and the box key that grant packages are sealed to."""
+
+    __tablename__ = "member_nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hospital: Mapped[str] = mapped_column(String(120))
+    box_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    tx_hash: Mapped[str] = mapped_column(String(64))
 
 
 class ArchiveEntry(db.Model):

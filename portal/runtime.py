@@ -14,14 +14,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app
 
 from core.clinical import Vocabulary, load_vocabulary
-from core.crypto import KdfParams, NodeKey, load_node_key
+from core.crypto import BoxKey, KdfParams, NodeKey, load_node_key
 from core.encoding import b64e
+from core.ledger import sign_transaction
 from core.matching import HpoGraph, Tokenizer
-from core.pre import EmergencyKey, Threshold
+from core.pre import EmergencyKey
 from portal import consortium, embedded_ftp
 from portal.consortium import GenesisFile
+from portal.extensions import db
 from portal.ftp import ArchiveStore, FtpTarget
-from portal.services import ledger
+from portal.models import epoch_ms
+from portal.services import federation, ledger
 from portal.services.chat import ChatLimits
 from portal.services.context import NodeContext
 from portal.services.matching import MatchingContext, MatchingKeys, ProfileIndex, RateLimits
@@ -70,14 +73,40 @@ def node() -> NodeContext:
             return emergency_key()
 
     return NodeContext(
-        node_id=cfg["NODE_ID"],
-        tag_key=derived_key(b"medledger/category-tag/v1"),
-        threshold=Threshold(cfg["PRE_THRESHOLD"], cfg["PRE_SHARES"]),
+        node_id=node_key().node_id,
+        tag_key=category_tag_key(),
+        pre_threshold=cfg["PRE_THRESHOLD"],
+        box_public=box_key().public,
         emergency_key=load_emergency_key,
+        peers=peers(),
         default_grant_days=cfg["GRANT_DEFAULT_DAYS"],
         max_grant_days=cfg["GRANT_MAX_DAYS"],
         emergency_duration=timedelta(hours=cfg["EMERGENCY_HOURS"]),
     )
+
+
+def category_tag_key() -> bytes:
+    """The key of records' category tags: CATEGORY_TAG_KEY, which the member hospitals share, or
+    one derived from SECRET_KEY for a node alone."""
+    shared = current_app.config["CATEGORY_TAG_KEY"]
+    return bytes.fromhex(shared) if shared else derived_key(b"medledger/category-tag/v1")
+
+
+def box_key() -> BoxKey:
+    """This node's box key (derived from its node key), for what other nodes seal to it."""
+    cached = current_app.extensions.get("medledger.box_key")
+    if cached is None:
+        cached = BoxKey.of(node_key())
+        current_app.extensions["medledger.box_key"] = cached
+    return cached
+
+
+def federation_self() -> federation.Self:
+    return federation.Self(node_key().node_id, box_key())
+
+
+def hospital_name() -> str:
+    return current_app.config["HOSPITAL_NAME"] or node_key().node_id
 
 
 def genesis_file() -> GenesisFile | None:
@@ -142,12 +171,24 @@ def ensure_chain(now: datetime) -> None:
     key = node_key()
     if genesis is None:
         ledger.ensure_genesis(key, current_app.config["CHAIN_ID"], now, current_app.config["SLOT_MS"])
+        publish_node_info(now)
         return
     founders = {n["id"]: n["key"] for n in genesis.block.transactions[0].payload["nodes"]}
     if key.node_id in founders and founders[key.node_id] != b64e(key.public_raw):
         raise RuntimeError(f"node {key.node_id} is a founder of this consortium, but with another key")
     if ledger.tip() is None:
         ledger.install(genesis.block, now)  # a joining node syncs from here until members admit it
+    publish_node_info(now)
+
+
+def publish_node_info(now: datetime) -> None:
+    """Queue this node's `node_info` (box key, hospital name) unless the ledger or the pool has it."""
+    key = node_key()
+    payload = {"node": key.node_id, "box": b64e(box_key().public), "hospital": hospital_name()}
+    if ledger.has_node_info(key.key_id, payload):
+        return
+    ledger.queue(sign_transaction("node_info", payload, key, epoch_ms(now)), now)
+    db.session.commit()
 
 
 def node_key(create: bool = False) -> NodeKey:

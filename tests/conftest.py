@@ -99,6 +99,7 @@ def make_person(client: FlaskClient, role: str, username: str, name: str) -> Per
         hospital="Test Hospital" if role == "doctor" else None,
         licence_number="LIC-1" if role == "doctor" else None,
         kdf=runtime.kdf(),
+        home=runtime.node_key(),
         now=utcnow(),
     )
     answer = client.post("/api/v1/auth/token", json={"username": username, "password": PASSWORD})

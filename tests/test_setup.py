@@ -95,7 +95,7 @@ def test_producer_runs_once_per_node_and_seals_pending(tmp_path: Path) -> None:
         runtime.node_key(create=True)
         runtime.ensure_chain(utcnow())
         accounts.create_user(role="patient", username="pat", password="long-enough-pw", display_name="P",
-                             kdf=runtime.kdf(), now=utcnow())  # fmt: skip
+                             kdf=runtime.kdf(), home=runtime.node_key(), now=utcnow())  # fmt: skip
         stops = [threading.Event(), threading.Event()]
 
         def producer(stop: threading.Event) -> None:

@@ -9,9 +9,10 @@ key or a record.
 from core.pre.grant import (
     EmergencyKey,
     Threshold,
+    check_capsule_fragment,
     make_key_fragments,
     open_reencrypted,
     reencrypt,
 )
 
-__all__ = ["EmergencyKey", "Threshold", "make_key_fragments", "open_reencrypted", "reencrypt"]
+__all__ = ["EmergencyKey", "Threshold", "check_capsule_fragment", "make_key_fragments", "open_reencrypted", "reencrypt"]

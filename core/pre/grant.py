@@ -75,6 +75,17 @@ def reencrypt(capsule: bytes, key_fragment: bytes, patient_public: bytes, receiv
     return bytes(umbral.reencrypt(_capsule(capsule), verified))
 
 
+def check_capsule_fragment(capsule: bytes, fragment: bytes, patient_public: bytes, receiver_public: bytes) -> None:
+    """Return quietly if `fragment` is an honest re-encryption of `capsule` under a key fragment
+    the patient signed for this receiver; raises GrantError otherwise (forged, for another
+    capsule or receiver, or malformed)."""
+    patient = _public(patient_public)
+    try:
+        umbral.CapsuleFrag.from_bytes(fragment).verify(_capsule(capsule), patient, patient, _public(receiver_public))
+    except (umbral.VerificationError, ValueError, TypeError) as exc:
+        raise GrantError("capsule fragment does not verify") from exc
+
+
 def open_reencrypted(
     envelope: Envelope, receiver_secret: umbral.SecretKey, patient_public: bytes, capsule_fragments: Sequence[bytes]
 ) -> DataKey:

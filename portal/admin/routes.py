@@ -34,6 +34,7 @@ def new_doctor() -> Response | str | tuple[str, int]:
                 hospital=form.get("hospital"),
                 licence_number=form.get("licence_number"),
                 kdf=runtime.kdf(),
+                home=runtime.node_key(),
                 now=utcnow(),
             )
         except ServiceError as exc:

@@ -9,7 +9,7 @@ from flask import Response, jsonify, request
 from portal import runtime
 from portal.api import api_actor, bp, iso, json_body
 from portal.models import AccessEntry, AccessRequest, EmergencyAccess, Grant, User, utcnow
-from portal.services import access_log, accounts, grants, records
+from portal.services import access_log, federation, grants, records
 from portal.services.accounts import Actor
 from portal.services.records import CATEGORIES
 
@@ -17,18 +17,24 @@ from portal.services.records import CATEGORIES
 def person(user: User | None) -> dict[str, Any] | None:
     if user is None:
         return None
-    return {"id": user.public_id, "display_name": user.display_name, "hospital": user.hospital}
+    return {
+        "id": user.public_id,
+        "display_name": user.display_name,
+        "hospital": user.hospital or federation.hospital_of(user.home_node),
+        "home_hospital": federation.hospital_of(user.home_node),
+    }
 
 
 def request_json(actor: Actor, item: AccessRequest) -> dict[str, Any]:
+    asked = grants.request_details(actor, item)
     return {
         "id": item.id,
         "doctor": person(item.doctor),
         "patient": person(item.patient),
-        "reason": grants.request_reason(actor, item),
-        "scope": grants.decode_scope(item.scope),
-        "scope_text": grants.describe_scope(grants.decode_scope(item.scope)),
-        "days": item.days,
+        "reason": asked.reason if asked else "(the request could not be opened)",
+        "scope": asked.scope if asked else None,
+        "scope_text": grants.describe_scope(asked.scope) if asked else None,
+        "days": asked.days if asked else None,
         "status": item.status,
         "created_at": iso(item.created_at),
         "decided_at": iso(item.decided_at),
@@ -140,8 +146,9 @@ def patient_records(patient_id: str) -> Response:
 
 @bp.get("/doctors")
 def find_doctors() -> Response:
-    api_actor("patient")
-    return jsonify(doctors=[person(d) for d in accounts.find_users("doctor", request.args.get("q", ""))])
+    api_actor("patient", "doctor")
+    query = request.args.get("q", "")
+    return jsonify(doctors=[person(d) for d in federation.find_doctors(query, runtime.peers())])
 
 
 @bp.get("/access-log")

@@ -35,6 +35,7 @@ def register() -> tuple[Response, int]:
         password=data.get("password"),
         display_name=data.get("display_name"),
         kdf=runtime.kdf(),
+        home=runtime.node_key(),
         now=utcnow(),
     )
     return jsonify(user=user_json(user)), 201

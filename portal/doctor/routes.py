@@ -180,14 +180,10 @@ def my_patients() -> str:
         }
         for entry in grants.patients_of(actor, now)
     ]
-    requests = [
-        {
-            "request": r,
-            "scope": grants.describe_scope(grants.decode_scope(r.scope)),
-            "reason": grants.request_reason(actor, r),
-        }
-        for r in grants.list_requests(actor)
-    ]
+    requests = []
+    for r in grants.list_requests(actor):
+        asked = grants.request_details(actor, r)
+        requests.append({"request": r, "asked": asked, "scope": grants.describe_scope(asked.scope) if asked else None})
     return render_template("doctor/my_patients.html", patients=patients, requests=requests)
 
 

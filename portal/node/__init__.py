@@ -1,12 +1,13 @@
-"""Node-to-node API under /node/v1. Reading blocks and status is open, like the ledger itself
-(a joining hospital syncs before it is a member); announcing blocks and gossiping
-transactions must be signed by a member node."""
+"""Node-to-node API under /node/v1. Reading blocks, status and attachment ciphertext is open,
+like the ledger itself (a joining hospital syncs before it is a member); everything else
+(announcing blocks, gossip, re-encryption, the directory of accounts) must be signed by a
+member node, fresh and not replayed."""
 
 from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 
 from core.consensus.messages import ReplayGuard, verify_request
 from core.errors import InvalidSignature
@@ -16,13 +17,16 @@ from portal.services.errors import Unauthorized
 bp = Blueprint("node", __name__, url_prefix="/node/v1")
 
 
+OPEN = {"node.status", "node.peers", "node.blocks", "node.blob"}
+
+
 @bp.before_request
 def authenticate() -> None:
-    if request.method == "GET":
+    if request.method == "GET" and request.endpoint in OPEN:
         return
     guard = current_app.extensions.setdefault("medledger.replay_guard", ReplayGuard())
     try:
-        verify_request(
+        g.peer = verify_request(
             request.headers, request.method, request.full_path.rstrip("?"), request.get_data(),
             ledger.consensus_state().node_keys, int(time.time() * 1000), guard,
         )  # fmt: skip

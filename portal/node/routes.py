@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from flask import Response, current_app, jsonify, request
 
-from core.encoding import b64d
+from core.encoding import b64d, b64e
 from core.errors import CoreError, InvalidBlock
 from portal import runtime
 from portal.api import json_body
 from portal.models import utcnow
 from portal.node import bp
-from portal.services import ledger
-from portal.services.errors import ValidationFailed
+from portal.services import accounts, federation, ledger, proxy
+from portal.services.errors import NotFound, ValidationFailed
 
 
 @bp.get("/status")
@@ -71,3 +71,40 @@ def transactions() -> Response:
         except (CoreError, TypeError):
             rejected += 1
     return jsonify(accepted=accepted, rejected=rejected)
+
+
+@bp.get("/blobs/<sha256>")
+def blob(sha256: str) -> Response:
+    """An attachment's ciphertext by its SHA-256 (the hash on the ledger): public, like the ledger."""
+    data = federation.local_blob(sha256)
+    if data is None:
+        raise NotFound("No such attachment here.")
+    return jsonify(data=b64e(data))
+
+
+@bp.post("/reencrypt")
+def reencrypt() -> Response:
+    """A holder's capsule fragments for a read under a grant (services/proxy.py says what it checks)."""
+    encoded = json_body().get("access")
+    if not isinstance(encoded, str):
+        raise ValidationFailed("`access` must be the reader's signed access entry (base64url).")
+    try:
+        access = b64d(encoded)
+    except CoreError:
+        raise ValidationFailed("`access` is not base64url.") from None
+    answers = proxy.serve(access, utcnow(), runtime.node())
+    return jsonify(fragments=answers)
+
+
+@bp.get("/accounts/<account_id>")
+def account(account_id: str) -> Response:
+    """Name and hospital of an account registered here, for a member node that shows it."""
+    user = accounts.get_local_user(account_id)
+    return jsonify(federation.describe(user))
+
+
+@bp.get("/doctors")
+def doctors() -> Response:
+    """This hospital's doctors matching `q`, for another member's doctor search."""
+    found = accounts.find_users("doctor", request.args.get("q", ""), local_only=True)
+    return jsonify(doctors=[federation.describe(user) for user in found])

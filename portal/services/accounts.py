@@ -23,6 +23,7 @@ from sqlalchemy import delete, or_, select
 
 from core.crypto import (
     KdfParams,
+    NodeKey,
     PublicKeys,
     UserKeys,
     aead,
@@ -31,9 +32,9 @@ from core.crypto import (
     open_user_keys,
     seal_user_keys,
 )
-from core.encoding import b64d, b64e, canonical, decode_canonical
+from core.encoding import b64d, canonical, decode_canonical
 from core.errors import CoreError, DecryptionError
-from core.ledger import decode_transaction, sign_transaction
+from core.ledger import decode_transaction, key_payload, sign_transaction
 from portal.extensions import db
 from portal.models import AuthSession, LedgerTransaction, User, epoch_ms
 from portal.services import ledger
@@ -99,10 +100,12 @@ def create_user(
     display_name: object,
     kdf: KdfParams,
     now: datetime,
+    home: NodeKey,
     hospital: object = None,
     licence_number: object = None,
 ) -> User:
-    """Create an account with fresh RSA-3072 and Umbral keys and queue its key registration.
+    """Create an account of this node (`home`, which endorses its key) with fresh RSA-3072 and
+    Umbral keys, and queue its key registration.
 
     Raises ValidationFailed for bad input and Conflict for a taken username."""
     if role not in ROLES:
@@ -131,15 +134,13 @@ def create_user(
         rsa_public_key=public.rsa_der,
         umbral_public_key=public.umbral,
         key_id=public.key_id,
+        home_node=home.node_id,
     )
     user_key = aead.random_key()
     _wrap_under_password(user, user_key, password, kdf)
     user.sealed_private_keys = seal_user_keys(keys, user_key, PRIVATE_KEYS_AAD + _aad_id(user))
     tx = sign_transaction(
-        "key",
-        {"account": user.public_id, "role": role, "rsa": b64e(public.rsa_der), "umbral": b64e(public.umbral)},
-        keys,
-        epoch_ms(now),
+        "key", key_payload(user.public_id, role, public.rsa_der, public.umbral, home), keys, epoch_ms(now)
     )
     user.key_tx_hash = tx.hash
     db.session.add(user)
@@ -228,15 +229,28 @@ def change_password(actor: Actor, old_password: object, new_password: object, kd
     db.session.commit()
 
 
-def find_users(role: str, query: object, limit: int = 20) -> list[User]:
+def find_users(role: str, query: object, limit: int = 20, local_only: bool = False) -> list[User]:
     """Active accounts of `role` whose username, name or hospital contains `query` (2+ characters):
-    doctors find patients, patients find doctors to grant."""
+    doctors find patients, patients find doctors to grant. Patients are found by name only at
+    their home node (elsewhere by their id); `local_only` keeps to this node's accounts."""
     if not isinstance(query, str) or len(query.strip()) < 2:
         raise ValidationFailed("Search needs at least 2 characters.")
     like = f"%{query.strip().lower()}%"
     matches = or_(User.username.like(like), User.display_name.ilike(like), User.hospital.ilike(like))
-    stmt = select(User).where(User.role == role, User.active, matches).order_by(User.display_name).limit(limit)
-    return list(db.session.scalars(stmt))
+    stmt = select(User).where(User.role == role, User.active, matches)
+    if local_only or role == "patient":
+        stmt = stmt.where(User.sealed_private_keys.is_not(None))
+    else:
+        stmt = stmt.where(User.sealed_private_keys.is_not(None) | User.resolved_at.is_not(None))
+    return list(db.session.scalars(stmt.order_by(User.display_name).limit(limit)))
+
+
+def get_local_user(public_id: object) -> User:
+    """An account registered at this node; raises NotFound for any other."""
+    user = get_user(public_id)
+    if not user.is_local:
+        raise NotFound("No such account registered here.")
+    return user
 
 
 def get_user(public_id: object, role: str | None = None) -> User:

@@ -7,16 +7,19 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from core.pre import EmergencyKey, Threshold
+from core.pre import EmergencyKey
 
 
 @dataclass(frozen=True)
 class NodeContext:
     node_id: str
-    tag_key: bytes
-    threshold: Threshold
+    tag_key: bytes  # shared by the member hospitals (CATEGORY_TAG_KEY)
+    pre_threshold: int  # m of a grant's proxies; 0: a majority of them
+    box_public: bytes  # this node's box key, for grant packages sealed to itself
     emergency_key: Callable[[], EmergencyKey]
+    peers: Any = None  # portal.services.network.Peers of a consortium, None for a node alone
     default_grant_days: int = 30
     max_grant_days: int = 365
     emergency_duration: timedelta = timedelta(hours=4)

@@ -11,21 +11,22 @@ import hashlib
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
 from core.crypto import open_note, seal_note
-from core.encoding import canonical, decode_canonical
+from core.encoding import b64e, canonical, decode_canonical
 from core.errors import CoreError
 from core.ledger import sign_transaction
 from portal.extensions import db
 from portal.models import AccessRequest, EmergencyAccess, Grant, Record, User, epoch_ms
-from portal.services import ledger, proxy
+from portal.services import federation, ledger, proxy
 from portal.services.accounts import Actor, get_user, published_keys
 from portal.services.context import NodeContext
 from portal.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from portal.services.scopes import covers, describe_scope, parse_scope, salted_scope
 
 FAR_FUTURE_DAYS = 3650  # an emergency opt-in lasts until the patient opts out
 MAX_REASON = 2000
@@ -44,55 +45,12 @@ class Access:
         return self.emergency.id if self.emergency else self.grant.id if self.grant else None
 
 
-# -- scopes ---------------------------------------------------------------------------------
-
-
-def parse_scope(value: object, categories: tuple[str, ...]) -> dict[str, Any]:
-    """A validated scope: {"type": "all"}, {"type": "categories", "categories": [...]} or
-    {"type": "dates", "from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}."""
-    if value is None:
-        return {"type": "all"}
-    if not isinstance(value, dict) or value.get("type") not in ("all", "categories", "dates"):
-        raise ValidationFailed('`scope` must be {"type": "all" | "categories" | "dates", ...}.')
-    if value["type"] == "all":
-        return {"type": "all"}
-    if value["type"] == "categories":
-        chosen = value.get("categories")
-        if not isinstance(chosen, list) or not chosen or not all(c in categories for c in chosen):
-            raise ValidationFailed(f"`scope.categories` must be a non-empty list from: {', '.join(categories)}.")
-        return {"type": "categories", "categories": sorted(set(chosen))}
-    try:
-        start, end = date.fromisoformat(value.get("from", "")), date.fromisoformat(value.get("to", ""))
-    except (TypeError, ValueError):
-        raise ValidationFailed("`scope.from` and `scope.to` must be dates (YYYY-MM-DD).") from None
-    if start > end:
-        raise ValidationFailed("`scope.from` must not be after `scope.to`.")
-    return {"type": "dates", "from": start.isoformat(), "to": end.isoformat()}
-
-
-def describe_scope(scope: dict[str, Any]) -> str:
-    if scope["type"] == "categories":
-        return "records in " + ", ".join(scope["categories"])
-    if scope["type"] == "dates":
-        return f"records from {scope['from']} to {scope['to']}"
-    return "all records"
-
-
-def _covers(scope: dict[str, Any], record: Record, node: NodeContext) -> bool:
-    if scope["type"] == "categories":
-        return record.category_tag in {node.category_tag(c) for c in scope["categories"]}
-    if scope["type"] == "dates":
-        return scope["from"] <= record.created_at.date().isoformat() <= scope["to"]
-    return True
-
-
 def grant_scope(grant: Grant) -> dict[str, Any]:
-    return decode_canonical(grant.scope.encode())["scope"]
-
-
-def decode_scope(stored: str) -> dict[str, Any]:
-    """A request's stored scope."""
-    return decode_canonical(stored.encode())
+    """The scope of a grant this node knows the scope of (see `Grant.scope`); all records for
+    an emergency opt-in."""
+    if grant.scope is None:
+        raise Forbidden("This hospital cannot see the scope of that grant.")
+    return salted_scope(grant.scope)
 
 
 def _days(value: object, node: NodeContext) -> int:
@@ -132,18 +90,17 @@ def request_access(
     if pending is not None:
         raise Conflict(f"You already have a pending request to {patient.display_name}.")
     request_id = str(uuid.uuid4())
+    asked = {"reason": _reason(reason), "scope": parse_scope(scope, categories), "days": _days(days, node)}
+    note = seal_note(
+        canonical(asked).decode(),
+        request_id,
+        {"patient": published_keys(patient).umbral, "doctor": actor.user.umbral_public_key},
+    )
+    payload = {"request": request_id, "patient": patient.public_id, "note": b64e(note)}
+    tx = sign_transaction("request", payload, actor.keys(), epoch_ms(now))
+    ledger.queue(tx, now)
     request = AccessRequest(
-        id=request_id,
-        doctor=actor.user,
-        patient=patient,
-        sealed_reason=seal_note(
-            _reason(reason),
-            request_id,
-            {"patient": patient.umbral_public_key, "doctor": actor.user.umbral_public_key},
-        ),
-        scope=canonical(parse_scope(scope, categories)).decode(),
-        days=_days(days, node),
-        created_at=now,
+        id=request_id, doctor=actor.user, patient=patient, sealed_reason=note, created_at=now, tx_hash=tx.hash
     )
     db.session.add(request)
     db.session.commit()
@@ -162,13 +119,25 @@ def list_requests(actor: Actor) -> list[AccessRequest]:
     )
 
 
-def request_reason(actor: Actor, request: AccessRequest) -> str:
-    """The sealed reason, opened with the actor's own key."""
+@dataclass(frozen=True)
+class Asked:
+    """What a request asks for, as only its patient and doctor can read it."""
+
+    reason: str
+    scope: dict[str, Any]
+    days: int
+
+
+def request_details(actor: Actor, request: AccessRequest) -> Asked | None:
+    """The sealed reason, scope and duration, opened with the actor's own key; None if the note
+    does not open (then the request cannot be approved)."""
     label = "patient" if actor.user.id == request.patient_id else "doctor"
     try:
-        return open_note(request.sealed_reason, request.id, label, actor.keys().umbral_secret)
-    except CoreError:
-        return "(the reason could not be opened)"
+        text = open_note(request.sealed_reason, request.id, label, actor.keys().umbral_secret)
+        asked = decode_canonical(text.encode())
+        return Asked(asked["reason"], asked["scope"], int(asked["days"]))
+    except (CoreError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _own_pending_request(actor: Actor, request_id: object) -> AccessRequest:
@@ -183,8 +152,12 @@ def _own_pending_request(actor: Actor, request_id: object) -> AccessRequest:
 def approve_request(actor: Actor, request_id: object, *, node: NodeContext, now: datetime) -> Grant:
     """The patient approves: a grant as requested (scope and duration)."""
     request = _own_pending_request(actor, request_id)
-    grant = _create_grant(actor, request.doctor, decode_scope(request.scope), request.days, node=node, now=now)
+    asked = request_details(actor, request)
+    if asked is None:
+        raise Conflict("This request's details could not be opened, so it cannot be approved; decline it.")
+    grant = _create_grant(actor, request.doctor, asked.scope, asked.days, node=node, now=now, request=request)
     request.status, request.decided_at, request.grant_id = "approved", now, grant.id
+    request.decision_tx_hash = grant.tx_hash
     db.session.commit()
     return grant
 
@@ -194,7 +167,7 @@ def decline_request(actor: Actor, request_id: object, *, now: datetime) -> Acces
     request = _own_pending_request(actor, request_id)
     tx = sign_transaction("decline", {"request": request.id}, actor.keys(), epoch_ms(now))
     ledger.queue(tx, now)
-    request.status, request.decided_at, request.tx_hash = "declined", now, tx.hash
+    request.status, request.decided_at, request.decision_tx_hash = "declined", now, tx.hash
     db.session.commit()
     return request
 
@@ -203,10 +176,11 @@ def decline_request(actor: Actor, request_id: object, *, now: datetime) -> Acces
 
 
 def _create_grant(
-    actor: Actor, doctor: User | None, scope: dict[str, Any], days: int, *, node: NodeContext, now: datetime
-) -> Grant:
-    """Key fragments to the doctor (or to the emergency key), held by the proxy; a grant signed
-    by the patient. Commits nothing: the caller's use case does."""
+    actor: Actor, doctor: User | None, scope: dict[str, Any], days: int, *, node: NodeContext, now: datetime,
+    request: AccessRequest | None = None,
+) -> Grant:  # fmt: skip
+    """Key fragments to the doctor (or to the emergency key), sealed to the proxies; a grant
+    signed by the patient. Commits nothing: the caller's use case does."""
     keys = actor.keys()
     receiver = published_keys(doctor).umbral if doctor else node.emergency_key().public
     grant = Grant(
@@ -218,7 +192,7 @@ def _create_grant(
         created_at=now,
         expires_at=now + timedelta(days=days),
     )
-    commitment = proxy.store(grant, keys, receiver, node.threshold, node.node_id)
+    commitment, sealed = proxy.share_out(grant, keys, receiver, doctor.home_node if doctor else None, node)
     payload = {
         "grant": grant.id,
         "grantee": doctor.public_id if doctor else None,
@@ -226,11 +200,15 @@ def _create_grant(
         "expires": epoch_ms(grant.expires_at),
         "fragments": commitment,
         "emergency": doctor is None,
+        "request": request.id if request else None,
+        "sealed": sealed,
     }
     tx = sign_transaction("grant", payload, keys, epoch_ms(now))
     ledger.queue(tx, now)
     grant.tx_hash = tx.hash
     db.session.add(grant)
+    db.session.flush()
+    federation.take_package(grant, sealed)
     return grant
 
 
@@ -446,7 +424,7 @@ def decide(actor: Actor, record: Record, *, node: NodeContext, now: datetime) ->
     if actor.user.role != "doctor":
         raise Forbidden("You may not read this record.")
     for grant in _grants_between(actor.user, record.patient):
-        if grant_status(grant, now) == "active" and _covers(grant_scope(grant), record, node):
+        if grant_status(grant, now) == "active" and grant.scope and covers(salted_scope(grant.scope), record, node):
             return Access("grant", grant=grant)
     emergency = _live_emergency(actor.user, record.patient, now)
     optin = emergency_optin(record.patient, now)

@@ -40,6 +40,7 @@ from core.ledger import (
 from core.ledger.validate import ChainValidator
 from portal.extensions import db
 from portal.models import LedgerBlock, LedgerTransaction, User, epoch_ms, utcnow
+from portal.services import federation
 from portal.services.errors import NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def _store(block_header_bytes: bytes, height: int, block_hash: str, txs: list[Tr
     for position, tx in enumerate(txs):
         row = db.session.get(LedgerTransaction, tx.hash) or queue(tx, now)
         row.status, row.block_height, row.position = "committed", height, position
+    federation.project(txs)
 
 
 def genesis_block(chain_id: str, founders: list[tuple[str, bytes]], params: Params, signer: NodeKey) -> Block:
@@ -297,6 +299,22 @@ def seal_pending(node: NodeKey, max_transactions: int = 500, wait_seconds: float
             return height
         time.sleep(0.02)
     return None
+
+
+def has_node_info(signer: str, payload: dict[str, Any]) -> bool:
+    """Whether a `node_info` with this payload by this node is on the chain or in the pool."""
+    for encoded in db.session.scalars(
+        select(LedgerTransaction.encoded).where(
+            LedgerTransaction.kind == "node_info", LedgerTransaction.status != "rejected"
+        )
+    ):
+        try:
+            tx = decode_transaction(encoded)
+        except CoreError:
+            continue
+        if tx.signer == signer and tx.payload == payload:
+            return True
+    return False
 
 
 def pending_count() -> int:
@@ -596,8 +614,8 @@ def store_raw(blocks: list[StoredBlock], now: datetime) -> None:
         for stored in blocks:
             db.session.add(LedgerBlock(height=stored.height, hash=stored.hash, header=stored.header, created_at=now))
             db.session.flush()
-            for position, data in enumerate(stored.transactions):
-                tx = decode_transaction(data)
+            txs = [decode_transaction(data) for data in stored.transactions]
+            for position, tx in enumerate(txs):
                 db.session.add(
                     LedgerTransaction(
                         hash=tx.hash,
@@ -609,5 +627,7 @@ def store_raw(blocks: list[StoredBlock], now: datetime) -> None:
                         received_at=now,
                     )
                 )
+            db.session.flush()
+            federation.project(txs)
         db.session.commit()
         _cache.clear()

@@ -21,11 +21,11 @@ from core.clinical import Vocabulary
 from core.crypto import DataKey, Envelope, UserKeys, open_as_author, open_as_patient, seal
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.errors import CoreError, EncodingError, GrantError, InvalidCode
-from core.ledger import decode_transaction, sign_transaction
+from core.ledger import Transaction, decode_transaction, sign_transaction
 from core.pre import open_reencrypted
 from portal.extensions import db
-from portal.models import AccessEntry, Attachment, Record, epoch_ms
-from portal.services import ledger, proxy
+from portal.models import AccessEntry, Attachment, LedgerTransaction, Record, epoch_ms
+from portal.services import federation, ledger, proxy
 from portal.services.accounts import Actor, get_user, published_keys
 from portal.services.context import NodeContext
 from portal.services.errors import Forbidden, NotFound, ServiceError, TooLarge, ValidationFailed
@@ -184,6 +184,8 @@ def create_record(
     digests = [hashlib.sha256(blob).hexdigest() for blob in blobs]
     payload = {
         "record": record_id,
+        "patient": patient.public_id,
+        "ctag": node.category_tag(category),
         "body": b64e(envelope.body),
         "capsule": b64e(envelope.capsule),
         "pkey": b64e(envelope.patient_key),
@@ -238,21 +240,24 @@ def _envelope(payload: dict[str, Any]) -> Envelope:
     )
 
 
-def _data_key(keys: UserKeys, record: Record, envelope: Envelope, access: Access, node: NodeContext | None) -> DataKey:
+def _data_key(
+    keys: UserKeys, record: Record, envelope: Envelope, access: Access, node: NodeContext | None,
+    entry: Transaction | None,
+) -> DataKey:  # fmt: skip
     if access.mode == "patient":
         return open_as_patient(envelope, keys)
     if access.mode == "author":
         return open_as_author(envelope, keys)
-    if node is None:
-        raise ValueError("reads under a grant need the node context")
+    if node is None or entry is None:
+        raise ValueError("reads under a grant need the node context and the signed access entry")
     patient_public = published_keys(record.patient).umbral
     receiver = node.emergency_key().secret if access.emergency is not None else keys.umbral_secret
     grant = access.grant
     if grant is None:
         raise GrantUnusable("Your access could not be used: its grant is gone.")
     try:
-        fragments = proxy.reencrypt(
-            grant, envelope.capsule, patient_public, receiver.public_key().to_compressed_bytes()
+        fragments = proxy.gather(
+            grant, entry, envelope.capsule, patient_public, receiver.public_key().to_compressed_bytes(), node
         )
         return open_reencrypted(envelope, receiver, patient_public, fragments)
     except GrantError as exc:
@@ -260,33 +265,42 @@ def _data_key(keys: UserKeys, record: Record, envelope: Envelope, access: Access
 
 
 def _open(
-    keys: UserKeys, record: Record, access: Access, node: NodeContext | None
+    keys: UserKeys, record: Record, access: Access, node: NodeContext | None, entry: Transaction | None = None
 ) -> tuple[dict[str, Any], DataKey, dict[str, Any]]:
     payload = _payload(record)
     try:
-        key = _data_key(keys, record, _envelope(payload), access, node)
+        key = _data_key(keys, record, _envelope(payload), access, node, entry)
         body = decode_canonical(key.open(b64d(payload["body"]), BODY_AAD + record.id.encode()))
     except (CoreError, EncodingError):
         raise RecordUnreadable("This record could not be decrypted; its stored copy may be damaged.") from None
     return body, key, payload
 
 
-def _log_read(actor: Actor, keys: UserKeys, record: Record, access: Access, part: int, now: datetime) -> None:
-    """Every read by someone other than the patient: an access entry, signed by the reader."""
+def _access_entry(keys: UserKeys, record: Record, access: Access, part: int, now: datetime) -> Transaction | None:
+    """The access entry a read by someone other than the patient makes, signed by the reader
+    before the read: the proxies of other hospitals re-encrypt only against it."""
     if access.mode == "patient":
-        return
+        return None
     entry_id = str(uuid.uuid4())
     payload = {"entry": entry_id, "record": record.id, "part": part, "mode": access.mode, "grant": access.grant_ref}
-    tx = sign_transaction("access", payload, keys, epoch_ms(now))
-    ledger.queue(tx, now)
+    return sign_transaction("access", payload, keys, epoch_ms(now))
+
+
+def _log_read(actor: Actor, record: Record, access: Access, tx: Transaction | None, now: datetime) -> None:
+    """Log a read that succeeded: its access entry on the ledger (a proxy may have queued it
+    already) and in the access log."""
+    if tx is None:
+        return
+    if db.session.get(LedgerTransaction, tx.hash) is None:
+        ledger.queue(tx, now)
     db.session.add(
         AccessEntry(
-            id=entry_id,
+            id=tx.payload["entry"],
             record=record,
             reader=actor.user,
             mode=access.mode,
             grant_id=access.grant_ref,
-            part=part,
+            part=tx.payload["part"],
             at=now,
             tx_hash=tx.hash,
         )
@@ -324,8 +338,9 @@ def get_record(actor: Actor, record_id: object, *, node: NodeContext, now: datet
     record = _find(record_id)
     access = decide(actor, record, node=node, now=now)
     keys = actor.keys()
-    body, _, _ = _open(keys, record, access, node)
-    _log_read(actor, keys, record, access, -1, now)
+    entry = _access_entry(keys, record, access, -1, now)
+    body, _, _ = _open(keys, record, access, node, entry)
+    _log_read(actor, record, access, entry, now)
     db.session.commit()
     return {
         **_summary(record, body),
@@ -342,17 +357,24 @@ def get_attachment(
     record = _find(record_id)
     access = decide(actor, record, node=node, now=now)
     keys = actor.keys()
-    body, key, payload = _open(keys, record, access, node)
+    entry = _access_entry(keys, record, access, n, now)
+    body, key, payload = _open(keys, record, access, node, entry)
     if not 0 <= n < len(body["attachments"]):
         raise NotFound("No such attachment.")
     blob = db.session.get(Attachment, (record.id, n))
-    if blob is None or hashlib.sha256(blob.ciphertext).hexdigest() != payload["attachments"][n]:
-        raise RecordUnreadable("The stored attachment does not match the ledger.")
+    if blob is not None and blob.ciphertext is None:
+        blob.ciphertext = federation.fetch_blob(payload["attachments"][n], node.peers)
+    if (
+        blob is None
+        or blob.ciphertext is None
+        or hashlib.sha256(blob.ciphertext).hexdigest() != payload["attachments"][n]
+    ):
+        raise RecordUnreadable("The attachment is not here and no other hospital gave a copy matching the ledger.")
     try:
         data = key.open(blob.ciphertext, _attachment_aad(record.id, n))
     except CoreError:
         raise RecordUnreadable("The stored attachment could not be decrypted.") from None
-    _log_read(actor, keys, record, access, n, now)
+    _log_read(actor, record, access, entry, now)
     db.session.commit()
     return body["attachments"][n], data
 

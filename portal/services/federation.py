@@ -1,0 +1,375 @@
+"""One system across hospitals: what every node learns from the ledger, and from its peers.
+
+When a block is stored, its transactions are *projected* into this node's tables, so
+that any node can serve any account of the consortium:
+
+- `key`: an account of another hospital appears as a `User` with its public keys and home
+  node (no username, password or sealed keys); its name comes from its home node later.
+- `node_info`: a member hospital's name and the box key that packages are sealed to.
+- `record`: the index entry of a record written anywhere (its content stays ciphertext on
+  the ledger; attachment blobs are fetched from peers when first opened).
+- `request`, `decline`, `grant`, `revoke`, `access`: requests, decisions and reads, whichever
+  node they were made on. A grant's package sealed to this node (its proxy key fragment,
+  and the scope) is opened here and kept until the grant is revoked.
+
+Projection is idempotent (rows that exist are left as they are, so the node that made a
+row first keeps it) and never trusts more than the ledger: every row comes from a
+transaction whose signature and authority the chain validator has already checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import current_app
+from sqlalchemy import delete, select
+
+from core.crypto import BoxKey, seal_to_node
+from core.encoding import b64d, b64e, canonical, decode_canonical
+from core.errors import CoreError, EncodingError
+from core.ledger import Transaction
+from portal.extensions import db
+from portal.models import (
+    AccessEntry,
+    AccessRequest,
+    Attachment,
+    Grant,
+    MemberNode,
+    ProxyFragment,
+    Record,
+    User,
+)
+from portal.services.accounts import find_users
+
+log = logging.getLogger(__name__)
+PACKAGE_AAD = b"medledger/grant-package/v1\n"
+UNNAMED = "Account "  # the placeholder name of another hospital's account until it is resolved
+
+
+@dataclass(frozen=True)
+class Self:
+    """What projection needs of the node it runs on: its id and its box key."""
+
+    node_id: str
+    box: BoxKey
+
+
+def _self() -> Self:
+    factory: Callable[[], Self] = current_app.extensions["medledger.federation"]
+    return factory()
+
+
+def _at(tx: Transaction) -> datetime:
+    return datetime.fromtimestamp(tx.timestamp / 1000, UTC).replace(tzinfo=None)
+
+
+def _user_by_key(key_id: str) -> User | None:
+    return db.session.scalar(select(User).where(User.key_id == key_id))
+
+
+def _user_by_id(public_id: str | None) -> User | None:
+    if public_id is None:
+        return None
+    return db.session.scalar(select(User).where(User.public_id == public_id))
+
+
+def project(transactions: list[Transaction]) -> None:
+    """Fold the transactions of a block just stored into this node's tables (in the caller's
+    database transaction). A transaction that names something this node cannot find is
+    logged and skipped: the chain is valid, so it can only be a gap in this node's tables."""
+    me = _self()
+    for tx in transactions:
+        handler = _HANDLERS.get(tx.kind)
+        if handler is None:
+            continue
+        try:
+            handler(tx, me)
+        except (CoreError, EncodingError, KeyError, ValueError) as exc:
+            log.warning("could not project %s transaction %s: %s", tx.kind, tx.hash[:16], exc)
+        db.session.flush()
+
+
+def _key(tx: Transaction, me: Self) -> None:
+    payload = tx.payload
+    user = _user_by_id(payload["account"])
+    if user is not None:
+        if user.home_node is None:
+            user.home_node = payload["home"]
+        return
+    db.session.add(
+        User(
+            public_id=payload["account"],
+            username=None,
+            display_name=UNNAMED + payload["account"][:8],
+            role=payload["role"],
+            home_node=payload["home"],
+            rsa_public_key=b64d(payload["rsa"]),
+            umbral_public_key=b64d(payload["umbral"]),
+            key_id=tx.signer,
+            key_tx_hash=tx.hash,
+            created_at=_at(tx),
+        )
+    )
+
+
+def _node_info(tx: Transaction, me: Self) -> None:
+    payload = tx.payload
+    row = db.session.get(MemberNode, payload["node"])
+    if row is None:
+        row = MemberNode(node_id=payload["node"])
+        db.session.add(row)
+    row.hospital, row.box_key, row.tx_hash = payload["hospital"], b64d(payload["box"]), tx.hash
+
+
+def _record(tx: Transaction, me: Self) -> None:
+    payload = tx.payload
+    if db.session.get(Record, payload["record"]) is not None:
+        return
+    patient, author = _user_by_id(payload["patient"]), _user_by_key(tx.signer)
+    if patient is None or author is None:
+        raise ValueError("unknown patient or author")
+    record = Record(
+        id=payload["record"], patient=patient, author=author, tx_hash=tx.hash, created_at=_at(tx),
+        category_tag=payload["ctag"],
+    )  # fmt: skip
+    record.attachments = [Attachment(n=n, sha256=d, ciphertext=None) for n, d in enumerate(payload["attachments"])]
+    db.session.add(record)
+
+
+def _request(tx: Transaction, me: Self) -> None:
+    payload = tx.payload
+    if db.session.get(AccessRequest, payload["request"]) is not None:
+        return
+    doctor, patient = _user_by_key(tx.signer), _user_by_id(payload["patient"])
+    if doctor is None or patient is None:
+        raise ValueError("unknown doctor or patient")
+    db.session.add(
+        AccessRequest(
+            id=payload["request"],
+            doctor=doctor,
+            patient=patient,
+            sealed_reason=b64d(payload["note"]),
+            created_at=_at(tx),
+            tx_hash=tx.hash,
+        )
+    )
+
+
+def _decline(tx: Transaction, me: Self) -> None:
+    request = db.session.get(AccessRequest, tx.payload["request"])
+    if request is not None and request.status == "pending":
+        request.status, request.decided_at, request.decision_tx_hash = "declined", _at(tx), tx.hash
+
+
+def _grant(tx: Transaction, me: Self) -> None:
+    payload = tx.payload
+    grant = db.session.get(Grant, payload["grant"])
+    if grant is None:
+        patient = _user_by_key(tx.signer)
+        if patient is None:
+            raise ValueError("unknown patient")
+        grant = Grant(
+            id=payload["grant"], patient=patient, doctor=_user_by_id(payload["grantee"]),
+            emergency=payload["emergency"], scope=None, created_at=_at(tx),
+            expires_at=datetime.fromtimestamp(payload["expires"] / 1000, UTC).replace(tzinfo=None), tx_hash=tx.hash,
+        )  # fmt: skip
+        db.session.add(grant)
+    take_package(grant, payload["sealed"], me)
+    if payload["request"] is not None:
+        request = db.session.get(AccessRequest, payload["request"])
+        if request is not None and request.status == "pending":
+            request.status, request.decided_at, request.grant_id = "approved", _at(tx), grant.id
+            request.decision_tx_hash = tx.hash
+
+
+def take_package(grant: Grant, sealed: dict[str, str], me: Self | None = None) -> None:
+    """Open this node's package of a grant, if it has one, and keep the scope and its key
+    fragment (the patient's home node does so at once; every node when the block arrives)."""
+    me = me or _self()
+    mine = sealed.get(me.node_id)
+    if mine is not None and grant.revoked_at is None:
+        package = open_package(me.box, grant.id, me.node_id, b64d(mine))
+        grant.scope = grant.scope or package["scope"]
+        if package["fragment"] is not None and db.session.get(ProxyFragment, (grant.id, package["share"])) is None:
+            db.session.add(
+                ProxyFragment(
+                    grant_id=grant.id,
+                    share=package["share"],
+                    holder=me.node_id,
+                    threshold=package["threshold"],
+                    fragment=b64d(package["fragment"]),
+                )
+            )
+
+
+def _revoke(tx: Transaction, me: Self) -> None:
+    grant = db.session.get(Grant, tx.payload["grant"])
+    if grant is None:
+        return
+    db.session.execute(delete(ProxyFragment).where(ProxyFragment.grant_id == grant.id))
+    if grant.revoked_at is None:
+        grant.revoked_at, grant.revoke_tx_hash = _at(tx), tx.hash
+
+
+def _access(tx: Transaction, me: Self) -> None:
+    payload = tx.payload
+    if db.session.get(AccessEntry, payload["entry"]) is not None:
+        return
+    record, reader = db.session.get(Record, payload["record"]), _user_by_key(tx.signer)
+    if record is None or reader is None:
+        raise ValueError("unknown record or reader")
+    db.session.add(
+        AccessEntry(
+            id=payload["entry"],
+            record=record,
+            reader=reader,
+            mode=payload["mode"],
+            grant_id=payload["grant"],
+            part=payload["part"],
+            at=_at(tx),
+            tx_hash=tx.hash,
+        )
+    )
+
+
+_HANDLERS: dict[str, Callable[[Transaction, Self], None]] = {
+    "key": _key,
+    "node_info": _node_info,
+    "record": _record,
+    "request": _request,
+    "decline": _decline,
+    "grant": _grant,
+    "revoke": _revoke,
+    "access": _access,
+}
+
+
+# -- grant packages ---------------------------------------------------------------------------
+
+
+def _package_aad(grant_id: str, node_id: str) -> bytes:
+    return PACKAGE_AAD + f"{grant_id}/{node_id}".encode()
+
+
+def seal_package(box_key: bytes, grant_id: str, node_id: str, package: dict[str, Any]) -> str:
+    """A grant's package for one node (base64url), bound to the grant and the node."""
+    return b64e(seal_to_node(box_key, canonical(package), _package_aad(grant_id, node_id)))
+
+
+def open_package(box: BoxKey, grant_id: str, node_id: str, sealed: bytes) -> dict[str, Any]:
+    """{"scope", "share", "fragment", "threshold"}; raises DecryptionError or EncodingError."""
+    package = decode_canonical(box.open(sealed, _package_aad(grant_id, node_id)))
+    if not isinstance(package, dict) or set(package) != {"scope", "share", "fragment", "threshold"}:
+        raise EncodingError("malformed grant package")
+    return package
+
+
+def member_boxes(me: str, my_box: bytes) -> dict[str, bytes]:
+    """Member nodes' box keys by node id, as published on the ledger (this node's own key is
+    known before its `node_info` is final)."""
+    boxes = {row.node_id: row.box_key for row in db.session.scalars(select(MemberNode))}
+    boxes.setdefault(me, my_box)
+    return dict(sorted(boxes.items()))
+
+
+def hospital_of(node_id: str | None) -> str | None:
+    """The hospital name a member node published, or its node id."""
+    if node_id is None:
+        return None
+    row = db.session.get(MemberNode, node_id)
+    return row.hospital if row else node_id
+
+
+def fetch_blob(sha256: str, peers: Any) -> bytes | None:
+    """An attachment's ciphertext from the first peer whose copy hashes to `sha256` (the hash
+    on the ledger); None if no peer has a matching copy. A peer's wrong copy is logged."""
+    if peers is None:
+        return None
+    for peer in list(peers.urls):
+        answer = peers.get(peer, f"/node/v1/blobs/{sha256}")
+        try:
+            data = b64d(answer["data"]) if isinstance(answer, dict) else None
+        except (EncodingError, KeyError, TypeError):
+            data = None
+        if data is not None and hashlib.sha256(data).hexdigest() == sha256:
+            return data
+        if data is not None:
+            log.warning("peer %s sent an attachment that does not match its hash on the ledger", peer)
+    return None
+
+
+def local_blob(sha256: str) -> bytes | None:
+    """An attachment's ciphertext held here, by its hash."""
+    return db.session.scalar(
+        select(Attachment.ciphertext).where(Attachment.sha256 == sha256, Attachment.ciphertext.is_not(None)).limit(1)
+    )
+
+
+def describe(user: User) -> dict[str, Any]:
+    """What one node tells another about an account registered at it."""
+    return {
+        "id": user.public_id,
+        "role": user.role,
+        "display_name": user.display_name,
+        "hospital": user.hospital if user.role == "doctor" else None,
+        "home": user.home_node,
+        "home_hospital": hospital_of(user.home_node),
+    }
+
+
+def _learn(user: User, answer: object) -> bool:
+    """Take an account's name (and a doctor's hospital) from its home node's answer, if the
+    answer is about this very account and well formed."""
+    if not isinstance(answer, dict) or answer.get("id") != user.public_id or answer.get("role") != user.role:
+        return False
+    name, hospital = answer.get("display_name"), answer.get("hospital")
+    if not isinstance(name, str) or not 1 <= len(name) <= 120 or not name.isprintable():
+        return False
+    if hospital is not None and (not isinstance(hospital, str) or len(hospital) > 120 or not hospital.isprintable()):
+        return False
+    user.display_name, user.hospital, user.resolved_at = name, hospital, datetime.now(UTC).replace(tzinfo=None)
+    return True
+
+
+def resolve(user: User, peers: Any) -> User:
+    """An account of another hospital with its name from its home node (fetched once, then kept);
+    the account as it is when the home node does not answer."""
+    if user.is_local or user.resolved_at is not None or peers is None or user.home_node not in peers.urls:
+        return user
+    if _learn(user, peers.get(user.home_node, f"/node/v1/accounts/{user.public_id}")):
+        db.session.commit()
+    return user
+
+
+def resolve_unnamed(peers: Any, limit: int = 20) -> int:
+    """Fetch the names of accounts of other hospitals not resolved yet (the sync loop calls this)."""
+    unnamed = db.session.scalars(
+        select(User).where(User.sealed_private_keys.is_(None), User.resolved_at.is_(None)).limit(limit)
+    )
+    return sum(1 for user in list(unnamed) if resolve(user, peers).resolved_at is not None)
+
+
+def find_doctors(query: str, peers: Any) -> list[User]:
+    """Doctors of every member hospital matching `query`: this node's own, and each peer's
+    answer for its doctors (asked in parallel, bounded in time); a peer's doctor is shown only
+    if its key is on this node's ledger, under the name its home node gives."""
+    found = {user.public_id: user for user in find_users("doctor", query, local_only=True)}
+    if peers is not None:
+        path = "/node/v1/doctors?" + urlencode({"q": query})
+        futures = [peers.pool.submit(peers.get, peer, path) for peer in list(peers.urls)]
+        done, _ = wait(futures, timeout=peers.timeout * 2)
+        for future in done:
+            answer = future.result()
+            for item in answer.get("doctors", []) if isinstance(answer, dict) else []:
+                user = _user_by_id(item.get("id")) if isinstance(item, dict) else None
+                if user is not None and not user.is_local and user.role == "doctor" and _learn(user, item):
+                    found[user.public_id] = user
+        db.session.commit()
+    return sorted(found.values(), key=lambda u: (u.display_name, u.public_id))[:50]
