@@ -9,7 +9,7 @@ from flask import Response, jsonify, request
 from portal import runtime
 from portal.api import api_actor, bp, iso, json_body
 from portal.models import AccessEntry, AccessRequest, EmergencyAccess, Grant, User, utcnow
-from portal.services import access_log, federation, grants, records
+from portal.services import access_log, accounts, federation, grants, records
 from portal.services.accounts import Actor
 from portal.services.records import CATEGORIES
 
@@ -148,7 +148,8 @@ def patient_records(patient_id: str) -> Response:
 def find_doctors() -> Response:
     api_actor("patient", "doctor")
     query = request.args.get("q", "")
-    return jsonify(doctors=[person(d) for d in federation.find_doctors(query, runtime.peers())])
+    local = accounts.find_users("doctor", query, local_only=True)
+    return jsonify(doctors=[person(d) for d in federation.find_doctors(query, local, runtime.peers())])
 
 
 @bp.get("/access-log")

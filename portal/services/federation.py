@@ -46,7 +46,6 @@ from portal.models import (
     Record,
     User,
 )
-from portal.services.accounts import find_users
 
 log = logging.getLogger(__name__)
 PACKAGE_AAD = b"medledger/grant-package/v1\n"
@@ -356,11 +355,11 @@ def resolve_unnamed(peers: Any, limit: int = 20) -> int:
     return sum(1 for user in list(unnamed) if resolve(user, peers).resolved_at is not None)
 
 
-def find_doctors(query: str, peers: Any) -> list[User]:
-    """Doctors of every member hospital matching `query`: this node's own, and each peer's
-    answer for its doctors (asked in parallel, bounded in time); a peer's doctor is shown only
-    if its key is on this node's ledger, under the name its home node gives."""
-    found = {user.public_id: user for user in find_users("doctor", query, local_only=True)}
+def find_doctors(query: str, local: list[User], peers: Any) -> list[User]:
+    """Doctors of every member hospital matching `query`: this node's own (`local`, found by the
+    caller) and each peer's answer for its doctors (asked in parallel, bounded in time); a
+    peer's doctor is shown only if its key is on this node's ledger, under its home's name."""
+    found = {user.public_id: user for user in local}
     if peers is not None:
         path = "/node/v1/doctors?" + urlencode({"q": query})
         futures = [peers.pool.submit(peers.get, peer, path) for peer in list(peers.urls)]

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.models import AccessEntry, AccessRequest, EmergencyAccess
+from portal.models import AccessEntry, AccessRequest, EmergencyAccess, LedgerTransaction
 from tests.conftest import RECORD, Person
 from tests.portal.test_pages import csrf, log_in
 
@@ -75,7 +75,11 @@ def test_request_access_and_see_it_in_my_patients(client: FlaskClient, doctor: P
     assert "Follow-up of &lt;b&gt;asthma&lt;/b&gt;" in page  # the reason, opened and escaped
     assert "records in cardiology, respiratory" in page and "14 days" in page and "pending" in page
     request = db.session.scalar(select(AccessRequest))
-    assert request.days == 14 and request.status == "pending"
+    assert request.status == "pending"
+    # On the ledger as a `request` transaction whose note hides the reason, scope and duration.
+    stored = db.session.get(LedgerTransaction, request.tx_hash)
+    assert stored is not None and stored.kind == "request"
+    assert b"asthma" not in stored.encoded and b"cardiology" not in stored.encoded
 
 
 def test_request_access_dates_scope(client: FlaskClient, doctor: Person, patient: Person) -> None:
@@ -94,7 +98,9 @@ def test_request_access_dates_scope(client: FlaskClient, doctor: Person, patient
     )
     assert answer.status_code == 302
     assert "records from 2024-01-01 to 2024-06-30" in client.get("/doctor/access").get_data(as_text=True)
-    assert db.session.scalar(select(AccessRequest.days)) == 30  # blank: the default
+    request = db.session.scalar(select(AccessRequest))
+    assert "30 days" in client.get("/doctor/access").get_data(as_text=True)  # blank: the default
+    assert request is not None and request.status == "pending"
 
 
 @pytest.mark.parametrize(

@@ -31,12 +31,13 @@ def test_headers_and_blocks(client: FlaskClient, chain: int) -> None:
     assert [b["height"] for b in page["blocks"]] == [1, 2]
     assert page["blocks"][1]["prev"] == page["blocks"][0]["hash"]
     assert set(page["blocks"][0]) >= {"height", "ts", "prev", "root", "nonce", "producer", "sig", "hash", "tx_count"}
-    assert [b["tx_count"] for b in page["blocks"]] == [2, 1]  # two key registrations, then one record
+    # The node's own node_info and two key registrations, then one record.
+    assert [b["tx_count"] for b in page["blocks"]] == [3, 1]
     block = client.get("/api/v1/chain/blocks/2").json
     assert block["hash"] == page["blocks"][1]["hash"]
     [tx] = block["transactions"]
     assert tx["kind"] == "record" and len(tx["hash"]) == 64
-    assert set(tx["payload"]) == {"record", "body", "capsule", "pkey", "akey", "attachments"}
+    assert set(tx["payload"]) == {"record", "patient", "ctag", "body", "capsule", "pkey", "akey", "attachments"}
     assert client.get("/api/v1/chain/blocks/99").status_code == 404
 
 

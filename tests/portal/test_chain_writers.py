@@ -15,8 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from core.crypto import UserKeys
-from core.encoding import b64e
-from core.ledger import sign_transaction
+from core.ledger import key_payload, sign_transaction
 from core.ledger.validate import ChainValidator
 from portal import runtime
 from portal.extensions import db
@@ -158,8 +157,9 @@ def test_a_node_gossips_only_what_it_or_its_own_accounts_signed(
 ) -> None:
     node = runtime.node_key()
     elsewhere = key_pool[-1]  # an account of another hospital: not in this node's users
-    payload = {"account": str(uuid.uuid4()), "role": "patient", "rsa": b64e(elsewhere.public.rsa_der)}
-    foreign = sign_transaction("key", {**payload, "umbral": b64e(elsewhere.public.umbral)}, elsewhere, 1)
+    # Endorsed by this node's key but not one of its users (as a peer's account would look here).
+    payload = key_payload(str(uuid.uuid4()), "patient", elsewhere.public.rsa_der, elsewhere.public.umbral, node)
+    foreign = sign_transaction("key", payload, elsewhere, 1)
     assert ledger.accept_from_peer(foreign.encoded, utcnow())
     pending = {h for h, _ in ledger.pending_encoded()}
     mine = {h for h, _ in ledger.pending_from_here(node)}

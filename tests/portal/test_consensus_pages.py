@@ -54,7 +54,8 @@ def test_votes_count_once_in_a_block(
     produce(app)
     candidate = client.get("/api/v1/consensus").json["candidates"][0]
     assert candidate["votes"] > 0
-    assert candidate["votes"] == (1 + 3 + 10) * 1000  # stakes: patient 1, doctor 3, admin 10
+    # One hospital, one vote: node-1's doctor and admin pool into 1000; the patient adds nothing.
+    assert candidate["votes"] == 1000
     assert candidate["score"] == 1000 + candidate["votes"]
     for person in (patient, doctor, admin):
         assert client.get("/api/v1/votes", headers=person.headers).json == {"nodes": ["node-1"]}
@@ -140,7 +141,7 @@ def test_admin_votes_with_the_form(app: Flask, client: FlaskClient, admin: Perso
     page = client.get("/admin/consensus").get_data(as_text=True)
     assert "On the chain you vote for node-1." in page
     assert 'value="node-1" checked' in page
-    assert ">10000<" in page  # an admin's stake of 10, all on node-1
+    assert ">1000<" in page  # node-1's hospital vote, all on node-1
 
 
 def test_consensus_page_is_for_admins_only(client: FlaskClient, doctor: Person, patient: Person) -> None:
