@@ -37,9 +37,10 @@ class LocalNode:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def env(self) -> dict[str, str]:
+    def settings(self) -> dict[str, str]:
+        """The settings under which `flask --app wsgi medledger ...` acts as this node (written
+        to `node.env` by `prepare`)."""
         return {
-            **os.environ,
             "MEDLEDGER_CONFIG": "development",
             "MEDLEDGER_INSTANCE": str(self.folder),
             "DATABASE_URL": f"sqlite:///{self.folder / 'node.db'}",
@@ -50,7 +51,12 @@ class LocalNode:
             "PORT": str(self.port),
             "WEB_CONCURRENCY": "1",
             "MEDLEDGER_PRODUCER": "1",
+            "HOSPITAL_NAME": f"Hospital {self.node_id.removeprefix('node-')}",
+            "CATEGORY_TAG_KEY": (self.folder.parent / "category-tag.key").read_text().strip(),
         }
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.settings()}
 
     def flask(self, *args: str) -> None:
         subprocess.run(  # noqa: S603 (fixed argv)
@@ -112,12 +118,17 @@ def prepare(folder: Path, count: int, base_port: int) -> list[LocalNode]:
     """Node folders with keys and migrated databases (kept if present)."""
     folder.mkdir(parents=True, exist_ok=True)
     genesis = folder / "genesis.json"
+    tag_key = folder / "category-tag.key"
+    if not tag_key.exists():  # the members' shared category tag key, made once at founding
+        tag_key.write_text(os.urandom(32).hex() + "\n")
+        tag_key.chmod(0o600)
     nodes = [LocalNode(f"node-{i}", base_port + i - 1, folder / f"node-{i}", genesis) for i in range(1, count + 1)]
     for node in nodes:
         node.folder.mkdir(exist_ok=True)
         path = node.folder / "node.key"
         if not path.exists():
             NodeKey.generate(node.node_id).save(path, None)
+        (node.folder / "node.env").write_text("".join(f"{k}={v}\n" for k, v in node.settings().items()))
         node.flask("db", "upgrade")
     return nodes
 

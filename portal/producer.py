@@ -20,7 +20,7 @@ from portal import runtime
 from portal.extensions import db
 from portal.ftp import ArchiveStore
 from portal.models import utcnow
-from portal.services import archive, ledger, network
+from portal.services import archive, federation, ledger, network
 from portal.services.network import Peers
 
 log = logging.getLogger(__name__)
@@ -101,3 +101,4 @@ def _sync(peers: Peers, gossiped: set[str]) -> None:
     fresh = [(h, e) for h, e in pending if h not in gossiped]
     network.gossip(peers, [e for _, e in fresh])
     gossiped.update(h for h, _ in fresh)
+    federation.resolve_unnamed(peers)

@@ -11,7 +11,7 @@ from flask import Response, current_app, jsonify, request, send_file
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso, json_body
 from portal.models import User, utcnow
-from portal.services import accounts, chat, ledger, records, votes
+from portal.services import accounts, chat, federation, ledger, records, votes
 from portal.services.errors import ValidationFailed
 from portal.services.records import NewAttachment
 
@@ -87,6 +87,20 @@ def find_patients() -> Response:
     api_actor("doctor")
     patients = accounts.find_users("patient", request.args.get("q", ""))
     return jsonify(patients=[{k: user_json(p)[k] for k in ("id", "username", "display_name")} for p in patients])
+
+
+@bp.get("/patients/<patient_id>")
+def get_patient(patient_id: str) -> Response:
+    """A patient of any member hospital by consortium id: name and home hospital, from the
+    home node (patients are found by name only at home)."""
+    api_actor("doctor")
+    patient = federation.resolve(accounts.get_user(patient_id, role="patient"), runtime.peers())
+    return jsonify(
+        id=patient.public_id,
+        display_name=patient.display_name,
+        home_node=patient.home_node,
+        home_hospital=federation.hospital_of(patient.home_node),
+    )
 
 
 def _b64(value: object, name: str) -> bytes:
