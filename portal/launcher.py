@@ -11,8 +11,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.consensus import Params
 from core.crypto import NodeKey, load_node_key
@@ -157,6 +160,23 @@ def found(
         _write_genesis(nodes, genesis, slot_ms, epoch_slots, miss_limit, chain_id)
     for node in nodes:
         node.wait_chain()
+
+
+@contextmanager
+def running(folder: Path, count: int, base_port: int, **params: Any) -> Iterator[list[LocalNode]]:
+    """A founded local consortium of `count` nodes (`params` go to `found`), every node stopped
+    on the way out, whatever happened. For tests and scripts that need real nodes."""
+    nodes = prepare(folder, count, base_port)
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_ready()
+        found(nodes, **params)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -208,11 +208,17 @@ def take_package(grant: Grant, sealed: dict[str, str], me: Self | None = None) -
             )
 
 
+def destroy_fragments(grant_id: str) -> int:
+    """Delete this node's key fragments of a grant: from now on it re-encrypts nothing under it
+    (the home node at once when the patient revokes, every holder when the block arrives)."""
+    return db.session.execute(delete(ProxyFragment).where(ProxyFragment.grant_id == grant_id)).rowcount or 0
+
+
 def _revoke(tx: Transaction, me: Self) -> None:
     grant = db.session.get(Grant, tx.payload["grant"])
     if grant is None:
         return
-    db.session.execute(delete(ProxyFragment).where(ProxyFragment.grant_id == grant.id))
+    destroy_fragments(grant.id)
     if grant.revoked_at is None:
         grant.revoked_at, grant.revoke_tx_hash = _at(tx), tx.hash
 

@@ -251,7 +251,7 @@ def revoke_grant(actor: Actor, grant_id: object, *, now: datetime) -> Grant:
         raise NotFound("No such grant.")
     if grant.revoked_at is not None:
         raise Conflict("This grant is already revoked.")
-    proxy.destroy(grant.id)
+    federation.destroy_fragments(grant.id)
     tx = sign_transaction("revoke", {"grant": grant.id}, actor.keys(), epoch_ms(now))
     ledger.queue(tx, now)
     grant.revoked_at, grant.revoke_tx_hash = now, tx.hash

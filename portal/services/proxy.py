@@ -22,7 +22,7 @@ from concurrent.futures import wait
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from core.crypto import UserKeys, rsa_verifier
 from core.encoding import b64d, b64e
@@ -68,11 +68,6 @@ def share_out(
         package = {"scope": grant.scope, "share": None, "fragment": None, "threshold": threshold.threshold}
         sealed[grantee_home] = federation.seal_package(boxes[grantee_home], grant.id, grantee_home, package)
     return digest.hexdigest(), sealed
-
-
-def destroy(grant_id: str) -> int:
-    """Delete this node's fragments of a grant (every holder does so when the revocation arrives)."""
-    return db.session.execute(delete(ProxyFragment).where(ProxyFragment.grant_id == grant_id)).rowcount or 0
 
 
 def _local(grant: Grant, capsule: bytes, patient_public: bytes, receiver_public: bytes) -> list[dict[str, Any]]:

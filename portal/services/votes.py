@@ -2,9 +2,9 @@
 
 Any account (patient, doctor, admin) may vote for up to K candidate nodes. Only staff
 endorsed by a member hospital carry stake (doctor 3, admin 10), and each hospital's staff
-share one hospital's vote (docs/consensus.md, Voting power); a patient's vote weighs nothing. A vote is a transaction signed with the
-account's own key; a later vote replaces the earlier one. It counts from the first
-election (epoch start) after it is in a block.
+share one hospital's vote (docs/consensus.md, Voting power); a patient's vote weighs nothing.
+A vote is a transaction signed with the account's own key; a later vote replaces the earlier
+one. It counts from the first election (epoch start) after it is in a block.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from core.consensus.messages import sign_request
 from core.crypto import NodeKey, load_node_key
 from core.encoding import b64e
 from core.ledger import make_block, sign_transaction
-from portal.launcher import LocalNode, found, prepare
+from portal.launcher import LocalNode, running
 
 SLOT_MS = 500
 
@@ -107,17 +107,8 @@ def key_of(node: LocalNode) -> NodeKey:
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalNode]]:
     folder = tmp_path_factory.mktemp("consortium")
-    cluster = prepare(Path(folder), 4, free_base_port(5))
-    try:
-        for node in cluster:
-            node.start()
-        for node in cluster:
-            node.wait_ready()
-        found(cluster, slot_ms=SLOT_MS, epoch_slots=40, miss_limit=3)
+    with running(Path(folder), 4, free_base_port(5), slot_ms=SLOT_MS, epoch_slots=40, miss_limit=3) as cluster:
         yield cluster
-    finally:
-        for node in cluster:
-            node.stop()
 
 
 def in_agreement(cluster: list[LocalNode]) -> bool:

@@ -26,7 +26,7 @@ from core.consensus.messages import sign_request
 from core.crypto import NodeKey, generate_user_keys
 from core.encoding import b64e
 from core.ledger import key_payload, sign_transaction
-from portal.launcher import LocalNode, found, prepare
+from portal.launcher import LocalNode, running
 from tests.multinode.test_consortium import free_base_port, key_of, wait_for
 
 SLOT_MS = 500
@@ -89,17 +89,8 @@ def doctor(node: LocalNode, username: str, name: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def hospitals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalNode]]:
     folder = tmp_path_factory.mktemp("federation")
-    cluster = prepare(Path(folder), 3, free_base_port(4))
-    try:
-        for node in cluster:
-            node.start()
-        for node in cluster:
-            node.wait_ready()
-        found(cluster, slot_ms=SLOT_MS, epoch_slots=30, miss_limit=3)
+    with running(Path(folder), 3, free_base_port(4), slot_ms=SLOT_MS, epoch_slots=30, miss_limit=3) as cluster:
         yield cluster
-    finally:
-        for node in cluster:
-            node.stop()
 
 
 def test_one_patient_every_hospital(hospitals: list[LocalNode]) -> None:
