@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 PORT ?= 5000
 export MEDLEDGER_CONFIG ?= development
 
-.PHONY: setup browser vsftpd run test lint db demo bench clean
+.PHONY: setup browser vsftpd run consortium test lint db demo bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ run: demo
 	@# One worker unless a Socket.IO message queue joins several (docs/api.md, Matching and chat).
 	PORT=$(PORT) EMBEDDED_FTP=1 WEB_CONCURRENCY=$${WEB_CONCURRENCY:-1} GUNICORN_THREADS=$${GUNICORN_THREADS:-16} \
 	  $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+# Three hospitals on 127.0.0.1:7000-7002 with demo data spread over them (docs/federation.md); Ctrl-C stops them.
+# The consortium lives in instance/consortium; `rm -r instance/consortium` starts a new one.
+consortium: setup
+	$(BIN)/flask --app wsgi medledger consortium up --nodes 3 --base-port $${BASE_PORT:-7000} \
+	  --data-dir instance/consortium --demo
 
 lint: setup
 	$(BIN)/ruff check .

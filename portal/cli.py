@@ -109,12 +109,15 @@ def consortium() -> None:
 @click.option("--nodes", "count", type=click.IntRange(1, 21), default=4, show_default=True)
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=7000, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-def consortium_up(count: int, base_port: int, data_dir: Path) -> None:
+@click.option("--demo", is_flag=True, help="Load demo data across the first three hospitals (a new consortium only).")
+def consortium_up(count: int, base_port: int, data_dir: Path, demo: bool) -> None:
     """Start COUNT nodes on 127.0.0.1 (ports from --base-port), each with its own database under
     --data-dir, sharing one genesis; print their URLs; Ctrl-C stops them all."""
     from portal.launcher import up
 
-    up(data_dir, count, base_port)
+    if demo and count < 3:
+        raise click.UsageError("--demo needs at least 3 nodes.")
+    up(data_dir, count, base_port, demo)
 
 
 @medledger.group("archive")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any
 from core.consensus import Params
 from core.crypto import NodeKey, load_node_key
 from portal import consortium
+from portal.demo import PASSWORD as DEMO_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,8 +185,10 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def up(folder: Path, count: int, base_port: int) -> None:
-    """Run a local consortium until interrupted, then stop every node."""
+def up(folder: Path, count: int, base_port: int, demo: bool = False) -> None:
+    """Run a local consortium until interrupted, then stop every node; with `demo` (three or
+    more nodes), a new consortium gets the cross-hospital demo data."""
+    fresh = not (folder / "genesis.json").exists()
     nodes = prepare(folder, count, base_port)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped by a supervisor: still stop every node
     try:
@@ -194,6 +198,12 @@ def up(folder: Path, count: int, base_port: int) -> None:
             node.wait_ready()
             print(f"{node.node_id}: {node.url}  (log: {node.log})", flush=True)
         found(nodes)
+        if demo and fresh:
+            print("loading the demo data across the hospitals ...", flush=True)
+            for line in seed_demo(nodes):
+                print("  " + line, flush=True)
+        elif demo:
+            print("demo data was loaded when this consortium was founded", flush=True)
         print("consortium running; Ctrl-C stops every node", flush=True)
         while all(n.process is not None and n.process.poll() is None for n in nodes):
             time.sleep(1)
@@ -203,3 +213,95 @@ def up(folder: Path, count: int, base_port: int) -> None:
     finally:
         for node in nodes:
             node.stop()
+
+
+# -- talking to a local node's API, and the cross-hospital demo -------------------------------
+
+
+def api(node: LocalNode, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    """One call to a node's /api/v1: (status, decoded JSON or None)."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(node.url + "/api/v1" + path, data=data, method=method, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (loopback nodes)
+            raw = answer.read()
+            return answer.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def api_until(
+    node: LocalNode, method: str, path: str, body: Any, token: str | None, ok: int, what: str, timeout: float = 30
+) -> Any:
+    """Repeat a call until it answers `ok` (what one node writes reaches the others in seconds);
+    raises TimeoutError with the last answer."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            status, answer = api(node, method, path, body, token)
+        except OSError as error:
+            status, answer = 0, str(error)
+        if status == ok:
+            return answer
+        last = (status, answer)
+        time.sleep(0.25)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}; last answer {last}")
+
+
+def sign_in(node: LocalNode, username: str, password: str = DEMO_PASSWORD) -> tuple[str, str]:
+    """An API token and the account's consortium id."""
+    status, answer = api(node, "POST", "/auth/token", {"username": username, "password": password})
+    if status != 200:
+        raise RuntimeError(f"{username} could not sign in at {node.node_id}: {answer}")
+    return answer["token"], answer["user"]["id"]
+
+
+def add_doctor(node: LocalNode, username: str, name: str, password: str = DEMO_PASSWORD) -> tuple[str, str]:
+    """A doctor of `node`'s hospital (endorsed by its node key), signed in."""
+    hospital = node.settings()["HOSPITAL_NAME"]
+    node.flask(
+        "medledger", "create-user", "--role", "doctor", "--username", username, "--password", password,
+        "--display-name", name, "--hospital", hospital, "--licence-number", f"L-{username}",
+    )  # fmt: skip
+    return sign_in(node, username, password)
+
+
+def add_patient(node: LocalNode, username: str, name: str, password: str = DEMO_PASSWORD) -> tuple[str, str]:
+    """A patient registered (self-service) at `node`, signed in."""
+    body = {"username": username, "password": password, "display_name": name}
+    status, answer = api(node, "POST", "/auth/register", body)
+    if status != 201:
+        raise RuntimeError(f"could not register {username} at {node.node_id}: {answer}")
+    return sign_in(node, username, password)
+
+
+def seed_demo(nodes: list[LocalNode]) -> list[str]:
+    """Demo data spread over three hospitals: Alice (hospital 1) with records written at
+    hospitals 1 and 2, a grant in force to hospital 2's doctor, and a pending request from
+    hospital 3's doctor. Returns the lines that tell who signs in where."""
+    first, second, third = nodes[:3]
+    alice, alice_id = add_patient(first, "alice", "Alice Moreau")
+    dr_first, _ = add_doctor(first, "dr.osei", "Dr. Ama Osei")
+    dr_second, second_id = add_doctor(second, "dr.lindqvist", "Dr. Erik Lindqvist")
+    dr_third, _ = add_doctor(third, "dr.haddad", "Dr. Leila Haddad")
+    for node, token, title, category in (
+        (first, dr_first, "Asthma review", "respiratory"),
+        (second, dr_second, "Cardiology consultation", "cardiology"),
+    ):
+        body = {"title": title, "category": category, "notes": f"{title}: stable, follow up in three months."}
+        api_until(
+            node, "POST", f"/patients/{alice_id}/records", body, token, 201, f"a record written at {node.node_id}"
+        )
+    api_until(first, "POST", "/grants", {"doctor_id": second_id, "days": 30}, alice, 201, "Alice's grant")
+    ask = {"patient_id": alice_id, "reason": "Second opinion before surgery", "days": 14, "scope": {"type": "all"}}
+    api_until(third, "POST", "/access-requests", ask, dr_third, 201, "the request from hospital 3")
+    return [
+        f"Alice Moreau (patient of hospital 1): {first.url}/app/  username alice",
+        f"Dr. Ama Osei (hospital 1): {first.url}/  username dr.osei",
+        f"Dr. Erik Lindqvist (hospital 2, granted): {second.url}/  username dr.lindqvist",
+        f"Dr. Leila Haddad (hospital 3, request pending): {third.url}/  username dr.haddad",
+        f"password for all: {DEMO_PASSWORD}; Alice's id: {alice_id}",
+    ]

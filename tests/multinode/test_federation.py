@@ -1,11 +1,11 @@
 """One patient, every hospital: three real node processes on loopback.
 
-Alice registers at hospital 1. Doctors at hospitals 1 and 2 write for her; a doctor at
-hospital 3 asks for access, Alice approves at home, and the doctor reads both records
-(and an attachment written at hospital 2) on his own node, with fragments gathered from
-the proxies. Alice's access log at home shows those reads; her revocation stops them;
-and with her home node killed, a doctor she granted again still reads. Every wait is
-bounded.
+The `make consortium` demo: Alice registers at hospital 1, doctors at hospitals 1 and 2
+write for her, hospital 2's doctor holds a grant and hospital 3's asks for access. Alice
+approves at home, and the doctor reads the whole history (and an attachment written at
+hospital 2) on his own node, with fragments gathered from the proxies. Alice's access
+log at home shows those reads; her revocation stops them; and with her home node killed,
+a doctor she granted again still reads. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,64 +25,16 @@ from core.consensus.messages import sign_request
 from core.crypto import NodeKey, generate_user_keys
 from core.encoding import b64e
 from core.ledger import key_payload, sign_transaction
-from portal.launcher import LocalNode, running
+from portal.launcher import LocalNode, api, api_until, running, seed_demo, sign_in
 from tests.multinode.test_consortium import free_base_port, key_of, wait_for
 
 SLOT_MS = 500
-PASSWORD = "federation-password-1"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
 @pytest.fixture(autouse=True)
 def fast_keys() -> None:
     """Override the suite's key pool: these nodes make their own keys in their own processes."""
-
-
-def call(node: LocalNode, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data else {}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(node.url + "/api/v1" + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            raw = answer.read()
-            return answer.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
-def until(
-    node: LocalNode, method: str, path: str, body: Any, token: str, ok: int, what: str, timeout: float = 30
-) -> Any:
-    """Repeat a call until it answers `ok` (the ledger reaches each node within seconds)."""
-    last: list[Any] = []
-
-    def done() -> bool:
-        status, answer = call(node, method, path, body, token)
-        last[:] = [status, answer]
-        return status == ok
-
-    try:
-        wait_for(done, timeout, what)
-    except AssertionError as error:
-        raise AssertionError(f"{error}; last answer {last}") from None
-    return last[1]
-
-
-def login(node: LocalNode, username: str) -> str:
-    status, answer = call(node, "POST", "/auth/token", {"username": username, "password": PASSWORD})
-    assert status == 200, answer
-    return answer["token"]
-
-
-def doctor(node: LocalNode, username: str, name: str) -> tuple[str, str]:
-    node.flask(
-        "medledger", "create-user", "--role", "doctor", "--username", username, "--password", PASSWORD,
-        "--display-name", name, "--hospital", f"Hospital of {node.node_id}", "--licence-number", "L-1",
-    )  # fmt: skip
-    token = login(node, username)
-    return token, call(node, "GET", "/me", token=token)[1]["user"]["id"]
 
 
 @pytest.fixture(scope="module")
@@ -93,92 +44,89 @@ def hospitals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalNo
         yield cluster
 
 
+def records_of(node: LocalNode, token: str, patient_id: str | None = None) -> dict[str, str]:
+    """Titles by id: a patient's own records, or a patient's records a doctor may open."""
+    path = f"/patients/{patient_id}/records" if patient_id else "/records"
+    status, answer = api(node, "GET", path, token=token)
+    return {r["id"]: r.get("title", "") for r in answer["records"]} if status == 200 else {}
+
+
 def test_one_patient_every_hospital(hospitals: list[LocalNode]) -> None:
     home, second, third = hospitals
-    status, answer = call(
-        home, "POST", "/auth/register", {"username": "alice", "password": PASSWORD, "display_name": "Alice Moreau"}
-    )
-    assert status == 201, answer
-    alice = login(home, "alice")
-    alice_id = call(home, "GET", "/me", token=alice)[1]["user"]["id"]
-    dr_home, _ = doctor(home, "dr.home", "Dr. Home")
-    dr_second, _ = doctor(second, "dr.second", "Dr. Second")
-    dr_third, third_id = doctor(third, "dr.third", "Dr. Third")
+    logins = seed_demo(hospitals)  # the `make consortium` demo: see portal/launcher.py
+    alice, alice_id = sign_in(home, "alice")
+    dr_second, _ = sign_in(second, "dr.lindqvist")
+    dr_third, third_id = sign_in(third, "dr.haddad")
+    assert alice_id in logins[-1]
 
     # Another hospital's doctor finds Alice by her id (not by name) and sees her home hospital.
-    assert call(second, "GET", "/patients?q=alice", token=dr_second)[1]["patients"] == []
-    found_alice = until(second, "GET", f"/patients/{alice_id}", None, dr_second, 200, "alice known at hospital 2")
+    assert api(second, "GET", "/patients?q=alice", token=dr_second)[1]["patients"] == []
+    found_alice = api_until(second, "GET", f"/patients/{alice_id}", None, dr_second, 200, "alice known at hospital 2")
     assert found_alice["home_hospital"] == "Hospital 1"
     wait_for(
-        lambda: call(second, "GET", f"/patients/{alice_id}", token=dr_second)[1]["display_name"] == "Alice Moreau",
+        lambda: api(second, "GET", f"/patients/{alice_id}", token=dr_second)[1]["display_name"] == "Alice Moreau",
         15, "alice's name resolved from her home node",
     )  # fmt: skip
 
-    # Records written at hospitals 1 and 2, one with an attachment; Alice reads both at home.
-    written = {}
-    for node, token, title in ((home, dr_home, "Written at home"), (second, dr_second, "Written at hospital 2")):
-        body = {"title": title, "category": "general", "notes": "note " + title}
-        if node is second:
-            body["attachments"] = [{"filename": "scan.png", "data": base64.b64encode(PNG).decode()}]
-        written[title] = until(node, "POST", f"/patients/{alice_id}/records", body, token, 201, "record written")["id"]
-    wait_for(lambda: len(call(home, "GET", "/records", token=alice)[1]["records"]) == 2, 30, "both records at home")
-    status, record = call(home, "GET", f"/records/{written['Written at hospital 2']}", token=alice)
-    assert status == 200 and record["notes"] == "note Written at hospital 2"
+    # Records written at hospitals 1 and 2: Alice reads both at home.
+    wait_for(lambda: len(records_of(home, alice)) == 2, 30, "both demo records at home")
+    written = {title: record_id for record_id, title in records_of(home, alice).items()}
+    status, record = api(home, "GET", f"/records/{written['Cardiology consultation']}", token=alice)
+    assert status == 200 and record["notes"].startswith("Cardiology consultation")
 
-    # A doctor at hospital 3 asks; Alice sees the request at home with his name and approves it.
-    ask = {"patient_id": alice_id, "reason": "Second opinion", "days": 7, "scope": {"type": "all"}}
-    until(third, "POST", "/access-requests", ask, dr_third, 201, "request sent from hospital 3")
-    wait_for(lambda: call(home, "GET", "/access-requests", token=alice)[1]["requests"], 30, "request at home")
-    [request] = call(home, "GET", "/access-requests", token=alice)[1]["requests"]
-    assert request["reason"] == "Second opinion" and request["days"] == 7
+    # The doctor granted in the demo reads, at hospital 2, the record written at hospital 1; and
+    # writes one more with an attachment.
+    opened = api_until(second, "GET", f"/records/{written['Asthma review']}", None, dr_second, 200, "grant in force")
+    assert opened["title"] == "Asthma review" and opened["access"]["mode"] == "grant"
+    scan = {"title": "Echo scan", "category": "imaging", "notes": "",
+            "attachments": [{"filename": "scan.png", "data": base64.b64encode(PNG).decode()}]}  # fmt: skip
+    written["Echo scan"] = api(second, "POST", f"/patients/{alice_id}/records", scan, dr_second)[1]["id"]
+
+    # Hospital 3's pending request: Alice sees it at home with the doctor's name, and approves it.
+    [request] = api(home, "GET", "/access-requests", token=alice)[1]["requests"]
+    assert request["reason"] == "Second opinion before surgery" and request["days"] == 14
     wait_for(
-        lambda: call(home, "GET", "/access-requests", token=alice)[1]["requests"][0]["doctor"]["display_name"]
-        == "Dr. Third", 15, "the doctor's name from his home node",
+        lambda: api(home, "GET", "/access-requests", token=alice)[1]["requests"][0]["doctor"]["display_name"]
+        == "Dr. Leila Haddad", 15, "the doctor's name from his home node",
     )  # fmt: skip
-    status, answer = call(home, "POST", f"/access-requests/{request['id']}/approve", {}, alice)
+    status, answer = api(home, "POST", f"/access-requests/{request['id']}/approve", {}, alice)
     assert status in (200, 201), answer
 
     # The doctor lists and opens the whole history on his own node, attachment included.
-    listing = until(third, "GET", f"/patients/{alice_id}/records", None, dr_third, 200, "grant at hospital 3")
-    wait_for(
-        lambda: len(call(third, "GET", f"/patients/{alice_id}/records", token=dr_third)[1]["records"]) == 2,
-        30, "both records visible at hospital 3",
-    )  # fmt: skip
+    wait_for(lambda: len(records_of(third, dr_third, alice_id)) == 3, 30, "the history visible at hospital 3")
     for title, record_id in written.items():
-        opened = until(third, "GET", f"/records/{record_id}", None, dr_third, 200, f"{title} opened at hospital 3")
+        opened = api_until(third, "GET", f"/records/{record_id}", None, dr_third, 200, f"{title} at hospital 3")
         assert opened["title"] == title and opened["access"]["mode"] == "grant"
     attachment = urllib.request.Request(
-        f"{third.url}/api/v1/records/{written['Written at hospital 2']}/attachments/0",
+        f"{third.url}/api/v1/records/{written['Echo scan']}/attachments/0",
         headers={"Authorization": f"Bearer {dr_third}"},
     )
     with urllib.request.urlopen(attachment, timeout=10) as answer:
         assert answer.read() == PNG
-    assert listing is not None
 
     # Alice's access log at home shows the reads made at hospital 3.
     def reads_logged() -> bool:
-        entries = call(home, "GET", "/access-log", token=alice)[1]["entries"]
-        return sum(1 for e in entries if e["reader"]["id"] == third_id) >= 3
+        entries = api(home, "GET", "/access-log", token=alice)[1]["entries"]
+        return sum(1 for e in entries if e["reader"]["id"] == third_id) >= 4
 
     wait_for(reads_logged, 30, "hospital 3's reads in the access log at home")
 
     # Revoked at home: refused at hospital 3 within a few seconds.
-    [grant] = [g for g in call(home, "GET", "/grants", token=alice)[1]["grants"] if g["doctor"]["id"] == third_id]
-    assert call(home, "DELETE", f"/grants/{grant['id']}", token=alice)[0] in (200, 204)
+    [grant] = [g for g in api(home, "GET", "/grants", token=alice)[1]["grants"] if g["doctor"]["id"] == third_id]
+    assert api(home, "DELETE", f"/grants/{grant['id']}", token=alice)[0] in (200, 204)
     wait_for(
-        lambda: call(third, "GET", f"/records/{written['Written at home']}", token=dr_third)[0] == 403,
+        lambda: api(third, "GET", f"/records/{written['Asthma review']}", token=dr_third)[0] == 403,
         20, "revocation reaching hospital 3",
     )  # fmt: skip
 
     # Granted again, then the home node dies: hospital 3 still lists and opens her history.
-    status, answer = call(home, "POST", "/grants", {"doctor_id": third_id, "days": 3}, alice)
+    status, answer = api(home, "POST", "/grants", {"doctor_id": third_id, "days": 3}, alice)
     assert status == 201, answer
-    until(third, "GET", f"/records/{written['Written at home']}", None, dr_third, 200, "new grant at hospital 3")
+    api_until(third, "GET", f"/records/{written['Asthma review']}", None, dr_third, 200, "new grant at hospital 3")
     home.stop()
-    records = call(third, "GET", f"/patients/{alice_id}/records", token=dr_third)[1]["records"]
-    assert {r["id"] for r in records} == set(written.values())
-    status, opened = call(third, "GET", f"/records/{written['Written at home']}", token=dr_third)
-    assert status == 200 and opened["title"] == "Written at home"
+    assert set(records_of(third, dr_third, alice_id)) == set(written.values())
+    status, opened = api(third, "GET", f"/records/{written['Asthma review']}", token=dr_third)
+    assert status == 200 and opened["title"] == "Asthma review"
 
 
 def test_invalid_unendorsed_doctor_key_refused_by_peers(hospitals: list[LocalNode]) -> None:
