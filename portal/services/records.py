@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from core.clinical import Vocabulary
 from core.crypto import DataKey, Envelope, UserKeys, open_as_author, open_as_patient, seal
@@ -287,24 +288,36 @@ def _access_entry(keys: UserKeys, record: Record, access: Access, part: int, now
 
 
 def _log_read(actor: Actor, record: Record, access: Access, tx: Transaction | None, now: datetime) -> None:
-    """Log a read that succeeded: its access entry on the ledger (a proxy may have queued it
-    already) and in the access log."""
+    """Log a read that succeeded, and commit: its access entry on the ledger and in the access
+    log. A proxy of another hospital queues the same entry before it answers, so the block
+    holding it may have arrived (and been projected) while this read was under way: what is
+    already stored is kept, and only what is missing is added."""
     if tx is None:
+        db.session.commit()
         return
-    if db.session.get(LedgerTransaction, tx.hash) is None:
-        ledger.queue(tx, now)
-    db.session.add(
-        AccessEntry(
-            id=tx.payload["entry"],
-            record=record,
-            reader=actor.user,
-            mode=access.mode,
-            grant_id=access.grant_ref,
-            part=tx.payload["part"],
-            at=now,
-            tx_hash=tx.hash,
-        )
-    )
+    for attempt in range(2):
+        if db.session.get(LedgerTransaction, tx.hash) is None:
+            ledger.queue(tx, now)
+        if db.session.get(AccessEntry, tx.payload["entry"]) is None:
+            db.session.add(
+                AccessEntry(
+                    id=tx.payload["entry"],
+                    record=record,
+                    reader=actor.user,
+                    mode=access.mode,
+                    grant_id=access.grant_ref,
+                    part=tx.payload["part"],
+                    at=now,
+                    tx_hash=tx.hash,
+                )
+            )
+        try:
+            db.session.commit()
+            return
+        except IntegrityError:
+            db.session.rollback()  # stored meanwhile by the block: look again in a new transaction
+            if attempt:
+                raise
 
 
 def _summary(record: Record, body: dict[str, Any]) -> dict[str, Any]:
@@ -341,7 +354,6 @@ def get_record(actor: Actor, record_id: object, *, node: NodeContext, now: datet
     entry = _access_entry(keys, record, access, -1, now)
     body, _, _ = _open(keys, record, access, node, entry)
     _log_read(actor, record, access, entry, now)
-    db.session.commit()
     return {
         **_summary(record, body),
         **{k: body[k] for k in ("diagnoses", "symptoms", "notes", "prescriptions")},
@@ -375,7 +387,6 @@ def get_attachment(
     except CoreError:
         raise RecordUnreadable("The stored attachment could not be decrypted.") from None
     _log_read(actor, record, access, entry, now)
-    db.session.commit()
     return body["attachments"][n], data
 
 

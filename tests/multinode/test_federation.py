@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +35,68 @@ from tests.multinode.test_consortium import free_base_port, key_of, wait_for
 
 SLOT_MS = 500
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+OTHER_PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def attachment_of(node: LocalNode, token: str, record_id: str) -> bytes:
+    request = urllib.request.Request(
+        f"{node.url}/api/v1/records/{record_id}/attachments/0", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=15) as answer:
+        return answer.read()
+
+
+class LyingPeer(ThreadingHTTPServer):
+    """A member's address answered by a liar: slow, with forged capsule fragments for every
+    read and a wrong copy of every attachment; it records what it was asked."""
+
+    asked: set[str]
+
+
+@contextmanager
+def lying_peer(port: int) -> Iterator[LyingPeer]:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/node/v1/blobs/"):
+                server.asked.add("/node/v1/blobs")
+                self._answer({"data": b64e(PNG + b"tampered")})
+            else:
+                self._answer({})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == "/node/v1/reencrypt":
+                server.asked.add("/node/v1/reencrypt")
+                time.sleep(1.5)  # slow, but within the gathering bound
+                forged = [{"share": share, "threshold": 1, "cfrag": b64e(os.urandom(131))} for share in range(3)]
+                self._answer({"fragments": forged})
+            else:
+                self._answer({})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = LyingPeer(("127.0.0.1", port), Handler)
+    server.asked = set()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +146,7 @@ def test_one_patient_every_hospital(hospitals: list[LocalNode]) -> None:
     opened = api_until(second, "GET", f"/records/{written['Asthma review']}", None, dr_second, 200, "grant in force")
     assert opened["title"] == "Asthma review" and opened["access"]["mode"] == "grant"
     scan = {"title": "Echo scan", "category": "imaging", "notes": "",
-            "attachments": [{"filename": "scan.png", "data": base64.b64encode(PNG).decode()}]}  # fmt: skip
+            "attachments": [{"filename": "scan.png", "data": b64(PNG)}]}  # fmt: skip
     written["Echo scan"] = api(second, "POST", f"/patients/{alice_id}/records", scan, dr_second)[1]["id"]
 
     # Hospital 3's pending request: Alice sees it at home with the doctor's name, and approves it.
@@ -97,12 +164,7 @@ def test_one_patient_every_hospital(hospitals: list[LocalNode]) -> None:
     for title, record_id in written.items():
         opened = api_until(third, "GET", f"/records/{record_id}", None, dr_third, 200, f"{title} at hospital 3")
         assert opened["title"] == title and opened["access"]["mode"] == "grant"
-    attachment = urllib.request.Request(
-        f"{third.url}/api/v1/records/{written['Echo scan']}/attachments/0",
-        headers={"Authorization": f"Bearer {dr_third}"},
-    )
-    with urllib.request.urlopen(attachment, timeout=10) as answer:
-        assert answer.read() == PNG
+    assert attachment_of(third, dr_third, written["Echo scan"]) == PNG
 
     # Alice's access log at home shows the reads made at hospital 3.
     def reads_logged() -> bool:
@@ -119,14 +181,21 @@ def test_one_patient_every_hospital(hospitals: list[LocalNode]) -> None:
         20, "revocation reaching hospital 3",
     )  # fmt: skip
 
-    # Granted again, then the home node dies: hospital 3 still lists and opens her history.
+    # Granted again, then the home node dies and a liar takes its address (slow, forged capsule
+    # fragments, a wrong attachment): hospital 3 still lists and opens her history, correctly.
     status, answer = api(home, "POST", "/grants", {"doctor_id": third_id, "days": 3}, alice)
     assert status == 201, answer
     api_until(third, "GET", f"/records/{written['Asthma review']}", None, dr_third, 200, "new grant at hospital 3")
+    xray = {**scan, "title": "Chest X-ray", "attachments": [{"filename": "xray.png", "data": b64(OTHER_PNG)}]}
+    written["Chest X-ray"] = api(second, "POST", f"/patients/{alice_id}/records", xray, dr_second)[1]["id"]
+    wait_for(lambda: len(records_of(third, dr_third, alice_id)) == 4, 30, "the X-ray visible at hospital 3")
     home.stop()
-    assert set(records_of(third, dr_third, alice_id)) == set(written.values())
-    status, opened = api(third, "GET", f"/records/{written['Asthma review']}", token=dr_third)
-    assert status == 200 and opened["title"] == "Asthma review"
+    with lying_peer(home.port) as liar:
+        assert set(records_of(third, dr_third, alice_id)) == set(written.values())
+        status, opened = api(third, "GET", f"/records/{written['Asthma review']}", token=dr_third)
+        assert status == 200 and opened["title"] == "Asthma review"
+        assert attachment_of(third, dr_third, written["Chest X-ray"]) == OTHER_PNG
+        assert liar.asked >= {"/node/v1/reencrypt", "/node/v1/blobs"}  # it was asked, and ignored
 
 
 def test_invalid_unendorsed_doctor_key_refused_by_peers(hospitals: list[LocalNode]) -> None:
@@ -163,3 +232,33 @@ def test_invalid_replayed_node_message_refused(hospitals: list[LocalNode]) -> No
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+def test_invalid_input_across_nodes(hospitals: list[LocalNode]) -> None:
+    """Unknown ids get a clear 404; garbage from a peer is refused with a 4xx; nothing is lost."""
+    _, second, third = hospitals
+    dr_second, _ = sign_in(second, "dr.lindqvist")
+    nobody = str(uuid.uuid4())
+    status, answer = api(
+        second, "POST", f"/patients/{nobody}/records", {"title": "x", "category": "general"}, dr_second
+    )
+    assert status == 404 and answer["error"]["message"] == "No such patient."
+    status, answer = api(second, "GET", f"/patients/{nobody}", token=dr_second)
+    assert status == 404 and answer["error"]["message"] == "No such patient."
+    before = api(third, "GET", "/chain/blocks?limit=1")[1]["height"]
+    for body in ({"access": "not base64!"}, {"access": b64e(b"garbage")}, {"access": 7}, {}):
+        data = json.dumps(body).encode()
+        path = "/node/v1/reencrypt"
+        headers = {"Content-Type": "application/json", **sign_request(key_of(second), "POST", path, data, _ms())}
+        request = urllib.request.Request(third.url + path, data=data, method="POST", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code in (403, 422), body
+        assert json.loads(refused.value.read())["error"]["message"]
+    garbage = json.dumps({"transactions": ["@@@", b64e(b"{}"), 5]}).encode()
+    path = "/node/v1/transactions"
+    headers = {"Content-Type": "application/json", **sign_request(key_of(second), "POST", path, garbage, _ms())}
+    request = urllib.request.Request(third.url + path, data=garbage, method="POST", headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert json.loads(answer.read()) == {"accepted": 0, "rejected": 3}
+    assert api(third, "GET", "/chain/blocks?limit=1")[1]["height"] >= before  # the chain goes on
