@@ -296,22 +296,23 @@ def _log_read(actor: Actor, record: Record, access: Access, tx: Transaction | No
         db.session.commit()
         return
     for attempt in range(2):
-        if db.session.get(LedgerTransaction, tx.hash) is None:
-            ledger.queue(tx, now)
-        if db.session.get(AccessEntry, tx.payload["entry"]) is None:
-            db.session.add(
-                AccessEntry(
-                    id=tx.payload["entry"],
-                    record=record,
-                    reader=actor.user,
-                    mode=access.mode,
-                    grant_id=access.grant_ref,
-                    part=tx.payload["part"],
-                    at=now,
-                    tx_hash=tx.hash,
-                )
-            )
         try:
+            with db.session.no_autoflush:
+                if db.session.get(LedgerTransaction, tx.hash) is None:
+                    ledger.queue(tx, now)
+                if db.session.get(AccessEntry, tx.payload["entry"]) is None:
+                    db.session.add(
+                        AccessEntry(
+                            id=tx.payload["entry"],
+                            record=record,
+                            reader=actor.user,
+                            mode=access.mode,
+                            grant_id=access.grant_ref,
+                            part=tx.payload["part"],
+                            at=now,
+                            tx_hash=tx.hash,
+                        )
+                    )
             db.session.commit()
             return
         except IntegrityError:

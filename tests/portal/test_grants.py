@@ -14,7 +14,7 @@ from core.encoding import decode_canonical
 from portal import runtime
 from portal.extensions import db
 from portal.models import AccessEntry, Grant, LedgerTransaction, ProxyFragment, Record, utcnow
-from portal.services import accounts, records
+from portal.services import accounts, federation, ledger, proxy, records
 from portal.services.errors import Forbidden
 from tests.conftest import RECORD, Person, produce
 
@@ -362,3 +362,25 @@ def test_invalid_duplicate_pending_request(client: FlaskClient, doctor: Person, 
     again = client.post("/api/v1/access-requests", json=body, headers=doctor.headers)
     assert again.status_code == 409
     assert again.json["error"]["message"] == "You already have a pending request to Alice Moreau."
+
+
+def test_read_whose_entry_arrives_in_a_block_meanwhile_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch, client: FlaskClient, doctor: Person, patient: Person, record_id: str
+) -> None:
+    """The proxies of other hospitals queue a read's access entry before they answer, so the
+    block holding it can be stored and projected while the read is still under way."""
+    grant(client, patient, doctor)
+    gather = proxy.gather
+
+    def block_arrives_meanwhile(grant_row, access, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fragments = gather(grant_row, access, *args, **kwargs)
+        ledger.queue(access, utcnow())
+        federation.project([access])
+        db.session.commit()
+        return fragments
+
+    monkeypatch.setattr(proxy, "gather", block_arrives_meanwhile)
+    answer = read(client, doctor, record_id)
+    assert answer.status_code == 200, answer.json
+    [entry] = entries(record_id)
+    assert entry.reader.public_id == doctor.id and entry.mode == "grant"
