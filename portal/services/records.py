@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from core.clinical import Vocabulary
 from core.crypto import DataKey, Envelope, UserKeys, open_as_author, open_as_patient, seal
@@ -289,36 +288,30 @@ def _access_entry(keys: UserKeys, record: Record, access: Access, part: int, now
 
 def _log_read(actor: Actor, record: Record, access: Access, tx: Transaction | None, now: datetime) -> None:
     """Log a read that succeeded, and commit: its access entry on the ledger and in the access
-    log. A proxy of another hospital queues the same entry before it answers, so the block
-    holding it may have arrived (and been projected) while this read was under way: what is
-    already stored is kept, and only what is missing is added."""
+    log. The proxies of other hospitals queue the same entry before they answer, so the block
+    holding it may have been stored (and projected) while this read was under way: under the
+    chain lock, which every block store holds too, what is already stored is kept and only
+    what is missing is added."""
     if tx is None:
         db.session.commit()
         return
-    for attempt in range(2):
-        try:
-            with db.session.no_autoflush:
-                if db.session.get(LedgerTransaction, tx.hash) is None:
-                    ledger.queue(tx, now)
-                if db.session.get(AccessEntry, tx.payload["entry"]) is None:
-                    db.session.add(
-                        AccessEntry(
-                            id=tx.payload["entry"],
-                            record=record,
-                            reader=actor.user,
-                            mode=access.mode,
-                            grant_id=access.grant_ref,
-                            part=tx.payload["part"],
-                            at=now,
-                            tx_hash=tx.hash,
-                        )
-                    )
-            db.session.commit()
-            return
-        except IntegrityError:
-            db.session.rollback()  # stored meanwhile by the block: look again in a new transaction
-            if attempt:
-                raise
+    with ledger.chain_lock.hold():
+        if db.session.get(LedgerTransaction, tx.hash) is None:
+            ledger.queue(tx, now)
+        if db.session.get(AccessEntry, tx.payload["entry"]) is None:
+            db.session.add(
+                AccessEntry(
+                    id=tx.payload["entry"],
+                    record=record,
+                    reader=actor.user,
+                    mode=access.mode,
+                    grant_id=access.grant_ref,
+                    part=tx.payload["part"],
+                    at=now,
+                    tx_hash=tx.hash,
+                )
+            )
+        db.session.commit()
 
 
 def _summary(record: Record, body: dict[str, Any]) -> dict[str, Any]:
