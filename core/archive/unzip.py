@@ -48,23 +48,31 @@ class Limits:
     """What `read_zip` accepts at most from one archive file.
 
     `max_ratio` bounds an entry's declared size against its compressed size
-    (a compressed size of 0 counts as 1).
+    (a compressed size of 0 counts as 1). The defaults leave room for the
+    attachments of a block: blobs of up to 64 MiB each, 1,024 of them (four entries
+    are the block itself), 256 MiB in all.
     """
 
-    max_zip_bytes: int = 64 * MIB
+    max_zip_bytes: int = 256 * MIB
     max_entry_bytes: int = 64 * MIB
-    max_total_bytes: int = 128 * MIB
+    max_total_bytes: int = 256 * MIB
     max_ratio: int = 200
-    max_entries: int = 8
+    max_entries: int = 4 + 1024
 
 
 DEFAULT_LIMITS = Limits()
 
 
 def read_entries(
-    name: str, height: int | None, data: bytes, expected: Collection[str], limits: Limits
+    name: str,
+    height: int | None,
+    data: bytes,
+    expected: Collection[str],
+    limits: Limits,
+    optional: Callable[[str], bool] = lambda entry: False,
 ) -> dict[str, bytes]:
-    """The contents of exactly the entries named in `expected`, read within `limits`.
+    """The contents of every entry named in `expected`, and of any others whose names
+    `optional` accepts, read within `limits`.
 
     Every entry is checked against its declared CRC-32 and size. Raises
     ArchiveError(name, height, reason) with reason "too large", "not a readable
@@ -82,7 +90,7 @@ def read_entries(
         infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
     except Exception as exc:  # zipfile raises many kinds of errors on hostile bytes, not only BadZipFile
         raise fail("not a readable zip", str(exc) or type(exc).__name__) from exc
-    _check_names(infos, expected, limits, fail)
+    _check_names(infos, expected, optional, limits, fail)
     _check_declared_sizes(infos, limits, fail)
     streams = _layout(data, infos, directory, fail)
     return {info.orig_filename: _inflate(raw, info, fail) for info, raw in streams}
@@ -108,7 +116,9 @@ def _check_directory(data: bytes, limits: Limits, fail: Fail) -> int:
     return offset
 
 
-def _check_names(infos: list[zipfile.ZipInfo], expected: Collection[str], limits: Limits, fail: Fail) -> None:
+def _check_names(
+    infos: list[zipfile.ZipInfo], expected: Collection[str], optional: Callable[[str], bool], limits: Limits, fail: Fail
+) -> None:
     if len(infos) > limits.max_entries:
         raise fail("too many entries", f"{len(infos)} entries, at most {limits.max_entries}")
     seen: set[str] = set()
@@ -118,7 +128,7 @@ def _check_names(infos: list[zipfile.ZipInfo], expected: Collection[str], limits
             raise fail("unsafe entry name", repr(entry))
         if entry in seen:
             raise fail("duplicate entry", repr(entry))
-        if entry not in expected:
+        if entry not in expected and not optional(entry):
             raise fail("unexpected entry", repr(entry))
         seen.add(entry)
     for entry in expected:

@@ -3,7 +3,7 @@
 Problems are reported in this order, each at its lowest height, because a chain
 cannot be judged over files that are themselves unsound:
 
-1. a file `read_zip` rejects (its reason);
+1. a file `read_zip` rejects (its reason, a wrong, stray or missing attachment blob included);
 2. two files for one height ("duplicate height");
 3. a height with no file below the highest one, or no genesis ("missing block");
 4. the first block `ChainValidator` rejects (its check: link, body hash, ...).
@@ -15,9 +15,10 @@ in `ignored` and otherwise left alone.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from core.archive.blobs import ArchivedBlock
 from core.archive.bundle import read_zip
 from core.archive.name import parse_name
 from core.archive.unzip import DEFAULT_LIMITS, Limits
@@ -80,28 +81,33 @@ def verify_archive(files: Iterable[tuple[str, bytes]], limits: Limits = DEFAULT_
     Never raises for bad input: every problem, zip bombs included, becomes a
     report naming the file, height and reason or chain check (see the module
     docstring for which problem is reported first). Each file is read and
-    dropped in turn, so memory is the blocks plus one file within `limits`.
+    dropped in turn, blobs included once checked, so memory is the blocks plus one
+    file within `limits`.
     """
-    return _examine(files, limits)[1]
+    return _examine(files, limits, keep_blobs=False)[1]
 
 
-def blocks_for_restore(files: Iterable[tuple[str, bytes]], limits: Limits = DEFAULT_LIMITS) -> list[StoredBlock]:
-    """The archive's blocks in height order from genesis, all validated as one chain.
+def blocks_for_restore(files: Iterable[tuple[str, bytes]], limits: Limits = DEFAULT_LIMITS) -> list[ArchivedBlock]:
+    """The archive's blocks in height order from genesis, all validated as one chain, each
+    with its attachments' ciphertext (checked against the hashes its transactions list).
 
     Raises ArchiveError(file name, height, reason) for exactly the problem
     `verify_archive` would report (name "" for a missing block; for a duplicate
     height both names, joined by ", ").
     """
-    blocks, report = _examine(files, limits)
+    chain, report = _examine(files, limits, keep_blobs=True)
     if not report.valid:
         raise ArchiveError(report.file or "", report.height, report.check or "", report.detail or "")
-    return blocks
+    return chain
 
 
-def _examine(files: Iterable[tuple[str, bytes]], limits: Limits) -> tuple[list[StoredBlock], ArchiveReport]:
+def _examine(
+    files: Iterable[tuple[str, bytes]], limits: Limits, keep_blobs: bool
+) -> tuple[list[ArchivedBlock], ArchiveReport]:
     ignored: list[str] = []
     names: dict[int, list[str]] = {}
     good: dict[int, StoredBlock] = {}
+    blobs: dict[int, Mapping[str, bytes]] = {}
     bad: list[ArchiveError] = []
     for name, data in files:
         try:
@@ -111,9 +117,13 @@ def _examine(files: Iterable[tuple[str, bytes]], limits: Limits) -> tuple[list[S
             continue
         names.setdefault(height, []).append(name)
         try:
-            good[height] = read_zip(name, data, limits)
+            archived = read_zip(name, data, limits)
         except ArchiveError as exc:
             bad.append(exc)
+            continue
+        good[height] = archived.block
+        if keep_blobs:
+            blobs[height] = archived.blobs
     problem = _file_problem(bad, names)
     end = problem.height if problem else max(names, default=-1) + 1
     chain, tip, failure = _validate(good, names, end)
@@ -126,7 +136,7 @@ def _examine(files: Iterable[tuple[str, bytes]], limits: Limits) -> tuple[list[S
         report = dataclasses.replace(
             report, height=problem.height, check=problem.check, detail=problem.detail, file=problem.file
         )
-    return chain, report
+    return [ArchivedBlock(block, blobs.get(block.height, {})) for block in chain], report
 
 
 def _file_problem(bad: list[ArchiveError], names: dict[int, list[str]]) -> _Problem | None:

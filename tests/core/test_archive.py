@@ -30,10 +30,12 @@ from dataclasses import dataclass
 import pytest
 
 from core.archive import (
+    ArchivedBlock,
     ArchiveError,
     ArchiveReport,
     Limits,
     archive_name,
+    attachment_hashes,
     blocks_for_restore,
     build_zip,
     parse_name,
@@ -43,8 +45,8 @@ from core.archive import (
 from core.crypto import NodeKey
 from core.encoding import b64e, canonical, decode_canonical
 from core.errors import CoreError
-from core.ledger import StoredBlock, decode_header, validate_chain
-from tests.core.chains import SLOT_MS, TS, build_blocks, rewrite_header
+from core.ledger import StoredBlock, decode_header, decode_transaction, make_block, sign_transaction, validate_chain
+from tests.core.chains import SLOT_MS, TS, build_blocks, record_payload, rewrite_header
 
 MIB = 1 << 20
 ENTRIES = ("header", "body", "block.json", "manifest.json")
@@ -208,7 +210,7 @@ def test_invalid_archive_name(height, digest):
 
 def test_round_trip(chain, files):
     for stored in chain.blocks:
-        assert read_zip(chain.name(stored.height), files[chain.name(stored.height)]) == stored
+        assert read_zip(chain.name(stored.height), files[chain.name(stored.height)]) == ArchivedBlock(stored, {})
 
 
 def test_deterministic(chain, files):
@@ -259,8 +261,8 @@ def test_verify_archive_valid_in_any_order(chain, files):
 
 def test_blocks_for_restore(chain, files):
     restored = blocks_for_restore(reversed(list(files.items())))
-    assert restored == chain.blocks
-    assert validate_chain(restored).valid
+    assert restored == [ArchivedBlock(block, {}) for block in chain.blocks]
+    assert validate_chain([archived.block for archived in restored]).valid
 
 
 def test_extra_files_are_ignored(chain, files):
@@ -275,7 +277,7 @@ def test_extra_files_are_ignored(chain, files):
     assert report.blocks == 5
     assert report.ignored == tuple(sorted(name for name, _ in extra))
     assert report.describe().endswith("; 4 other files ignored")
-    assert blocks_for_restore([*files.items(), *extra]) == chain.blocks
+    assert [archived.block for archived in blocks_for_restore([*files.items(), *extra])] == chain.blocks
 
 
 def test_archive_missing_its_tip_is_a_shorter_valid_chain(chain, files):
@@ -321,7 +323,7 @@ def test_invalid_corrupt_byte_anywhere_is_never_silent(chain, files, mask, step)
     inert = 0
     for position in range(0, len(original), step):
         try:
-            block = read_zip(name, _flip(original, position, mask))
+            block = read_zip(name, _flip(original, position, mask)).block
         except ArchiveError as exc:
             assert (exc.name, exc.height) == (name, 3)
             assert exc.reason in ZIP_REASONS, (position, exc)
@@ -379,7 +381,7 @@ def test_other_zip_writers_are_accepted(chain, files):
         for entry in ENTRIES:
             archive.writestr(entry, honest[entry])
     for data in (bytes(pipe.data), stored.getvalue()):
-        assert read_zip(chain.name(2), data) == chain.blocks[2]
+        assert read_zip(chain.name(2), data).block == chain.blocks[2]
 
 
 def test_invalid_empty_file(chain, files):
@@ -601,7 +603,7 @@ def test_invalid_honest_entry_with_falsified_small_size(chain, files):
 def test_invalid_over_limits(chain, files, limits, reason):
     name = chain.name(3)
     _assert_read_fails(name, files[name], reason, limits)
-    assert read_zip(name, files[name]) == chain.blocks[3]
+    assert read_zip(name, files[name]).block == chain.blocks[3]
 
 
 UNSAFE_NAMES = ["/header", "../header", "a/../header", "./header", "C:header", "dir\\header", "a//b", "/etc/passwd"]
@@ -632,7 +634,7 @@ def test_invalid_missing_entry(chain, files):
     _assert_bad(_with(files, (chain.name(2), data)), chain.name(2), 2, "missing entry")
 
 
-@pytest.mark.parametrize("count", [9, 1000])
+@pytest.mark.parametrize("count", [Limits().max_entries + 1, 5000])
 def test_invalid_too_many_entries(chain, files, count):
     honest = _honest(files, chain, 2)
     data = _zip([*honest.items(), *((f"x{i}", b"") for i in range(count - 4))])
@@ -866,3 +868,150 @@ def test_archive_error_is_readable():
     assert str(ArchiveError("", 4, "missing block", "no file for height 4")) == (
         "archive (height 4): missing block: no file for height 4"
     )
+
+
+# Attachments: the ciphertext blobs of the records in a block travel in its file.
+
+# Stand-ins for AES-GCM ciphertext, which does not compress: 64 KiB and 1 KiB of hash output.
+BLOB_A = b"".join(hashlib.sha256(b"A%d" % n).digest() for n in range(2048))
+BLOB_B = b"".join(hashlib.sha256(b"B%d" % n).digest() for n in range(32))
+SHA_A, SHA_B = hashlib.sha256(BLOB_A).hexdigest(), hashlib.sha256(BLOB_B).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def blob_chain(chain, doctor_keys) -> Chain:
+    """The chain up to block 1, then block 2: a record with attachments A and B, and one listing B again."""
+    first = {**record_payload(40), "attachments": [SHA_A, SHA_B]}
+    second = {**record_payload(41), "attachments": [SHA_B]}
+    txs = [
+        sign_transaction("record", first, doctor_keys, TS + 10),
+        sign_transaction("record", second, doctor_keys, TS + 11),
+    ]
+    made = make_block(2, chain.blocks[1].hash, txs, "node-1", chain.node, TS + SLOT_MS * 2)
+    block = StoredBlock(2, made.header.hash, made.header.encoded, [tx.encoded for tx in txs])
+    blocks = [*chain.blocks[:2], block]
+    assert validate_chain(blocks).valid
+    return Chain(blocks, chain.node)
+
+
+@pytest.fixture(scope="module")
+def blob_files(blob_chain) -> dict[str, bytes]:
+    blobs = {SHA_A: BLOB_A, SHA_B: BLOB_B}
+    return {blob_chain.name(b.height): build_zip(b, blobs if b.height == 2 else None) for b in blob_chain.blocks}
+
+
+def _rezip(data: bytes, change: dict[str, bytes | None]) -> bytes:
+    """The file's entries, in order, with some replaced, added or (None) removed."""
+    entries = {**_entries(data), **change}
+    return _zip([(name, body) for name, body in entries.items() if body is not None])
+
+
+def test_attachment_hashes(blob_chain):
+    assert attachment_hashes(blob_chain.blocks[2]) == sorted([SHA_A, SHA_B])
+    assert attachment_hashes(blob_chain.blocks[1]) == []
+
+
+def test_blobs_round_trip(blob_chain, blob_files):
+    name = blob_chain.name(2)
+    assert read_zip(name, blob_files[name]) == ArchivedBlock(blob_chain.blocks[2], {SHA_A: BLOB_A, SHA_B: BLOB_B})
+    restored = blocks_for_restore(blob_files.items())
+    assert [archived.blobs for archived in restored] == [{}, {}, {SHA_A: BLOB_A, SHA_B: BLOB_B}]
+    assert verify_archive(blob_files.items()).valid
+
+
+def test_blobs_are_stored_entries_before_the_manifest(blob_chain, blob_files):
+    stored = blob_chain.blocks[2]
+    data = blob_files[blob_chain.name(2)]
+    assert build_zip(stored, {SHA_B: BLOB_B, SHA_A: BLOB_A}) == data  # deterministic whatever the mapping's order
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        infos = archive.infolist()
+    blobs = [f"blobs/{sha}" for sha in sorted([SHA_A, SHA_B])]
+    assert [info.filename for info in infos] == ["header", "body", "block.json", *blobs, "manifest.json"]
+    assert [info.compress_type for info in infos if info.filename.startswith("blobs/")] == [zipfile.ZIP_STORED] * 2
+    manifest = decode_canonical(_entries(data)["manifest.json"])
+    assert set(manifest["files"]) == {"header", "body", "block.json"}  # a blob is named by its own hash
+
+
+def test_other_zip_writers_may_order_blobs_freely(blob_chain, blob_files):
+    name = blob_chain.name(2)
+    entries = _entries(blob_files[name])
+    shuffled = _zip(sorted(entries.items(), reverse=True))
+    assert read_zip(name, shuffled).blobs == {SHA_A: BLOB_A, SHA_B: BLOB_B}
+
+
+@pytest.mark.parametrize(
+    ("blobs", "reason"),
+    [
+        ({SHA_A: BLOB_A}, "missing blob"),
+        ({}, "missing blob"),
+        ({SHA_A: BLOB_A, SHA_B: BLOB_A}, "blob hash"),
+        ({SHA_A: BLOB_A, SHA_B: BLOB_B, hashlib.sha256(b"x").hexdigest(): b"x"}, "unreferenced blob"),
+        ({SHA_A: BLOB_A, SHA_B: BLOB_B, "AB" * 32: b"x"}, "unexpected entry"),
+    ],
+    ids=["one-missing", "none", "wrong-bytes", "extra", "bad-name"],
+)
+def test_invalid_blobs_to_build(blob_chain, blobs, reason):
+    stored = blob_chain.blocks[2]
+    with pytest.raises(ArchiveError) as caught:
+        build_zip(stored, blobs)
+    assert (caught.value.name, caught.value.height, caught.value.reason) == (blob_chain.name(2), 2, reason)
+
+
+def test_invalid_tampered_blob(blob_chain, blob_files):
+    name = blob_chain.name(2)
+    tampered = _rezip(blob_files[name], {f"blobs/{SHA_A}": _flip(BLOB_A, 100)})
+    report = _assert_bad(_with(blob_files, (name, tampered)), name, 2, "blob hash", blocks=2)
+    assert f"'blobs/{SHA_A}' hashes to {hashlib.sha256(_flip(BLOB_A, 100)).hexdigest()}" == report.detail
+    assert report.describe().startswith(f"archive INVALID at height 2 in {name}: blob hash: 'blobs/{SHA_A}'")
+
+
+def test_invalid_missing_blob(blob_chain, blob_files):
+    name = blob_chain.name(2)
+    report = _assert_bad(
+        _with(blob_files, (name, _rezip(blob_files[name], {f"blobs/{SHA_B}": None}))), name, 2, "missing blob"
+    )
+    first = decode_transaction(blob_chain.blocks[2].transactions[0])
+    assert report.detail == f"no 'blobs/{SHA_B}' for an attachment of transaction {first.hash}"
+
+
+def test_invalid_file_without_blobs(blob_chain, blob_files):
+    """A file as archived before blobs were (the block alone) is reported, not taken as complete."""
+    name = blob_chain.name(2)
+    data = _rezip(blob_files[name], {f"blobs/{SHA_A}": None, f"blobs/{SHA_B}": None})
+    _assert_bad(_with(blob_files, (name, data)), name, 2, "missing blob")
+
+
+def test_invalid_unreferenced_blob(blob_chain, blob_files):
+    """A blob that hashes to its name but that no record of this block lists (here: one of another block)."""
+    name = blob_chain.name(2)
+    stray = b"a blob of some other block"
+    data = _rezip(blob_files[name], {f"blobs/{hashlib.sha256(stray).hexdigest()}": stray})
+    _assert_bad(_with(blob_files, (name, data)), name, 2, "unreferenced blob")
+    moved = _rezip(blob_files[blob_chain.name(1)], {f"blobs/{SHA_A}": BLOB_A})
+    _assert_bad(_with(blob_files, (blob_chain.name(1), moved)), blob_chain.name(1), 1, "unreferenced blob")
+
+
+@pytest.mark.parametrize("entry", ["blobs/" + "AB" * 32, "blobs/abc", "blobs/" + "a" * 64 + ".bin", "blob/" + "a" * 64])
+def test_invalid_blob_entry_name(blob_chain, blob_files, entry):
+    name = blob_chain.name(2)
+    _assert_bad(_with(blob_files, (name, _rezip(blob_files[name], {entry: b"x"}))), name, 2, "unexpected entry")
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [(Limits(max_entry_bytes=len(BLOB_A) - 1), "too large"), (Limits(max_entries=5), "too many entries")],
+    ids=["blob-size", "blob-count"],
+)
+def test_invalid_blobs_over_limits(blob_chain, blob_files, limits, reason):
+    name = blob_chain.name(2)
+    _assert_read_fails(name, blob_files[name], reason, limits)
+    report = verify_archive(blob_files.items(), limits)
+    assert (report.valid, report.file, report.height, report.check) == (False, name, 2, reason)
+
+
+def test_invalid_blob_zip_bomb(blob_chain, blob_files):
+    """A blob entry that inflates far past its size is stopped like any other entry."""
+    name = blob_chain.name(2)
+    zeros = bytes(300 * MIB // 100)
+    data = _rezip(blob_files[name], {f"blobs/{hashlib.sha256(zeros).hexdigest()}": zeros})
+    _assert_read_fails(name, data, "zip bomb")
