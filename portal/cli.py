@@ -150,7 +150,8 @@ def archive_verify() -> None:
 @click.option("--into", "database_url", required=True, help="SQLAlchemy URL of the (empty) database to rebuild.")
 @with_appcontext
 def archive_restore(database_url: str) -> None:
-    """Rebuild a node's ledger from the archive into DATABASE_URL (migrated here if needed)."""
+    """Rebuild a node's ledger from the archive into DATABASE_URL (migrated here if needed), with the
+    ciphertext of its attachments; nothing is stored unless the whole archive verifies."""
     from flask_migrate import upgrade
 
     from portal import create_app
@@ -162,10 +163,11 @@ def archive_restore(database_url: str) -> None:
     try:
         with connect() as store, target.app_context():
             upgrade(directory=str(Path(target.root_path).parent / "migrations"))
-            count = archive.restore(store, utcnow())
+            restored = archive.restore(store, utcnow())
     except (TransportError, ArchiveError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"restored {count} blocks into {database_url.split('@')[-1]}")
+    where = database_url.split("@")[-1]
+    click.echo(f"restored {restored.blocks} blocks and {restored.attachments} attachments into {where}")
 
 
 @archive_group.command("status")
