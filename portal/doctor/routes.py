@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 from flask import flash, redirect, render_template, request, send_file, url_for
@@ -10,22 +11,58 @@ from portal import runtime
 from portal.auth import page_actor, role_required
 from portal.doctor import bp
 from portal.models import utcnow
-from portal.services import accounts, grants, records
-from portal.services.errors import Forbidden, ServiceError, ValidationFailed
+from portal.services import accounts, federation, grants, records
+from portal.services.errors import Forbidden, NotFound, ServiceError, ValidationFailed
 from portal.services.records import CATEGORIES, NewAttachment
+
+MAX_QUERY = 100  # characters, as the search field allows
+CONSORTIUM_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+ID_LIKE = re.compile(r"[0-9a-f-]{24,}")  # no name or username looks like this: an id cut short or mistyped
+UNKNOWN_ID = (
+    "No patient of any member hospital has this id. Check it with the patient: an account made in the "
+    "last few seconds may not have reached this hospital yet."
+)
+
+
+def _parse_query(raw: str) -> str:
+    """The search as typed, pasted or scanned, refused before it reaches the database if it
+    cannot be a name or an id (too long, control characters, lone surrogates)."""
+    query = raw.strip()
+    if len(query) > MAX_QUERY:
+        raise ValidationFailed(f"Search for at most {MAX_QUERY} characters: a name, a username or a patient's id.")
+    if not query.isprintable():
+        raise ValidationFailed("Search for a name, a username or a patient's id, in plain characters.")
+    lowered = query.lower()  # an id read back or typed in capitals is still the id
+    if CONSORTIUM_ID.fullmatch(lowered):
+        return lowered
+    if ID_LIKE.fullmatch(lowered):
+        raise ValidationFailed(
+            "This is not a whole patient id: an id has 36 characters in five groups, "
+            "like 1b4e28ba-2fa1-11d2-883f-0016d3cca427. Scan or paste it from the patient's app."
+        )
+    return query
 
 
 @bp.get("/patients")
 @role_required("doctor")
-def find_patient() -> str:
-    query = request.args.get("q", "").strip()
-    patients, error = [], None
-    if query:
-        try:
+def find_patient() -> tuple[str, int]:
+    """Patients of this hospital by name; a patient of any member hospital by consortium id
+    (patients are searchable by name only at home), named by their home node."""
+    query, patients, found, error, status = "", [], None, None, 200
+    try:
+        query = _parse_query(request.args.get("q", ""))
+        if CONSORTIUM_ID.fullmatch(query):
+            patient = federation.resolve(accounts.get_user(query, role="patient"), runtime.peers())
+            found = {**federation.describe(patient), "named": patient.is_local or patient.resolved_at is not None}
+        elif query:
             patients = accounts.find_users("patient", query)
-        except ServiceError as exc:
-            error = exc.message
-    return render_template("doctor/find.html", query=query, patients=patients, error=error)
+    except NotFound:
+        error, status = UNKNOWN_ID, 404
+    except ServiceError as exc:
+        error, status = exc.message, exc.status
+    return render_template(
+        "doctor/find.html", query=query, patients=patients, found=found, error=error, max_query=MAX_QUERY
+    ), status
 
 
 def _form_fields() -> dict[str, object]:
