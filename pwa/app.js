@@ -14,6 +14,7 @@ import { chatView } from './chat.js';
 import { h, mount } from './dom.js';
 import { revokeAllObjectUrls } from './files.js';
 import { matchesView } from './matches.js';
+import { myIdView } from './my-id.js';
 import { profileView } from './profile.js';
 import {
   clearSession, currentToken, currentUser, hasExpired, isSignedIn, loadSession, saveSession, watchOtherTabs,
@@ -39,6 +40,7 @@ const ROUTES = [
   { pattern: /^#\/profile$/, access: 'user', view: profileView },
   { pattern: /^#\/matches$/, access: 'user', view: matchesView },
   { pattern: /^#\/chat\/([^/]+)$/, access: 'user', view: chatView },
+  { pattern: /^#\/my-id$/, access: 'user', view: myIdView },
 ];
 
 const NAV_LINKS = [
@@ -49,6 +51,8 @@ const NAV_LINKS = [
   // A conversation is reached from Matches: that tab stays current in it.
   { href: '#/matches', label: 'Matches', covers: ['#/chat/'] },
 ];
+// Beside the name in the header: the tab bar has room for five tabs on a phone.
+const MY_ID_LINK = { href: '#/my-id', label: 'My ID' };
 
 const app = {
   main: null,
@@ -239,9 +243,15 @@ function renderSessionBar() {
   }
   const logOutButton = h('button', { type: 'button', class: 'button button-quiet' }, 'Log out');
   logOutButton.addEventListener('click', logOut);
+  const myId = h('a', {
+    class: 'button button-quiet my-id-link',
+    href: MY_ID_LINK.href,
+    'aria-current': window.location.hash === MY_ID_LINK.href ? 'page' : null,
+  }, MY_ID_LINK.label);
   mount(app.sessionBar,
     h('nav', { class: 'nav', 'aria-label': 'Main' }, NAV_LINKS.map(navLink)),
     h('span', { class: 'user-name' }, user.display_name || user.username),
+    myId,
     logOutButton);
 }
 

@@ -5,7 +5,7 @@
 // respondWith() and go to the network untouched.
 // Bump CACHE_VERSION whenever a file in SHELL_URLS changes.
 
-const CACHE_VERSION = 'v8';
+const CACHE_VERSION = 'v9';
 const CACHE_PREFIX = 'medledger-shell-';
 const CACHE_NAME = `${CACHE_PREFIX}${CACHE_VERSION}`;
 const APP_ROOT = '/app/';
@@ -24,11 +24,13 @@ const SHELL_URLS = [
   '/app/files.js',
   '/app/format.js',
   '/app/matches.js',
+  '/app/my-id.js',
   '/app/profile.js',
   '/app/session.js',
   '/app/socket.js',
   '/app/ui.js',
   '/app/views.js',
+  '/app/vendor/qrcode-generator.esm.js',
   '/app/vendor/socket.io.esm.min.js',
   '/app/styles.css',
   '/app/manifest.webmanifest',
