@@ -181,6 +181,8 @@ class Grant(db.Model):
     patient_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     doctor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     emergency: Mapped[bool] = mapped_column(default=False)
+    # An emergency opt-in is made once per member hospital: the node whose emergency key it is for.
+    hospital_node: Mapped[str | None] = mapped_column(String(64))
     # The salted scope, known to the patient's home node, the grantee's and the proxies (each
     # opens its sealed package on the ledger); None on a node that is none of those.
     scope: Mapped[str | None] = mapped_column(String(2000))
@@ -250,13 +252,15 @@ class AccessEntry(db.Model):
 
 class MemberNode(db.Model):
     """A member hospital's node as it describes itself on the ledger (`node_info`): its hospital's
-    name and the box key that grant packages are sealed to."""
+    name, the box key that grant packages are sealed to and the emergency key that patients'
+    emergency opt-ins re-encrypt to."""
 
     __tablename__ = "member_nodes"
 
     node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     hospital: Mapped[str] = mapped_column(String(120))
     box_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    emergency_key: Mapped[bytes | None] = mapped_column(LargeBinary(33))
     tx_hash: Mapped[str] = mapped_column(String(64))
 
 

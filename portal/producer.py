@@ -50,7 +50,7 @@ def run(app: Flask, stop: threading.Event | None = None) -> None:
         log.info("block producer for node %s started (%s)", key.node_id, "consortium" if peers else "single node")
         connect = runtime.archive_store()
         if connect is not None:
-            step = lambda: _archive(connect)  # noqa: E731
+            step = lambda: _archive(connect, peers)  # noqa: E731
             interval = app.config["ARCHIVE_INTERVAL_SECONDS"]
             threading.Thread(target=_loop, args=(app, stop, interval, step), daemon=True, name="archiver").start()
             log.info("archiver started")
@@ -87,9 +87,10 @@ def _produce(app: Flask, key: NodeKey, peers: Peers | None) -> None:
         network.announce_block(peers, height)
 
 
-def _archive(connect: Callable[[], ArchiveStore]) -> None:
+def _archive(connect: Callable[[], ArchiveStore], peers: Peers | None) -> None:
+    """Upload final blocks; attachments this node never received are fetched from `peers`."""
     archive.enqueue_final()
-    archive.upload_due(connect, utcnow())
+    archive.upload_due(connect, utcnow(), peers=peers)
 
 
 def _sync(peers: Peers, gossiped: set[str]) -> None:

@@ -182,9 +182,15 @@ def ensure_chain(now: datetime) -> None:
 
 
 def publish_node_info(now: datetime) -> None:
-    """Queue this node's `node_info` (box key, hospital name) unless the ledger or the pool has it."""
+    """Queue this node's `node_info` (box key, emergency key, hospital name) unless the ledger or
+    the pool has it."""
     key = node_key()
-    payload = {"node": key.node_id, "box": b64e(box_key().public), "hospital": hospital_name()}
+    payload = {
+        "node": key.node_id,
+        "box": b64e(box_key().public),
+        "emergency": b64e(emergency_key().public),
+        "hospital": hospital_name(),
+    }
     if ledger.has_node_info(key.key_id, payload):
         return
     ledger.queue(sign_transaction("node_info", payload, key, epoch_ms(now)), now)

@@ -90,13 +90,16 @@ def check_key(payload: dict[str, Any]) -> None:
 
 
 def check_node_info(payload: dict[str, Any]) -> None:
-    """A member node publishes its box key (X25519, for what is sealed to it) and its hospital's
-    name. The registry checks that the node named signed it."""
-    _fields(payload, {"node", "box", "hospital"})
+    """A member node publishes its box key (X25519, for what is sealed to it), its emergency key
+    (Umbral, the receiver of patients' emergency opt-ins) and its hospital's name. The registry
+    checks that the node named signed it."""
+    _fields(payload, {"node", "box", "emergency", "hospital"})
     if not isinstance(payload["node"], str) or not NODE_ID_RE.match(payload["node"]):
         raise InvalidTransaction("bad node id")
     if len(_binary(payload, "box")) != 32:
         raise InvalidTransaction("box must be a 32-byte X25519 key")
+    if len(_binary(payload, "emergency")) != 33:
+        raise InvalidTransaction("emergency must be a 33-byte compressed Umbral public key")
     hospital = payload["hospital"]
     if not isinstance(hospital, str) or not 1 <= len(hospital) <= 120 or not hospital.isprintable():
         raise InvalidTransaction("hospital must be 1-120 printable characters")
@@ -142,16 +145,23 @@ def _timestamp(payload: dict[str, Any], name: str) -> None:
 def check_grant(payload: dict[str, Any]) -> None:
     """A patient delegates reading: to whom (account), what (scope commitment), until when, the
     request it answers (if any), a commitment to the key fragments, and one package per node
-    concerned (each proxy's fragment, the scope for the grantee's hospital), sealed to that node."""
-    _fields(payload, {"grant", "grantee", "scope", "expires", "fragments", "emergency", "request", "sealed"})
+    concerned (each proxy's fragment, the scope for the grantee's hospital), sealed to that node.
+    An emergency opt-in names no grantee but the `hospital` whose emergency key receives it."""
+    _fields(
+        payload, {"grant", "grantee", "hospital", "scope", "expires", "fragments", "emergency", "request", "sealed"}
+    )
     _uuid(payload, "grant")
-    _uuid(payload, "grantee", optional=True)  # None: the hospital's emergency key
+    _uuid(payload, "grantee", optional=True)  # None: a hospital's emergency key
     _uuid(payload, "request", optional=True)
     _hex64(payload, "scope")
     _hex64(payload, "fragments")
     _timestamp(payload, "expires")
     if not isinstance(payload["emergency"], bool) or payload["emergency"] != (payload["grantee"] is None):
         raise InvalidTransaction("emergency grants, and only they, have no grantee")
+    hospital = payload["hospital"]
+    named = isinstance(hospital, str) and NODE_ID_RE.match(hospital) is not None
+    if payload["emergency"] != (hospital is not None) or not (hospital is None or named):
+        raise InvalidTransaction("emergency grants, and only they, name the hospital node they are for")
     sealed = payload["sealed"]
     if not isinstance(sealed, dict) or not 1 <= len(sealed) <= MAX_SEALED:
         raise InvalidTransaction(f"sealed must map 1-{MAX_SEALED} node ids to packages")
@@ -196,13 +206,16 @@ def check_access(payload: dict[str, Any]) -> None:
 
 
 def check_emergency(payload: dict[str, Any]) -> None:
-    """A doctor breaks the glass for a patient: which access, whose, until when, and a commitment
-    to the written reason (the reason itself stays off the ledger)."""
-    _fields(payload, {"access", "patient", "expires", "reason"})
+    """A doctor breaks the glass for a patient: which access, whose, under which emergency opt-in
+    (the grant to the doctor's hospital), until when, and the written reason sealed for the
+    patient, the doctor and the hospital (ciphertext only)."""
+    _fields(payload, {"access", "patient", "grant", "expires", "note"})
     _uuid(payload, "access")
     _uuid(payload, "patient")
+    _uuid(payload, "grant")
     _timestamp(payload, "expires")
-    _hex64(payload, "reason")
+    if len(_binary(payload, "note")) > 16_384:
+        raise InvalidTransaction("note is too long")
 
 
 def check_vote(payload: dict[str, Any]) -> None:

@@ -58,7 +58,7 @@ def _emergencies_page() -> str:
     now = utcnow()
     items = [
         {"emergency": e, "reason": grants.emergency_reason(e, node=node), "active": e.expires_at > now}
-        for e in grants.emergencies_to_review()
+        for e in grants.emergencies_to_review(node.node_id)
     ]
     unreviewed = sum(1 for item in items if item["emergency"].reviewed_at is None)
     return render_template("admin/emergencies.html", items=items, unreviewed=unreviewed)

@@ -66,7 +66,8 @@ def emergency_json(actor: Actor | None, item: EmergencyAccess) -> dict[str, Any]
         "created_at": iso(item.created_at),
         "expires_at": iso(item.expires_at),
         # Opting out ends a running emergency at once (reads are refused), so it is not active.
-        "active": item.expires_at > utcnow() and grants.emergency_optin(item.patient, utcnow()) is not None,
+        "active": item.expires_at > utcnow()
+        and grants.emergency_optin(item.patient, utcnow(), item.doctor.home_node) is not None,
         "reviewed_at": iso(item.reviewed_at),
         "tx_hash": item.tx_hash,
     }

@@ -84,15 +84,20 @@ def blob(sha256: str) -> Response:
 
 @bp.post("/reencrypt")
 def reencrypt() -> Response:
-    """A holder's capsule fragments for a read under a grant (services/proxy.py says what it checks)."""
-    encoded = json_body().get("access")
+    """A holder's capsule fragments for a read under a grant or a declared emergency
+    (services/proxy.py says what it checks)."""
+    body = json_body()
+    encoded, declared = body.get("access"), body.get("emergency")
     if not isinstance(encoded, str):
         raise ValidationFailed("`access` must be the reader's signed access entry (base64url).")
+    if declared is not None and not isinstance(declared, str):
+        raise ValidationFailed("`emergency` must be the reader's signed emergency (base64url).")
     try:
         access = b64d(encoded)
+        emergency = b64d(declared) if declared is not None else None
     except CoreError:
-        raise ValidationFailed("`access` is not base64url.") from None
-    answers = proxy.serve(access, utcnow(), runtime.node())
+        raise ValidationFailed("`access` and `emergency` must be base64url.") from None
+    answers = proxy.serve(access, utcnow(), runtime.node(), emergency)
     return jsonify(fragments=answers)
 
 

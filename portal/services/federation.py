@@ -5,11 +5,12 @@ that any node can serve any account of the consortium:
 
 - `key`: an account of another hospital appears as a `User` with its public keys and home
   node (no username, password or sealed keys); its name comes from its home node later.
-- `node_info`: a member hospital's name and the box key that packages are sealed to.
+- `node_info`: a member hospital's name, the box key that packages are sealed to and the
+  emergency key its doctors break the glass with.
 - `record`: the index entry of a record written anywhere (its content stays ciphertext on
   the ledger; attachment blobs are fetched from peers when first opened).
-- `request`, `decline`, `grant`, `revoke`, `access`: requests, decisions and reads, whichever
-  node they were made on. A grant's package sealed to this node (its proxy key fragment,
+- `request`, `decline`, `grant`, `revoke`, `access`, `emergency`: requests, decisions, reads and
+  declared emergencies, whichever node they were made on. A grant's package sealed to this node (its proxy key fragment,
   and the scope) is opened here and kept until the grant is revoked.
 
 Projection is idempotent (rows that exist are left as they are, so the node that made a
@@ -40,6 +41,7 @@ from portal.models import (
     AccessEntry,
     AccessRequest,
     Attachment,
+    EmergencyAccess,
     Grant,
     MemberNode,
     ProxyFragment,
@@ -125,6 +127,7 @@ def _node_info(tx: Transaction, me: Self) -> None:
         row = MemberNode(node_id=payload["node"])
         db.session.add(row)
     row.hospital, row.box_key, row.tx_hash = payload["hospital"], b64d(payload["box"]), tx.hash
+    row.emergency_key = b64d(payload["emergency"])
 
 
 def _record(tx: Transaction, me: Self) -> None:
@@ -176,7 +179,7 @@ def _grant(tx: Transaction, me: Self) -> None:
             raise ValueError("unknown patient")
         grant = Grant(
             id=payload["grant"], patient=patient, doctor=_user_by_id(payload["grantee"]),
-            emergency=payload["emergency"], scope=None, created_at=_at(tx),
+            emergency=payload["emergency"], hospital_node=payload["hospital"], scope=None, created_at=_at(tx),
             expires_at=datetime.fromtimestamp(payload["expires"] / 1000, UTC).replace(tzinfo=None), tx_hash=tx.hash,
         )  # fmt: skip
         db.session.add(grant)
@@ -244,6 +247,33 @@ def _access(tx: Transaction, me: Self) -> None:
     )
 
 
+def take_emergency(tx: Transaction) -> EmergencyAccess:
+    """The declared emergency of a valid `emergency` transaction, made a row here if it is new:
+    when its block arrives, or earlier on a holder asked to re-encrypt under it. Raises
+    ValueError if it names an account or opt-in this node does not know, or does not fit them."""
+    payload = tx.payload
+    known = db.session.get(EmergencyAccess, payload["access"])
+    if known is not None:
+        return known
+    doctor, patient = _user_by_key(tx.signer), _user_by_id(payload["patient"])
+    optin = db.session.get(Grant, payload["grant"])
+    if doctor is None or patient is None or optin is None:
+        raise ValueError("unknown doctor, patient or emergency opt-in")
+    if not optin.emergency or optin.patient_id != patient.id or optin.hospital_node != doctor.home_node:
+        raise ValueError("the opt-in named is not this patient's for the doctor's hospital")
+    emergency = EmergencyAccess(
+        id=payload["access"], patient=patient, doctor=doctor, grant_id=optin.id, sealed_reason=b64d(payload["note"]),
+        created_at=_at(tx), expires_at=datetime.fromtimestamp(payload["expires"] / 1000, UTC).replace(tzinfo=None),
+        tx_hash=tx.hash,
+    )  # fmt: skip
+    db.session.add(emergency)
+    return emergency
+
+
+def _emergency(tx: Transaction, me: Self) -> None:
+    take_emergency(tx)
+
+
 _HANDLERS: dict[str, Callable[[Transaction, Self], None]] = {
     "key": _key,
     "node_info": _node_info,
@@ -253,6 +283,7 @@ _HANDLERS: dict[str, Callable[[Transaction, Self], None]] = {
     "grant": _grant,
     "revoke": _revoke,
     "access": _access,
+    "emergency": _emergency,
 }
 
 
@@ -282,6 +313,20 @@ def member_boxes(me: str, my_box: bytes) -> dict[str, bytes]:
     boxes = {row.node_id: row.box_key for row in db.session.scalars(select(MemberNode))}
     boxes.setdefault(me, my_box)
     return dict(sorted(boxes.items()))
+
+
+def member_emergency_keys(me: str, my_key: bytes) -> dict[str, bytes]:
+    """Member hospitals' emergency keys by node id, as published on the ledger (this node's own
+    key is known before its `node_info` is final)."""
+    keys = {row.node_id: row.emergency_key for row in db.session.scalars(select(MemberNode)) if row.emergency_key}
+    keys.setdefault(me, my_key)
+    return dict(sorted(keys.items()))
+
+
+def emergency_key_of(node_id: str | None) -> bytes | None:
+    """The emergency key a member node published, if any."""
+    row = db.session.get(MemberNode, node_id) if node_id is not None else None
+    return row.emergency_key if row else None
 
 
 def hospital_of(node_id: str | None) -> str | None:

@@ -177,25 +177,34 @@ def decline_request(actor: Actor, request_id: object, *, now: datetime) -> Acces
 
 def _create_grant(
     actor: Actor, doctor: User | None, scope: dict[str, Any], days: int, *, node: NodeContext, now: datetime,
-    request: AccessRequest | None = None,
+    request: AccessRequest | None = None, hospital: tuple[str, bytes] | None = None,
 ) -> Grant:  # fmt: skip
-    """Key fragments to the doctor (or to the emergency key), sealed to the proxies; a grant
-    signed by the patient. Commits nothing: the caller's use case does."""
+    """Key fragments to the doctor (or, for an emergency opt-in, to `hospital`'s emergency key:
+    its node id and key), sealed to the proxies; a grant signed by the patient. Commits nothing:
+    the caller's use case does."""
     keys = actor.keys()
-    receiver = published_keys(doctor).umbral if doctor else node.emergency_key().public
+    if doctor is not None:
+        receiver, receiver_home, hospital_node = published_keys(doctor).umbral, doctor.home_node, None
+    elif hospital is not None:
+        hospital_node, receiver = hospital
+        receiver_home = hospital_node
+    else:
+        raise ValueError("a grant is to a doctor or to a hospital's emergency key")
     grant = Grant(
         id=str(uuid.uuid4()),
         patient=actor.user,
         doctor=doctor,
         emergency=doctor is None,
+        hospital_node=hospital_node,
         scope=canonical({"salt": os.urandom(16).hex(), "scope": scope}).decode(),
         created_at=now,
         expires_at=now + timedelta(days=days),
     )
-    commitment, sealed = proxy.share_out(grant, keys, receiver, doctor.home_node if doctor else None, node)
+    commitment, sealed = proxy.share_out(grant, keys, receiver, receiver_home, node)
     payload = {
         "grant": grant.id,
         "grantee": doctor.public_id if doctor else None,
+        "hospital": hospital_node,
         "scope": hashlib.sha256(grant.scope.encode()).hexdigest(),
         "expires": epoch_ms(grant.expires_at),
         "fragments": commitment,
@@ -262,29 +271,42 @@ def revoke_grant(actor: Actor, grant_id: object, *, now: datetime) -> Grant:
 # -- emergency access -----------------------------------------------------------------------
 
 
-def emergency_optin(patient: User, now: datetime) -> Grant | None:
-    """The patient's live emergency opt-in, if any."""
-    return db.session.scalar(
-        select(Grant).where(
-            Grant.patient_id == patient.id, Grant.emergency, Grant.revoked_at.is_(None), Grant.expires_at > now
+def _live_optins(patient: User, now: datetime) -> list[Grant]:
+    return list(
+        db.session.scalars(
+            select(Grant).where(
+                Grant.patient_id == patient.id, Grant.emergency, Grant.revoked_at.is_(None), Grant.expires_at > now
+            )
         )
     )
 
 
+def emergency_optin(patient: User, now: datetime, hospital: str | None = None) -> Grant | None:
+    """The patient's live emergency opt-in: the one for `hospital` (a node id), or any."""
+    live = [g for g in _live_optins(patient, now) if hospital is None or g.hospital_node == hospital]
+    return live[0] if live else None
+
+
 def set_emergency_optin(actor: Actor, enabled: object, *, node: NodeContext, now: datetime) -> Grant | None:
-    """Opt in (a key fragment to the hospital's emergency key) or out (it is destroyed)."""
+    """Opt in or out. Opting in makes one grant per member hospital, each to that hospital's
+    emergency key and split over the proxies like any grant, so a doctor of any hospital can
+    break the glass (a hospital that joined later is added by opting in again); opting out
+    revokes them all."""
     if actor.user.role != "patient":
         raise Forbidden("Only patients opt in to emergency access.")
     if not isinstance(enabled, bool):
         raise ValidationFailed("`enabled` must be true or false.")
-    current = emergency_optin(actor.user, now)
-    if enabled and current is None:
-        current = _create_grant(actor, None, {"type": "all"}, FAR_FUTURE_DAYS, node=node, now=now)
+    live = _live_optins(actor.user, now)
+    if enabled:
+        covered = {g.hospital_node for g in live}
+        for hospital in federation.member_emergency_keys(node.node_id, node.emergency_key().public).items():
+            if hospital[0] not in covered:
+                _create_grant(actor, None, {"type": "all"}, FAR_FUTURE_DAYS, node=node, now=now, hospital=hospital)
         db.session.commit()
-    elif not enabled and current is not None:
-        revoke_grant(actor, current.id, now=now)
-        current = None
-    return current
+        return emergency_optin(actor.user, now, node.node_id)
+    for grant in live:
+        revoke_grant(actor, grant.id, now=now)
+    return None
 
 
 def declare_emergency(
@@ -296,7 +318,7 @@ def declare_emergency(
         raise Forbidden("Only doctors declare emergencies.")
     patient = get_user(patient_id, role="patient")
     text = _reason(reason)
-    optin = emergency_optin(patient, now)
+    optin = emergency_optin(patient, now, node.node_id)
     if optin is None:
         raise Forbidden(f"{patient.display_name} has not opted in to emergency access, so break-glass is refused.")
     running = _live_emergency(actor.user, patient, now)
@@ -316,8 +338,9 @@ def declare_emergency(
     payload = {
         "access": access_id,
         "patient": patient.public_id,
+        "grant": optin.id,
         "expires": epoch_ms(expires),
-        "reason": hashlib.sha256(sealed).hexdigest(),
+        "note": b64e(sealed),
     }
     tx = sign_transaction("emergency", payload, actor.keys(), epoch_ms(now))
     ledger.queue(tx, now)
@@ -352,12 +375,15 @@ def emergency_reason(emergency: EmergencyAccess, *, node: NodeContext, actor: Ac
         return "(the reason could not be opened)"
 
 
-def emergencies_to_review() -> list[EmergencyAccess]:
+def emergencies_to_review(hospital: str) -> list[EmergencyAccess]:
+    """Emergencies declared by the doctors of `hospital` (a node id), unreviewed first: each
+    hospital reviews its own doctors, whichever hospital their patients belong to."""
     return list(
         db.session.scalars(
-            select(EmergencyAccess).order_by(
-                EmergencyAccess.reviewed_at.is_not(None), EmergencyAccess.created_at.desc()
-            )
+            select(EmergencyAccess)
+            .join(User, EmergencyAccess.doctor_id == User.id)
+            .where(User.home_node == hospital)
+            .order_by(EmergencyAccess.reviewed_at.is_not(None), EmergencyAccess.created_at.desc())
         )
     )
 
@@ -366,7 +392,7 @@ def review_emergency(actor: Actor, emergency_id: object, *, now: datetime) -> Em
     if actor.user.role != "admin":
         raise Forbidden("Only admins review emergency accesses.")
     emergency = db.session.get(EmergencyAccess, emergency_id) if isinstance(emergency_id, str) else None
-    if emergency is None:
+    if emergency is None or emergency.doctor.home_node != actor.user.home_node:
         raise NotFound("No such emergency access.")
     if emergency.reviewed_at is None:
         emergency.reviewed_at, emergency.reviewed_by = now, actor.user
@@ -427,7 +453,7 @@ def decide(actor: Actor, record: Record, *, node: NodeContext, now: datetime) ->
         if grant_status(grant, now) == "active" and grant.scope and covers(salted_scope(grant.scope), record, node):
             return Access("grant", grant=grant)
     emergency = _live_emergency(actor.user, record.patient, now)
-    optin = emergency_optin(record.patient, now)
+    optin = emergency_optin(record.patient, now, node.node_id)
     if emergency is not None and optin is not None:
         # The current opt-in's fragments: the patient may have opted out and in again since.
         return Access("emergency", grant=optin, emergency=emergency)
@@ -447,7 +473,7 @@ def patients_of(actor: Actor, now: datetime) -> list[dict[str, Any]]:
         select(EmergencyAccess).where(EmergencyAccess.doctor_id == actor.user.id, EmergencyAccess.expires_at > now)
     )
     for emergency in emergencies:
-        if emergency_optin(emergency.patient, now) is None:
+        if emergency_optin(emergency.patient, now, actor.user.home_node) is None:
             continue
         entry = result.setdefault(emergency.patient_id, {"patient": emergency.patient, "grants": [], "emergency": None})
         entry["emergency"] = emergency

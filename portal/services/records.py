@@ -257,8 +257,9 @@ def _data_key(
         raise GrantUnusable("Your access could not be used: its grant is gone.")
     try:
         fragments = proxy.gather(
-            grant, entry, envelope.capsule, patient_public, receiver.public_key().to_compressed_bytes(), node
-        )
+            grant, entry, envelope.capsule, patient_public, receiver.public_key().to_compressed_bytes(), node,
+            access.emergency,
+        )  # fmt: skip
         return open_reencrypted(envelope, receiver, patient_public, fragments)
     except GrantError as exc:
         raise GrantUnusable(f"Your access could not be used: {exc}.") from None

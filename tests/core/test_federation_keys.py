@@ -10,6 +10,7 @@ from core.crypto import BoxKey, NodeKey, UserKeys, seal_to_node
 from core.encoding import b64e
 from core.errors import DecryptionError, InvalidTransaction
 from core.ledger import KeyRegistry, key_payload, sign_transaction
+from core.ledger.kinds import check_grant
 from tests.core.chains import NODE, TS
 from tests.core.test_ledger import _genesis_payload
 
@@ -51,13 +52,33 @@ def test_invalid_endorsement_moved_to_another_role(registry: KeyRegistry, patien
         registry.apply(promoted, 1)
 
 
-def test_node_info_only_by_the_node_it_names(registry: KeyRegistry) -> None:
+def test_node_info_only_by_the_node_it_names(registry: KeyRegistry, patient_keys: UserKeys) -> None:
     box = BoxKey.of(NODE)
-    payload = {"node": "node-1", "box": b64e(box.public), "hospital": "St Mary's"}
+    emergency = b64e(patient_keys.public.umbral)
+    payload = {"node": "node-1", "box": b64e(box.public), "emergency": emergency, "hospital": "St Mary's"}
     registry.apply(sign_transaction("node_info", payload, NODE, TS + 2), 1)
     other = NodeKey.generate("node-1")
     with pytest.raises(InvalidTransaction):
         registry.apply(sign_transaction("node_info", payload, other, TS + 3), 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"emergency": True, "grantee": None, "hospital": None}, "name the hospital node"),
+        ({"hospital": "node-1"}, "name the hospital node"),
+        ({"emergency": True, "grantee": None, "hospital": "Not A Node!"}, "name the hospital node"),
+        ({"emergency": True, "grantee": None, "hospital": 7}, "name the hospital node"),
+    ],
+)
+def test_invalid_grant_hospital(change: dict[str, object], message: str) -> None:
+    payload = {
+        "grant": str(uuid.uuid4()), "grantee": str(uuid.uuid4()), "hospital": None, "scope": "0" * 64,
+        "expires": TS, "fragments": "0" * 64, "emergency": False, "request": None, "sealed": {"node-1": b64e(b"x")},
+    }  # fmt: skip
+    check_grant(payload)
+    with pytest.raises(InvalidTransaction, match=message):
+        check_grant({**payload, **change})
 
 
 def test_box_key_is_the_nodes_and_opens_only_its_own_seal() -> None:

@@ -30,7 +30,7 @@ from core.consensus.messages import sign_request
 from core.crypto import NodeKey, generate_user_keys
 from core.encoding import b64e
 from core.ledger import key_payload, sign_transaction
-from portal.launcher import LocalNode, api, api_until, running, seed_demo, sign_in
+from portal.launcher import LocalNode, add_doctor, add_patient, api, api_until, running, seed_demo, sign_in
 from tests.multinode.test_consortium import free_base_port, key_of, wait_for
 
 SLOT_MS = 500
@@ -118,6 +118,47 @@ def records_of(node: LocalNode, token: str, patient_id: str | None = None) -> di
     return {r["id"]: r.get("title", "") for r in answer["records"]} if status == 200 else {}
 
 
+def test_break_glass_across_hospitals(hospitals: list[LocalNode]) -> None:
+    """A patient of hospital 1 opts in at home; a doctor of hospital 2 breaks the glass on his own
+    node and reads at once (before the emergency's block is final); the patient sees it at home
+    with the read in her access log; opting out stops the reads there. Runs before the test that
+    stops hospital 1."""
+    home, second, _ = hospitals
+    bea, bea_id = add_patient(home, "bea", "Bea Lambert")
+    writer, _ = add_doctor(home, "dr.petrov", "Dr. Ivan Petrov")
+    medic, medic_id = add_doctor(second, "dr.nakamura", "Dr. Ken Nakamura")
+    body = {"title": "Allergy: penicillin", "category": "general", "notes": "Anaphylaxis in 2019."}
+    record_id = api_until(home, "POST", f"/patients/{bea_id}/records", body, writer, 201, "a record at home")["id"]
+    reason = {"reason": "Unconscious in our emergency room, allergies unknown"}
+    api_until(second, "GET", f"/patients/{bea_id}", None, medic, 200, "bea known at hospital 2")
+    status, answer = api(second, "POST", f"/patients/{bea_id}/emergency", reason, medic)
+    assert status == 403 and "not opted in" in answer["error"]["message"]
+
+    status, answer = api(home, "PUT", "/emergency-access", {"enabled": True}, bea)
+    assert status == 200 and answer == {"enabled": True}
+    declared = api_until(second, "POST", f"/patients/{bea_id}/emergency", reason, medic, 201, "bea's opt-in at 2")
+    assert declared["active"] and declared["reason"] == reason["reason"]
+    opened = api_until(second, "GET", f"/records/{record_id}", None, medic, 200, "break-glass read at hospital 2")
+    assert opened["title"] == "Allergy: penicillin" and opened["access"]["mode"] == "emergency"
+
+    # Bea sees the emergency at home, with the doctor's reason and his read in her access log.
+    def seen_at_home() -> bool:
+        emergencies = api(home, "GET", "/emergency-access", token=bea)[1]["emergencies"]
+        return [(e["doctor"]["id"], e["reason"]) for e in emergencies] == [(medic_id, reason["reason"])]
+
+    wait_for(seen_at_home, 30, "the emergency shown at home")
+    wait_for(
+        lambda: any(e["reader"]["id"] == medic_id for e in api(home, "GET", "/access-log", token=bea)[1]["entries"]),
+        30, "the break-glass read in the access log at home",
+    )  # fmt: skip
+
+    # She opts out at home: hospital 2 refuses the reads within a few seconds.
+    assert api(home, "PUT", "/emergency-access", {"enabled": False}, bea)[1] == {"enabled": False}
+    wait_for(
+        lambda: api(second, "GET", f"/records/{record_id}", token=medic)[0] == 403, 20, "opt-out reaching hospital 2"
+    )
+
+
 def test_one_patient_every_hospital(hospitals: list[LocalNode]) -> None:
     home, second, third = hospitals
     logins = seed_demo(hospitals)  # the `make consortium` demo: see portal/launcher.py
@@ -196,6 +237,17 @@ def test_one_patient_every_hospital(hospitals: list[LocalNode]) -> None:
         assert status == 200 and opened["title"] == "Asthma review"
         assert attachment_of(third, dr_third, written["Chest X-ray"]) == OTHER_PNG
         assert liar.asked >= {"/node/v1/reencrypt", "/node/v1/blobs"}  # it was asked, and ignored
+
+        # Hospital 2 down as well: hospital 3 holds one fragment of the m = 2 needed, and with
+        # only forged ones besides, it opens nothing and says so.
+        second.stop()
+        try:
+            status, refused = api(third, "GET", f"/records/{written['Asthma review']}", token=dr_third)
+            assert status == 409 and refused["error"]["code"] == "grant_unusable"
+            assert "only 1 of the 2 proxies needed answered" in refused["error"]["message"]
+        finally:
+            second.start()
+            second.wait_ready()
 
 
 def test_invalid_unendorsed_doctor_key_refused_by_peers(hospitals: list[LocalNode]) -> None:

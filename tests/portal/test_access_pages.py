@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.models import AccessEntry, AccessRequest, EmergencyAccess, LedgerTransaction
+from portal.models import AccessEntry, AccessRequest, EmergencyAccess, LedgerTransaction, User
 from tests.conftest import RECORD, Person
 from tests.portal.test_pages import csrf, log_in
 
@@ -270,6 +270,29 @@ def test_unreviewed_emergencies_come_first(
     page = client.get("/admin/emergencies").get_data(as_text=True)
     assert page.index("First emergency") < page.index("Second emergency")
     assert len(re.findall(r'class="unreviewed"', page)) == 1
+
+
+def test_invalid_review_of_another_hospitals_emergency(
+    client: FlaskClient, doctor: Person, patient: Person, admin: Person
+) -> None:
+    """Each hospital reviews its own doctors: an emergency declared by a doctor of another member
+    hospital (projected here from the ledger) is not on this hospital's page and cannot be
+    marked reviewed here."""
+    opt_in(client, patient)
+    body = {"reason": "Found unconscious"}
+    assert client.post(f"/api/v1/patients/{patient.id}/emergency", json=body, headers=doctor.headers).status_code == 201
+    db.session.scalars(select(User).filter_by(public_id=doctor.id)).one().home_node = "node-9"  # of hospital 9
+    db.session.commit()
+    log_in(client, admin.username)
+    page = client.get("/admin/emergencies").get_data(as_text=True)
+    assert "Found unconscious" not in page and "Mark reviewed" not in page
+    emergency_id = db.session.scalar(select(EmergencyAccess.id))
+    answer = client.post(
+        f"/admin/emergencies/{emergency_id}/review", data={"csrf_token": csrf(client, "/admin/emergencies")}
+    )
+    assert answer.status_code == 404 and "No such emergency access." in answer.get_data(as_text=True)
+    db.session.expire_all()
+    assert db.session.scalar(select(EmergencyAccess.reviewed_at)) is None
 
 
 def test_pages_need_csrf(client: FlaskClient, doctor: Person, patient: Person) -> None:
