@@ -10,6 +10,7 @@ from core.ledger.transaction import (
     decode_transaction,
     sign_transaction,
 )
+from core.ledger.truncation import FinalElsewhere, TruncationReport, check_truncation
 from core.ledger.validate import ChainReport, StoredBlock, validate_chain
 
 __all__ = [
@@ -17,10 +18,13 @@ __all__ = [
     "Block",
     "BlockHeader",
     "ChainReport",
+    "FinalElsewhere",
     "KeyRegistry",
     "Signer",
     "StoredBlock",
     "Transaction",
+    "TruncationReport",
+    "check_truncation",
     "decode_header",
     "decode_transaction",
     "key_payload",
