@@ -9,7 +9,12 @@ atomic: the bytes go to a temporary name, are checked on the server (size, then 
 fresh download) and only then renamed into place, so a reader never sees a partial file.
 
 FTPS verifies the server certificate and host name: against `ca_file` alone when given (a
-self-signed or private-CA server needs this), else against the system's trust store. Data
+self-signed or private-CA server needs this), else against the system's trust store. A URL may
+instead pin the server's certificate, `ftps://...?sha256=<hex of the DER certificate's SHA-256>`:
+then that one certificate is accepted and nothing else is checked (the embedded server of
+`make run` is reached so, with a certificate made per run). Either way the user name and password
+are sent only after the server has proven its certificate; every data connection is checked too.
+Data
 connections resume the control connection's TLS session, which vsftpd requires by default
 (`require_ssl_reuse=YES`) so that nobody else can take over a data connection.
 
@@ -22,13 +27,14 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import hashlib
+import hmac
 import re
 import secrets
 import socket
 import ssl
 from dataclasses import dataclass, field
 from types import TracebackType
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 __all__ = ["ArchiveConflict", "ArchiveStore", "FtpTarget", "TransportError"]
 
@@ -37,6 +43,7 @@ CHUNK = 64 * 1024
 MAX_LISTING_BYTES = 64 * 1024 * 1024  # a name list longer than this is not an archive folder's
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{16}\.part$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _MISSING = ("550", "450")  # "no such file" on most servers; also what some answer for an empty NLST
 
 
@@ -66,12 +73,14 @@ class FtpTarget:
     password: str = field(repr=False)
     path: tuple[str, ...] = ()
     ca_file: str | None = None
+    sha256: bytes | None = None  # a pinned server certificate (SHA-256 of its DER bytes)
 
     @classmethod
     def from_url(cls, url: str, ca_file: str | None = None) -> FtpTarget:
-        """Parse `ftp://user:password@host[:port]/path` or `ftps://...` (user and password
-        percent-decoded; port 21 by default). `ca_file` (PEM) is the only trust anchor for
-        ftps when given. Raises ValueError naming what is wrong, never echoing the password."""
+        """Parse `ftp://user:password@host[:port]/path` or `ftps://...[?sha256=HEX]` (user and
+        password percent-decoded; port 21 by default). `ca_file` (PEM) is the only trust anchor
+        for ftps when given; `sha256` pins the server certificate instead. Raises ValueError naming
+        what is wrong, never echoing the password."""
         if _CONTROL.search(url):
             raise ValueError("archive URL must not contain control characters")
         parts = urlsplit(url.strip())
@@ -79,8 +88,9 @@ class FtpTarget:
             raise ValueError("archive URL has no scheme: use ftp:// or ftps://")
         if parts.scheme not in ("ftp", "ftps"):
             raise ValueError(f"archive URL scheme {parts.scheme!r} is not supported: use ftp:// or ftps://")
-        if parts.query or parts.fragment:
-            raise ValueError("archive URL must not have a query or a fragment")
+        if parts.fragment:
+            raise ValueError("archive URL must not have a fragment")
+        sha256 = _pin(parts.query)
         if not parts.hostname:
             raise ValueError("archive URL has no host")
         try:
@@ -98,7 +108,11 @@ class FtpTarget:
         ca_file = ca_file or None
         if ca_file is not None and parts.scheme != "ftps":
             raise ValueError("a CA file applies only to ftps:// archive URLs")
-        return cls(parts.scheme == "ftps", parts.hostname, port, user, password, path, ca_file)
+        if sha256 is not None and parts.scheme != "ftps":
+            raise ValueError("a pinned certificate (?sha256=) applies only to ftps:// archive URLs")
+        if sha256 is not None and ca_file is not None:
+            raise ValueError("an archive URL with a pinned certificate (?sha256=) takes no CA file")
+        return cls(parts.scheme == "ftps", parts.hostname, port, user, password, path, ca_file, sha256)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -109,12 +123,50 @@ class FtpTarget:
         return f"FtpTarget({self})"
 
 
+def _pin(query: str) -> bytes | None:
+    """The pinned certificate digest of an archive URL's query (`sha256=HEX`), or None."""
+    if not query:
+        return None
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ValueError("archive URL query must be sha256=<64 hex digits> or nothing") from None
+    if len(pairs) != 1 or pairs[0][0] != "sha256":
+        raise ValueError("archive URL query must be sha256=<64 hex digits> or nothing")
+    value = pairs[0][1].replace(":", "").lower()
+    if not _SHA256_HEX.fullmatch(value):
+        raise ValueError("archive URL sha256= must be the 64 hex digits of the certificate's SHA-256")
+    return bytes.fromhex(value)
+
+
+class CertificateMismatch(OSError):
+    """The server's certificate is not the pinned one."""
+
+
+def _check_pin(conn: socket.socket, sha256: bytes | None) -> None:
+    if sha256 is None:
+        return
+    der = conn.getpeercert(binary_form=True) if isinstance(conn, ssl.SSLSocket) else None
+    if der is None or not hmac.compare_digest(hashlib.sha256(der).digest(), sha256):
+        raise CertificateMismatch("the server's certificate is not the pinned one (?sha256=)")
+
+
 class _SessionReusingFTP_TLS(ftplib.FTP_TLS):
-    """FTP_TLS whose data connections resume the control connection's TLS session.
+    """FTP_TLS whose data connections resume the control connection's TLS session, and whose
+    every TLS connection is checked against the pinned certificate, if any.
 
     The stock class starts a fresh TLS session per data connection, which servers that
     require session reuse (vsftpd's default) refuse with 522.
     """
+
+    def __init__(self, *, pin: bytes | None, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.pin = pin
+
+    def auth(self) -> str:
+        answer = super().auth()
+        _check_pin(self.sock, self.pin)
+        return answer
 
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)  # noqa: S321  (wrapped in TLS below when PROT P)
@@ -122,14 +174,22 @@ class _SessionReusingFTP_TLS(ftplib.FTP_TLS):
             session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
             try:
                 conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+                _check_pin(conn, self.pin)
             except BaseException:
                 conn.close()
                 raise
         return conn, size
 
 
-def _context(ca_file: str | None) -> ssl.SSLContext:
-    """Certificate and host name checked, TLS 1.2 at least; `ca_file` replaces the system trust."""
+def _context(ca_file: str | None, pinned: bool = False) -> ssl.SSLContext:
+    """Certificate and host name checked, TLS 1.2 at least; `ca_file` replaces the system trust.
+    For a pinned certificate the chain and name are not checked: the pin is (`_check_pin`)."""
+    if pinned:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
     try:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ValueError) as exc:
@@ -166,7 +226,8 @@ class ArchiveStore:
         target = self._target
         ftp: ftplib.FTP
         if target.tls:
-            ftp = _SessionReusingFTP_TLS(context=_context(target.ca_file), timeout=self._timeout)
+            context = _context(target.ca_file, pinned=target.sha256 is not None)
+            ftp = _SessionReusingFTP_TLS(context=context, timeout=self._timeout, pin=target.sha256)
         else:
             ftp = ftplib.FTP(timeout=self._timeout)  # noqa: S321  (plain FTP only when the URL says ftp://)
         step = "connecting"
