@@ -10,14 +10,10 @@ from flask import Blueprint, request
 from portal.models import utcnow
 from portal.services import accounts
 from portal.services.accounts import Actor
-from portal.services.errors import Forbidden, Unauthorized, ValidationFailed
+from portal.services.errors import Forbidden, Unauthorized
+from portal.services.inputs import InvalidJSON, parse_json
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-
-
-class InvalidJSON(ValidationFailed):
-    status = 400
-    code = "invalid_json"
 
 
 def bearer_token() -> str:
@@ -44,10 +40,11 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def json_body() -> dict[str, Any]:
-    """The request's JSON object; 400 `invalid_json` for anything else."""
+    """The request's JSON object, checked (portal/services/inputs.py); 400 `invalid_json` for
+    anything else, 422 for a value no field accepts (lone surrogates, numbers beyond 64 bits)."""
     if not request.is_json:
         raise InvalidJSON("Send a JSON object with `Content-Type: application/json`.")
-    data = request.get_json(silent=True)
+    data = parse_json(request.get_data(cache=True))
     if not isinstance(data, dict):
         raise InvalidJSON("The body is not a valid JSON object.")
     return data

@@ -13,6 +13,7 @@ from portal.api import api_actor, bearer_token, bp, iso, json_body
 from portal.models import User, utcnow
 from portal.services import accounts, chat, federation, ledger, records, votes
 from portal.services.errors import ValidationFailed
+from portal.services.inputs import MAX_OFFSET
 from portal.services.records import NewAttachment
 
 
@@ -185,7 +186,7 @@ def chain_blocks() -> Response:
     return jsonify(blocks=blocks, height=height)
 
 
-@bp.get("/chain/blocks/<int:height>")
+@bp.get(f"/chain/blocks/<int(max={MAX_OFFSET}):height>")
 def chain_block(height: int) -> Response:
     return jsonify(ledger.block(height))
 

@@ -14,6 +14,7 @@ from portal.extensions import db
 from portal.models import ChatKey, Connection, User, utcnow
 from portal.services import chat, ledger, matching
 from portal.services.errors import ValidationFailed
+from portal.services.inputs import whole_number
 
 MAX_QUERY = 100
 
@@ -64,12 +65,7 @@ def _query_text() -> str:
 
 
 def _limit(default: int, maximum: int) -> int:
-    value = request.args.get("limit", "")
-    if value == "":
-        return default
-    if not (value.isascii() and value.isdigit() and len(value) <= 6) or not 1 <= int(value) <= maximum:
-        raise ValidationFailed(f"`limit` must be a whole number from 1 to {maximum}.")
-    return int(value)
+    return whole_number(request.args.get("limit"), "limit", default=default, low=1, high=maximum)
 
 
 # -- vocabulary -----------------------------------------------------------------------------

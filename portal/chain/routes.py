@@ -5,6 +5,7 @@ from flask import render_template, request
 from portal.chain import bp
 from portal.services import ledger
 from portal.services.errors import ServiceError
+from portal.services.inputs import MAX_OFFSET
 
 PAGE = 20
 
@@ -26,7 +27,7 @@ def blocks() -> str:
     )
 
 
-@bp.get("/blocks/<int:height>")
+@bp.get(f"/blocks/<int(max={MAX_OFFSET}):height>")
 def block(height: int) -> str:
     current = ledger.tip()
     return render_template("chain/block.html", block=ledger.block(height), tip=current.height if current else -1)

@@ -29,6 +29,7 @@ from portal.extensions import db, socketio
 from portal.models import ChatMessage, Connection, User, utcnow
 from portal.services import accounts, chat, matching
 from portal.services.errors import ServiceError, Unauthorized, ValidationFailed
+from portal.services.inputs import check_json
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,8 @@ def handler(name: str) -> Callable[[EventFn], EventFn]:
                     raise Unauthorized("Your session has ended; sign in again.")
                 if len(args) > 1 or (args and not isinstance(args[0], dict)):
                     raise ValidationFailed(f"`{name}` takes one JSON object.")
+                if args:
+                    check_json(args[0])  # lone surrogates, numbers beyond 64 bits: refused here
                 return {"ok": True, **fn(actor.user, client, args[0] if args else {})}
             except ServiceError as exc:
                 db.session.rollback()

@@ -10,6 +10,7 @@ from portal.models import utcnow
 from portal.node import bp
 from portal.services import accounts, federation, ledger, proxy
 from portal.services.errors import NotFound, ValidationFailed
+from portal.services.inputs import whole_number
 
 
 @bp.get("/status")
@@ -31,12 +32,8 @@ def peers() -> Response:
 
 @bp.get("/blocks")
 def blocks() -> Response:
-    try:
-        start, limit = int(request.args.get("from", 0)), int(request.args.get("limit", 50))
-    except ValueError:
-        raise ValidationFailed("`from` and `limit` must be whole numbers.") from None
-    if start < 0:
-        raise ValidationFailed("`from` must be 0 or more.")
+    start = whole_number(request.args.get("from"), "from", default=0)
+    limit = whole_number(request.args.get("limit"), "limit", default=50, low=1, high=ledger.MAX_PAGE)
     return jsonify(blocks=ledger.raw_blocks(start, limit))
 
 

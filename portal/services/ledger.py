@@ -42,6 +42,7 @@ from portal.extensions import db
 from portal.models import LedgerBlock, LedgerTransaction, User, epoch_ms, utcnow
 from portal.services import federation
 from portal.services.errors import NotFound, ValidationFailed
+from portal.services.inputs import whole_number
 
 log = logging.getLogger(__name__)
 MAX_PAGE = 100
@@ -323,13 +324,8 @@ def pending_count() -> int:
 
 def headers(start: object, limit: object) -> tuple[list[dict[str, Any]], int]:
     """A page of block headers (oldest first) and the current height (-1 for an empty chain)."""
-    try:
-        start_i = int(start) if start not in (None, "") else 0  # type: ignore[arg-type]
-        limit_i = int(limit) if limit not in (None, "") else 20  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValidationFailed("`from` and `limit` must be whole numbers.") from None
-    if start_i < 0 or not 1 <= limit_i <= MAX_PAGE:
-        raise ValidationFailed(f"`from` must be 0 or more and `limit` 1-{MAX_PAGE}.")
+    start_i = whole_number(start, "from", default=0)
+    limit_i = whole_number(limit, "limit", default=20, low=1, high=MAX_PAGE)
     current = tip()
     rows = list(
         db.session.scalars(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from portal.services.accounts import Actor, get_user, published_keys
 from portal.services.context import NodeContext
 from portal.services.errors import Forbidden, NotFound, ServiceError, TooLarge, ValidationFailed
 from portal.services.grants import Access, decide
+from portal.services.inputs import whole_number
 
 CATEGORIES = (
     "general", "cardiology", "respiratory", "neurology", "oncology", "paediatrics",
@@ -113,12 +115,20 @@ def _prescriptions(fields: Mapping[str, object]) -> list[dict[str, str]]:
     return result
 
 
+def safe_filename(name: str) -> str:
+    """A file name fit for a header: control and invisible format characters become "_" (new
+    uploads refuse them; records written before that may still hold some)."""
+    return "".join("_" if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c for c in name)
+
+
 def _attachments(items: Sequence[NewAttachment], limits: Limits) -> list[dict[str, Any]]:
     if len(items) > limits.max_attachments:
         raise ValidationFailed(f"At most {limits.max_attachments} attachments.")
     described = []
     for n, item in enumerate(items):
         name = os.path.basename(item.filename.replace("\\", "/")).strip()[:200] or f"attachment-{n}"
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name):
+            raise ValidationFailed(f"Attachment {safe_filename(name)!r} has control characters in its name; rename it.")
         if not item.data:
             raise ValidationFailed(f"Attachment {name!r} is empty.")
         if len(item.data) > limits.max_attachment_bytes:
@@ -381,20 +391,17 @@ def get_attachment(
         data = key.open(blob.ciphertext, _attachment_aad(record.id, n))
     except CoreError:
         raise RecordUnreadable("The stored attachment could not be decrypted.") from None
-    _log_read(actor, record, access, entry, now)
-    return body["attachments"][n], data
+    meta = {**body["attachments"][n], "filename": safe_filename(body["attachments"][n]["filename"])}
+    _log_read(actor, record, access, entry, now)  # last: a download that fails logs no read
+    return meta, data
 
 
 def page_bounds(limit: object, offset: object) -> tuple[int, int]:
     """Validated paging arguments: limit 1-MAX_PAGE (default DEFAULT_PAGE), offset 0 or more."""
-    try:
-        limit_i = DEFAULT_PAGE if limit in (None, "") else int(limit)  # type: ignore[call-overload]
-        offset_i = 0 if offset in (None, "") else int(offset)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise ValidationFailed("`limit` and `offset` must be whole numbers.") from None
-    if not 1 <= limit_i <= MAX_PAGE or offset_i < 0:
-        raise ValidationFailed(f"`limit` must be 1-{MAX_PAGE} and `offset` 0 or more.")
-    return limit_i, offset_i
+    return (
+        whole_number(limit, "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE),
+        whole_number(offset, "offset", default=0),
+    )
 
 
 def list_records(actor: Actor, limit: int = DEFAULT_PAGE, offset: int = 0) -> list[dict[str, Any]]:

@@ -348,6 +348,8 @@ NOT_MEMBER = "You are not a member of this conversation."
 NOT_ENVELOPE = "`envelope` must be a non-empty JSON object."
 NOT_MESSAGE = "`message` must be a non-empty JSON object."
 BAD = "validation_failed"
+LONE_SURROGATE = "`envelope.ct` holds an invalid character (a lone surrogate)."
+BAD_CHAR = "`cid` holds an invalid character (a lone surrogate)."
 BIG_ENVELOPE = "The envelope is larger than 65536 bytes."
 BIG_MESSAGE = "The message is larger than 4096 bytes."
 BAD_CID = "`cid` must be 1-64 characters: letters, digits, _ or -."
@@ -368,17 +370,19 @@ BAD_CID = "`cid` must be 1-64 characters: letters, digits, _ or -."
         ("history", {"conversation": "C", "limit": 0}, "validation_failed", "`limit` must be 1-100."),
         ("history", {"conversation": "C", "limit": 101}, "validation_failed", "`limit` must be 1-100."),
         ("history", {"conversation": "C", "before": "x"}, BAD, "`before` must be a message id or null."),
-        ("history", {"conversation": "C", "before": 2**63}, BAD, "`before` must be a message id or null."),
+        ("history", {"conversation": "C", "before": 2**63}, BAD, "`before` is a number beyond 64 bits."),
         ("history", {"conversation": "C", "after": 0}, BAD, "`after` must be a message id or null."),
-        ("history", {"conversation": "C", "after": 2**70}, BAD, "`after` must be a message id or null."),
+        ("history", {"conversation": "C", "after": 2**70}, BAD, "`after` is a number beyond 64 bits."),
         ("history", {"conversation": "C", "after": 1, "before": 5}, BAD, "Send `before` or `after`, not both."),
-        ("ack", {"conversation": "C", "up_to": 2**63}, BAD, "`up_to` must be a message id."),
+        ("ack", {"conversation": "C", "up_to": 2**63}, BAD, "`up_to` is a number beyond 64 bits."),
         ("ack", {"conversation": "C", "up_to": 0}, BAD, "`up_to` must be a message id."),
-        ("join", {"conversation": 2**64}, "forbidden", NOT_MEMBER),
+        ("join", {"conversation": 2**64}, BAD, "`conversation` is a number beyond 64 bits."),
         ("join", {"conversation": 2**63 - 1}, "forbidden", NOT_MEMBER),
         ("join", {"conversation": "99999999999999999999"}, "forbidden", NOT_MEMBER),
         ("join", {"conversation": "²"}, "forbidden", NOT_MEMBER),
-        ("send", {"conversation": 2**64, "envelope": {"ct": "x"}}, "forbidden", NOT_MEMBER),
+        ("send", {"conversation": 2**64, "envelope": {"ct": "x"}}, BAD, "`conversation` is a number beyond 64 bits."),
+        ("send", {"conversation": "C", "envelope": {"ct": "\ud800"}}, BAD, LONE_SURROGATE),
+        ("send", {"conversation": "C", "envelope": {"ct": "x"}, "cid": "\udfff"}, BAD, BAD_CHAR),
         ("send", {"conversation": "C", "envelope": {"ct": "x"}, "cid": "a b"}, BAD, BAD_CID),
         ("send", {"conversation": "C", "envelope": {"ct": "x"}, "cid": "x" * 65}, BAD, BAD_CID),
         ("send", {"conversation": "C", "envelope": {"ct": "x"}, "cid": 7}, BAD, BAD_CID),
