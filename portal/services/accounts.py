@@ -235,8 +235,13 @@ def find_users(role: str, query: object, limit: int = 20, local_only: bool = Fal
     their home node (elsewhere by their id); `local_only` keeps to this node's accounts."""
     if not isinstance(query, str) or len(query.strip()) < 2:
         raise ValidationFailed("Search needs at least 2 characters.")
-    like = f"%{query.strip().lower()}%"
-    matches = or_(User.username.like(like), User.display_name.ilike(like), User.hospital.ilike(like))
+    text = query.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    like = f"%{text}%"  # `%` and `_` typed by the user match themselves
+    matches = or_(
+        User.username.like(like, escape="\\"),
+        User.display_name.ilike(like, escape="\\"),
+        User.hospital.ilike(like, escape="\\"),
+    )
     stmt = select(User).where(User.role == role, User.active, matches)
     if local_only or role == "patient":
         stmt = stmt.where(User.sealed_private_keys.is_not(None))

@@ -160,3 +160,13 @@ def test_a_failed_download_logs_no_read(
     failed = client.get(f"/api/v1/records/{record_id}/attachments/0", headers=other_doctor.headers)
     assert failed.status_code == 409 and failed.json["error"]["code"] == "record_unreadable"
     assert db.session.scalar(select(func.count()).select_from(AccessEntry)) == logged
+
+
+def test_search_wildcards_match_themselves(client: FlaskClient, doctor: Person, patient: Person) -> None:
+    """`%` and `_` are not SQL wildcards in a search: `%%` does not list every patient."""
+    assert [p["id"] for p in client.get("/api/v1/patients?q=al", headers=doctor.headers).json["patients"]] == [
+        patient.id
+    ]
+    for query in ("%%", "__", "a%", "al_ce", "\\%"):
+        answer = client.get("/api/v1/patients", query_string={"q": query}, headers=doctor.headers)
+        assert answer.status_code == 200 and answer.json["patients"] == [], query
