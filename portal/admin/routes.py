@@ -57,7 +57,7 @@ def _emergencies_page() -> str:
     node = runtime.node()
     now = utcnow()
     items = [
-        {"emergency": e, "reason": grants.emergency_reason(e, node=node), "active": e.expires_at > now}
+        {"emergency": e, "reason": grants.emergency_reason(e, node=node), "active": grants.emergency_active(e, now)}
         for e in grants.emergencies_to_review(node.node_id)
     ]
     unreviewed = sum(1 for item in items if item["emergency"].reviewed_at is None)

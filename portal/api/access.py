@@ -65,9 +65,8 @@ def emergency_json(actor: Actor | None, item: EmergencyAccess) -> dict[str, Any]
         "reason": grants.emergency_reason(item, node=runtime.node(), actor=actor),
         "created_at": iso(item.created_at),
         "expires_at": iso(item.expires_at),
-        # Opting out ends a running emergency at once (reads are refused), so it is not active.
-        "active": item.expires_at > utcnow()
-        and grants.emergency_optin(item.patient, utcnow(), item.doctor.home_node) is not None,
+        # Opting out ends a running emergency for good (reads are refused), so it is not active.
+        "active": grants.emergency_active(item, utcnow()),
         "reviewed_at": iso(item.reviewed_at),
         "tx_hash": item.tx_hash,
     }

@@ -403,7 +403,7 @@ def review_emergency(actor: Actor, emergency_id: object, *, now: datetime) -> Em
 # -- the access decision --------------------------------------------------------------------
 
 
-def _live_emergency(doctor: User, patient: User, now: datetime) -> EmergencyAccess | None:
+def _unexpired_emergency(doctor: User, patient: User, now: datetime) -> EmergencyAccess | None:
     return db.session.scalar(
         select(EmergencyAccess)
         .where(EmergencyAccess.doctor_id == doctor.id, EmergencyAccess.patient_id == patient.id)
@@ -411,6 +411,22 @@ def _live_emergency(doctor: User, patient: User, now: datetime) -> EmergencyAcce
         .order_by(EmergencyAccess.expires_at.desc())
         .limit(1)
     )
+
+
+def emergency_optin_of(emergency: EmergencyAccess, now: datetime) -> Grant | None:
+    """The opt-in an emergency was declared under, while it is live. Opting out revokes it, so an
+    emergency ended by an opt-out stays ended when the patient opts in again (new grants)."""
+    optin = db.session.get(Grant, emergency.grant_id)
+    return optin if optin is not None and optin.revoked_at is None and optin.expires_at > now else None
+
+
+def emergency_active(emergency: EmergencyAccess, now: datetime) -> bool:
+    return emergency.expires_at > now and emergency_optin_of(emergency, now) is not None
+
+
+def _live_emergency(doctor: User, patient: User, now: datetime) -> EmergencyAccess | None:
+    emergency = _unexpired_emergency(doctor, patient, now)
+    return emergency if emergency is not None and emergency_active(emergency, now) else None
 
 
 def _grants_between(doctor: User, patient: User) -> list[Grant]:
@@ -430,8 +446,8 @@ def _refusal(doctor: User, patient: User, now: datetime) -> Forbidden:
     if live:
         scopes = "; ".join(describe_scope(grant_scope(g)) for g in live)
         return Forbidden(f"This record is outside the scope of your access ({scopes}).")
-    if _live_emergency(doctor, patient, now) is not None:
-        return Forbidden("The patient has opted out of emergency access.")
+    if _unexpired_emergency(doctor, patient, now) is not None:
+        return Forbidden("The patient has opted out of emergency access, which ended your emergency access.")
     if grants:
         if grants[0].revoked_at is not None:
             return Forbidden("The patient revoked your access to their records.")
@@ -453,10 +469,8 @@ def decide(actor: Actor, record: Record, *, node: NodeContext, now: datetime) ->
         if grant_status(grant, now) == "active" and grant.scope and covers(salted_scope(grant.scope), record, node):
             return Access("grant", grant=grant)
     emergency = _live_emergency(actor.user, record.patient, now)
-    optin = emergency_optin(record.patient, now, node.node_id)
-    if emergency is not None and optin is not None:
-        # The current opt-in's fragments: the patient may have opted out and in again since.
-        return Access("emergency", grant=optin, emergency=emergency)
+    if emergency is not None:
+        return Access("emergency", grant=emergency_optin_of(emergency, now), emergency=emergency)
     raise _refusal(actor.user, record.patient, now)
 
 
@@ -473,7 +487,7 @@ def patients_of(actor: Actor, now: datetime) -> list[dict[str, Any]]:
         select(EmergencyAccess).where(EmergencyAccess.doctor_id == actor.user.id, EmergencyAccess.expires_at > now)
     )
     for emergency in emergencies:
-        if emergency_optin(emergency.patient, now, actor.user.home_node) is None:
+        if emergency_optin_of(emergency, now) is None:
             continue
         entry = result.setdefault(emergency.patient_id, {"patient": emergency.patient, "grants": [], "emergency": None})
         entry["emergency"] = emergency

@@ -267,7 +267,9 @@ def test_break_glass(
     client.put("/api/v1/emergency-access", json={"enabled": False}, headers=patient.headers)
     refused_now = read(client, doctor, record_id)
     assert refused_now.status_code == 403
-    assert refused_now.json["error"]["message"] == "The patient has opted out of emergency access."
+    assert refused_now.json["error"]["message"] == (
+        "The patient has opted out of emergency access, which ended your emergency access."
+    )
     assert db.session.scalar(select(func.count()).select_from(ProxyFragment)) == 0
 
 
@@ -335,7 +337,7 @@ def test_proxy_store_and_database_open_nothing(
     assert db.session.scalar(select(func.count()).select_from(Grant)) == 2
 
 
-def test_emergency_survives_opt_out_and_in_and_yields_to_a_grant(
+def test_emergency_ended_by_opt_out_stays_ended_and_yields_to_a_grant(
     client: FlaskClient, doctor: Person, patient: Person, record_id: str
 ) -> None:
     client.put("/api/v1/emergency-access", json={"enabled": True}, headers=patient.headers)
@@ -347,8 +349,15 @@ def test_emergency_survives_opt_out_and_in_and_yields_to_a_grant(
     client.put("/api/v1/emergency-access", json={"enabled": False}, headers=patient.headers)
     history = client.get(f"/api/v1/patients/{patient.id}/records", headers=doctor.headers)
     assert history.status_code == 403
-    assert history.json["error"]["message"] == "The patient has opted out of emergency access."
+    ended = "The patient has opted out of emergency access, which ended your emergency access."
+    assert history.json["error"]["message"] == ended
+    # Opting in again does not revive it: the doctor must declare (and justify) a new one.
     client.put("/api/v1/emergency-access", json={"enabled": True}, headers=patient.headers)
+    assert read(client, doctor, record_id).status_code == 403
+    [shown] = client.get("/api/v1/emergency-access", headers=patient.headers).json["emergencies"]
+    assert shown["active"] is False
+    declared = client.post(f"/api/v1/patients/{patient.id}/emergency", json=body, headers=doctor.headers)
+    assert declared.status_code == 201 and declared.json["active"] is True
     answer = read(client, doctor, record_id)
     assert answer.status_code == 200 and answer.json["access"]["mode"] == "emergency"
 
