@@ -118,8 +118,9 @@ def records_of(node: LocalNode, token: str, patient_id: str | None = None) -> di
     return {r["id"]: r.get("title", "") for r in answer["records"]} if status == 200 else {}
 
 
-def test_break_glass_across_hospitals(hospitals: list[LocalNode]) -> None:
-    """A patient of hospital 1 opts in at home; a doctor of hospital 2 breaks the glass on his own
+def test_decline_and_break_glass_across_hospitals(hospitals: list[LocalNode]) -> None:
+    """A patient of hospital 1 declines a request from hospital 2, then opts in to emergency
+    access at home; a doctor of hospital 2 breaks the glass on his own
     node and reads at once (before the emergency's block is final); the patient sees it at home
     with the read in her access log; opting out stops the reads there. Runs before the test that
     stops hospital 1."""
@@ -129,6 +130,18 @@ def test_break_glass_across_hospitals(hospitals: list[LocalNode]) -> None:
     medic, medic_id = add_doctor(second, "dr.nakamura", "Dr. Ken Nakamura")
     body = {"title": "Allergy: penicillin", "category": "general", "notes": "Anaphylaxis in 2019."}
     record_id = api_until(home, "POST", f"/patients/{bea_id}/records", body, writer, 201, "a record at home")["id"]
+
+    # A request from hospital 2, declined at home: the doctor sees the answer on his own node.
+    ask = {"patient_id": bea_id, "reason": "Follow-up after discharge", "days": 7}
+    asked = api_until(second, "POST", "/access-requests", ask, medic, 201, "bea known at hospital 2")
+    api_until(home, "POST", f"/access-requests/{asked['id']}/decline", {}, bea, 200, "the request at home")
+
+    def declined_at_second() -> bool:
+        requests = api(second, "GET", "/access-requests", token=medic)[1]["requests"]
+        return [(r["id"], r["status"]) for r in requests] == [(asked["id"], "declined")]
+
+    wait_for(declined_at_second, 30, "the decline reaching hospital 2")
+    assert api(second, "GET", f"/records/{record_id}", token=medic)[0] == 403
     reason = {"reason": "Unconscious in our emergency room, allergies unknown"}
     api_until(second, "GET", f"/patients/{bea_id}", None, medic, 200, "bea known at hospital 2")
     status, answer = api(second, "POST", f"/patients/{bea_id}/emergency", reason, medic)
