@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from core.ledger import sign_transaction
 from portal import runtime
 from portal.ftp import ArchiveStore, TransportError
 from portal.models import epoch_ms, utcnow
-from portal.services import accounts, archive, ledger
+from portal.services import accounts, archive, health, ledger
 from portal.services.errors import ServiceError
 
 
@@ -202,21 +203,60 @@ def produce() -> None:
 
 
 @medledger.command("producer")
+@click.option("--ready-fd", type=int, help="Write `ready` (or `error <why>`) to this file descriptor once started.")
+@click.option("--parent", "parent_pid", type=int, help="Stop when this process (the gunicorn master) is gone.")
 @with_appcontext
-def producer() -> None:
-    """Run the block producer loop (once per node; `make run` and gunicorn.conf.py start it)."""
-    from portal.producer import run
+def producer(ready_fd: int | None, parent_pid: int | None) -> None:
+    """Run the block producer loop (once per node; `make run` and gunicorn.conf.py start it).
+    Exits 1 with a message saying what to do when it cannot start (no node key, no database)."""
+    import threading
 
-    run(current_app._get_current_object())  # type: ignore[attr-defined]
+    from portal.producer import StartError, exit_with_parent, run
+
+    stop = threading.Event()
+    if parent_pid is not None:
+        exit_with_parent(parent_pid, stop)
+    try:
+        run(current_app._get_current_object(), stop, lambda: _tell(ready_fd, "ready"))  # type: ignore[attr-defined]
+    except StartError as exc:
+        _tell(ready_fd, f"error {exc}")
+        raise click.ClickException(f"the block producer cannot start: {exc}") from None
+
+
+def _tell(fd: int | None, line: str) -> None:
+    """One line to whoever started us, if it asked (gunicorn.conf.py waits for it)."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, line.replace("\n", " ").encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass  # it stopped listening: nothing to tell
 
 
 @medledger.command("verify")
 @with_appcontext
 def verify() -> None:
-    """Validate the stored chain. Exit 0 if valid, 1 with the first bad height and check."""
+    """Validate the stored chain, then compare its tip with what is already final elsewhere: the
+    archive's newest zip and every peer's final height. Exit 0 if valid and not shorter; 1 with
+    the first bad height and check, or with the heights it falls short of; 2 if valid but the
+    archive or a peer could not be asked."""
     report = ledger.verify_chain()
     click.echo(report.describe())
-    sys.exit(0 if report.valid else 1)
+    if not report.valid:
+        sys.exit(1)
+    try:
+        connect = runtime.archive_store()
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(f"the archive is not usable: {exc}") from None
+    found = health.gather(connect, runtime.peers())
+    for finals in found.finals:
+        click.echo(f"compared with {finals.source}: final through height {finals.height}")
+    truncation = health.truncation(found.finals)
+    click.echo(truncation.describe())
+    for source, error in found.errors.items():
+        click.echo(f"could not compare with {source}: {error}", err=True)
+    sys.exit(1 if not truncation.ok else 2 if found.errors else 0)
 
 
 @medledger.command("seed-demo")

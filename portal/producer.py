@@ -1,46 +1,69 @@
-"""The block producer loop: one per node, whatever the number of web workers.
+"""The block producer: one per node, whatever the number of web workers, with its helper threads
+(the archiver, the chain watcher and, in a consortium, the syncer).
 
-A lock file under the instance folder makes a second producer on the same node
-wait instead of producing competing blocks.
+It holds `producer.lock` in the instance folder for as long as it runs (services/health.py): a
+second producer on the same node waits instead of producing competing blocks, and the node's
+`/healthz` sees it gone the moment it dies. The archiver holds `archiver.lock` the same way. A
+helper thread that dies is restarted; gunicorn.conf.py restarts the process.
+
+Before it says it is ready (`ready`), it checks what it needs and raises StartError with a
+message that says what to do: a node that cannot seal blocks must not accept records.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.crypto import NodeKey
+from core.ledger import FinalElsewhere
 from portal import runtime
 from portal.extensions import db
 from portal.ftp import ArchiveStore
 from portal.models import utcnow
-from portal.services import archive, federation, ledger, network
+from portal.services import archive, federation, health, ledger, network
 from portal.services.network import Peers
 
 log = logging.getLogger(__name__)
+ORPHAN_POLL_SECONDS = 0.5
+ORPHAN_GRACE_SECONDS = 5.0
+CHAIN_CHECK_SECONDS = 30.0  # the default of the setting (portal/config.py)
 
 
-def run(app: Flask, stop: threading.Event | None = None) -> None:
+class StartError(Exception):
+    """The producer cannot start; the message says why and what to do."""
+
+
+def run(app: Flask, stop: threading.Event | None = None, ready: Callable[[], None] | None = None) -> None:
     """Until stopped: in a consortium of one, seal pending transactions every
     BLOCK_INTERVAL_SECONDS; in a consortium, produce (and announce) a block whenever the slot is
     this node's, while a second thread catches up with peers and gossips pending transactions,
-    so that a slow peer never makes this node miss its slot."""
+    so that a slow peer never makes this node miss its slot. No block is produced while the
+    chain is shorter than what is already final elsewhere (the watcher's check, at start and
+    every CHAIN_CHECK_SECONDS): it would stand where final blocks already stand.
+
+    `ready` is called once the node key, the database, the archive settings and (unless the
+    consortium's genesis file is still to come) the chain are usable. Raises StartError before
+    that when one is not."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-    lock_path = Path(app.instance_path) / "producer.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second producer on this node waits here
-        key = runtime.node_key()
+    instance = Path(app.instance_path)
+    with health.hold(instance, "producer"):
+        key, connect = _preflight()
         genesis_path = app.config["GENESIS_PATH"]
+        if not genesis_path or Path(genesis_path).exists():
+            _ensure_chain()
+        if ready is not None:
+            ready()
         while genesis_path and not Path(genesis_path).exists() and not stop.wait(0.2):
             pass  # a consortium being founded: its genesis file comes once every node is up
         if stop.is_set():
@@ -48,25 +71,151 @@ def run(app: Flask, stop: threading.Event | None = None) -> None:
         runtime.ensure_chain(utcnow())
         genesis, peers = runtime.genesis_file(), runtime.peers()
         log.info("block producer for node %s started (%s)", key.node_id, "consortium" if peers else "single node")
-        connect = runtime.archive_store()
+        watch = Watch(instance, connect, peers)
+        watch.check()
+        helpers = Helpers(app, stop, instance)
+        helpers.add("watcher", app.config.get("CHAIN_CHECK_SECONDS", CHAIN_CHECK_SECONDS), watch.check)
         if connect is not None:
-            step = lambda: _archive(connect, peers)  # noqa: E731
-            interval = app.config["ARCHIVE_INTERVAL_SECONDS"]
-            threading.Thread(target=_loop, args=(app, stop, interval, step), daemon=True, name="archiver").start()
+            helpers.add("archiver", app.config["ARCHIVE_INTERVAL_SECONDS"], lambda: _archive(connect, peers), True)
             log.info("archiver started")
         if genesis is None or peers is None:
-            _loop(app, stop, app.config["BLOCK_INTERVAL_SECONDS"], lambda: _produce(app, key, None))
-            return
-        # Producing checks four times a slot so a slot is never missed by much; blocks are pushed
-        # to peers as they are made, so pulling from peers twice a slot is enough to heal gaps.
-        produce_tick, sync_tick = genesis.params.slot_ms / 4000, genesis.params.slot_ms / 2000
-        gossiped: set[str] = set()
-        args = (app, stop, sync_tick, lambda: _sync(peers, gossiped))
-        syncer = threading.Thread(target=_loop, args=args, daemon=True)
-        syncer.start()
-        _loop(app, stop, produce_tick, lambda: _produce(app, key, peers))
-        syncer.join(timeout=10)
+            tick, produce = app.config["BLOCK_INTERVAL_SECONDS"], lambda: _produce(app, key, None)
+        else:
+            # Producing checks four times a slot so a slot is never missed by much; blocks are pushed
+            # to peers as they are made, so pulling from peers twice a slot is enough to heal gaps.
+            tick, produce = genesis.params.slot_ms / 4000, lambda: _produce(app, key, peers)
+            gossiped: set[str] = set()
+            helpers.add("syncer", genesis.params.slot_ms / 2000, lambda: _sync(peers, gossiped))
+
+        def step() -> None:
+            helpers.revive()
+            if not watch.holding():
+                produce()
+
+        _loop(app, stop, tick, step)
+        helpers.join(timeout=10)
         log.info("block producer stopped")
+
+
+def _preflight() -> tuple[NodeKey, Callable[[], ArchiveStore] | None]:
+    try:
+        key = runtime.node_key()
+    except RuntimeError as exc:  # no key file: the message says to run `node init`
+        raise StartError(str(exc)) from None
+    except Exception as exc:  # unreadable, or a wrong NODE_KEY_PASSPHRASE
+        raise StartError(f"cannot load the node key: {type(exc).__name__}: {exc}") from None
+    try:
+        ledger.tip()
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StartError(
+            f"cannot read the ledger from the database ({reason}); check DATABASE_URL and run "
+            "`flask --app wsgi db upgrade`"
+        ) from None
+    try:
+        connect = runtime.archive_store()
+    except (ValueError, RuntimeError) as exc:  # a bad URL (never echoed: it has the password), no embedded server
+        raise StartError(f"the archive is not usable: {exc}") from None
+    return key, connect
+
+
+def _ensure_chain() -> None:
+    try:
+        runtime.ensure_chain(utcnow())
+    except (RuntimeError, ValueError, SQLAlchemyError) as exc:
+        db.session.rollback()
+        raise StartError(f"cannot install the genesis block: {exc}") from None
+
+
+class Watch:
+    """What is final elsewhere (the archive's newest zip, the peers' final heights), asked at
+    start and then every CHAIN_CHECK_SECONDS; written for /healthz, logged when it changes."""
+
+    def __init__(self, instance: Path, connect: Callable[[], ArchiveStore] | None, peers: Peers | None) -> None:
+        self.instance, self.connect, self.peers = instance, connect, peers
+        self.finals: list[FinalElsewhere] = []
+        self.said: str | None = None
+        self.held = False
+
+    def check(self) -> None:
+        found = health.gather(self.connect, self.peers)
+        health.save(self.instance, found)
+        self.finals = found.finals
+        report = health.truncation(found.finals)
+        said = report.describe()
+        if said != self.said:
+            if report.ok:
+                log.info("%s", said)
+            else:
+                log.error("%s; restore it (docs/archive.md) or let it catch up from peers", said)
+            self.said = said
+        db.session.commit()  # end the read, so the next check sees blocks stored meanwhile
+
+    def holding(self) -> bool:
+        """Whether producing must wait: the chain lacks, or differs from, a block final elsewhere."""
+        if not self.finals:
+            return False
+        report = health.truncation(self.finals)
+        if report.ok == self.held:
+            self.held = not report.ok
+            if self.held:
+                log.warning("not producing blocks: %s", report.describe())
+            else:
+                log.info("producing blocks again: the chain reaches what is final elsewhere")
+        return self.held
+
+
+class Helpers:
+    """The producer's helper threads, each restarted when it has died (by `revive`)."""
+
+    def __init__(self, app: Flask, stop: threading.Event, instance: Path) -> None:
+        self.app, self.stop, self.instance = app, stop, instance
+        self.specs: dict[str, tuple[float, Callable[[], None], bool]] = {}
+        self.threads: dict[str, threading.Thread] = {}
+
+    def add(self, name: str, interval: float, step: Callable[[], None], locked: bool = False) -> None:
+        """Run `step` every `interval` seconds in a thread; `locked`: it holds `<name>.lock` while alive."""
+        self.specs[name] = (interval, step, locked)
+        self._start(name)
+
+    def _start(self, name: str) -> None:
+        interval, step, locked = self.specs[name]
+
+        def body() -> None:
+            if locked:
+                with health.hold(self.instance, name):
+                    _loop(self.app, self.stop, interval, step)
+            else:
+                _loop(self.app, self.stop, interval, step)
+
+        self.threads[name] = threading.Thread(target=body, daemon=True, name=name)
+        self.threads[name].start()
+
+    def revive(self) -> None:
+        for name, thread in list(self.threads.items()):
+            if not thread.is_alive() and not self.stop.is_set():
+                log.error("the %s thread died; restarting it", name)
+                self._start(name)
+
+    def join(self, timeout: float) -> None:
+        for thread in self.threads.values():
+            thread.join(timeout=timeout)
+
+
+def exit_with_parent(parent: int, stop: threading.Event) -> None:
+    """Stop when `parent` (the gunicorn master) is gone, even killed with SIGKILL, instead of
+    living on beside the node's next start; exit for good ORPHAN_GRACE_SECONDS later."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            if stop.wait(ORPHAN_POLL_SECONDS):
+                return
+        log.warning("the process that started this producer (pid %d) is gone: stopping", parent)
+        stop.set()
+        threading.Timer(ORPHAN_GRACE_SECONDS, os._exit, (1,)).start()
+
+    threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
 
 
 def _loop(app: Flask, stop: threading.Event, interval: float, step: Callable[[], None]) -> None:

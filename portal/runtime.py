@@ -144,6 +144,12 @@ def archive_url() -> str | None:
     return None
 
 
+def archiving() -> bool:
+    """Whether this node archives final blocks (without asking where: that may wait for the
+    embedded server to come up)."""
+    return bool(current_app.config["ARCHIVE_FTP_URL"]) or os.environ.get("EMBEDDED_FTP") == "1"
+
+
 def archive_target_text() -> str | None:
     """The archive target for people: its URL with the password hidden."""
     url = archive_url()

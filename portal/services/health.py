@@ -1,0 +1,212 @@
+"""A node's health: which of its parts run, and whether its chain is shorter than what is final elsewhere.
+
+Liveness of a background part (the block producer, the archiver) is a lock it holds for as
+long as it runs: `hold` takes an exclusive `flock` on `<part>.lock` in the instance folder
+and `running` tries a shared one without waiting. The kernel drops the lock when the part's
+thread ends or its process dies (SIGKILL included), so there is no heartbeat to tune and
+no stale pid to trust; every process of one node shares the instance folder already (the
+chain lock lives there too).
+
+What only the producer process learns, by asking peers and the archive, it writes to
+`health.json` in the instance folder (`save`); `report` reads it, so a health check costs
+two lock probes, one small file and one query.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.archive import parse_name
+from core.errors import ArchiveError
+from core.ledger import FinalElsewhere, TruncationReport, check_truncation
+from portal.extensions import db
+from portal.ftp import ArchiveStore, TransportError
+from portal.models import LedgerBlock
+from portal.services.network import Peers
+
+log = logging.getLogger(__name__)
+STATE_FILE = "health.json"
+PARTS = ("database", "producer", "archiver", "peers", "chain")
+
+
+@contextmanager
+def hold(instance: Path, part: str) -> Iterator[None]:
+    """Mark `part` as running while the block runs; waits while another holder runs (a second
+    producer of the same node waits here instead of producing competing blocks)."""
+    instance.mkdir(parents=True, exist_ok=True)
+    with open(instance / f"{part}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another %s of this node is running (it holds %s.lock): waiting for it", part, part)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def running(instance: Path, part: str) -> bool:
+    """Whether some thread or process holds `part`'s lock right now (never waits)."""
+    try:
+        fd = os.open(instance / f"{part}.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock, if we got it
+    return False
+
+
+@dataclass
+class References:
+    """Heights final elsewhere, which peers answered, and what could not be asked (by source)."""
+
+    finals: list[FinalElsewhere] = field(default_factory=list)
+    peers: dict[str, bool] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    checked_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "finals": [{"source": f.source, "height": f.height, "hash": f.hash} for f in self.finals],
+            "peers": self.peers,
+            "errors": self.errors,
+            "checked_at": self.checked_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> References:
+        finals = [FinalElsewhere(f["source"], int(f["height"]), f.get("hash")) for f in data.get("finals", [])]
+        peers = {str(n): bool(ok) for n, ok in data.get("peers", {}).items()}
+        return cls(finals, peers, dict(data.get("errors", {})), float(data.get("checked_at", 0.0)))
+
+
+def archive_newest(connect: Callable[[], ArchiveStore]) -> FinalElsewhere | None:
+    """The newest block file in the archive (by height), or None for an empty archive. Files that
+    are not block files are left out, as `archive verify` leaves them. Raises TransportError."""
+    newest = None
+    with connect() as store:
+        for name in store.list():
+            try:
+                height, block_hash = parse_name(name)
+            except ArchiveError:
+                continue
+            if newest is None or height > newest.height:
+                newest = FinalElsewhere("archive", height, block_hash)
+    return newest
+
+
+def peer_finals(peers: Peers) -> tuple[list[FinalElsewhere], dict[str, bool]]:
+    """Every peer's final height (from its /node/v1/status, asked in parallel, each within the
+    peers' timeout) and which peers answered."""
+    names = list(peers.urls)
+    if not names:
+        return [], {}
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        answers = list(pool.map(lambda n: peers.get(n, "/node/v1/status"), names))
+    finals, reached = [], {}
+    for name, answer in zip(names, answers, strict=True):
+        final = answer.get("final") if isinstance(answer, dict) else None
+        reached[name] = isinstance(final, int) and not isinstance(final, bool)
+        if reached[name]:
+            finals.append(FinalElsewhere(name, final))  # type: ignore[arg-type]
+    return finals, reached
+
+
+def gather(connect: Callable[[], ArchiveStore] | None, peers: Peers | None) -> References:
+    """Ask the archive (if any) and the peers (if any) what is final; never raises for a source
+    that cannot be asked, which is named in `errors` instead."""
+    found = References(checked_at=time.time())
+    if connect is not None:
+        try:
+            newest = archive_newest(connect)
+        except TransportError as exc:
+            found.errors["archive"] = str(exc)
+        else:
+            if newest is not None:
+                found.finals.append(newest)
+    if peers is not None:
+        finals, found.peers = peer_finals(peers)
+        found.finals.extend(finals)
+        for name, ok in found.peers.items():
+            if not ok:
+                found.errors[name] = "no answer"
+    return found
+
+
+def _hash_at(height: int) -> str | None:
+    return db.session.scalar(select(LedgerBlock.hash).where(LedgerBlock.height == height))
+
+
+def _tip_height() -> int:
+    height = db.session.scalar(select(func.max(LedgerBlock.height)))
+    return -1 if height is None else height
+
+
+def truncation(finals: list[FinalElsewhere]) -> TruncationReport:
+    """This node's stored chain against `finals` (see core.ledger.check_truncation)."""
+    return check_truncation(_tip_height(), _hash_at, finals)
+
+
+def save(instance: Path, found: References) -> None:
+    """Write what the producer learnt for `report` (replaced whole, never half written)."""
+    partial = instance / f".{STATE_FILE}.{os.getpid()}"
+    partial.write_text(json.dumps(found.to_dict()))
+    partial.replace(instance / STATE_FILE)
+
+
+def load(instance: Path) -> References | None:
+    try:
+        return References.from_dict(json.loads((instance / STATE_FILE).read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def report(instance: Path, archiving: bool, consortium: bool) -> dict[str, Any]:
+    """Each part's state ("ok", or "down", "short", "differs" when it fails; "off", "none" or
+    "unknown" otherwise) and `failing`, the parts that fail. Says nothing secret: no URL, path,
+    key or error text, only states and heights (which the public chain shows anyway)."""
+    parts: dict[str, dict[str, Any]] = {}
+    try:
+        tip = _tip_height()
+        parts["database"] = {"state": "ok", "height": tip}
+    except SQLAlchemyError:
+        db.session.rollback()
+        tip = None
+        parts["database"] = {"state": "down"}
+    producing = running(instance, "producer")
+    parts["producer"] = {"state": "ok" if producing else "down"}
+    parts["archiver"] = {"state": ("ok" if running(instance, "archiver") else "down") if archiving else "off"}
+    known = load(instance)
+    age = round(time.time() - known.checked_at, 1) if known else None
+    if not consortium:
+        parts["peers"] = {"state": "none"}
+    elif known is None or not producing:
+        parts["peers"] = {"state": "unknown"}
+    else:
+        reached = sum(known.peers.values())
+        state = "ok" if reached or not known.peers else "down"
+        parts["peers"] = {"state": state, "reachable": reached, "of": len(known.peers), "checked_seconds_ago": age}
+    if tip is None or known is None:
+        parts["chain"] = {"state": "unknown"}
+    else:
+        found = check_truncation(tip, _hash_at, known.finals)
+        state = "short" if found.behind else "differs" if found.differs else "ok"
+        highest = max((f.height for f in known.finals), default=None)
+        parts["chain"] = {"state": state, "height": tip, "final_elsewhere": highest, "checked_seconds_ago": age}
+    failing = [name for name in PARTS if parts[name]["state"] in ("down", "short", "differs")]
+    return {"status": "failing" if failing else "ok", "failing": failing, "parts": parts}
