@@ -27,10 +27,14 @@ const FALLBACK_CODES = {
 };
 const UNAUTHORIZED = 401;
 const SYMPTOM_LIMIT = 20;
+// Seconds until the server signs this token out for inactivity, on every answer to a live token.
+const EXPIRES_IN_HEADER = 'X-Session-Expires-In';
+const WARNING_HEADER = 'X-Session-Warning-Seconds';
 
 const hooks = {
   getToken: () => null,
   onUnauthorized: () => {},
+  onSessionDeadline: () => {},
 };
 
 export class ApiError extends Error {
@@ -42,9 +46,10 @@ export class ApiError extends Error {
   }
 }
 
-export function configureApi({ getToken, onUnauthorized }) {
+export function configureApi({ getToken, onUnauthorized, onSessionDeadline = () => {} }) {
   hooks.getToken = getToken;
   hooks.onUnauthorized = onUnauthorized;
+  hooks.onSessionDeadline = onSessionDeadline;
 }
 
 export function isAbortError(error) {
@@ -63,6 +68,12 @@ export async function register({ username, password, displayName }, { signal } =
 export async function createToken({ username, password }, { signal } = {}) {
   const response = await send('POST', '/auth/token', { body: { username, password }, token: null, signal });
   return readJson(response);
+}
+
+// Any call with the token counts as activity: this one is the idle warning's "Stay signed in".
+export async function getMe({ signal } = {}) {
+  const response = await send('GET', '/me', { signal });
+  return (await readJson(response)).user;
 }
 
 // Takes the token explicitly: the local session is already gone when this runs.
@@ -228,13 +239,23 @@ async function send(method, path, options = {}) {
     // Patient data must not land in the browser's HTTP cache.
     cache: 'no-store',
   });
+  reportDeadline(response, token);
   if (response.ok) {
     return response;
   }
+  const error = await toApiError(response);
   if (response.status === UNAUTHORIZED && token && reportUnauthorized) {
-    hooks.onUnauthorized();
+    hooks.onUnauthorized(error);
   }
-  throw await toApiError(response);
+  throw error;
+}
+
+function reportDeadline(response, token) {
+  const seconds = Number.parseInt(response.headers.get(EXPIRES_IN_HEADER) ?? '', 10);
+  const warning = Number.parseInt(response.headers.get(WARNING_HEADER) ?? '', 10);
+  if (token && token === hooks.getToken() && Number.isFinite(seconds)) {
+    hooks.onSessionDeadline(seconds, Number.isFinite(warning) ? warning : null);
+  }
 }
 
 function buildHeaders({ token, accept, hasBody }) {

@@ -13,11 +13,13 @@ import { stopChat } from './chat-client.js';
 import { chatView } from './chat.js';
 import { h, mount } from './dom.js';
 import { revokeAllObjectUrls } from './files.js';
+import { attachIdleWarning, setIdleWarningSeconds, stopIdleWatch, watchIdle } from './idle.js';
 import { matchesView } from './matches.js';
 import { myIdView } from './my-id.js';
 import { profileView } from './profile.js';
 import {
-  clearSession, currentToken, currentUser, hasExpired, isSignedIn, loadSession, saveSession, watchOtherTabs,
+  clearSession, currentToken, currentUser, extendSession, hasExpired, isSignedIn, loadSession, saveSession,
+  watchOtherTabs,
 } from './session.js';
 import { loginView, recordView, recordsView, registerView } from './views.js';
 
@@ -28,6 +30,8 @@ const HOME_SIGNED_IN = '#/records';
 const HOME_SIGNED_OUT = '#/login';
 const SESSION_ENDED_MESSAGE = 'Your session has ended, please log in again.';
 const LOGGED_OUT_MESSAGE = 'You have logged out.';
+const IDLE_MESSAGE = 'You were signed out because of inactivity. Please log in again.';
+const SESSION_IDLE_CODE = 'session_idle';
 
 // access: 'guest' screens are for signed-out visitors, 'user' screens need a session.
 const ROUTES = [
@@ -66,7 +70,12 @@ function start() {
   app.main = document.getElementById('app');
   app.sessionBar = document.getElementById('session-bar');
   attachEmergencyBanner(document.getElementById('emergency-banner'));
-  configureApi({ getToken: currentToken, onUnauthorized: () => endSession(SESSION_ENDED_MESSAGE) });
+  attachIdleWarning(document.getElementById('idle-warning'), idleTimeUp);
+  configureApi({
+    getToken: currentToken,
+    onUnauthorized: (error) => endSession(error?.code === SESSION_IDLE_CODE ? error.message : SESSION_ENDED_MESSAGE),
+    onSessionDeadline: sessionDeadlineMoved,
+  });
   if (loadSession()) {
     app.flash = SESSION_ENDED_MESSAGE;
   }
@@ -130,6 +139,9 @@ function decodeParams(match) {
 function showView(route, params) {
   app.controller?.abort();
   app.controller = new AbortController();
+  if (isSignedIn()) {
+    watchIdle();
+  }
   renderSessionBar();
   updateBanner(route);
   mount(app.main, route.view(viewContext(app.controller.signal), ...params));
@@ -199,6 +211,20 @@ function signIn(session) {
   navigate(HOME_SIGNED_IN);
 }
 
+function sessionDeadlineMoved(seconds, warningSeconds) {
+  extendSession(seconds);
+  setIdleWarningSeconds(warningSeconds);
+}
+
+// The server has signed the token out by now; revoking it too costs nothing.
+function idleTimeUp() {
+  const token = currentToken();
+  endSession(IDLE_MESSAGE);
+  if (token) {
+    revokeToken(token).catch(() => {});
+  }
+}
+
 // Drops everything this page knows about the patient, then shows the login screen.
 // Several requests may fail with 401 together; only the first one ends the session.
 function endSession(message) {
@@ -207,6 +233,7 @@ function endSession(message) {
   }
   app.controller?.abort();
   app.controller = null;
+  stopIdleWatch();
   // Before the session goes: the chat data to forget is this user's.
   stopChat(currentUser()?.id);
   clearSession();

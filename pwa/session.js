@@ -45,6 +45,26 @@ export function saveSession({ token, user, expires_at: expiresAt }) {
   }
 }
 
+// The server moved the inactivity deadline (it answers every call with the seconds left).
+export function extendSession(seconds) {
+  if (!state.token) {
+    return;
+  }
+  state.expiresAt = new Date(Date.now() + seconds * 1000).toISOString();
+  writeKey(EXPIRES_KEY, state.expiresAt);
+}
+
+// When the session ends unless used again (ms since the epoch), or null. Another tab's
+// activity moves it too: the stored value is the newest.
+export function sessionDeadline() {
+  const stored = readKey(EXPIRES_KEY);
+  if (stored && readKey(TOKEN_KEY) === state.token) {
+    state.expiresAt = stored;
+  }
+  const deadline = Date.parse(state.expiresAt ?? '');
+  return Number.isNaN(deadline) ? null : deadline;
+}
+
 export function clearSession() {
   resetState();
   removeOurKeys(safeStorage('localStorage'));
