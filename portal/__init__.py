@@ -49,7 +49,9 @@ def register_extensions(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
     login_manager.init_app(app)
-    from portal import auth, runtime
+    from portal import auth, limits, runtime
+
+    limits.init_app(app)
 
     auth.register_login(login_manager)
     # Projection of stored blocks (services/federation.py) asks for this node's id and box key.
@@ -57,9 +59,9 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from portal import admin, api, auth, chain, chat, doctor, node, pwa
+    from portal import admin, api, auth, chain, chat, doctor, health, node, pwa
 
-    for module in (api, auth, doctor, admin, chain, chat, node, pwa):
+    for module in (api, auth, doctor, admin, chain, chat, node, pwa, health):
         app.register_blueprint(module.bp)
 
 

@@ -47,6 +47,9 @@ class Config:
     ARCHIVE_FTP_URL = os.environ.get("ARCHIVE_FTP_URL")
     ARCHIVE_CA_FILE = os.environ.get("ARCHIVE_CA_FILE")
     ARCHIVE_INTERVAL_SECONDS = float(os.environ.get("ARCHIVE_INTERVAL_SECONDS", 5))
+    # How often the producer asks the archive and the peers what is final, to see a chain that
+    # lost its newest blocks (docs/ledger.md "A chain shorter than what is final").
+    CHAIN_CHECK_SECONDS = float(os.environ.get("CHAIN_CHECK_SECONDS", 30))
 
     EMERGENCY_KEY_PATH = os.environ.get("EMERGENCY_KEY_PATH", str(INSTANCE / "emergency.key"))
     # Proxy re-encryption across the member nodes (docs/federation.md): a grant's key fragments go
@@ -71,6 +74,19 @@ class Config:
     ARGON2_TIME_COST = _int("ARGON2_TIME_COST", 3)
     ARGON2_MEMORY_KIB = _int("ARGON2_MEMORY_KIB", 65536)
 
+    # Sign-out after inactivity (docs/security.md): portal pages, and the app's API tokens; each
+    # warns IDLE_WARNING_SECONDS before. Activity is a request with the session (a page, an API call).
+    PORTAL_IDLE_MINUTES = float(os.environ.get("PORTAL_IDLE_MINUTES", 15))
+    APP_IDLE_MINUTES = float(os.environ.get("APP_IDLE_MINUTES", 30))
+    IDLE_WARNING_SECONDS = _int("IDLE_WARNING_SECONDS", 60)
+
+    # Reverse proxies in front of gunicorn whose X-Forwarded-For/-Proto/-Host/-Port are believed
+    # (0: none). Behind one TLS-terminating proxy set 1 and PREFERRED_URL_SCHEME=https: requests
+    # it got over https are then seen as https, and answered with Strict-Transport-Security.
+    TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
+    PREFERRED_URL_SCHEME = os.environ.get("PREFERRED_URL_SCHEME", "http")
+    HSTS_SECONDS = _int("HSTS_SECONDS", 365 * 24 * 3600)  # 0: never sent
+
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "1") == "1"
@@ -90,6 +106,23 @@ class Config:
     CHAT_SEND_RATE_PER_MINUTE = _int("CHAT_SEND_RATE_PER_MINUTE", 120)
     CHAT_MAX_ENVELOPE_BYTES = _int("CHAT_MAX_ENVELOPE_BYTES", 64 * 1024)
     CHAT_MAX_HANDSHAKE_BYTES = _int("CHAT_MAX_HANDSHAKE_BYTES", 4 * 1024)
+    # The front door (docs/security.md, *Abuse limits*). Rate counters live in Redis when
+    # REDIS_URL is set (shared by every server of the node), else in each process's memory.
+    REDIS_URL = os.environ.get("REDIS_URL", "")
+    # Registrations per client address (Flask-Limiter syntax: "N per minute|hour|day", ";" between).
+    REGISTER_RATE_LIMIT = os.environ.get("REGISTER_RATE_LIMIT", "5 per hour;20 per day")
+    # Sign-in throttling per account name and per client address (the address gets
+    # LOGIN_ADDRESS_FACTOR times the numbers): LOGIN_FREE failures answered at once, then a wait
+    # doubling from 1 s per failure, then a lock of LOGIN_LOCKOUT_SECONDS at LOGIN_LOCKOUT
+    # failures; LOGIN_WINDOW_SECONDS without failures forgets them.
+    LOGIN_FREE = _int("LOGIN_FREE", 3)
+    LOGIN_LOCKOUT = _int("LOGIN_LOCKOUT", 10)
+    LOGIN_LOCKOUT_SECONDS = _int("LOGIN_LOCKOUT_SECONDS", 900)
+    LOGIN_WINDOW_SECONDS = _int("LOGIN_WINDOW_SECONDS", 900)
+    LOGIN_ADDRESS_FACTOR = _int("LOGIN_ADDRESS_FACTOR", 5)
+    # Request bodies: every route but record uploads (MAX_REQUEST_BYTES) and node-to-node calls.
+    SMALL_BODY_BYTES = _int("SMALL_BODY_BYTES", 64 * 1024)
+    NODE_MAX_BODY_BYTES = _int("NODE_MAX_BODY_BYTES", 16 * MIB)
     # Socket.IO between several gunicorn workers or servers: a Redis URL, e.g. redis://127.0.0.1:6379/0.
     SOCKETIO_MESSAGE_QUEUE = os.environ.get("SOCKETIO_MESSAGE_QUEUE", "")
     # The queue's channel: one per node when several nodes share a Redis server.
@@ -118,6 +151,7 @@ class TestConfig(Config):
     ARGON2_MEMORY_KIB = 1024
     MAX_ATTACHMENT_BYTES = 64 * 1024
     MAX_CONTENT_LENGTH = 512 * 1024
+    REGISTER_RATE_LIMIT = "1000 per minute"  # fixtures register many accounts; tests of the limit lower it
 
 
 CONFIGS: dict[str, type[Config]] = {"production": Config, "development": DevConfig, "testing": TestConfig}

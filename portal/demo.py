@@ -106,7 +106,7 @@ def _public_id(username: str) -> str:
 @contextmanager
 def _signed_in(username: str) -> Iterator[accounts.Actor]:
     """A short session for a demo account, ended afterwards."""
-    token, _ = accounts.login(username, PASSWORD, kind="api", ttl_seconds=60, kdf=runtime.kdf(), now=utcnow())
+    token = accounts.login(username, PASSWORD, kind="api", ttl_seconds=60, kdf=runtime.kdf(), now=utcnow()).token
     actor = accounts.resolve(token, utcnow())
     if actor is None:
         raise RuntimeError("demo login failed")

@@ -37,7 +37,11 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
 
 
 def _service_error(exc: ServiceError):  # type: ignore[no-untyped-def]
-    return error_response(exc.status, exc.code, exc.message)
+    body, status = error_response(exc.status, exc.code, exc.message)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is None:
+        return body, status
+    return body, status, {"Retry-After": str(retry_after)}
 
 
 def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -55,6 +55,10 @@ class User(UserMixin, db.Model):
     key_id: Mapped[str] = mapped_column(String(64), unique=True)
     key_tx_hash: Mapped[str] = mapped_column(String(64))
 
+    # Failed sign-ins since the last successful one, shown to the owner when they next sign in.
+    failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_failed_login_at: Mapped[datetime | None]
+
     # Set per request by the login loaders; Flask-Login stores it instead of the user id
     # so that logging out (deleting the session row) ends the cookie as well.
     session_token = None  # not mapped: str | None
@@ -386,6 +390,18 @@ class RateEvent(db.Model):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     action: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LoginThrottle(db.Model):
+    """Failed sign-ins against one account name or from one client address (the key is a hash,
+    so names typed by strangers are not kept), and until when the next attempt must wait."""
+
+    __tablename__ = "login_throttles"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(default=utcnow)
+    blocked_until: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class ChatSocket(db.Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from portal.models import utcnow
 from portal.services import accounts, ledger
 
 PASSWORD = "correct-horse-battery"
+
+# Nodes started as processes by tests register many accounts from 127.0.0.1.
+os.environ.setdefault("REGISTER_RATE_LIMIT", "1000 per minute")
 
 
 @pytest.fixture(scope="session")

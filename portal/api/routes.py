@@ -10,8 +10,9 @@ from flask import Response, current_app, jsonify, request, send_file
 
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso, json_body
+from portal.limits import limiter, registration_limit
 from portal.models import User, utcnow
-from portal.services import accounts, chat, federation, ledger, records, votes
+from portal.services import accounts, chat, federation, ledger, records, throttle, votes
 from portal.services.errors import ValidationFailed
 from portal.services.inputs import MAX_OFFSET
 from portal.services.records import NewAttachment
@@ -28,6 +29,7 @@ def user_json(user: User) -> dict[str, Any]:
 
 
 @bp.post("/auth/register")
+@limiter.limit(registration_limit, methods=["POST"])
 def register() -> tuple[Response, int]:
     data = json_body()
     user = accounts.create_user(
@@ -45,15 +47,22 @@ def register() -> tuple[Response, int]:
 @bp.post("/auth/token")
 def token() -> Response:
     data = json_body()
-    value, auth_session = accounts.login(
+    signed_in = accounts.login(
         data.get("username"),
         data.get("password"),
         kind="api",
         ttl_seconds=current_app.config["API_TOKEN_TTL_SECONDS"],
         kdf=runtime.kdf(),
         now=utcnow(),
+        address=request.remote_addr,
+        policy=throttle.policy_from(current_app.config),
     )
-    return jsonify(token=value, expires_at=iso(auth_session.expires_at), user=user_json(auth_session.user))
+    return jsonify(
+        token=signed_in.token,
+        expires_at=iso(signed_in.session.expires_at),
+        user=user_json(signed_in.session.user),
+        failed_attempts={"count": signed_in.failed_attempts, "last_at": iso(signed_in.last_failed_at)},
+    )
 
 
 @bp.delete("/auth/token")

@@ -7,7 +7,7 @@ from werkzeug.wrappers import Response
 from portal import runtime
 from portal.auth import bp, page_actor
 from portal.models import utcnow
-from portal.services import accounts, chat
+from portal.services import accounts, chat, throttle
 from portal.services.errors import ServiceError
 
 HOME = {"doctor": "doctor.find_patient", "admin": "admin.users"}
@@ -32,18 +32,22 @@ def login() -> Response | str:
         return _home()
     if request.method == "POST":
         try:
-            token, auth_session = accounts.login(
+            signed_in = accounts.login(
                 request.form.get("username", ""),
                 request.form.get("password", ""),
                 kind="web",
                 ttl_seconds=current_app.config["WEB_SESSION_TTL_SECONDS"],
                 kdf=runtime.kdf(),
                 now=utcnow(),
+                address=request.remote_addr,
+                policy=throttle.policy_from(current_app.config),
             )
         except ServiceError as exc:
             flash(exc.message, "error")
-            return render_template("auth/login.html"), exc.status
-        user = auth_session.user
+            retry_after = getattr(exc, "retry_after", None)
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            return render_template("auth/login.html"), exc.status, headers
+        token, user = signed_in.token, signed_in.session.user
         if user.role == "patient":
             accounts.logout(token)
             flash("Patients use the MedLedger app.", "info")
@@ -51,6 +55,8 @@ def login() -> Response | str:
         user.session_token = token
         session.clear()
         login_user(user)
+        if signed_in.failed_attempts:
+            flash(throttle.failed_attempts_notice(signed_in.failed_attempts, signed_in.last_failed_at), "error")
         return _home()
     return render_template("auth/login.html")
 

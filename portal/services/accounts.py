@@ -14,12 +14,14 @@ import os
 import re
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, or_, select
+from zxcvbn import zxcvbn
 
 from core.crypto import (
     KdfParams,
@@ -37,13 +39,14 @@ from core.errors import CoreError, DecryptionError
 from core.ledger import decode_transaction, key_payload, sign_transaction
 from portal.extensions import db
 from portal.models import AuthSession, LedgerTransaction, User, epoch_ms
-from portal.services import ledger
+from portal.services import ledger, throttle
 from portal.services.errors import Conflict, NotFound, ServiceError, Unauthorized, ValidationFailed
 
 ROLES = ("patient", "doctor", "admin")
 USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,40}$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
+MIN_PASSWORD_SCORE = 3  # zxcvbn's 0-4: 3 is 'safely unguessable', about 10^10 guesses
 USER_KEY_AAD = b"medledger/user-key/v1\n"
 PRIVATE_KEYS_AAD = b"medledger/private-keys/v1\n"
 SESSION_AAD = b"medledger/session/v1\n"
@@ -86,9 +89,18 @@ def _check_text(value: object, name: str, max_len: int, min_len: int = 1) -> str
     return value.strip()
 
 
-def check_password(password: object) -> str:
+def check_password(password: object, context: Sequence[str] = ()) -> str:
+    """At least MIN_PASSWORD characters and hard to guess: zxcvbn (offline, with its lists of
+    common and breached passwords, words and names) must rate it 3 of 4 or better, with the
+    account's own username and name counted as known words."""
     if not isinstance(password, str) or not (MIN_PASSWORD <= len(password) <= MAX_PASSWORD):
         raise ValidationFailed(f"Password must be at least {MIN_PASSWORD} characters.")
+    rating = zxcvbn(password[:100], user_inputs=[c for c in context if isinstance(c, str)])
+    if rating["score"] < MIN_PASSWORD_SCORE:
+        feedback = rating["feedback"]
+        why = (feedback.get("warning") or "It follows a common pattern.").rstrip(".")
+        hint = " ".join(feedback.get("suggestions") or []) or "Add another word or two."
+        raise ValidationFailed(f"This password is too easy to guess: {why}. {hint}")
     return password
 
 
@@ -112,7 +124,7 @@ def create_user(
         raise ValidationFailed(f"Role must be one of {', '.join(ROLES)}.")
     if not isinstance(username, str) or not USERNAME_RE.match(username):
         raise ValidationFailed("Username must be 3-40 characters of a-z, 0-9, '.', '_' or '-'.")
-    password = check_password(password)
+    password = check_password(password, [username, display_name if isinstance(display_name, str) else ""])
     display_name = _check_text(display_name, "Display name", 120)
     if role == "doctor":
         hospital = _check_text(hospital, "Hospital", 120)
@@ -176,11 +188,41 @@ def _authenticate(username: object, password: object, kdf: KdfParams) -> tuple[U
         raise wrong from None
 
 
+@dataclass(frozen=True)
+class SignIn:
+    """A new session: its token (only ever given to the client), and the failed sign-ins on the
+    account since its previous sign-in, for the owner to see."""
+
+    token: str
+    session: AuthSession
+    failed_attempts: int
+    last_failed_at: datetime | None
+
+
 def login(
-    username: object, password: object, *, kind: str, ttl_seconds: int, kdf: KdfParams, now: datetime
-) -> tuple[str, AuthSession]:
-    """Check the password and open a session; returns the token (only ever given to the client)."""
-    user, user_key = _authenticate(username, password, kdf)
+    username: object, password: object, *, kind: str, ttl_seconds: int, kdf: KdfParams, now: datetime,
+    address: str | None = None, policy: throttle.Policy | None = None,
+) -> SignIn:  # fmt: skip
+    """Check the password and open a session, throttled per account name and client `address`
+    (portal/services/throttle.py; `policy` None: not throttled, for internal sign-ins only)."""
+    if policy is not None:
+        throttle.check(username, address, policy, now)
+    try:
+        user, user_key = _authenticate(username, password, kdf)
+    except Unauthorized:
+        if policy is not None:
+            owner = (
+                db.session.scalar(select(User).where(User.username == username)) if isinstance(username, str) else None
+            )
+            if owner is not None:
+                owner.failed_logins += 1
+                owner.last_failed_login_at = now
+            throttle.failed(username, address, policy, now)
+        raise
+    if policy is not None:
+        throttle.succeeded(username)
+    failed, last_failed = user.failed_logins, user.last_failed_login_at
+    user.failed_logins, user.last_failed_login_at = 0, None
     token = secrets.token_urlsafe(32)
     session = AuthSession(
         user=user,
@@ -193,7 +235,7 @@ def login(
     db.session.add(session)
     db.session.execute(delete(AuthSession).where(AuthSession.expires_at <= now))
     db.session.commit()
-    return token, session
+    return SignIn(token, session, failed, last_failed)
 
 
 def resolve(token: object, now: datetime) -> Actor | None:
@@ -215,7 +257,7 @@ def logout(token: str) -> None:
 
 def change_password(actor: Actor, old_password: object, new_password: object, kdf: KdfParams) -> None:
     """Re-wrap the user key under the new password and end every other session."""
-    new_password = check_password(new_password)
+    new_password = check_password(new_password, [actor.user.username or "", actor.user.display_name])
     if not isinstance(old_password, str):
         raise Unauthorized("The current password is wrong.")
     try:

@@ -154,7 +154,7 @@ def test_cli_create_user(app: Flask) -> None:
         input="long-enough-pw\nlong-enough-pw\n",
     )
     assert prompted.exit_code == 0, prompted.output
-    token, _ = accounts.login("pat", "long-enough-pw", kind="api", ttl_seconds=60, kdf=runtime.kdf(), now=utcnow())
+    token = accounts.login("pat", "long-enough-pw", kind="api", ttl_seconds=60, kdf=runtime.kdf(), now=utcnow()).token
     assert token
     bad = runner.invoke(
         args=["medledger", "create-user", "--role", "doctor", "--username", "dr.x", "--password", "long-enough-pw"]

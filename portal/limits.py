@@ -1,0 +1,48 @@
+"""The front door's limits (docs/security.md, *Abuse limits*): request rates per client address
+with Flask-Limiter (Redis when REDIS_URL is set, so every server of a node counts together;
+memory otherwise), and body sizes per route: small JSON and forms get SMALL_BODY_BYTES, only
+record uploads get the attachment limit, node-to-node calls NODE_MAX_BODY_BYTES.
+
+Sign-in throttling per account and address is not here but in the service layer
+(portal/services/throttle.py), since it must see which account an attempt was for."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+
+def client_key() -> str:
+    """Whose requests count together: one client address at one node (nodes may share a Redis)."""
+    return f"{current_app.config['NODE_ID']}/{get_remote_address()}"
+
+
+limiter = Limiter(key_func=client_key, key_prefix="medledger")
+
+# Endpoints that take record uploads with attachments: the only ones given MAX_CONTENT_LENGTH.
+UPLOADS = {"api.create_record", "doctor.new_record"}
+
+
+def registration_limit() -> str:
+    return str(current_app.config["REGISTER_RATE_LIMIT"])
+
+
+def _body_limit() -> None:
+    """Set this request's body limit before anything reads the body (Werkzeug answers 413)."""
+    config = current_app.config
+    if request.endpoint in UPLOADS:
+        return  # the app-wide MAX_CONTENT_LENGTH
+    if request.path.startswith("/node/"):
+        request.max_content_length = config["NODE_MAX_BODY_BYTES"]
+    else:
+        request.max_content_length = config["SMALL_BODY_BYTES"]
+
+
+def init_app(app: Flask) -> None:
+    if not app.config.get("RATELIMIT_STORAGE_URI"):
+        app.config["RATELIMIT_STORAGE_URI"] = app.config.get("REDIS_URL") or "memory://"
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    app.config.setdefault("RATELIMIT_STRATEGY", "moving-window")
+    limiter.init_app(app)
+    app.before_request(_body_limit)
