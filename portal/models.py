@@ -404,6 +404,21 @@ class LoginThrottle(db.Model):
     blocked_until: Mapped[datetime | None] = mapped_column(index=True)
 
 
+class IdempotentRequest(db.Model):
+    """A write done under an Idempotency-Key (portal/idempotency.py): a hash of the account, route
+    and key names it; the answer is sealed under a key derived from the client's key."""
+
+    __tablename__ = "idempotent_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the request body
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    status: Mapped[int | None]  # None: written, answer not stored yet (or lost)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    content_type: Mapped[str | None] = mapped_column(String(120))
+    location: Mapped[str | None] = mapped_column(String(500))
+
+
 class ChatSocket(db.Model):
     """A live /chat connection (its Socket.IO sid) and the signed-in session it was opened
     with, so that signing out closes it in whichever process holds it."""

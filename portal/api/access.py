@@ -8,6 +8,7 @@ from flask import Response, jsonify, request
 
 from portal import runtime
 from portal.api import api_actor, bp, iso, json_body
+from portal.idempotency import idempotent
 from portal.models import AccessEntry, AccessRequest, EmergencyAccess, Grant, User, utcnow
 from portal.services import access_log, accounts, federation, grants, records
 from portal.services.accounts import Actor
@@ -86,6 +87,7 @@ def entry_json(entry: AccessEntry) -> dict[str, Any]:
 
 
 @bp.post("/access-requests")
+@idempotent
 def create_access_request() -> tuple[Response, int]:
     actor = api_actor("doctor")
     data = json_body()
@@ -103,6 +105,7 @@ def list_access_requests() -> Response:
 
 
 @bp.post("/access-requests/<request_id>/approve")
+@idempotent
 def approve_access_request(request_id: str) -> tuple[Response, int]:
     actor = api_actor("patient")
     grant = grants.approve_request(actor, request_id, node=runtime.node(), now=utcnow())
@@ -116,6 +119,7 @@ def decline_access_request(request_id: str) -> Response:
 
 
 @bp.post("/grants")
+@idempotent
 def create_grant() -> tuple[Response, int]:
     actor = api_actor("patient")
     data = json_body()

@@ -10,6 +10,7 @@ from flask import Response, current_app, jsonify, request, send_file
 
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso, json_body
+from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User, utcnow
 from portal.services import accounts, chat, federation, ledger, records, throttle, votes
@@ -29,6 +30,7 @@ def user_json(user: User) -> dict[str, Any]:
 
 
 @bp.post("/auth/register")
+@idempotent
 @limiter.limit(registration_limit, methods=["POST"])
 def register() -> tuple[Response, int]:
     data = json_body()
@@ -152,6 +154,7 @@ def _record_input() -> tuple[dict[str, Any], list[NewAttachment]]:
 
 
 @bp.post("/patients/<patient_id>/records")
+@idempotent
 def create_record(patient_id: str) -> tuple[Response, int]:
     actor = api_actor("doctor")
     fields, files = _record_input()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import re
+import uuid
 from typing import Any
 
 from flask import flash, redirect, render_template, request, send_file, url_for
@@ -10,6 +11,7 @@ from werkzeug.wrappers import Response
 from portal import runtime
 from portal.auth import page_actor, role_required
 from portal.doctor import bp
+from portal.idempotency import idempotent
 from portal.models import utcnow
 from portal.services import accounts, federation, grants, records
 from portal.services.errors import Forbidden, NotFound, ServiceError, ValidationFailed
@@ -89,6 +91,7 @@ def _form_fields() -> dict[str, object]:
 
 @bp.route("/patients/<patient_id>/records/new", methods=["GET", "POST"])
 @role_required("doctor")
+@idempotent  # the form carries a key: a double submit or a resent POST saves one record
 def new_record(patient_id: str) -> Response | str | tuple[str, int]:
     patient = accounts.get_user(patient_id, role="patient")
     if request.method == "POST":
@@ -115,7 +118,8 @@ def new_record(patient_id: str) -> Response | str | tuple[str, int]:
             ), exc.status
         flash("Record saved, encrypted and queued for the next block.", "info")
         return redirect(url_for("doctor.record", record_id=record.id))
-    return render_template("doctor/new_record.html", patient=patient, categories=CATEGORIES, form={})
+    form = {"idempotency_key": str(uuid.uuid4())}
+    return render_template("doctor/new_record.html", patient=patient, categories=CATEGORIES, form=form)
 
 
 @bp.get("/records")
