@@ -27,6 +27,8 @@ const FALLBACK_CODES = {
 };
 const UNAUTHORIZED = 401;
 const SYMPTOM_LIMIT = 20;
+const RETRIES = 2; // for writes that carry an Idempotency-Key
+const RETRY_DELAY_MS = 1000;
 // Seconds until the server signs this token out for inactivity, on every answer to a live token.
 const EXPIRES_IN_HEADER = 'X-Session-Expires-In';
 const WARNING_HEADER = 'X-Session-Warning-Seconds';
@@ -61,6 +63,7 @@ export async function register({ username, password, displayName }, { signal } =
     body: { username, password, display_name: displayName },
     token: null,
     signal,
+    idempotent: true,
   });
   return (await readJson(response)).user;
 }
@@ -106,7 +109,10 @@ export async function listAccessRequests({ signal } = {}) {
 }
 
 export async function approveAccessRequest(id, { signal } = {}) {
-  const response = await send('POST', `/access-requests/${encodeURIComponent(id)}/approve`, { signal });
+  const response = await send('POST', `/access-requests/${encodeURIComponent(id)}/approve`, {
+    signal,
+    idempotent: true,
+  });
   return readJson(response);
 }
 
@@ -121,7 +127,11 @@ export async function listGrants({ signal } = {}) {
 }
 
 export async function createGrant({ doctorId, days, scope }, { signal } = {}) {
-  const response = await send('POST', '/grants', { body: { doctor_id: doctorId, days, scope }, signal });
+  const response = await send('POST', '/grants', {
+    body: { doctor_id: doctorId, days, scope },
+    signal,
+    idempotent: true,
+  });
   return readJson(response);
 }
 
@@ -226,19 +236,26 @@ export async function getBlock(height, { signal } = {}) {
   return readJson(response);
 }
 
+// A write sent with `idempotent: true` carries an Idempotency-Key and is sent again, with the
+// same key, when the connection drops: the server does it once and answers the retry alike.
 async function send(method, path, options = {}) {
-  const { body, signal, accept = 'application/json', reportUnauthorized = true } = options;
+  const { body, signal, accept = 'application/json', reportUnauthorized = true, idempotent = false } = options;
   const token = 'token' in options ? options.token : hooks.getToken();
-  const response = await fetchOrFail(API_BASE + path, {
+  const headers = buildHeaders({ token, accept, hasBody: body !== undefined });
+  if (idempotent) {
+    headers['Idempotency-Key'] = crypto.randomUUID();
+  }
+  const init = {
     method,
-    headers: buildHeaders({ token, accept, hasBody: body !== undefined }),
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
     signal,
     // Bearer token only: never mix in the portal's session cookie.
     credentials: 'omit',
     // Patient data must not land in the browser's HTTP cache.
     cache: 'no-store',
-  });
+  };
+  const response = await fetchOrFail(API_BASE + path, init, idempotent ? RETRIES : 0);
   reportDeadline(response, token);
   if (response.ok) {
     return response;
@@ -269,14 +286,19 @@ function buildHeaders({ token, accept, hasBody }) {
   return headers;
 }
 
-async function fetchOrFail(url, init) {
-  try {
-    return await fetch(url, init);
-  } catch (error) {
-    if (isAbortError(error)) {
-      throw error;
+async function fetchOrFail(url, init, retries = 0) {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      return await fetch(url, init);
+    } catch (error) {
+      if (isAbortError(error)) {
+        throw error;
+      }
+      if (attempt >= retries) {
+        throw new ApiError(NETWORK_ERROR_MESSAGE);
+      }
     }
-    throw new ApiError(NETWORK_ERROR_MESSAGE);
+    await new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS * (attempt + 1)));
   }
 }
 

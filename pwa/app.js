@@ -208,7 +208,17 @@ function homeHash() {
 
 function signIn(session) {
   saveSession(session);
-  navigate(HOME_SIGNED_IN);
+  navigate(HOME_SIGNED_IN, { flash: failedAttemptsNotice(session.failed_attempts) });
+}
+
+// Failed sign-ins on the account since the previous one (throttled by the server, docs/security.md).
+function failedAttemptsNotice(failed) {
+  if (!failed || !failed.count) {
+    return null;
+  }
+  const attempts = failed.count === 1 ? '1 failed sign-in attempt' : `${failed.count} failed sign-in attempts`;
+  const when = failed.last_at ? `, the last on ${new Date(failed.last_at).toLocaleString()}` : '';
+  return `${attempts} on your account since your last sign-in${when}. If that was not you, change your password.`;
 }
 
 function sessionDeadlineMoved(seconds, warningSeconds) {

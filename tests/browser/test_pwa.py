@@ -225,6 +225,24 @@ def test_wrong_password_shows_the_servers_message(node: Node, phone: Phone) -> N
     phone.assert_clean()
 
 
+def test_failed_sign_ins_are_shown_at_the_next_one(node: Node, phone: Phone) -> None:
+    register_patient(node, "pat.failed", PATIENT_PASSWORD, "Fay Failed")
+    page = phone.page
+    page.goto("/app/#/login")
+    for password in ("not-the-password", "still-not-it"):
+        page.fill("#login-username", "pat.failed")
+        page.fill("#login-password", password)
+        page.get_by_role("button", name="Log in").click()
+        expect(page.locator("#app .notice-error")).to_have_text("Wrong username or password.")
+    page.fill("#login-password", PATIENT_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(heading(page)).to_have_text("My records")
+    expect(page.locator("#app .notice-info")).to_contain_text(
+        "2 failed sign-in attempts on your account since your last sign-in, the last on"
+    )
+    phone.assert_clean()
+
+
 def test_the_access_log_never_holds_what_a_patient_searched_for(node: Node) -> None:
     register_patient(node, "search.privacy", "correct-horse-battery", "Search Privacy")
     token = token_for(node, "search.privacy", "correct-horse-battery")
