@@ -120,6 +120,9 @@ class Config:
     LOGIN_LOCKOUT_SECONDS = _int("LOGIN_LOCKOUT_SECONDS", 900)
     LOGIN_WINDOW_SECONDS = _int("LOGIN_WINDOW_SECONDS", 900)
     LOGIN_ADDRESS_FACTOR = _int("LOGIN_ADDRESS_FACTOR", 5)
+    # Roles that must sign in with a second factor (TOTP; docs/security.md): production asks it of
+    # doctors and admins; patients may turn it on. Comma-separated; empty: nobody must.
+    TWO_FACTOR_REQUIRED_ROLES = os.environ.get("TWO_FACTOR_REQUIRED_ROLES", "doctor,admin")
     # Request bodies: every route but record uploads (MAX_REQUEST_BYTES) and node-to-node calls.
     SMALL_BODY_BYTES = _int("SMALL_BODY_BYTES", 64 * 1024)
     NODE_MAX_BODY_BYTES = _int("NODE_MAX_BODY_BYTES", 16 * MIB)
@@ -136,6 +139,7 @@ class DevConfig(Config):
 
     ENV_NAME = "development"
     SECRET_KEY = os.environ.get("SECRET_KEY")  # else create_app uses instance/dev-secret-key
+    TWO_FACTOR_REQUIRED_ROLES = os.environ.get("TWO_FACTOR_REQUIRED_ROLES", "")  # demo accounts sign in at once
     SESSION_COOKIE_SECURE = False
 
 
@@ -152,6 +156,7 @@ class TestConfig(Config):
     MAX_ATTACHMENT_BYTES = 64 * 1024
     MAX_CONTENT_LENGTH = 512 * 1024
     REGISTER_RATE_LIMIT = "1000 per minute"  # fixtures register many accounts; tests of the limit lower it
+    TWO_FACTOR_REQUIRED_ROLES = ""  # tests of two-factor sign-in set it
 
 
 CONFIGS: dict[str, type[Config]] = {"production": Config, "development": DevConfig, "testing": TestConfig}

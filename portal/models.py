@@ -55,6 +55,14 @@ class User(UserMixin, db.Model):
     key_id: Mapped[str] = mapped_column(String(64), unique=True)
     key_tx_hash: Mapped[str] = mapped_column(String(64))
 
+    # Two-factor sign-in (portal/services/two_factor.py): the TOTP secret sealed under the user
+    # key (so only a sign-in with the password can check a code), one being set up, the last
+    # time step used (a code works once), and the unused recovery codes' hashes (JSON list).
+    totp_sealed: Mapped[bytes | None] = mapped_column(LargeBinary(128))
+    totp_pending: Mapped[bytes | None] = mapped_column(LargeBinary(128))
+    totp_last_step: Mapped[int | None]
+    totp_recovery: Mapped[str | None] = mapped_column(Text)
+
     # Failed sign-ins since the last successful one, shown to the owner when they next sign in.
     failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
     last_failed_login_at: Mapped[datetime | None]

@@ -10,7 +10,7 @@ from portal import runtime
 from portal.admin import bp
 from portal.auth import page_actor, role_required
 from portal.models import utcnow
-from portal.services import accounts, archive, grants, ledger, votes
+from portal.services import accounts, archive, grants, ledger, two_factor, votes
 from portal.services.errors import ServiceError
 
 
@@ -18,6 +18,19 @@ from portal.services.errors import ServiceError
 @role_required("admin")
 def users() -> str:
     return render_template("admin/users.html", users=accounts.list_users(), pending=ledger.pending_count())
+
+
+@bp.post("/users/<account_id>/two-factor/reset")
+@role_required("admin")
+def reset_two_factor(account_id: str) -> Response | tuple[str, int]:
+    """A doctor lost their authenticator: they set it up again at their next sign-in (logged)."""
+    try:
+        doctor = two_factor.reset(page_actor().user, account_id, utcnow())
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return users(), exc.status
+    flash(f"Two-factor sign-in reset for {doctor.display_name}: they set it up again at their next sign-in.", "info")
+    return redirect(url_for("admin.users"))
 
 
 @bp.route("/doctors/new", methods=["GET", "POST"])

@@ -13,8 +13,8 @@ from portal.api import api_actor, bearer_token, bp, iso, json_body
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User, utcnow
-from portal.services import accounts, chat, federation, ledger, records, throttle, votes
-from portal.services.errors import ValidationFailed
+from portal.services import accounts, chat, federation, ledger, records, throttle, two_factor, votes
+from portal.services.errors import Conflict, ValidationFailed
 from portal.services.inputs import MAX_OFFSET
 from portal.services.records import NewAttachment
 
@@ -58,6 +58,8 @@ def token() -> Response:
         now=utcnow(),
         address=request.remote_addr,
         policy=throttle.policy_from(current_app.config),
+        otp=data.get("otp"),
+        two_factor_roles=two_factor.required_roles(current_app.config),
     )
     return jsonify(
         token=signed_in.token,
@@ -80,6 +82,37 @@ def revoke_token() -> tuple[str, int]:
 @bp.get("/me")
 def me() -> Response:
     return jsonify(user=user_json(api_actor().user))
+
+
+@bp.get("/me/two-factor")
+def two_factor_status() -> Response:
+    user = api_actor().user
+    return jsonify(enabled=two_factor.enabled(user), recovery_codes_left=two_factor.recovery_codes_left(user))
+
+
+@bp.post("/me/two-factor")
+def two_factor_begin() -> tuple[Response, int]:
+    """Start setting up (or over): a new secret, as text, otpauth URI and QR code (SVG)."""
+    actor = api_actor()
+    if two_factor.enabled(actor.user):
+        raise Conflict("Two-factor sign-in is on already; turn it off first to set up another app.")
+    enrolment = two_factor.begin(actor.user, actor.user_key(), f"{actor.user.username}@{current_app.config['NODE_ID']}")
+    return jsonify(secret=enrolment.secret, uri=enrolment.uri, qr_svg=enrolment.qr_svg), 201
+
+
+@bp.post("/me/two-factor/confirm")
+def two_factor_confirm() -> Response:
+    actor = api_actor()
+    codes = two_factor.confirm(actor.user, actor.user_key(), json_body().get("code"), utcnow())
+    return jsonify(enabled=True, recovery_codes=codes)
+
+
+@bp.delete("/me/two-factor")
+def two_factor_off() -> tuple[str, int]:
+    actor = api_actor()
+    roles = two_factor.required_roles(current_app.config)
+    two_factor.turn_off(actor.user, actor.user_key(), json_body().get("code"), utcnow(), roles)
+    return "", 204
 
 
 @bp.post("/me/password")

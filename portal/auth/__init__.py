@@ -6,11 +6,11 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, abort, g
+from flask import Blueprint, abort, current_app, flash, g, redirect, url_for
 from flask_login import LoginManager, login_required
 
 from portal.models import User, utcnow
-from portal.services import accounts
+from portal.services import accounts, two_factor
 from portal.services.accounts import Actor
 
 bp = Blueprint("auth", __name__)
@@ -43,8 +43,14 @@ def role_required(*roles: str) -> Callable[[Callable[..., Any]], Callable[..., A
         @wraps(view)
         @login_required
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if page_actor().user.role not in roles:
+            user = page_actor().user
+            if user.role not in roles:
                 abort(403, "Your account may not open this page.")
+            if two_factor.required(user, two_factor.required_roles(current_app.config)) and not two_factor.enabled(
+                user
+            ):
+                flash("Set up two-factor sign-in to go on: it is required for your account.", "info")
+                return redirect(url_for("auth.two_factor"))
             return view(*args, **kwargs)
 
         return wrapped

@@ -7,7 +7,7 @@ from werkzeug.wrappers import Response
 from portal import runtime
 from portal.auth import bp, page_actor
 from portal.models import utcnow
-from portal.services import accounts, chat, throttle
+from portal.services import accounts, chat, throttle, two_factor
 from portal.services.errors import ServiceError
 
 HOME = {"doctor": "doctor.find_patient", "admin": "admin.users"}
@@ -41,12 +41,16 @@ def login() -> Response | str:
                 now=utcnow(),
                 address=request.remote_addr,
                 policy=throttle.policy_from(current_app.config),
+                otp=request.form.get("otp") or None,
             )
         except ServiceError as exc:
             flash(exc.message, "error")
             retry_after = getattr(exc, "retry_after", None)
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-            return render_template("auth/login.html"), exc.status, headers
+            # Asked for the code: the form comes back with a field for it (the password is typed again).
+            need_code = exc.code == "two_factor_required" or bool(request.form.get("otp"))
+            page = render_template("auth/login.html", need_code=need_code, username=request.form.get("username", ""))
+            return page, exc.status, headers
         token, user = signed_in.token, signed_in.session.user
         if user.role == "patient":
             accounts.logout(token)
@@ -59,6 +63,39 @@ def login() -> Response | str:
             flash(throttle.failed_attempts_notice(signed_in.failed_attempts, signed_in.last_failed_at), "error")
         return _home()
     return render_template("auth/login.html")
+
+
+@bp.route("/account/two-factor", methods=["GET", "POST"], endpoint="two_factor")
+@login_required
+def two_factor_page() -> Response | str | tuple[str, int]:
+    actor = page_actor()
+    user, roles = actor.user, two_factor.required_roles(current_app.config)
+    label = f"{user.username}@{current_app.config['NODE_ID']}"
+    view = {"required": two_factor.required(user, roles), "can_turn_off": not two_factor.required(user, roles)}
+    if request.method == "POST":
+        try:
+            if request.form.get("action") == "confirm":
+                codes = two_factor.confirm(user, actor.user_key(), request.form.get("code"), utcnow())
+                flash("Two-factor sign-in is on.", "info")
+                return render_template("auth/two_factor.html", codes=codes, **view)
+            if request.form.get("action") == "off":
+                two_factor.turn_off(user, actor.user_key(), request.form.get("code"), utcnow(), roles)
+                flash("Two-factor sign-in is off.", "info")
+                return redirect(url_for("auth.two_factor"))
+        except ServiceError as exc:
+            flash(exc.message, "error")
+            enrolment = two_factor.pending(user, actor.user_key(), label)
+            page = render_template(
+                "auth/two_factor.html", enabled=two_factor.enabled(user), enrolment=enrolment,
+                codes_left=two_factor.recovery_codes_left(user), **view,
+            )  # fmt: skip
+            return page, exc.status
+    if two_factor.enabled(user):
+        return render_template(
+            "auth/two_factor.html", enabled=True, codes_left=two_factor.recovery_codes_left(user), **view
+        )
+    enrolment = two_factor.pending(user, actor.user_key(), label) or two_factor.begin(user, actor.user_key(), label)
+    return render_template("auth/two_factor.html", enabled=False, enrolment=enrolment, **view)
 
 
 @bp.post("/logout")

@@ -39,7 +39,7 @@ from core.errors import CoreError, DecryptionError
 from core.ledger import decode_transaction, key_payload, sign_transaction
 from portal.extensions import db
 from portal.models import AuthSession, LedgerTransaction, User, epoch_ms
-from portal.services import ledger, throttle
+from portal.services import ledger, throttle, two_factor
 from portal.services.errors import Conflict, NotFound, ServiceError, Unauthorized, ValidationFailed
 
 ROLES = ("patient", "doctor", "admin")
@@ -61,12 +61,13 @@ class Actor:
     session: AuthSession
     token: str
 
+    def user_key(self) -> bytes:
+        """The user key, unwrapped with this session's token, for this request only."""
+        return aead.decrypt(_session_key(self.token), self.session.wrapped_user_key, SESSION_AAD + _aad_id(self.user))
+
     def keys(self) -> UserKeys:
         """Unlock the user's private keys for this request only."""
-        user_key = aead.decrypt(
-            _session_key(self.token), self.session.wrapped_user_key, SESSION_AAD + _aad_id(self.user)
-        )
-        return open_user_keys(self.user.sealed_private_keys, user_key, PRIVATE_KEYS_AAD + _aad_id(self.user))
+        return open_user_keys(self.user.sealed_private_keys, self.user_key(), PRIVATE_KEYS_AAD + _aad_id(self.user))
 
 
 def _aad_id(user: User) -> bytes:
@@ -201,24 +202,40 @@ class SignIn:
 
 def login(
     username: object, password: object, *, kind: str, ttl_seconds: int, kdf: KdfParams, now: datetime,
-    address: str | None = None, policy: throttle.Policy | None = None,
+    address: str | None = None, policy: throttle.Policy | None = None, otp: object = None,
+    two_factor_roles: frozenset[str] = frozenset(),
 ) -> SignIn:  # fmt: skip
-    """Check the password and open a session, throttled per account name and client `address`
-    (portal/services/throttle.py; `policy` None: not throttled, for internal sign-ins only)."""
+    """Check the password (and the second factor, where the account has one) and open a session,
+    throttled per account name and client `address` (portal/services/throttle.py; `policy` None:
+    not throttled, for internal sign-ins only). An API token for an account of
+    `two_factor_roles` without a second factor is refused until it is set up in the portal."""
     if policy is not None:
         throttle.check(username, address, policy, now)
     try:
         user, user_key = _authenticate(username, password, kdf)
+        if two_factor.enabled(user):
+            if otp is None or otp == "":
+                raise two_factor.CodeRequired(
+                    "Enter the 6-digit code from your authenticator app (or one of your recovery codes)."
+                )
+            if not two_factor.check(user, user_key, otp, now):
+                raise Unauthorized("Wrong authentication code.")
+    except two_factor.CodeRequired:
+        raise
     except Unauthorized:
+        db.session.rollback()
         if policy is not None:
-            owner = (
-                db.session.scalar(select(User).where(User.username == username)) if isinstance(username, str) else None
-            )
+            owner = db.session.scalar(select(User).where(User.username == str(username)))
             if owner is not None:
                 owner.failed_logins += 1
                 owner.last_failed_login_at = now
             throttle.failed(username, address, policy, now)
         raise
+    if kind == "api" and two_factor.required(user, two_factor_roles) and not two_factor.enabled(user):
+        raise two_factor.EnrolmentRequired(
+            "Two-factor sign-in is required for your account: set it up in the portal first "
+            "(Account, Two-factor sign-in)."
+        )
     if policy is not None:
         throttle.succeeded(username)
     failed, last_failed = user.failed_logins, user.last_failed_login_at
