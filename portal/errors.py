@@ -49,7 +49,10 @@ def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     message = exc.description or "Request failed."
     if status == 413:
         message = "The request is larger than this server accepts."
-    return error_response(status, getattr(exc, "api_code", None) or HTTP_CODES.get(status, "error"), message)
+    body, status = error_response(status, getattr(exc, "api_code", None) or HTTP_CODES.get(status, "error"), message)
+    # Keep what the exception says about the answer (Allow on a 405, Retry-After on a 429), not its body type.
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    return body, status, headers
 
 
 def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]

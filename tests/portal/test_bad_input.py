@@ -121,3 +121,5 @@ def test_unknown_route_and_method_are_json(client: FlaskClient) -> None:
     assert client.get("/api/v1/nothing-here").json["error"]["code"] == "not_found"
     answer = client.put("/api/v1/records")
     assert answer.status_code == 405 and answer.json["error"]["code"] == "method_not_allowed"
+    assert set(answer.headers["Allow"].split(", ")) >= {"GET"}  # says what is allowed
+    assert answer.headers["Content-Type"] == "application/json"
