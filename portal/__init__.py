@@ -7,6 +7,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from apiflask import APIFlask
 from flask import Flask
 
 from portal.config import CONFIGS, INSTANCE, Config, persistent_dev_secret
@@ -21,7 +22,12 @@ def create_app(config_class: type[Config] | None = None) -> Flask:
         if name not in CONFIGS:
             raise RuntimeError(f"MEDLEDGER_CONFIG must be one of {', '.join(CONFIGS)}")
         config_class = CONFIGS[name]
-    app = Flask(__name__, instance_path=str(INSTANCE))
+    # APIFlask is Flask that also builds the OpenAPI document from the API's schemas (portal/openapi.py);
+    # its own error pages and document routes are off: portal/errors.py answers every error.
+    app = APIFlask(
+        __name__, instance_path=str(INSTANCE), title="MedLedger", version="1",
+        spec_path=None, docs_path=None, json_errors=False,
+    )  # fmt: skip
     app.config.from_object(config_class)
     if not app.config["SECRET_KEY"] and app.config["ENV_NAME"] == "development":
         app.config["SECRET_KEY"] = persistent_dev_secret()
@@ -63,6 +69,9 @@ def register_blueprints(app: Flask) -> None:
 
     for module in (api, auth, doctor, admin, chain, chat, node, pwa, health):
         app.register_blueprint(module.bp)
+    from portal import openapi
+
+    openapi.init_app(app)  # type: ignore[arg-type]
 
 
 def register_socketio(app: Flask) -> None:

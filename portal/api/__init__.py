@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, request
+from apiflask import APIBlueprint
+from flask import request
 
 from portal.models import utcnow
 from portal.services import accounts
@@ -13,7 +14,7 @@ from portal.services.accounts import Actor
 from portal.services.errors import Forbidden, Unauthorized
 from portal.services.inputs import InvalidJSON, parse_json
 
-bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="API")
 
 
 def bearer_token() -> str:

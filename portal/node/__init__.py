@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, g, request
+from apiflask import APIBlueprint
+from flask import current_app, g, request
 
 from core.consensus.messages import ReplayGuard, verify_request
 from core.errors import InvalidSignature
 from portal.services import ledger
 from portal.services.errors import Unauthorized
 
-bp = Blueprint("node", __name__, url_prefix="/node/v1")
+bp = APIBlueprint("node", __name__, url_prefix="/node/v1", tag="Node")
 
 
 OPEN = {"node.status", "node.peers", "node.blocks", "node.blob"}

@@ -1,0 +1,57 @@
+"""The API's shared shapes and field types: each validates requests, shapes responses and is a
+component of the OpenAPI document (apispec names it after the class). A shape used by one
+group of routes lives beside them; one used by several lives here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import Schema
+from apiflask.fields import Dict, Integer, Nested, String
+from apiflask.validators import Range
+from marshmallow import ValidationError
+
+from portal.services.inputs import MAX_INT, MAX_OFFSET
+
+
+class Text(String):
+    """Text that is valid Unicode (no lone surrogates; the JSON parser refuses them first)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("Holds an invalid character (a lone surrogate).") from None
+        return text
+
+
+class Whole(Integer):
+    """An integer as JSON Schema means it: 5 and 5.0 pass; "5", true and 5.5 do not."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid")
+        number = int(value)
+        if not -MAX_INT <= number <= MAX_INT:
+            raise self.make_error("invalid")
+        return number
+
+
+class ErrorDetail(Schema):
+    code = String(required=True, metadata={"example": "not_found"})
+    message = String(required=True, metadata={"example": "No such record."})
+    fields = Dict(keys=String(), values=String(), metadata={"description": "One message per field (422 only)."})
+
+
+class Error(Schema):
+    """Every error answer: a stable code, a sentence for people, and per-field messages on 422."""
+
+    error = Nested(ErrorDetail, required=True)
+
+
+class Page(Schema):
+    limit = Whole(load_default=None, validate=Range(1, 200))
+    offset = Whole(load_default=0, validate=Range(0, MAX_OFFSET))
