@@ -55,3 +55,22 @@ class Error(Schema):
 class Page(Schema):
     limit = Whole(load_default=None, validate=Range(1, 200))
     offset = Whole(load_default=0, validate=Range(0, MAX_OFFSET))
+
+
+class User(Schema):
+    """An account as its owner sees it (`GET /me`)."""
+
+    id = String(required=True, metadata={"description": "The consortium-wide id, the same on every node."})
+    username = String(required=True, allow_none=True)
+    display_name = String(required=True)
+    role = String(required=True, metadata={"enum": ["patient", "doctor", "admin"]})
+    hospital = String(required=True, allow_none=True)
+
+
+class Person(Schema):
+    """Someone another account deals with: a doctor, a patient, a reader in the access log."""
+
+    id = String(required=True)
+    display_name = String(required=True)
+    hospital = String(required=True, allow_none=True)
+    home_hospital = String(required=True, allow_none=True)
