@@ -18,7 +18,7 @@ from apiflask.exceptions import HTTPError
 from apiflask.schema_adapters.marshmallow import parser
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, send_from_directory
 
-from portal.services.inputs import InvalidJSON, parse_json
+from portal.services.inputs import parse_json_object
 
 BEARER, NODE_SIGNATURE = "BearerAuth", "NodeSignature"
 SECURITY_SCHEMES = {
@@ -48,12 +48,7 @@ parser.DEFAULT_UNKNOWN_BY_LOCATION = {**parser.DEFAULT_UNKNOWN_BY_LOCATION, "que
 @parser.location_loader("json")
 def _load_json(req: Any, schema: Any) -> Any:
     """JSON bodies through the bounded parser (depth, lone surrogates, 64-bit numbers)."""
-    if not req.is_json:
-        raise InvalidJSON("Send a JSON object with `Content-Type: application/json`.")
-    data = parse_json(req.get_data(cache=True))
-    if not isinstance(data, dict):
-        raise InvalidJSON("The body is not a valid JSON object.")
-    return data
+    return parse_json_object(req.get_data(cache=True), req.is_json)
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:

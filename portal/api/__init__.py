@@ -12,7 +12,7 @@ from portal.models import utcnow
 from portal.services import accounts
 from portal.services.accounts import Actor
 from portal.services.errors import Forbidden, Unauthorized
-from portal.services.inputs import InvalidJSON, parse_json
+from portal.services.inputs import parse_json_object
 
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="API")
 
@@ -43,12 +43,7 @@ def iso(moment: datetime | None) -> str | None:
 def json_body() -> dict[str, Any]:
     """The request's JSON object, checked (portal/services/inputs.py); 400 `invalid_json` for
     anything else, 422 for a value no field accepts (lone surrogates, numbers beyond 64 bits)."""
-    if not request.is_json:
-        raise InvalidJSON("Send a JSON object with `Content-Type: application/json`.")
-    data = parse_json(request.get_data(cache=True))
-    if not isinstance(data, dict):
-        raise InvalidJSON("The body is not a valid JSON object.")
-    return data
+    return parse_json_object(request.get_data(cache=True), request.is_json)
 
 
 from portal.api import access, routes, social  # noqa: E402,F401

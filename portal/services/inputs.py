@@ -40,6 +40,16 @@ def parse_json(raw: bytes) -> Any:
     return data
 
 
+def parse_json_object(raw: bytes, declared_json: bool) -> dict[str, Any]:
+    """A request body that must be one JSON object (`declared_json`: its Content-Type said JSON)."""
+    if not declared_json:
+        raise InvalidJSON("Send a JSON object with `Content-Type: application/json`.")
+    data = parse_json(raw)
+    if not isinstance(data, dict):
+        raise InvalidJSON("The body is not a valid JSON object.")
+    return data
+
+
 def _where(path: tuple[str, ...]) -> str:
     return f"`{'.'.join(path)}`" if path else "The body"
 
