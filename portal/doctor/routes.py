@@ -170,6 +170,7 @@ def _days_from_form(value: str) -> int | None:
 
 @bp.route("/patients/<patient_id>/access/request", methods=["GET", "POST"])
 @role_required("doctor")
+@idempotent  # the form carries a key: a double submit sends one request
 def request_access(patient_id: str) -> Response | str | tuple[str, int]:
     patient = accounts.get_user(patient_id, role="patient")
     node = runtime.node()
@@ -202,7 +203,7 @@ def request_access(patient_id: str) -> Response | str | tuple[str, int]:
             return page(form), exc.status
         flash(f"Request sent to {patient.display_name}.", "info")
         return redirect(url_for("doctor.my_patients"))
-    return page({})
+    return page({"idempotency_key": str(uuid.uuid4())})
 
 
 @bp.get("/access")

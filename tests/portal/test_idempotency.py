@@ -123,3 +123,17 @@ def test_portal_form_submitted_twice_saves_one_record(client: FlaskClient, docto
     assert first.status_code == again.status_code == 302
     assert first.headers["Location"] == again.headers["Location"]
     assert count(Record) == 1
+
+
+def test_portal_request_submitted_twice_sends_one(client: FlaskClient, doctor: Person, patient: Person) -> None:
+    log_in(client, doctor.username)
+    url = f"/doctor/patients/{patient.id}/access/request"
+    page = client.get(url).get_data(as_text=True)
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert key and csrf
+    form = {"csrf_token": csrf.group(1), "idempotency_key": key.group(1), "reason": "Follow-up", "days": "7",
+            "scope": "all"}  # fmt: skip
+    first, again = client.post(url, data=form), client.post(url, data=form)
+    assert first.status_code == again.status_code == 302
+    assert count(AccessRequest) == 1
