@@ -68,9 +68,28 @@ export async function register({ username, password, displayName }, { signal } =
   return (await readJson(response)).user;
 }
 
-export async function createToken({ username, password }, { signal } = {}) {
-  const response = await send('POST', '/auth/token', { body: { username, password }, token: null, signal });
+export async function createToken({ username, password, otp }, { signal } = {}) {
+  const body = otp ? { username, password, otp } : { username, password };
+  const response = await send('POST', '/auth/token', { body, token: null, signal });
   return readJson(response);
+}
+
+// ---- two-factor sign-in (docs/security.md)
+
+export async function getTwoFactor({ signal } = {}) {
+  return readJson(await send('GET', '/me/two-factor', { signal }));
+}
+
+export async function beginTwoFactor({ signal } = {}) {
+  return readJson(await send('POST', '/me/two-factor', { signal }));
+}
+
+export async function confirmTwoFactor(code, { signal } = {}) {
+  return readJson(await send('POST', '/me/two-factor/confirm', { body: { code }, signal }));
+}
+
+export async function turnOffTwoFactor(code, { signal } = {}) {
+  await send('DELETE', '/me/two-factor', { body: { code }, signal });
 }
 
 // Any call with the token counts as activity: this one is the idle warning's "Stay signed in".

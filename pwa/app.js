@@ -16,6 +16,7 @@ import { revokeAllObjectUrls } from './files.js';
 import { attachIdleWarning, setIdleWarningSeconds, stopIdleWatch, watchIdle } from './idle.js';
 import { matchesView } from './matches.js';
 import { myIdView } from './my-id.js';
+import { securityView } from './security.js';
 import { profileView } from './profile.js';
 import {
   clearSession, currentToken, currentUser, extendSession, hasExpired, isSignedIn, loadSession, saveSession,
@@ -45,6 +46,7 @@ const ROUTES = [
   { pattern: /^#\/matches$/, access: 'user', view: matchesView },
   { pattern: /^#\/chat\/([^/]+)$/, access: 'user', view: chatView },
   { pattern: /^#\/my-id$/, access: 'user', view: myIdView },
+  { pattern: /^#\/security$/, access: 'user', view: securityView },
 ];
 
 const NAV_LINKS = [

@@ -35,7 +35,8 @@ export function myIdView(ctx) {
     h('div', { class: 'card my-id-card' },
       qrSvg(id),
       idText,
-      h('div', { class: 'my-id-actions' }, copy, status)));
+      h('div', { class: 'my-id-actions' }, copy, status)),
+    h('p', {}, h('a', { href: '#/security' }, 'Sign-in security: two-factor sign-in')));
 }
 
 async function copyId(id, idText, status) {
@@ -59,14 +60,14 @@ function selectText(element) {
 }
 
 // One path of unit squares, one per dark module, on a light background with its quiet zone.
-function qrSvg(text) {
+export function qrSvg(text, label = QR_LABEL) {
   const code = qrcode(QR_TYPE_AUTO, QR_ERROR_CORRECTION);
   code.addData(text, 'Byte');
   code.make();
   const count = code.getModuleCount();
   const size = count + QR_QUIET_ZONE * 2;
   const svg = svgElement('svg', {
-    class: 'qr-code', viewBox: `0 0 ${size} ${size}`, role: 'img', 'aria-label': QR_LABEL,
+    class: 'qr-code', viewBox: `0 0 ${size} ${size}`, role: 'img', 'aria-label': label,
     'shape-rendering': 'crispEdges', 'data-module-count': count,
   });
   svg.append(

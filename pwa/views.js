@@ -21,6 +21,7 @@ const LOGIN_HASH = '#/login';
 const REGISTER_HASH = '#/register';
 const NONE_RECORDED = 'None recorded.';
 const ACCOUNT_CREATED_MESSAGE = 'Your account was created. Please log in.';
+const TWO_FACTOR_REQUIRED = 'two_factor_required';
 
 export function loginView(ctx) {
   ctx.setTitle('Log in');
@@ -33,7 +34,13 @@ export function loginView(ctx) {
       id: 'login-password', label: 'Password', type: 'password',
       autocomplete: 'current-password', required: true,
     }),
+    // Shown when the server asks for it (two-factor sign-in is on for this account).
+    otp: formField({
+      id: 'login-otp', label: 'Code from your authenticator app', inputmode: 'numeric',
+      autocomplete: 'one-time-code', hint: 'Or one of your recovery codes.',
+    }),
   };
+  fields.otp.wrapper.hidden = true;
   const status = errorNotice();
   const button = h('button', { type: 'submit', class: 'button button-primary button-block' }, 'Log in');
   const form = h('form', { class: 'card form', novalidate: true },
@@ -112,7 +119,11 @@ export function recordView(ctx, recordId) {
 // ---- log in and registration
 
 async function submitLogin(ctx, { fields, status, button }) {
-  const values = { username: fields.username.input.value.trim(), password: fields.password.input.value };
+  const values = {
+    username: fields.username.input.value.trim(),
+    password: fields.password.input.value,
+    otp: fields.otp.wrapper.hidden ? '' : fields.otp.input.value.trim(),
+  };
   hideNotice(status);
   if (showProblems(fields, loginProblems(values))) {
     return;
@@ -123,7 +134,10 @@ async function submitLogin(ctx, { fields, status, button }) {
   } catch (error) {
     if (!isStale(ctx, error)) {
       showNotice(status, errorText(error));
-      fields.password.input.focus();
+      if (error.code === TWO_FACTOR_REQUIRED) {
+        fields.otp.wrapper.hidden = false;
+      }
+      (fields.otp.wrapper.hidden ? fields.password : fields.otp).input.focus();
     }
   } finally {
     setBusy(button, false);
