@@ -2,88 +2,384 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from flask import Response, jsonify, request
+from apiflask import Schema
+from apiflask.fields import Boolean, Float, Integer, List, Nested, String
+from apiflask.validators import Length, OneOf, Range
+from marshmallow import pre_load
 
+from core import matching as core_matching
 from core.clinical import Vocabulary
 from core.errors import CoreError
-from portal import runtime
-from portal.api import api_actor, bp, iso, json_body
+from portal import models, runtime
+from portal.api import api_actor, bp, iso
+from portal.api.schemas import Error, Text
 from portal.extensions import db
-from portal.models import ChatKey, Connection, User, utcnow
+from portal.models import utcnow
+from portal.openapi import BEARER
 from portal.services import chat, ledger, matching
-from portal.services.errors import ValidationFailed
-from portal.services.inputs import whole_number
 
 MAX_QUERY = 100
+MAX_KEY = 100  # a P-256 point in base64url is 87 characters; the service refuses longer ones too
+
+# Today's wording of each refusal (tests and clients rely on them); the services say the same.
+TERMS = f"`terms` must be a list of 1-{matching.MAX_TERMS} HPO term ids."
+DIAGNOSIS = "`diagnosis` must be an ICD-10-CM code or null."
+AGE_BAND = f"`age_band` must be null or one of {', '.join(core_matching.AGE_BANDS)}."
+SEX = f"`sex` must be null or one of {', '.join(core_matching.SEXES)}."
+DISCOVERABLE = "`discoverable` must be true or false."
+QUERY = f"`q` is longer than {MAX_QUERY} characters."
+SYMPTOM_LIMIT = "`limit` must be a whole number from 1 to 50."
+MODE = "`mode` must be exact or ranked."
+THRESHOLD = "`threshold` must be a number from 0 to 1."
+PSEUDONYM = "`pseudonym` must be a patient's pseudonym."
+KEY = "`key` must be a P-256 public key: the 65-byte uncompressed point in base64url."
 
 
-def connection_json(connection: Connection, me: User, unread: int = 0) -> dict[str, Any]:
-    peer_user = db.session.get(User, matching.peer_of(connection, me))
+def _says(message: str, *, null: bool = True) -> dict[str, str]:
+    """One message for every way a field can be wrong (missing, wrong type, null)."""
+    return {"required": message, "invalid": message, **({"null": message} if null else {})}
+
+
+# -- shapes ---------------------------------------------------------------------------------
+
+
+class Moment(String):
+    """A stored UTC time as the API writes every time: ISO 8601 with a Z."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"format": "date-time", **kwargs.pop("metadata", {})}, **kwargs)
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return iso(value)
+
+
+class BlockHeight(Integer):
+    """The height of the block holding a transaction (dumped from its hash); null while pending."""
+
+    def _serialize(self, value: str | None, attr: str | None, obj: Any, **kwargs: Any) -> int | None:
+        return ledger.block_height_of(value) if value is not None else None
+
+
+class QueryWhole(Integer):
+    """A whole number in a query string: ASCII digits only (no "²", "5_0" or "5.0")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        text = value.strip() if isinstance(value, str) else ""
+        digits = text[1:] if text[:1] == "-" else text
+        if not digits or not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+            raise self.make_error("invalid")
+        return int(text)
+
+
+class Flag(Boolean):
+    """JSON true or false, nothing else (not "yes", 1 or null)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class _BlankIsAbsent(Schema):
+    """Query parameters sent empty (`limit=`) count as not sent, as they always have."""
+
+    BLANK_IS_ABSENT: tuple[str, ...] = ()
+
+    @pre_load
+    def _drop_blanks(self, data: Any, **kwargs: Any) -> Any:
+        return {k: data[k] for k in data if not (k in self.BLANK_IS_ABSENT and data[k] == "")}
+
+
+class SymptomQuery(_BlankIsAbsent):
+    BLANK_IS_ABSENT = ("limit",)
+
+    q = Text(
+        load_default="",
+        validate=Length(max=MAX_QUERY, error=QUERY),
+        metadata={"description": "Words the symptom's name contains (all of them).", "example": "headache"},
+    )
+    limit = QueryWhole(
+        load_default=20,
+        validate=Range(1, 50, error=SYMPTOM_LIMIT),
+        error_messages={"invalid": SYMPTOM_LIMIT},
+        metadata={"example": 20},
+    )
+
+
+class DiagnosisQuery(Schema):
+    q = Text(
+        load_default="",
+        validate=Length(max=MAX_QUERY, error=QUERY),
+        metadata={"description": "An ICD-10-CM code, with or without the dot.", "example": "J45.909"},
+    )
+
+
+class MatchQuery(_BlankIsAbsent):
+    BLANK_IS_ABSENT = ("threshold",)
+
+    mode = Text(
+        load_default="exact",
+        validate=OneOf(matching.MODES, error=MODE),
+        error_messages={"invalid": MODE},
+        metadata={"description": "`exact`: the same symptom set; `ranked`: similar profiles, best first."},
+    )
+    threshold = Float(
+        validate=Range(0, 1, error=THRESHOLD),
+        error_messages={"invalid": THRESHOLD, "special": THRESHOLD},
+        metadata={
+            "description": "Ranked mode's lowest similarity; one below the node's floor is raised to it.",
+            "example": 0.5,
+        },
+    )
+
+
+class HpoTerm(Schema):
+    """A symptom: an HPO phenotype term."""
+
+    id = String(required=True, metadata={"example": "HP:0002315"})
+    name = String(required=True, metadata={"example": "Headache"})
+
+
+class IcdDiagnosis(Schema):
+    code = String(required=True, metadata={"example": "J45.909"})
+    description = String(required=True, metadata={"example": "Unspecified asthma, uncomplicated"})
+
+
+class SymptomList(Schema):
+    symptoms = List(Nested(HpoTerm), required=True)
+
+
+class DiagnosisList(Schema):
+    diagnoses = List(Nested(IcdDiagnosis), required=True, metadata={"description": "The code asked for, or []."})
+
+
+class SymptomProfileInput(Schema):
+    terms = List(
+        Text(error_messages={"invalid": TERMS}),
+        required=True,
+        validate=Length(1, matching.MAX_TERMS, error=TERMS),
+        error_messages=_says(TERMS),
+        metadata={"description": "HPO phenotype term ids.", "example": ["HP:0002315", "HP:0002018"]},
+    )
+    diagnosis = Text(
+        load_default=None, allow_none=True, error_messages=_says(DIAGNOSIS, null=False), metadata={"example": "G43.909"}
+    )
+    age_band = Text(
+        load_default=None,
+        allow_none=True,
+        validate=OneOf(core_matching.AGE_BANDS, error=AGE_BAND),
+        error_messages=_says(AGE_BAND, null=False),
+    )
+    sex = Text(
+        load_default=None,
+        allow_none=True,
+        validate=OneOf(core_matching.SEXES, error=SEX),
+        error_messages=_says(SEX, null=False),
+    )
+    discoverable = Flag(
+        load_default=False,
+        error_messages=_says(DISCOVERABLE),
+        metadata={"description": "May other patients find this profile (and so may its owner see matches)?"},
+    )
+
+
+class SymptomProfile(Schema):
+    """A patient's own symptom profile (dumped from `matching.ProfileView`)."""
+
+    terms = List(Nested(HpoTerm), required=True, metadata={"description": "Sorted by id."})
+    diagnosis = Nested(IcdDiagnosis, required=True, allow_none=True)
+    age_band = String(required=True, allow_none=True, validate=OneOf(core_matching.AGE_BANDS))
+    sex = String(required=True, allow_none=True, validate=OneOf(core_matching.SEXES))
+    discoverable = Boolean(required=True)
+
+
+class SymptomProfileAnswer(Schema):
+    profile = Nested(SymptomProfile, required=True, allow_none=True, metadata={"description": "null without one."})
+
+
+class ConnectionState(Schema):
+    id = String(required=True)
+    state = String(required=True, validate=OneOf(("pending", "accepted", "declined")))
+
+
+class Match(Schema):
+    """Another patient as a match shows them: a pseudonym and the symptoms both chose, no score."""
+
+    pseudonym = String(required=True, metadata={"example": "amber-heron-4821"})
+    similar = Boolean(required=True, metadata={"description": "Found in ranked mode."})
+    shared = List(Nested(HpoTerm), required=True)
+    connection = Nested(ConnectionState, required=True, allow_none=True)
+
+
+class MatchList(Schema):
+    matches = List(Nested(Match), required=True)
+
+
+class Connection(Schema):
+    """A connection as one of its two patients sees it; dumped from (row, viewer, unread)."""
+
+    id = String(required=True, metadata={"description": "Once accepted, the conversation id on /chat."})
+    peer = String(required=True, allow_none=True, metadata={"description": "The other patient's pseudonym."})
+    state = String(required=True, validate=OneOf(("pending", "accepted", "declined")))
+    direction = String(required=True, validate=OneOf(("in", "out")))
+    unread = Integer(required=True)
+    created_at = Moment(required=True)
+    decided_at = Moment(required=True, allow_none=True)
+
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        row, viewer, unread = obj
+        if attr == "peer":
+            peer = db.session.get(models.User, matching.peer_of(row, viewer))
+            return matching.pseudonym_of(peer, runtime.pseudonym_key()) if peer else None
+        if attr == "direction":
+            return "out" if row.requester_id == viewer.id else "in"
+        if attr == "unread":
+            return unread
+        return super().get_attribute(row, attr, default)
+
+
+def connection_json(connection: models.Connection, me: models.User, unread: int = 0) -> dict[str, Any]:
+    """A connection as `me` sees it, for the /chat socket's `connection` event (the same shape)."""
+    return Connection().dump((connection, me, unread))
+
+
+class ConnectionAnswer(Schema):
+    connection = Nested(Connection, required=True)
+
+
+class ConnectionList(Schema):
+    connections = List(Nested(Connection), required=True, metadata={"description": "Newest first."})
+
+
+class BlockInput(Schema):
+    pseudonym = Text(required=True, error_messages=_says(PSEUDONYM), metadata={"example": "amber-heron-4821"})
+
+
+class BlockedPatient(Schema):
+    """A block the caller made; dumped from (row, pseudonym)."""
+
+    pseudonym = String(required=True)
+    created_at = Moment(required=True)
+
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        row, name = obj
+        return name if attr == "pseudonym" else super().get_attribute(row, attr, default)
+
+
+class BlockAnswer(Schema):
+    block = Nested(BlockedPatient, required=True)
+
+
+class BlockList(Schema):
+    blocks = List(Nested(BlockedPatient), required=True, metadata={"description": "Newest first."})
+
+
+class ChatKeyInput(Schema):
+    key = Text(
+        required=True,
+        validate=Length(max=MAX_KEY, error=KEY),
+        error_messages=_says(KEY),
+        metadata={"description": "A P-256 public key: the 65-byte uncompressed point in base64url."},
+    )
+
+
+class ChatKey(Schema):
+    """A chat identity key and its `chat_key` transaction on the ledger (docs/api.md)."""
+
+    key = String(required=True)
+    fingerprint = String(required=True, metadata={"description": "SHA-256 hex of the 65-byte point."})
+    tx = String(required=True, attribute="tx_hash", metadata={"description": "The `chat_key` transaction's hash."})
+    height = BlockHeight(
+        required=True,
+        allow_none=True,
+        attribute="tx_hash",
+        dump_only=True,
+        metadata={"description": "null while pending."},
+    )
+    salt = String(required=True)
+    subject = String(required=True, metadata={"description": "SHA-256 hex of salt || UTF-8 pseudonym."})
+    registered_at = Moment(required=True, attribute="created_at")
+    superseded_at = Moment(required=True, allow_none=True)
+
+
+class PeerChatKey(ChatKey):
+    """A peer's current key and their earlier ones, newest first; dumped from (current, previous)."""
+
+    previous = List(Nested(ChatKey), required=True)
+
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        current, previous = obj
+        return previous if attr == "previous" else super().get_attribute(current, attr, default)
+
+
+class ChatKeyAnswer(Schema):
+    key = Nested(ChatKey, required=True)
+
+
+class OwnChatKeyAnswer(Schema):
+    key = Nested(ChatKey, required=True, allow_none=True, metadata={"description": "null before one is registered."})
+
+
+class PeerChatKeyAnswer(Schema):
+    key = Nested(PeerChatKey, required=True)
+
+
+# -- documented answers ---------------------------------------------------------------------
+
+
+def _errors(**answers: str) -> dict[int, dict[str, Any]]:
+    """Error answers for @bp.doc: `e404="..."` -> {404: {"description", Error content}}; every
+    route here also answers 401 without a valid token and 403 to accounts other than patients."""
+    described = {
+        "e401": "No valid bearer token: sign in first.",
+        "e403": "Only patient accounts use matching and chat.",
+        **answers,
+    }
     return {
-        "id": str(connection.id),
-        "peer": matching.pseudonym_of(peer_user, runtime.pseudonym_key()) if peer_user else None,
-        "state": connection.state,
-        "direction": "out" if connection.requester_id == me.id else "in",
-        "unread": unread,
-        "created_at": iso(connection.created_at),
-        "decided_at": iso(connection.decided_at),
+        int(name[1:]): {"description": text, "content": {"application/json": {"schema": Error}}}
+        for name, text in sorted(described.items())
     }
 
 
-def key_json(row: ChatKey) -> dict[str, Any]:
-    return {
-        "key": row.key,
-        "fingerprint": row.fingerprint,
-        "tx": row.tx_hash,
-        "height": ledger.block_height_of(row.tx_hash),
-        "salt": row.salt,
-        "subject": row.subject,
-        "registered_at": iso(row.created_at),
-        "superseded_at": iso(row.superseded_at),
-    }
-
-
-def profile_json(view: matching.ProfileView | None) -> dict[str, Any] | None:
-    if view is None:
-        return None
-    return {
-        "terms": view.terms,
-        "diagnosis": view.diagnosis,
-        "age_band": view.age_band,
-        "sex": view.sex,
-        "discoverable": view.discoverable,
-    }
-
-
-def _query_text() -> str:
-    text = request.args.get("q", "")
-    if len(text) > MAX_QUERY:
-        raise ValidationFailed(f"`q` is longer than {MAX_QUERY} characters.")
-    return text
-
-
-def _limit(default: int, maximum: int) -> int:
-    return whole_number(request.args.get("limit"), "limit", default=default, low=1, high=maximum)
+RATE_LIMITED = "Too many of these requests this hour (the limit is per patient); failed ones count too."
 
 
 # -- vocabulary -----------------------------------------------------------------------------
 
 
 @bp.get("/symptoms")
-def search_symptoms() -> Response:
+@bp.input(SymptomQuery, location="query", arg_name="query")
+@bp.output(SymptomList)
+@bp.doc(
+    operation_id="searchSymptoms",
+    summary="Search symptoms as you type",
+    description="HPO phenotypes whose name contains every word of `q`, shortest first.",
+    security=BEARER,
+    responses=_errors(e422="`q` is too long or `limit` is not a whole number from 1 to 50."),
+)
+def search_symptoms(query: dict[str, Any]) -> dict[str, Any]:
     api_actor("patient")
-    found = runtime.vocabulary().search_symptoms(_query_text(), _limit(20, 50))
-    return jsonify(symptoms=[{"id": s.id, "name": s.name} for s in found])
+    found = runtime.vocabulary().search_symptoms(query["q"], query["limit"])
+    return {"symptoms": [{"id": s.id, "name": s.name} for s in found]}
 
 
 @bp.get("/diagnoses")
-def lookup_diagnoses() -> Response:
+@bp.input(DiagnosisQuery, location="query", arg_name="query")
+@bp.output(DiagnosisList)
+@bp.doc(
+    operation_id="lookupDiagnosis",
+    summary="Look up an ICD-10-CM code",
+    security=BEARER,
+    responses=_errors(e422="`q` is too long."),
+)
+def lookup_diagnoses(query: dict[str, Any]) -> dict[str, Any]:
     """Exact ICD-10-CM code lookup (a code with or without the dot)."""
     api_actor("patient")
     vocabulary: Vocabulary = runtime.vocabulary()
-    text = _query_text().strip()
+    text = query["q"].strip()
     found = []
     if text:
         try:
@@ -91,135 +387,227 @@ def lookup_diagnoses() -> Response:
             found.append({"code": diagnosis.code, "description": diagnosis.description})
         except CoreError:
             pass
-    return jsonify(diagnoses=found)
+    return {"diagnoses": found}
 
 
 # -- profile and matches --------------------------------------------------------------------
 
 
 @bp.get("/profile")
-def get_profile() -> Response:
+@bp.output(SymptomProfileAnswer)
+@bp.doc(operation_id="getSymptomProfile", summary="The caller's symptom profile", security=BEARER, responses=_errors())
+def get_profile() -> dict[str, Any]:
     actor = api_actor("patient")
-    return jsonify(profile=profile_json(matching.get_profile(actor, ctx=runtime.matching_context())))
+    return {"profile": matching.get_profile(actor, ctx=runtime.matching_context())}
 
 
 @bp.put("/profile")
-def put_profile() -> Response:
+@bp.input(SymptomProfileInput, location="json", arg_name="data")
+@bp.output(SymptomProfileAnswer)
+@bp.doc(
+    operation_id="saveSymptomProfile",
+    summary="Save (replace) the caller's symptom profile",
+    security=BEARER,
+    responses=_errors(
+        e409="The profile changed at the same time; try again.",
+        e422="A field is not valid, or a term or code is not in the vocabulary.",
+        e429=RATE_LIMITED,
+    ),
+)
+def put_profile(data: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
-    view = matching.put_profile(actor, json_body(), ctx=runtime.matching_context(), now=utcnow())
-    return jsonify(profile=profile_json(view))
+    view = matching.put_profile(actor, data, ctx=runtime.matching_context(), now=utcnow())
+    return {"profile": view}
 
 
 @bp.delete("/profile")
-def withdraw_profile() -> tuple[str, int]:
+@bp.output({}, status_code=204)
+@bp.doc(
+    operation_id="withdrawSymptomProfile",
+    summary="Delete the caller's symptom profile (it leaves matching at once)",
+    security=BEARER,
+    responses=_errors(e404="You have no symptom profile."),
+)
+def withdraw_profile() -> str:
     actor = api_actor("patient")
     matching.withdraw_profile(actor, ctx=runtime.matching_context())
-    return "", 204
+    return ""
 
 
 @bp.get("/matches")
-def find_matches() -> Response:
+@bp.input(MatchQuery, location="query", arg_name="query")
+@bp.output(MatchList)
+@bp.doc(
+    operation_id="findMatches",
+    summary="Patients whose symptoms match the caller's, best first",
+    security=BEARER,
+    responses=_errors(
+        e409="No profile yet, or the caller's profile is not discoverable (matching is mutual).",
+        e422="`mode` is not exact or ranked, or `threshold` is not a number from 0 to 1.",
+        e429=RATE_LIMITED,
+    ),
+)
+def find_matches(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
     found = matching.find_matches(
-        actor,
-        request.args.get("mode", "exact"),
-        request.args.get("threshold"),
-        ctx=runtime.matching_context(),
-        now=utcnow(),
+        actor, query["mode"], query.get("threshold"), ctx=runtime.matching_context(), now=utcnow()
     )
-    return jsonify(
-        matches=[
-            {
-                "pseudonym": m.pseudonym,
-                "similar": m.similar,
-                "shared": m.shared,
-                "connection": {"id": str(m.connection.id), "state": m.connection.state} if m.connection else None,
-            }
-            for m in found
-        ]
-    )
+    return {"matches": found}
 
 
 # -- connections and blocks -----------------------------------------------------------------
 
 
 @bp.post("/matches/<pseudonym>/connect")
-def connect(pseudonym: str) -> tuple[Response, int]:
+@bp.output(ConnectionAnswer, status_code=201)
+@bp.doc(
+    operation_id="requestConnection",
+    summary="Ask a current match to connect",
+    security=BEARER,
+    responses=_errors(
+        e404="No such match: anyone who is not a current match.",
+        e409="Already connected, already pending or declined, or the caller's profile is not discoverable.",
+        e422="You cannot connect to yourself.",
+        e429=RATE_LIMITED,
+    ),
+)
+def connect(pseudonym: str) -> dict[str, Any]:
     from portal.chat.events import notify_connection
 
     actor = api_actor("patient")
     connection = matching.connect(actor, pseudonym, ctx=runtime.matching_context(), now=utcnow())
     notify_connection(connection, connection.addressee_id)
-    return jsonify(connection=connection_json(connection, actor.user)), 201
+    return {"connection": (connection, actor.user, 0)}
 
 
 @bp.get("/connections")
-def list_connections() -> Response:
+@bp.output(ConnectionList)
+@bp.doc(
+    operation_id="listConnections",
+    summary="The caller's connection requests and conversations",
+    security=BEARER,
+    responses=_errors(),
+)
+def list_connections() -> dict[str, Any]:
     actor = api_actor("patient")
     unread = chat.unread_counts(actor.user)
-    return jsonify(
-        connections=[connection_json(c, actor.user, unread.get(c.id, 0)) for c in matching.list_connections(actor)]
-    )
+    return {"connections": [(c, actor.user, unread.get(c.id, 0)) for c in matching.list_connections(actor)]}
 
 
-def _decide(connection_id: str, accept: bool) -> Response:
+def _decide(connection_id: str, accept: bool) -> dict[str, Any]:
     from portal.chat.events import notify_connection
 
     actor = api_actor("patient")
     connection = matching.decide(actor, connection_id, accept, now=utcnow())
     notify_connection(connection, connection.requester_id)
-    return jsonify(connection=connection_json(connection, actor.user))
+    return {"connection": (connection, actor.user, 0)}
+
+
+DECIDE_ERRORS = _errors(
+    e404="No such connection request for the caller (only its addressee decides).",
+    e409="The request was already decided, or one of the two has blocked the other.",
+)
 
 
 @bp.post("/connections/<connection_id>/accept")
-def accept_connection(connection_id: str) -> Response:
+@bp.output(ConnectionAnswer)
+@bp.doc(
+    operation_id="acceptConnection", summary="Accept a connection request", security=BEARER, responses=DECIDE_ERRORS
+)
+def accept_connection(connection_id: str) -> dict[str, Any]:
     return _decide(connection_id, True)
 
 
 @bp.post("/connections/<connection_id>/decline")
-def decline_connection(connection_id: str) -> Response:
+@bp.output(ConnectionAnswer)
+@bp.doc(
+    operation_id="declineConnection", summary="Decline a connection request", security=BEARER, responses=DECIDE_ERRORS
+)
+def decline_connection(connection_id: str) -> dict[str, Any]:
     return _decide(connection_id, False)
 
 
 @bp.post("/blocks")
-def create_block() -> tuple[Response, int]:
+@bp.input(BlockInput, location="json", arg_name="data")
+@bp.output(BlockAnswer, status_code=201)
+@bp.doc(
+    operation_id="blockPatient",
+    summary="Block a patient met through matching or a connection",
+    security=BEARER,
+    responses=_errors(
+        e404="No patient has this pseudonym (also for one the caller has not met).",
+        e409="You have already blocked this patient.",
+        e422="`pseudonym` is not text, or it is the caller's own.",
+        e429=RATE_LIMITED,
+    ),
+)
+def create_block(data: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
-    row, name = matching.block(actor, json_body().get("pseudonym"), ctx=runtime.matching_context(), now=utcnow())
-    return jsonify(block={"pseudonym": name, "created_at": iso(row.created_at)}), 201
+    row, name = matching.block(actor, data["pseudonym"], ctx=runtime.matching_context(), now=utcnow())
+    return {"block": (row, name)}
 
 
 @bp.delete("/blocks/<pseudonym>")
-def delete_block(pseudonym: str) -> tuple[str, int]:
+@bp.output({}, status_code=204)
+@bp.doc(
+    operation_id="unblockPatient",
+    summary="Lift a block",
+    security=BEARER,
+    responses=_errors(e404="You have not blocked this patient (unknown pseudonyms too)."),
+)
+def delete_block(pseudonym: str) -> str:
     matching.unblock(api_actor("patient"), pseudonym)
-    return "", 204
+    return ""
 
 
 @bp.get("/blocks")
-def list_blocks() -> Response:
+@bp.output(BlockList)
+@bp.doc(
+    operation_id="listBlockedPatients", summary="The patients the caller blocked", security=BEARER, responses=_errors()
+)
+def list_blocks() -> dict[str, Any]:
     actor = api_actor("patient")
-    rows = matching.list_blocks(actor, ctx=runtime.matching_context())
-    return jsonify(blocks=[{"pseudonym": name, "created_at": iso(row.created_at)} for row, name in rows])
+    return {"blocks": matching.list_blocks(actor, ctx=runtime.matching_context())}
 
 
 # -- chat keys ------------------------------------------------------------------------------
 
 
 @bp.put("/chat/key")
-def register_chat_key() -> Response:
+@bp.input(ChatKeyInput, location="json", arg_name="data")
+@bp.output(ChatKeyAnswer)
+@bp.doc(
+    operation_id="registerChatKey",
+    summary="Register the caller's chat identity key on the ledger",
+    security=BEARER,
+    responses=_errors(
+        e409="Your chat key changed at the same time; try again.",
+        e422=KEY,
+        e429=RATE_LIMITED,
+    ),
+)
+def register_chat_key(data: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
     row = chat.register_key(
-        actor, json_body().get("key"), node_key=runtime.node_key(), ctx=runtime.matching_context(), now=utcnow()
+        actor, data["key"], node_key=runtime.node_key(), ctx=runtime.matching_context(), now=utcnow()
     )
-    return jsonify(key=key_json(row))
+    return {"key": row}
 
 
 @bp.get("/chat/key")
-def own_chat_key() -> Response:
-    row = chat.own_key(api_actor("patient"))
-    return jsonify(key=key_json(row) if row else None)
+@bp.output(OwnChatKeyAnswer)
+@bp.doc(operation_id="getOwnChatKey", summary="The caller's current chat key", security=BEARER, responses=_errors())
+def own_chat_key() -> dict[str, Any]:
+    return {"key": chat.own_key(api_actor("patient"))}
 
 
 @bp.get("/chat/keys/<pseudonym>")
-def peer_chat_key(pseudonym: str) -> Response:
-    current, previous = chat.peer_keys(api_actor("patient"), pseudonym)
-    return jsonify(key={**key_json(current), "previous": [key_json(k) for k in previous]})
+@bp.output(PeerChatKeyAnswer)
+@bp.doc(
+    operation_id="getPeerChatKey",
+    summary="A connected peer's chat keys",
+    security=BEARER,
+    responses=_errors(e404="No chat key for this pseudonym, or the peer has not registered one yet."),
+)
+def peer_chat_key(pseudonym: str) -> dict[str, Any]:
+    return {"key": chat.peer_keys(api_actor("patient"), pseudonym)}

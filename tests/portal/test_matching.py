@@ -320,7 +320,9 @@ def test_connection_requests_are_rate_limited(app: Flask, client: FlaskClient, p
     ],
 )
 def test_invalid_doctor_accounts_are_refused(client: FlaskClient, doctor: Person, method: str, path: str) -> None:
-    answer = getattr(client, method)(path, json={}, headers=doctor.headers)
+    # A well-formed body: the schema checks a body's shape before the view asks who is calling.
+    body = {"/api/v1/profile": {"terms": [HEADACHE]}, "/api/v1/blocks": {"pseudonym": "x"}}.get(path, {"key": "x"})
+    answer = getattr(client, method)(path, json=body, headers=doctor.headers)
     assert error(answer) == (403, "forbidden", "Only patient accounts may do this.")
 
 
@@ -361,11 +363,30 @@ def test_invalid_match_queries(client: FlaskClient, patient: Person) -> None:
     put_profile(client, patient, [HEADACHE])
     answer = client.get("/api/v1/matches?mode=fuzzy", headers=patient.headers)
     assert error(answer) == (422, "validation_failed", "`mode` must be exact or ranked.")
+    assert answer.json["error"]["fields"] == {"mode": "`mode` must be exact or ranked."}
     for bad in ("2", "-0.1", "half"):
         answer = client.get(f"/api/v1/matches?mode=ranked&threshold={bad}", headers=patient.headers)
         assert error(answer) == (422, "validation_failed", "`threshold` must be a number from 0 to 1.")
     answer = client.get("/api/v1/symptoms?q=head&limit=500", headers=patient.headers)
     assert error(answer) == (422, "validation_failed", "`limit` must be a whole number from 1 to 50.")
+
+
+def test_invalid_shapes_name_each_field(client: FlaskClient, patient: Person) -> None:
+    """The schemas refuse unknown fields and query parameters, and say which field is wrong."""
+    body = {"terms": [HEADACHE, 7], "sex": "f", "score": 1}
+    answer = client.put("/api/v1/profile", json=body, headers=patient.headers)
+    assert error(answer) == (422, "validation_failed", "Some fields are not valid: `score`, `sex`, `terms.1`.")
+    assert answer.json["error"]["fields"] == {
+        "score": "Unknown field.",
+        "sex": "`sex` must be null or one of female, male, other.",
+        "terms.1": "`terms` must be a list of 1-50 HPO term ids.",
+    }
+    answer = client.get("/api/v1/matches?mode=exact&sort=score", headers=patient.headers)
+    assert error(answer) == (422, "validation_failed", "`sort`: Unknown field.")
+    answer = client.post("/api/v1/blocks", json={}, headers=patient.headers)
+    assert answer.json["error"]["fields"] == {"pseudonym": "`pseudonym` must be a patient's pseudonym."}
+    assert client.get("/api/v1/profile", headers=patient.headers).json == {"profile": None}
+    assert client.get("/api/v1/symptoms?q=headache&limit=", headers=patient.headers).status_code == 200  # default
 
 
 def test_invalid_connect_and_block_targets(client: FlaskClient, patient: Person, other_patient: Person) -> None:
@@ -448,10 +469,13 @@ def test_invalid_connect_rate_limit_comes_first(
     assert error(answer) == (429, "rate_limited", "You can send 1 connection requests an hour; try again later.")
 
 
+UNKNOWN_TERM = {"terms": ["HP:9999999"]}  # well-formed, so the service refuses it (and counts it)
+
+
 @pytest.mark.parametrize(
     ("setting", "method", "path", "body", "message"),
     [
-        ("PROFILE_RATE_PER_HOUR", "put", "/api/v1/profile", {}, "You can save your profile 2 times an hour."),
+        ("PROFILE_RATE_PER_HOUR", "put", "/api/v1/profile", UNKNOWN_TERM, "You can save your profile 2 times an hour."),
         ("MATCH_RATE_PER_HOUR", "get", "/api/v1/matches", None, "You can look for matches 2 times an hour."),
         ("BLOCK_RATE_PER_HOUR", "post", "/api/v1/blocks", {"pseudonym": "x"}, "You can block 2 patients an hour."),
         ("CHAT_KEY_RATE_PER_HOUR", "put", "/api/v1/chat/key", {"key": "x"}, "You can register 2 chat keys an hour."),
