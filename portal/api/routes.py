@@ -2,24 +2,410 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
-from flask import Response, current_app, jsonify, request, send_file
+from apiflask import Schema
+from apiflask.fields import Boolean, Dict, File, Integer, List, Nested, String
+from apiflask.schema_adapters.marshmallow import parser
+from apiflask.validators import Length, Range
+from flask import Response, current_app, request, send_file
+from marshmallow import ValidationError
 
 from portal import runtime
-from portal.api import api_actor, bearer_token, bp, iso, json_body
+from portal.api import api_actor, bearer_token, bp, iso
+from portal.api.schemas import Error, Text, User
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
-from portal.models import User, utcnow
+from portal.models import User as UserRow
+from portal.models import utcnow
 from portal.services import accounts, chat, federation, ledger, records, throttle, two_factor, votes
 from portal.services.errors import Conflict, ValidationFailed
 from portal.services.inputs import MAX_OFFSET
 from portal.services.records import NewAttachment
 
+# -- shapes ------------------------------------------------------------------------------------
 
-def user_json(user: User) -> dict[str, Any]:
+
+def _text(name: str, **kwargs: Any) -> Text:
+    """A text field whose refusals name it as the services do."""
+    return Text(
+        error_messages={"required": f"`{name}` is required.", "invalid": f"`{name}` must be text."},
+        **kwargs,
+    )
+
+
+class TextList(List):
+    """A list of strings refused as a whole ("`x` must be a list of ..."), as the services say it."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        messages = {"invalid": message, **kwargs.pop("error_messages", {})}
+        super().__init__(Text(), error_messages=messages, **kwargs)
+        self.message = message
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValidationError(self.message)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class QueryWhole(Integer):
+    """A whole number in a query string, refused with the one message the services use."""
+
+    def __init__(self, name: str, low: int, high: int, **kwargs: Any) -> None:
+        message = f"`{name}` must be a whole number from {low} to {high}."
+        super().__init__(validate=Range(low, high, error=message), error_messages={"invalid": message}, **kwargs)
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, str) and not value.strip().lstrip("-").isascii():
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+def _errors(answers: dict[int, str]) -> dict[int, dict[str, Any]]:
+    return {
+        status: {"description": text, "content": {"application/json": {"schema": Error}}}
+        for status, text in answers.items()
+    }
+
+
+SIGNED_OUT = {401: "No token, or the token is invalid or has expired."}
+
+
+class Registration(Schema):
+    username = _text("username", required=True, metadata={"example": "dana.k"})
+    password = _text("password", required=True, metadata={"description": "At least 10 characters, not easy to guess."})
+    display_name = _text("display_name", required=True, metadata={"example": "Dana Kim"})
+
+
+class UserAnswer(Schema):
+    user = Nested(User, required=True)
+
+
+class SignIn(Schema):
+    username = _text("username", required=True, metadata={"example": "alice"})
+    password = _text("password", required=True)
+    otp = _text(
+        "otp",
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "A code from the authenticator app, or a recovery code, if two-factor is on."},
+    )
+
+
+class FailedAttempts(Schema):
+    count = Integer(required=True, metadata={"description": "Failed sign-ins since the last one."})
+    last_at = String(required=True, allow_none=True, metadata={"example": "2024-05-01T09:30:00Z"})
+
+
+class Token(Schema):
+    token = String(required=True)
+    expires_at = String(required=True, metadata={"example": "2024-05-01T21:30:00Z"})
+    user = Nested(User, required=True)
+    failed_attempts = Nested(FailedAttempts, required=True)
+
+
+class TwoFactorStatus(Schema):
+    enabled = Boolean(required=True)
+    recovery_codes_left = Integer(required=True)
+
+
+class TwoFactorEnrolment(Schema):
+    secret = String(required=True, metadata={"description": "The TOTP secret, base32."})
+    uri = String(required=True, metadata={"example": "otpauth://totp/MedLedger:alice@node-1?secret=..."})
+    qr_svg = String(required=True, metadata={"description": "The URI as a QR code (SVG)."})
+
+
+class TwoFactorCode(Schema):
+    code = _text("code", required=True, metadata={"example": "123456"})
+
+
+class TwoFactorOn(Schema):
+    enabled = Boolean(required=True)
+    recovery_codes = List(String(), required=True, metadata={"description": "Ten codes that work once each."})
+
+
+class PasswordChange(Schema):
+    current_password = _text("current_password", required=True)
+    new_password = _text("new_password", required=True)
+
+
+class PatientSearch(Schema):
+    q = Text(load_default="", metadata={"description": "Part of a username or name (2+ characters)."})
+
+
+class PatientFound(Schema):
+    id = String(required=True)
+    username = String(required=True, allow_none=True)
+    display_name = String(required=True)
+
+
+class PatientsFound(Schema):
+    patients = List(Nested(PatientFound), required=True)
+
+
+class Patient(Schema):
+    id = String(required=True)
+    display_name = String(required=True)
+    home_node = String(required=True, allow_none=True)
+    home_hospital = String(required=True, allow_none=True)
+
+
+class PrescriptionIn(Schema):
+    error_messages = {
+        "unknown": "Each prescription has `drug` and optionally `dose`, `frequency`, `duration`.",
+        "type": "Each prescription has `drug` and optionally `dose`, `frequency`, `duration`.",
+    }
+    drug = _text("drug", required=True, metadata={"example": "Salbutamol"})
+    dose = _text("dose", load_default="", metadata={"example": "100 mcg"})
+    frequency = _text("frequency", load_default="", metadata={"example": "as needed"})
+    duration = _text("duration", load_default="", metadata={"example": "30 days"})
+
+
+NEEDS_DATA = "Each attachment needs base64 `data`."
+
+
+class AttachmentIn(Schema):
+    error_messages = {"type": "`attachments` must be a list of objects."}
+    filename = _text("filename", load_default="", metadata={"example": "scan.png"})
+    content_type = _text("content_type", load_default="", metadata={"example": "image/png"})
+    data = Text(
+        required=True,
+        error_messages={"required": NEEDS_DATA, "invalid": NEEDS_DATA},
+        metadata={"description": "The file, base64-encoded (PDF, PNG, JPEG or WebP)."},
+    )
+
+
+PRESCRIPTIONS = f"`prescriptions` must be a list of at most {records.MAX_PRESCRIPTIONS} items."
+
+
+class RecordIn(Schema):
+    """A new record as JSON; attachments base64-encoded."""
+
+    title = _text("title", required=True, metadata={"example": "Asthma review"})
+    category = _text("category", required=True, metadata={"example": "respiratory", "enum": list(records.CATEGORIES)})
+    diagnoses = TextList("`diagnoses` must be a list of codes.", load_default=list, metadata={"example": ["J45.909"]})
+    symptoms = TextList("`symptoms` must be a list of codes.", load_default=list, metadata={"example": ["HP:0002094"]})
+    notes = _text("notes", load_default="", allow_none=True)
+    prescriptions = List(
+        Nested(PrescriptionIn),
+        load_default=list,
+        validate=Length(max=records.MAX_PRESCRIPTIONS, error=PRESCRIPTIONS),
+        error_messages={"invalid": PRESCRIPTIONS},
+    )
+    attachments = List(
+        Nested(AttachmentIn), load_default=list, error_messages={"invalid": "`attachments` must be a list of objects."}
+    )
+
+
+class RecordForm(Schema):
+    """A new record as a multipart form: codes comma-separated, prescriptions as a JSON list."""
+
+    title = _text("title", required=True, metadata={"example": "Chest X-ray"})
+    category = _text("category", required=True, metadata={"example": "imaging", "enum": list(records.CATEGORIES)})
+    diagnoses = _text("diagnoses", load_default="", metadata={"example": "J45.909, R05.9"})
+    symptoms = _text("symptoms", load_default="", metadata={"example": "HP:0012735"})
+    notes = _text("notes", load_default="")
+    prescriptions = _text(
+        "prescriptions", load_default="", metadata={"description": "A JSON list of prescriptions.", "example": "[]"}
+    )
+    attachments = List(File(), load_default=list, metadata={"description": "Files: PDF, PNG, JPEG or WebP."})
+    idempotency_key = _text(
+        "idempotency_key", load_default=None, metadata={"description": "Instead of the `Idempotency-Key` header."}
+    )
+
+
+class RecordCreated(Schema):
+    id = String(required=True, metadata={"example": "7d1c7a4e-1f0b-4f4e-9a51-1c2d3e4f5a6b"})
+    tx_hash = String(required=True, metadata={"description": "The record's transaction on the ledger."})
+
+
+class RecordPage(Schema):
+    limit = QueryWhole("limit", 1, records.MAX_PAGE, load_default=None)
+    offset = QueryWhole("offset", 0, MAX_OFFSET, load_default=None)
+
+
+class Author(Schema):
+    id = String(required=True)
+    display_name = String(required=True)
+    hospital = String(required=True, allow_none=True)
+
+
+class RecordPatient(Schema):
+    id = String(required=True)
+    display_name = String(required=True)
+
+
+class RecordSummary(Schema):
+    id = String(required=True)
+    created_at = String(required=True, metadata={"example": "2024-05-01T09:30:00Z"})
+    author = Nested(Author, required=True)
+    patient = Nested(RecordPatient, required=True)
+    tx_hash = String(required=True)
+    block_height = Integer(required=True, allow_none=True, metadata={"description": "None until in a block."})
+    title = String(required=True)
+    category = String(required=True)
+
+
+class RecordList(Schema):
+    records = List(Nested(RecordSummary), required=True)
+    next_offset = Integer(required=True, allow_none=True, metadata={"description": "None on the last page."})
+
+
+class DiagnosisOut(Schema):
+    code = String(required=True, metadata={"example": "J45.909"})
+    description = String(required=True)
+
+
+class SymptomOut(Schema):
+    id = String(required=True, metadata={"example": "HP:0002094"})
+    name = String(required=True)
+
+
+class PrescriptionOut(Schema):
+    drug = String(required=True)
+    dose = String(required=True)
+    frequency = String(required=True)
+    duration = String(required=True)
+
+
+class AttachmentOut(Schema):
+    n = Integer(required=True)
+    filename = String(required=True)
+    content_type = String(required=True)
+    size = Integer(required=True)
+
+
+class ReadAccess(Schema):
+    mode = String(required=True, metadata={"example": "grant"})
+    grant = String(required=True, allow_none=True)
+
+
+class RecordOut(RecordSummary):
+    diagnoses = List(Nested(DiagnosisOut), required=True)
+    symptoms = List(Nested(SymptomOut), required=True)
+    notes = String(required=True)
+    prescriptions = List(Nested(PrescriptionOut), required=True)
+    attachments = List(Nested(AttachmentOut), required=True)
+    access = Nested(ReadAccess, required=True)
+
+
+class BlockPage(Schema):
+    from_ = QueryWhole("from", 0, MAX_OFFSET, data_key="from", load_default=None)
+    limit = QueryWhole("limit", 1, ledger.MAX_PAGE, load_default=None)
+
+
+class BlockHeader(Schema):
+    v = Integer()
+    height = Integer(required=True)
+    ts = Integer()
+    prev = String()
+    root = String()
+    nonce = String()
+    producer = String()
+    sig = String()
+    hash = String(required=True)
+    tx_count = Integer()
+    error = String(metadata={"description": "Only when the stored header cannot be decoded."})
+
+
+class BlockHeaders(Schema):
+    blocks = List(Nested(BlockHeader), required=True)
+    height = Integer(required=True, metadata={"description": "The chain's height; -1 when empty."})
+
+
+class TransactionOut(Schema):
+    v = Integer()
+    kind = String()
+    signer = String()
+    ts = Integer()
+    nonce = String()
+    payload = Dict()
+    sig = String()
+    hash = String(required=True)
+    error = String(metadata={"description": "Only when the stored transaction cannot be decoded."})
+
+
+class BlockOut(Schema):
+    hash = String(required=True)
+    header = Nested(BlockHeader, required=True)
+    transactions = List(Nested(TransactionOut), required=True)
+
+
+class ConsensusParams(Schema):
+    delegates = Integer(required=True)
+    slot_ms = Integer(required=True)
+    epoch_slots = Integer(required=True)
+    miss_limit = Integer(required=True)
+    genesis_ms = Integer(required=True)
+
+
+class Candidate(Schema):
+    node = String(required=True)
+    score = Integer(required=True)
+    reliability = Integer(required=True)
+    votes = Integer(required=True)
+    banned_until_epoch = Integer(required=True, allow_none=True)
+    misses = Integer(required=True)
+    produced = Integer(required=True)
+
+
+class Slot(Schema):
+    slot = Integer(required=True)
+    starts = Integer(required=True)
+    node = String(required=True, allow_none=True)
+
+
+class Removal(Schema):
+    slot = Integer(required=True)
+    node = String(required=True)
+    reason = String(required=True)
+
+
+class Consensus(Schema):
+    params = Nested(ConsensusParams, required=True)
+    epoch = Integer(required=True)
+    slot = Integer(required=True)
+    height = Integer(required=True)
+    final_height = Integer(required=True)
+    delegates = List(String(), required=True)
+    candidates = List(Nested(Candidate), required=True)
+    schedule = List(Nested(Slot), required=True)
+    removals = List(Nested(Removal), required=True)
+
+
+class ChainReport(Schema):
+    valid = Boolean(required=True)
+    blocks = Integer(required=True)
+    tip_hash = String(required=True, allow_none=True)
+    height = Integer(allow_none=True, metadata={"description": "Only when invalid: the first bad height."})
+    check = String(allow_none=True, metadata={"description": "Only when invalid: the check that failed."})
+    detail = String(allow_none=True, metadata={"description": "Only when invalid."})
+
+
+NODES = "`nodes` must be a list of node ids."
+
+
+class Vote(Schema):
+    nodes = TextList(NODES, required=True, error_messages={"required": NODES}, metadata={"example": ["node-1"]})
+
+
+class VoteCast(Schema):
+    tx_hash = String(required=True)
+    nodes = List(String(), required=True)
+
+
+class CurrentVote(Schema):
+    nodes = List(String(), required=True, allow_none=True, metadata={"description": "None until a vote is in a block."})
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+def user_json(user: UserRow) -> dict[str, Any]:
     return {
         "id": user.public_id,
         "username": user.username,
@@ -32,165 +418,258 @@ def user_json(user: User) -> dict[str, Any]:
 @bp.post("/auth/register")
 @idempotent
 @limiter.limit(registration_limit, methods=["POST"])
-def register() -> tuple[Response, int]:
-    data = json_body()
+@bp.input(Registration, location="json", arg_name="data")
+@bp.output(UserAnswer, status_code=201)
+@bp.doc(
+    operation_id="register",
+    responses=_errors(
+        {409: "The username is taken.", 422: "A field is missing or not valid (username, password strength, name)."}
+    ),
+)
+def register(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
     user = accounts.create_user(
         role="patient",
-        username=data.get("username"),
-        password=data.get("password"),
-        display_name=data.get("display_name"),
+        username=data["username"],
+        password=data["password"],
+        display_name=data["display_name"],
         kdf=runtime.kdf(),
         home=runtime.node_key(),
         now=utcnow(),
     )
-    return jsonify(user=user_json(user)), 201
+    return {"user": user_json(user)}, 201
 
 
 @bp.post("/auth/token")
-def token() -> Response:
-    data = json_body()
+@bp.input(SignIn, location="json", arg_name="data")
+@bp.output(Token)
+@bp.doc(
+    operation_id="signIn",
+    responses=_errors(
+        {
+            401: "Wrong username or password, or a two-factor code is needed (`two_factor_required`) or wrong.",
+            403: "The account must set up two-factor sign-in first (`two_factor_setup_required`).",
+            422: "A field is missing or not text.",
+        }
+    ),
+)
+def token(data: dict[str, Any]) -> dict[str, Any]:
     signed_in = accounts.login(
-        data.get("username"),
-        data.get("password"),
+        data["username"],
+        data["password"],
         kind="api",
         ttl_seconds=current_app.config["API_TOKEN_TTL_SECONDS"],
         kdf=runtime.kdf(),
         now=utcnow(),
         address=request.remote_addr,
         policy=throttle.policy_from(current_app.config),
-        otp=data.get("otp"),
+        otp=data["otp"],
         two_factor_roles=two_factor.required_roles(current_app.config),
     )
-    return jsonify(
-        token=signed_in.token,
-        expires_at=iso(signed_in.session.expires_at),
-        user=user_json(signed_in.session.user),
-        failed_attempts={"count": signed_in.failed_attempts, "last_at": iso(signed_in.last_failed_at)},
-    )
+    return {
+        "token": signed_in.token,
+        "expires_at": iso(signed_in.session.expires_at),
+        "user": user_json(signed_in.session.user),
+        "failed_attempts": {"count": signed_in.failed_attempts, "last_at": iso(signed_in.last_failed_at)},
+    }
 
 
 @bp.delete("/auth/token")
-def revoke_token() -> tuple[str, int]:
+@bp.output({}, status_code=204)
+@bp.doc(operation_id="signOut", security="BearerAuth", responses=_errors(SIGNED_OUT))
+def revoke_token() -> str:
     from portal.chat.events import end_session
 
     api_actor()
     end_session(bearer_token())
     accounts.logout(bearer_token())
-    return "", 204
+    return ""
 
 
 @bp.get("/me")
-def me() -> Response:
-    return jsonify(user=user_json(api_actor().user))
+@bp.output(UserAnswer)
+@bp.doc(operation_id="getMe", security="BearerAuth", responses=_errors(SIGNED_OUT))
+def me() -> dict[str, Any]:
+    return {"user": user_json(api_actor().user)}
 
 
 @bp.get("/me/two-factor")
-def two_factor_status() -> Response:
+@bp.output(TwoFactorStatus)
+@bp.doc(operation_id="getTwoFactor", security="BearerAuth", responses=_errors(SIGNED_OUT))
+def two_factor_status() -> dict[str, Any]:
     user = api_actor().user
-    return jsonify(enabled=two_factor.enabled(user), recovery_codes_left=two_factor.recovery_codes_left(user))
+    return {"enabled": two_factor.enabled(user), "recovery_codes_left": two_factor.recovery_codes_left(user)}
 
 
 @bp.post("/me/two-factor")
-def two_factor_begin() -> tuple[Response, int]:
+@bp.output(TwoFactorEnrolment, status_code=201)
+@bp.doc(
+    operation_id="beginTwoFactor",
+    security="BearerAuth",
+    responses=_errors({**SIGNED_OUT, 409: "Two-factor sign-in is on already."}),
+)
+def two_factor_begin() -> tuple[dict[str, Any], int]:
     """Start setting up (or over): a new secret, as text, otpauth URI and QR code (SVG)."""
     actor = api_actor()
     if two_factor.enabled(actor.user):
         raise Conflict("Two-factor sign-in is on already; turn it off first to set up another app.")
     enrolment = two_factor.begin(actor.user, actor.user_key(), f"{actor.user.username}@{current_app.config['NODE_ID']}")
-    return jsonify(secret=enrolment.secret, uri=enrolment.uri, qr_svg=enrolment.qr_svg), 201
+    return {"secret": enrolment.secret, "uri": enrolment.uri, "qr_svg": enrolment.qr_svg}, 201
 
 
 @bp.post("/me/two-factor/confirm")
-def two_factor_confirm() -> Response:
+@bp.input(TwoFactorCode, location="json", arg_name="data")
+@bp.output(TwoFactorOn)
+@bp.doc(
+    operation_id="confirmTwoFactor",
+    security="BearerAuth",
+    responses=_errors({**SIGNED_OUT, 422: "The code is missing or not right, or no set-up was begun."}),
+)
+def two_factor_confirm(data: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor()
-    codes = two_factor.confirm(actor.user, actor.user_key(), json_body().get("code"), utcnow())
-    return jsonify(enabled=True, recovery_codes=codes)
+    codes = two_factor.confirm(actor.user, actor.user_key(), data["code"], utcnow())
+    return {"enabled": True, "recovery_codes": codes}
 
 
 @bp.delete("/me/two-factor")
-def two_factor_off() -> tuple[str, int]:
+@bp.input(TwoFactorCode, location="json", arg_name="data")
+@bp.output({}, status_code=204)
+@bp.doc(
+    operation_id="turnOffTwoFactor",
+    security="BearerAuth",
+    responses=_errors(
+        {
+            **SIGNED_OUT,
+            403: "Two-factor sign-in is required for this account's role.",
+            422: "The code is missing or not right.",
+        }
+    ),
+)
+def two_factor_off(data: dict[str, Any]) -> str:
     actor = api_actor()
     roles = two_factor.required_roles(current_app.config)
-    two_factor.turn_off(actor.user, actor.user_key(), json_body().get("code"), utcnow(), roles)
-    return "", 204
+    two_factor.turn_off(actor.user, actor.user_key(), data["code"], utcnow(), roles)
+    return ""
 
 
 @bp.post("/me/password")
-def change_password() -> tuple[str, int]:
+@bp.input(PasswordChange, location="json", arg_name="data")
+@bp.output({}, status_code=204)
+@bp.doc(
+    operation_id="changePassword",
+    security="BearerAuth",
+    responses=_errors(
+        {401: "No valid token, or the current password is wrong.", 422: "The new password is too short or easy."}
+    ),
+)
+def change_password(data: dict[str, Any]) -> str:
     from portal.chat.events import close_sockets
 
     actor = api_actor()
-    data = json_body()
     others = chat.sockets_of_other_sessions(actor)
-    accounts.change_password(actor, data.get("current_password"), data.get("new_password"), runtime.kdf())
+    accounts.change_password(actor, data["current_password"], data["new_password"], runtime.kdf())
     close_sockets(others)  # their sessions have just ended
-    return "", 204
+    return ""
 
 
 @bp.get("/patients")
-def find_patients() -> Response:
+@bp.input(PatientSearch, location="query", arg_name="query")
+@bp.output(PatientsFound)
+@bp.doc(
+    operation_id="findPatients",
+    security="BearerAuth",
+    responses=_errors({**SIGNED_OUT, 403: "Only doctors search for patients.", 422: "The search needs 2+ characters."}),
+)
+def find_patients(query: dict[str, Any]) -> dict[str, Any]:
     api_actor("doctor")
-    patients = accounts.find_users("patient", request.args.get("q", ""))
-    return jsonify(patients=[{k: user_json(p)[k] for k in ("id", "username", "display_name")} for p in patients])
+    patients = accounts.find_users("patient", query["q"])
+    return {"patients": [{k: user_json(p)[k] for k in ("id", "username", "display_name")} for p in patients]}
 
 
 @bp.get("/patients/<patient_id>")
-def get_patient(patient_id: str) -> Response:
+@bp.output(Patient)
+@bp.doc(
+    operation_id="getPatient",
+    security="BearerAuth",
+    responses=_errors({**SIGNED_OUT, 403: "Only doctors look patients up.", 404: "No such patient."}),
+)
+def get_patient(patient_id: str) -> dict[str, Any]:
     """A patient of any member hospital by consortium id: name and home hospital, from the
     home node (patients are found by name only at home)."""
     api_actor("doctor")
     patient = federation.resolve(accounts.get_user(patient_id, role="patient"), runtime.peers())
-    return jsonify(
-        id=patient.public_id,
-        display_name=patient.display_name,
-        home_node=patient.home_node,
-        home_hospital=federation.hospital_of(patient.home_node),
-    )
+    return {
+        "id": patient.public_id,
+        "display_name": patient.display_name,
+        "home_node": patient.home_node,
+        "home_hospital": federation.hospital_of(patient.home_node),
+    }
 
 
-def _b64(value: object, name: str) -> bytes:
-    if not isinstance(value, str):
-        raise ValidationFailed(f"Attachment {name!r} needs base64 `data`.")
+def _b64(value: str, name: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ValidationFailed(f"Attachment {name!r} is not valid base64.") from None
 
 
-def _record_input() -> tuple[dict[str, Any], list[NewAttachment]]:
-    """Fields and attachments from JSON or from a multipart form (see docs/api.md)."""
+def _record_body(view: Callable[..., Any]) -> Callable[..., Any]:
+    """The body of a new record, JSON (RecordIn) or multipart (RecordForm), chosen by the
+    request's content type and validated by the matching schema, as `data`; both are documented."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if request.mimetype == "multipart/form-data":
+            data = parser.parse(RecordForm(), request, location="form_and_files")
+        else:
+            data = parser.parse(RecordIn(), request, location="json")
+        return view(*args, data=data, **kwargs)
+
+    return wrapper
+
+
+def _record_input(data: dict[str, Any]) -> tuple[dict[str, Any], list[NewAttachment]]:
+    """Fields and attachments from the validated JSON or multipart body (see docs/api.md)."""
     if request.mimetype == "multipart/form-data":
-        fields: dict[str, Any] = {k: request.form.get(k, "") for k in ("title", "category", "notes")}
+        fields: dict[str, Any] = {k: data[k] for k in ("title", "category", "notes")}
         for name in ("diagnoses", "symptoms"):
-            fields[name] = [c for c in (s.strip() for s in request.form.get(name, "").split(",")) if c]
+            fields[name] = [c for c in (s.strip() for s in data[name].split(",")) if c]
         try:
-            fields["prescriptions"] = json.loads(request.form.get("prescriptions") or "[]")
+            fields["prescriptions"] = json.loads(data["prescriptions"] or "[]")
         except ValueError:
             raise ValidationFailed("`prescriptions` must be a JSON list.") from None
-        files = [
-            NewAttachment(f.filename or "", f.mimetype or "", f.read())
-            for f in request.files.getlist("attachments")
-            if f.filename
-        ]
+        files = [NewAttachment(f.filename or "", f.mimetype or "", f.read()) for f in data["attachments"] if f.filename]
         return fields, files
-    data = json_body()
-    items = data.pop("attachments", None) or []
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise ValidationFailed("`attachments` must be a list of objects.")
-    files = [
-        NewAttachment(
-            str(i.get("filename") or ""), str(i.get("content_type") or ""), _b64(i.get("data"), str(i.get("filename")))
-        )
-        for i in items
-    ]
+    items = data.pop("attachments")
+    files = [NewAttachment(i["filename"], i["content_type"], _b64(i["data"], i["filename"])) for i in items]
     return data, files
 
 
 @bp.post("/patients/<patient_id>/records")
 @idempotent
-def create_record(patient_id: str) -> tuple[Response, int]:
+@_record_body
+@bp.output(RecordCreated, status_code=201)
+@bp.doc(
+    operation_id="createRecord",
+    security="BearerAuth",
+    responses=_errors(
+        {
+            **SIGNED_OUT,
+            403: "Only doctors write records.",
+            404: "No such patient.",
+            409: "The patient's keys do not match the ledger, or the Idempotency-Key's answer was lost.",
+            413: "An attachment, or the body, is too large.",
+            422: "A field is missing or not valid (codes, category, attachments), or the Idempotency-Key is reused.",
+        }
+    ),
+    extensions={
+        "requestBody": {
+            "content": {"application/json": {"schema": RecordIn}, "multipart/form-data": {"schema": RecordForm}},
+        }
+    },
+)
+def create_record(patient_id: str, data: dict[str, Any]) -> tuple[dict[str, Any], int]:
     actor = api_actor("doctor")
-    fields, files = _record_input()
+    fields, files = _record_input(data)
     record = records.create_record(
         actor,
         patient_id,
@@ -201,23 +680,61 @@ def create_record(patient_id: str) -> tuple[Response, int]:
         node=runtime.node(),
         now=utcnow(),
     )
-    return jsonify(id=record.id, tx_hash=record.tx_hash), 201
+    return {"id": record.id, "tx_hash": record.tx_hash}, 201
 
 
 @bp.get("/records")
-def list_records() -> Response:
+@bp.input(RecordPage, location="query", arg_name="query")
+@bp.output(RecordList)
+@bp.doc(
+    operation_id="listRecords",
+    security="BearerAuth",
+    responses=_errors({**SIGNED_OUT, 403: "Admins do not read records.", 422: "`limit` or `offset` out of range."}),
+)
+def list_records(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor()
-    limit, offset = records.page_bounds(request.args.get("limit"), request.args.get("offset"))
+    limit, offset = records.page_bounds(query["limit"], query["offset"])
     page = records.list_records(actor, limit, offset)
-    return jsonify(records=page, next_offset=offset + limit if len(page) == limit else None)
+    return {"records": page, "next_offset": offset + limit if len(page) == limit else None}
 
 
 @bp.get("/records/<record_id>")
-def get_record(record_id: str) -> Response:
-    return jsonify(records.get_record(api_actor(), record_id, node=runtime.node(), now=utcnow()))
+@bp.output(RecordOut)
+@bp.doc(
+    operation_id="getRecord",
+    security="BearerAuth",
+    responses=_errors(
+        {
+            **SIGNED_OUT,
+            403: "You may not read this record (ask the patient for access).",
+            404: "No such record.",
+            409: "The record cannot be read (`record_unreadable`).",
+        }
+    ),
+)
+def get_record(record_id: str) -> dict[str, Any]:
+    return records.get_record(api_actor(), record_id, node=runtime.node(), now=utcnow())
 
 
 @bp.get("/records/<record_id>/attachments/<int:n>")
+@bp.output(
+    {},
+    content_type="application/octet-stream",
+    description="The attachment's bytes, with its real type (application/pdf, image/png, image/jpeg or "
+    "image/webp) and file name (Content-Disposition).",
+)
+@bp.doc(
+    operation_id="getAttachment",
+    security="BearerAuth",
+    responses=_errors(
+        {
+            **SIGNED_OUT,
+            403: "You may not read this record.",
+            404: "No such record or attachment.",
+            409: "The attachment cannot be read (`record_unreadable`).",
+        }
+    ),
+)
 def get_attachment(record_id: str, n: int) -> Response:
     meta, data = records.get_attachment(api_actor(), record_id, n, node=runtime.node(), now=utcnow())
     return send_file(
@@ -226,34 +743,52 @@ def get_attachment(record_id: str, n: int) -> Response:
 
 
 @bp.get("/chain/blocks")
-def chain_blocks() -> Response:
-    blocks, height = ledger.headers(request.args.get("from"), request.args.get("limit"))
-    return jsonify(blocks=blocks, height=height)
+@bp.input(BlockPage, location="query", arg_name="query")
+@bp.output(BlockHeaders)
+@bp.doc(operation_id="listBlocks", responses=_errors({422: "`from` or `limit` out of range."}))
+def chain_blocks(query: dict[str, Any]) -> dict[str, Any]:
+    blocks, height = ledger.headers(query["from_"], query["limit"])
+    return {"blocks": blocks, "height": height}
 
 
 @bp.get(f"/chain/blocks/<int(max={MAX_OFFSET}):height>")
-def chain_block(height: int) -> Response:
-    return jsonify(ledger.block(height))
+@bp.output(BlockOut)
+@bp.doc(operation_id="getBlock", responses=_errors({404: "No block at this height."}))
+def chain_block(height: int) -> dict[str, Any]:
+    return ledger.block(height)
 
 
 @bp.get("/consensus")
-def consensus() -> Response:
-    return jsonify(ledger.consensus_status(utcnow()))
+@bp.output(Consensus)
+@bp.doc(operation_id="getConsensus", responses=_errors({422: "The chain has no genesis block or consensus state."}))
+def consensus() -> dict[str, Any]:
+    return ledger.consensus_status(utcnow())
 
 
 @bp.get("/chain/verify")
-def chain_verify() -> Response:
-    return jsonify(ledger.verify_chain().to_dict())
+@bp.output(ChainReport)
+@bp.doc(operation_id="verifyChain", responses={})
+def chain_verify() -> dict[str, Any]:
+    return ledger.verify_chain().to_dict()
 
 
 @bp.post("/votes")
-def cast_vote() -> tuple[Response, int]:
+@bp.input(Vote, location="json", arg_name="data")
+@bp.output(VoteCast, status_code=201)
+@bp.doc(
+    operation_id="castVote",
+    security="BearerAuth",
+    responses=_errors({**SIGNED_OUT, 422: "Not a list of candidate nodes, empty, too long or repeated."}),
+)
+def cast_vote(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
     actor = api_actor()
-    nodes = json_body().get("nodes")
+    nodes = data["nodes"]
     tx_hash = votes.cast_vote(actor, nodes, now=utcnow())
-    return jsonify(tx_hash=tx_hash, nodes=nodes), 201
+    return {"tx_hash": tx_hash, "nodes": nodes}, 201
 
 
 @bp.get("/votes")
-def current_vote() -> Response:
-    return jsonify(nodes=votes.current_vote(api_actor()))
+@bp.output(CurrentVote)
+@bp.doc(operation_id="getVote", security="BearerAuth", responses=_errors(SIGNED_OUT))
+def current_vote() -> dict[str, Any]:
+    return {"nodes": votes.current_vote(api_actor())}

@@ -123,3 +123,35 @@ def test_unknown_route_and_method_are_json(client: FlaskClient) -> None:
     assert answer.status_code == 405 and answer.json["error"]["code"] == "method_not_allowed"
     assert set(answer.headers["Allow"].split(", ")) >= {"GET"}  # says what is allowed
     assert answer.headers["Content-Type"] == "application/json"
+
+
+def test_invalid_record_fields_are_named(client: FlaskClient, doctor: Person, patient: Person) -> None:
+    """The schema refuses unknown fields and wrong types, one message per field."""
+    body = {**RECORD, "colour": "red", "prescriptions": [{"drug": "x", "colour": "red"}]}
+    del body["title"]
+    answer = post(client, doctor, patient, json=body)
+    assert answer.status_code == 422
+    assert answer.json["error"]["fields"] == {
+        "title": "`title` is required.",
+        "colour": "Unknown field.",
+        "prescriptions.0.colour": "Each prescription has `drug` and optionally `dose`, `frequency`, `duration`.",
+    }
+    assert nothing_stored()
+
+
+def test_invalid_multipart_record(client: FlaskClient, doctor: Person, patient: Person) -> None:
+    form = {"category": "imaging", "diagnoses": "J45.909", "colour": "red"}
+    answer = post(client, doctor, patient, data=form, content_type="multipart/form-data")
+    assert answer.status_code == 422
+    assert answer.json["error"]["fields"] == {"title": "`title` is required.", "colour": "Unknown field."}
+    bad = post(client, doctor, patient, data={**RECORD, "prescriptions": "[oops", "diagnoses": "J45.909",
+               "symptoms": ""}, content_type="multipart/form-data")  # fmt: skip
+    assert bad.status_code == 422 and bad.json["error"]["message"] == "`prescriptions` must be a JSON list."
+    assert nothing_stored()
+
+
+def test_invalid_query_parameters(client: FlaskClient, patient: Person) -> None:
+    answer = client.get("/api/v1/records?limit=2&sort=title", headers=patient.headers)
+    assert answer.status_code == 422 and answer.json["error"]["fields"] == {"sort": "Unknown field."}
+    blocks = client.get("/api/v1/chain/blocks?from=x")
+    assert blocks.json["error"]["fields"] == {"from": "`from` must be a whole number from 0 to 2147483647."}

@@ -63,14 +63,17 @@ def test_votes_count_once_in_a_block(
     assert db.session.scalar(select(func.count()).where(LedgerTransaction.status == "rejected")) == 0
 
 
+NOT_A_LIST = "`nodes` must be a list of node ids."
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         ({"nodes": ["node-9"]}, "'node-9' is not a candidate node; candidates are: node-1."),
         ({"nodes": []}, "Choose at least one node to vote for."),
-        ({"nodes": "node-1"}, "`nodes` must be a list of node ids."),
-        ({"nodes": [1]}, "`nodes` must be a list of node ids."),
-        ({}, "`nodes` must be a list of node ids."),
+        ({"nodes": "node-1"}, NOT_A_LIST),
+        ({"nodes": [1]}, NOT_A_LIST),
+        ({}, NOT_A_LIST),
         ({"nodes": ["node-1", "node-2"]}, "Choose at most 1 node (the number of delegates)."),
         ({"nodes": ["node-1", "node-1"]}, "Each node may be chosen only once."),
     ],
@@ -78,7 +81,17 @@ def test_votes_count_once_in_a_block(
 def test_invalid_votes_are_refused(client: FlaskClient, patient: Person, body: dict[str, Any], message: str) -> None:
     answer = client.post("/api/v1/votes", json=body, headers=patient.headers)
     assert answer.status_code == 422
-    assert answer.json == {"error": {"code": "validation_failed", "message": message}}
+    error = {"code": "validation_failed", "message": message}
+    if message == NOT_A_LIST:  # refused by the schema, which names the field
+        error["fields"] = {"nodes": NOT_A_LIST}
+    assert answer.json == {"error": error}
+    assert _votes_queued() == 0
+
+
+def test_invalid_vote_with_an_unknown_field(client: FlaskClient, patient: Person) -> None:
+    answer = client.post("/api/v1/votes", json={"nodes": ["node-1"], "weight": 9}, headers=patient.headers)
+    assert answer.status_code == 422
+    assert answer.json["error"]["fields"] == {"weight": "Unknown field."}
     assert _votes_queued() == 0
 
 
