@@ -119,6 +119,34 @@ def test_invalid_access_request(client: FlaskClient, doctor: Person, patient: Pe
     assert message in answer.json["error"]["message"]
 
 
+def test_invalid_shapes_name_their_fields(client: FlaskClient, doctor: Person, patient: Person) -> None:
+    """The schemas refuse a wrong shape before the services see it, with a message per field."""
+    body = {"doctor_id": doctor.id, "scope": {"type": "categories"}, "dayz": 3}
+    answer = client.post("/api/v1/grants", json=body, headers=patient.headers)
+    assert answer.status_code == 422
+    assert answer.json["error"]["fields"] == {
+        "scope.categories": '`scope.categories` is required when `type` is "categories".',
+        "dayz": "Unknown field.",
+    }
+    stray = {"doctor_id": doctor.id, "scope": {"type": "all", "from": "2026-01-01"}}
+    answer = client.post("/api/v1/grants", json=stray, headers=patient.headers)
+    assert answer.json["error"]["fields"] == {"scope.from": '`scope.from` does not belong in a scope of type "all".'}
+    answer = client.post("/api/v1/grants", json={"doctor_id": doctor.id, "scope": "all"}, headers=patient.headers)
+    assert answer.json["error"]["message"] == '`scope` must be {"type": "all" | "categories" | "dates", ...}.'
+    answer = client.put("/api/v1/emergency-access", json={"enabled": 1}, headers=patient.headers)
+    assert answer.json["error"]["fields"] == {"enabled": "`enabled` must be true or false."}
+    answer = client.get("/api/v1/access-log?limit=0", headers=patient.headers)
+    assert answer.status_code == 422
+    assert answer.json["error"]["fields"] == {"limit": "`limit` must be a whole number from 1 to 200."}
+    assert client.get("/api/v1/access-log?limit=5&offset=5", headers=patient.headers).json == {
+        "entries": [], "next_offset": None,
+    }  # fmt: skip
+    assert client.get("/api/v1/doctors?name=x", headers=patient.headers).json["error"]["fields"] == {
+        "name": "Unknown field."
+    }
+    assert client.get("/api/v1/grants", headers=patient.headers).json == {"grants": []}  # nothing was granted
+
+
 def test_scope_by_category_and_dates(
     app: Flask, client: FlaskClient, doctor: Person, other_doctor: Person, patient: Person
 ) -> None:
