@@ -1,112 +1,330 @@
+"""The node-to-node routes (/node/v1) on the contract: each validates its input and shapes its
+answer with the schemas below, which are also the node document (/node/v1/openapi.json).
+Signed routes are checked in portal/node/__init__.py before a view runs."""
+
 from __future__ import annotations
 
+from typing import Any
+
+from apiflask import Schema
+from apiflask.fields import Integer, List, Nested, Raw, String
+from apiflask.validators import Length, OneOf, Range
 from flask import Response, current_app, jsonify, request
 
 from core.encoding import b64d, b64e
 from core.errors import CoreError, InvalidBlock
 from portal import runtime
-from portal.api import json_body
+from portal.api.schemas import Error, ErrorDetail, Text
 from portal.models import utcnow
 from portal.node import bp
+from portal.openapi import NODE_SIGNATURE
 from portal.services import accounts, federation, ledger, proxy
 from portal.services.errors import NotFound, ValidationFailed
-from portal.services.inputs import whole_number
+from portal.services.inputs import MAX_OFFSET
+
+# -- shapes
+
+BASE64URL = "Unpadded base64url of the canonical bytes."
+OUTCOMES = ("appended", "known", "ahead", "fork")
+GOSSIP_MESSAGE = "`transactions` must be a list of at most 1000 encoded transactions."
+ACCESS_MESSAGE = "`access` must be the reader's signed access entry (base64url)."
+EMERGENCY_MESSAGE = "`emergency` must be the reader's signed emergency (base64url)."
 
 
-@bp.get("/status")
-def status() -> Response:
-    current = ledger.tip()
-    return jsonify(
-        node=runtime.node_key().node_id,
-        height=current.height if current else -1,
-        tip=current.hash if current else None,
-        final=ledger.final_height(),
+def _answer(description: str, schema: type[Schema] = Error) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _whole(name: str, low: int, high: int, default: int) -> Integer:
+    """A whole number from the query string, in today's wording when it is not one or out of range."""
+    message = f"`{name}` must be a whole number from {low} to {high}."
+    return Integer(
+        data_key=name,
+        load_default=default,
+        validate=Range(low, high, error=message),
+        error_messages={"invalid": message, "null": message},
     )
 
 
+class NodeStatus(Schema):
+    node = String(required=True, metadata={"example": "node-1"})
+    height = Integer(required=True, metadata={"description": "The tip's height; -1 before the genesis block."})
+    tip = String(required=True, allow_none=True, metadata={"description": "The tip's hash (hex); null without one."})
+    final = Integer(required=True, metadata={"description": "The highest final height."})
+
+
+class NodePeer(Schema):
+    id = String(required=True, metadata={"example": "node-2"})
+    url = String(required=True, metadata={"example": "https://node-2.example:8443"})
+
+
+class NodePeers(Schema):
+    peers = List(Nested(NodePeer), required=True, metadata={"description": "The genesis file's member nodes."})
+
+
+class NodeBlocksQuery(Schema):
+    from_ = _whole("from", 0, MAX_OFFSET, 0)
+    limit = _whole("limit", 1, ledger.MAX_PAGE, 50)
+
+
+class NodeBlock(Schema):
+    header = String(required=True, metadata={"description": "The block header. " + BASE64URL})
+    transactions = List(String(), required=True, metadata={"description": "The block's transactions. " + BASE64URL})
+
+
+class NodeBlocks(Schema):
+    blocks = List(Nested(NodeBlock), required=True)
+
+
+class NodeAnnounce(Schema):
+    """A block a member node announces: header and transactions as they are signed."""
+
+    header = Text(required=True, metadata={"description": "The block header. " + BASE64URL})
+    transactions = List(Text(), load_default=list, metadata={"description": "The block's transactions. " + BASE64URL})
+
+
+class NodeBlockOutcome(Schema):
+    outcome = String(
+        required=True,
+        validate=OneOf(OUTCOMES),
+        metadata={
+            "description": "appended: it extends our tip; known: we have it; ahead: blocks are missing "
+            "before it; fork: it competes with ours."
+        },
+    )
+
+
+class NodeBlockRefusalDetail(ErrorDetail):
+    code = String(required=True, metadata={"example": "invalid_block"})
+    message = String(required=True, metadata={"example": "block 12: producer signature: does not verify"})
+    height = Integer(metadata={"description": "The refused block's height (-1 if it does not decode)."})
+    check = String(metadata={"description": "The validation check it failed.", "example": "producer signature"})
+
+
+class NodeBlockRefusal(Schema):
+    """A refused block (code `invalid_block`, with `height` and `check` when a named check failed)
+    or a body that is not an announcement (code `validation_failed`, with `fields`)."""
+
+    error = Nested(NodeBlockRefusalDetail, required=True)
+
+
+class NodeTransactions(Schema):
+    transactions = List(
+        Raw(metadata={"description": "A signed transaction. " + BASE64URL + " Anything else is counted as rejected."}),
+        required=True,
+        validate=Length(max=1000, error=GOSSIP_MESSAGE),
+        error_messages={"required": GOSSIP_MESSAGE, "invalid": GOSSIP_MESSAGE, "null": GOSSIP_MESSAGE},
+    )
+
+
+class NodeTransactionCount(Schema):
+    accepted = Integer(required=True, metadata={"description": "New transactions taken into the pool."})
+    rejected = Integer(required=True, metadata={"description": "Items that are not valid transactions."})
+
+
+class NodeBlob(Schema):
+    data = String(required=True, metadata={"description": "The attachment's ciphertext. " + BASE64URL})
+
+
+class NodeReencrypt(Schema):
+    access = Text(
+        required=True,
+        metadata={"description": "The reader's signed access entry. " + BASE64URL},
+        error_messages={"required": ACCESS_MESSAGE, "invalid": ACCESS_MESSAGE, "null": ACCESS_MESSAGE},
+    )
+    emergency = Text(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "For a read under a declared emergency: the signed emergency. " + BASE64URL},
+        error_messages={"invalid": EMERGENCY_MESSAGE},
+    )
+
+
+class NodeFragment(Schema):
+    share = Integer(required=True)
+    threshold = Integer(required=True, metadata={"description": "m: the fragments a reader needs."})
+    cfrag = String(required=True, metadata={"description": "The capsule fragment. " + BASE64URL})
+
+
+class NodeFragments(Schema):
+    fragments = List(Nested(NodeFragment), required=True)
+
+
+class NodeAccount(Schema):
+    """An account registered at this node, as it tells other member nodes."""
+
+    id = String(required=True)
+    role = String(required=True, metadata={"enum": ["patient", "doctor", "admin"]})
+    display_name = String(required=True)
+    hospital = String(required=True, allow_none=True, metadata={"description": "A doctor's hospital; null otherwise."})
+    home = String(required=True, allow_none=True, metadata={"description": "The node id it is registered at."})
+    home_hospital = String(required=True, allow_none=True)
+
+
+class NodeDoctor(NodeAccount):
+    """A doctor registered at this node (its own class: apispec lists a class once, top-level or nested)."""
+
+
+class NodeDoctorsQuery(Schema):
+    q = Text(load_default="", metadata={"description": "At least 2 characters of a name, username or hospital."})
+
+
+class NodeDoctors(Schema):
+    doctors = List(Nested(NodeDoctor), required=True)
+
+
+UNSIGNED = _answer("Not signed by a member node, too old or from the future, or replayed.")
+INVALID = _answer("A field is missing or not valid (`fields` says which).")
+
+# -- routes
+
+
+@bp.get("/status")
+@bp.output(NodeStatus)
+@bp.doc(operation_id="nodeStatus", summary="This node's tip and final height")
+def status() -> dict[str, Any]:
+    current = ledger.tip()
+    return {
+        "node": runtime.node_key().node_id,
+        "height": current.height if current else -1,
+        "tip": current.hash if current else None,
+        "final": ledger.final_height(),
+    }
+
+
 @bp.get("/peers")
-def peers() -> Response:
+@bp.output(NodePeers)
+@bp.doc(operation_id="nodePeers", summary="The consortium's member nodes")
+def peers() -> dict[str, Any]:
     genesis = runtime.genesis_file()
-    return jsonify(peers=[{"id": n, "url": u} for n, u in (genesis.peers.items() if genesis else [])])
+    return {"peers": [{"id": n, "url": u} for n, u in (genesis.peers.items() if genesis else [])]}
 
 
 @bp.get("/blocks")
-def blocks() -> Response:
-    start = whole_number(request.args.get("from"), "from", default=0)
-    limit = whole_number(request.args.get("limit"), "limit", default=50, low=1, high=ledger.MAX_PAGE)
-    return jsonify(blocks=ledger.raw_blocks(start, limit))
+@bp.input(NodeBlocksQuery, location="query", arg_name="query")
+@bp.output(NodeBlocks)
+@bp.doc(operation_id="nodeBlocks", summary="Blocks from a height, as signed", responses={"422": INVALID})
+def blocks(query: dict[str, Any]) -> dict[str, Any]:
+    return {"blocks": ledger.raw_blocks(query["from_"], query["limit"])}
 
 
 @bp.post("/blocks")
-def announce() -> tuple[Response, int]:
-    data = json_body()
+@bp.input(NodeAnnounce, location="json", arg_name="data")
+@bp.output(NodeBlockOutcome)
+@bp.doc(
+    operation_id="nodeAnnounceBlock",
+    summary="Announce a block",
+    security=NODE_SIGNATURE,
+    responses={
+        "401": UNSIGNED,
+        "422": _answer("The block is refused (`check` names the check) or the body is not valid.", NodeBlockRefusal),
+    },
+)
+def announce(data: dict[str, Any]) -> dict[str, Any] | Response:
     try:
-        header = b64d(data.get("header"))
-        transactions = [b64d(t) for t in data.get("transactions") or []]
+        header = b64d(data["header"])
+        transactions = [b64d(t) for t in data["transactions"]]
         outcome = ledger.receive_block(header, transactions, utcnow(), runtime.max_skew_ms())
     except InvalidBlock as exc:
         current_app.logger.warning("refused block from %s: %s", request.headers.get("X-MedLedger-Node"), exc)
         if exc.check in ("encoding", "transaction signature"):
             ledger.report_invalid_block(runtime.node_key(), header, transactions, utcnow())
-        return jsonify(
-            error={"code": "invalid_block", "message": str(exc), "height": exc.height, "check": exc.check}
-        ), 422
+        return _refused({"code": "invalid_block", "message": str(exc), "height": exc.height, "check": exc.check})
     except CoreError as exc:
-        return jsonify(error={"code": "invalid_block", "message": str(exc)}), 422
-    return jsonify(outcome=outcome), 200
+        return _refused({"code": "invalid_block", "message": str(exc)})
+    return {"outcome": outcome}
+
+
+def _refused(error: dict[str, Any]) -> Response:
+    """A refused block's answer, with its extra keys (not the 200 shape @output gives)."""
+    answer = jsonify(error=error)
+    answer.status_code = 422
+    return answer
 
 
 @bp.post("/transactions")
-def transactions() -> Response:
-    items = json_body().get("transactions")
-    if not isinstance(items, list) or len(items) > 1000:
-        raise ValidationFailed("`transactions` must be a list of at most 1000 encoded transactions.")
+@bp.input(NodeTransactions, location="json", arg_name="data")
+@bp.output(NodeTransactionCount)
+@bp.doc(
+    operation_id="nodeGossipTransactions",
+    summary="Gossip pending transactions",
+    security=NODE_SIGNATURE,
+    responses={"401": UNSIGNED, "422": INVALID},
+)
+def transactions(data: dict[str, Any]) -> dict[str, Any]:
     accepted, rejected = 0, 0
-    for item in items:
+    for item in data["transactions"]:
         try:
             accepted += ledger.accept_from_peer(b64d(item), utcnow())
         except (CoreError, TypeError):
             rejected += 1
-    return jsonify(accepted=accepted, rejected=rejected)
+    return {"accepted": accepted, "rejected": rejected}
 
 
 @bp.get("/blobs/<sha256>")
-def blob(sha256: str) -> Response:
+@bp.output(NodeBlob)
+@bp.doc(
+    operation_id="nodeBlob",
+    summary="An attachment's ciphertext",
+    responses={"404": _answer("No attachment with that hash is held here.")},
+)
+def blob(sha256: str) -> dict[str, Any]:
     """An attachment's ciphertext by its SHA-256 (the hash on the ledger): public, like the ledger."""
     data = federation.local_blob(sha256)
     if data is None:
         raise NotFound("No such attachment here.")
-    return jsonify(data=b64e(data))
+    return {"data": b64e(data)}
 
 
 @bp.post("/reencrypt")
-def reencrypt() -> Response:
+@bp.input(NodeReencrypt, location="json", arg_name="data")
+@bp.output(NodeFragments)
+@bp.doc(
+    operation_id="nodeReencrypt",
+    summary="Capsule fragments for a read",
+    security=NODE_SIGNATURE,
+    responses={
+        "401": UNSIGNED,
+        "403": _answer("This holder will not re-encrypt for this read (the message says why)."),
+        "404": _answer("This node does not know the grant, emergency or record (yet)."),
+        "422": INVALID,
+    },
+)
+def reencrypt(data: dict[str, Any]) -> dict[str, Any]:
     """A holder's capsule fragments for a read under a grant or a declared emergency
     (services/proxy.py says what it checks)."""
-    body = json_body()
-    encoded, declared = body.get("access"), body.get("emergency")
-    if not isinstance(encoded, str):
-        raise ValidationFailed("`access` must be the reader's signed access entry (base64url).")
-    if declared is not None and not isinstance(declared, str):
-        raise ValidationFailed("`emergency` must be the reader's signed emergency (base64url).")
+    declared = data["emergency"]
     try:
-        access = b64d(encoded)
+        access = b64d(data["access"])
         emergency = b64d(declared) if declared is not None else None
     except CoreError:
         raise ValidationFailed("`access` and `emergency` must be base64url.") from None
-    answers = proxy.serve(access, utcnow(), runtime.node(), emergency)
-    return jsonify(fragments=answers)
+    return {"fragments": proxy.serve(access, utcnow(), runtime.node(), emergency)}
 
 
 @bp.get("/accounts/<account_id>")
-def account(account_id: str) -> Response:
+@bp.output(NodeAccount)
+@bp.doc(
+    operation_id="nodeAccount",
+    summary="An account registered here",
+    security=NODE_SIGNATURE,
+    responses={"401": UNSIGNED, "404": _answer("No such account registered here.")},
+)
+def account(account_id: str) -> dict[str, Any]:
     """Name and hospital of an account registered here, for a member node that shows it."""
-    user = accounts.get_local_user(account_id)
-    return jsonify(federation.describe(user))
+    return federation.describe(accounts.get_local_user(account_id))
 
 
 @bp.get("/doctors")
-def doctors() -> Response:
+@bp.input(NodeDoctorsQuery, location="query", arg_name="query")
+@bp.output(NodeDoctors)
+@bp.doc(
+    operation_id="nodeDoctors",
+    summary="This hospital's doctors matching a search",
+    security=NODE_SIGNATURE,
+    responses={"401": UNSIGNED, "422": _answer("The search has fewer than 2 characters, or a field is not valid.")},
+)
+def doctors(query: dict[str, Any]) -> dict[str, Any]:
     """This hospital's doctors matching `q`, for another member's doctor search."""
-    found = accounts.find_users("doctor", request.args.get("q", ""), local_only=True)
-    return jsonify(doctors=[federation.describe(user) for user in found])
+    found = accounts.find_users("doctor", query["q"], local_only=True)
+    return {"doctors": [federation.describe(user) for user in found]}
