@@ -12,14 +12,12 @@ from marshmallow import ValidationError, pre_dump, validates_schema
 
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
-from portal.api.schemas import Error, Person, Text, Whole
+from portal.api.schemas import Error, Flag, Page, Person, Text, Whole
 from portal.idempotency import idempotent
 from portal.models import utcnow
 from portal.services import access_log, accounts, federation, grants, records
 from portal.services.accounts import Actor
-from portal.services.errors import ValidationFailed
-from portal.services.inputs import MAX_OFFSET, whole_number
-from portal.services.records import CATEGORIES, DEFAULT_PAGE, MAX_PAGE
+from portal.services.records import CATEGORIES
 
 # -- shapes -------------------------------------------------------------------------------------
 
@@ -48,29 +46,6 @@ def person(user: models.User | None) -> dict[str, Any] | None:
         "hospital": user.hospital or federation.hospital_of(user.home_node),
         "home_hospital": federation.hospital_of(user.home_node),
     }
-
-
-class StrictBoolean(Boolean):
-    """JSON true or false only (marshmallow's Boolean also takes "yes", 1, "on", ...)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.make_error("invalid")
-        return value
-
-
-class PageBound(Integer):
-    """`limit` or `offset` in a query string, checked with the messages of `records.page_bounds`."""
-
-    def __init__(self, low: int, high: int, description: str) -> None:
-        super().__init__(metadata={"minimum": low, "maximum": high, "description": description})
-        self.low, self.high = low, high
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | None:
-        try:
-            return whole_number(value, self.data_key or attr or "", default=None, low=self.low, high=self.high)  # type: ignore[arg-type]
-        except ValidationFailed as exc:
-            raise ValidationError(exc.message) from None
 
 
 class Scope(Schema):
@@ -155,7 +130,7 @@ class NewGrant(Schema):
 
 
 class EmergencyOptIn(Schema):
-    enabled = StrictBoolean(
+    enabled = Flag(
         required=True,
         error_messages={
             "required": "`enabled` must be true or false.",
@@ -176,11 +151,6 @@ class NewEmergency(Schema):
 
 class DoctorSearch(Schema):
     q = Text(load_default="", metadata={"description": "Part of a doctor's name.", "example": "Osei"})
-
-
-class AccessLogPage(Schema):
-    limit = PageBound(1, MAX_PAGE, description=f"Entries per page ({DEFAULT_PAGE} if absent).")
-    offset = PageBound(0, MAX_OFFSET, description="Entries to skip, newest first (0 if absent).")
 
 
 class AccessRequest(Schema):
@@ -540,7 +510,7 @@ def find_doctors(query: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/access-log")
-@bp.input(AccessLogPage, location="query", arg_name="query")
+@bp.input(Page, location="query", arg_name="query")
 @bp.output(AccessLog)
 @bp.doc(
     operation_id="getAccessLog",

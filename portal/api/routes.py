@@ -11,13 +11,13 @@ from typing import Any
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, File, Integer, List, Nested, String
 from apiflask.schema_adapters.marshmallow import parser
-from apiflask.validators import Length, Range
+from apiflask.validators import Length
 from flask import Response, current_app, request, send_file
 from marshmallow import ValidationError
 
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso
-from portal.api.schemas import Error, Text, User
+from portal.api.schemas import Error, Page, QueryWhole, Text, User
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User as UserRow
@@ -50,19 +50,6 @@ class TextList(List):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValidationError(self.message)
         return super()._deserialize(value, attr, data, **kwargs)
-
-
-class QueryWhole(Integer):
-    """A whole number in a query string, refused with the one message the services use."""
-
-    def __init__(self, name: str, low: int, high: int, **kwargs: Any) -> None:
-        message = f"`{name}` must be a whole number from {low} to {high}."
-        super().__init__(validate=Range(low, high, error=message), error_messages={"invalid": message}, **kwargs)
-
-    def _validated(self, value: Any) -> int:
-        if isinstance(value, str) and not value.strip().lstrip("-").isascii():
-            raise self.make_error("invalid")
-        return super()._validated(value)
 
 
 def _errors(answers: dict[int, str]) -> dict[int, dict[str, Any]]:
@@ -223,11 +210,6 @@ class RecordCreated(Schema):
     tx_hash = String(required=True, metadata={"description": "The record's transaction on the ledger."})
 
 
-class RecordPage(Schema):
-    limit = QueryWhole("limit", 1, records.MAX_PAGE, load_default=None)
-    offset = QueryWhole("offset", 0, MAX_OFFSET, load_default=None)
-
-
 class Author(Schema):
     id = String(required=True)
     display_name = String(required=True)
@@ -294,8 +276,8 @@ class RecordOut(RecordSummary):
 
 
 class BlockPage(Schema):
-    from_ = QueryWhole("from", 0, MAX_OFFSET, data_key="from", load_default=None)
-    limit = QueryWhole("limit", 1, ledger.MAX_PAGE, load_default=None)
+    from_ = QueryWhole(0, MAX_OFFSET, data_key="from")
+    limit = QueryWhole(1, ledger.MAX_PAGE)
 
 
 class BlockHeader(Schema):
@@ -684,7 +666,7 @@ def create_record(patient_id: str, data: dict[str, Any]) -> tuple[dict[str, Any]
 
 
 @bp.get("/records")
-@bp.input(RecordPage, location="query", arg_name="query")
+@bp.input(Page, location="query", arg_name="query")
 @bp.output(RecordList)
 @bp.doc(
     operation_id="listRecords",

@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import Schema
-from apiflask.fields import Dict, Integer, Nested, String
-from apiflask.validators import Range
+from apiflask.fields import Boolean, Dict, Integer, Nested, String
 from marshmallow import ValidationError
 
-from portal.services.inputs import MAX_INT, MAX_OFFSET
+from portal.services.errors import ValidationFailed
+from portal.services.inputs import MAX_INT, MAX_OFFSET, whole_number
+from portal.services.records import DEFAULT_PAGE, MAX_PAGE
 
 
 class Text(String):
@@ -52,9 +53,36 @@ class Error(Schema):
     error = Nested(ErrorDetail, required=True)
 
 
+class QueryWhole(Integer):
+    """A whole number in a query string (ASCII digits; blank is absent), range-checked with the
+    message every service uses: "`limit` must be a whole number from 1 to 200." (inputs.whole_number)."""
+
+    def __init__(self, low: int, high: int, **kwargs: Any) -> None:
+        metadata = {"minimum": low, "maximum": high, **kwargs.pop("metadata", {})}
+        super().__init__(load_default=kwargs.pop("load_default", None), metadata=metadata, **kwargs)
+        self.low, self.high = low, high
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | None:
+        try:
+            return whole_number(value, self.data_key or attr or "", default=None, low=self.low, high=self.high)  # type: ignore[arg-type]
+        except ValidationFailed as exc:
+            raise ValidationError(exc.message) from None
+
+
+class Flag(Boolean):
+    """JSON true or false, nothing else (marshmallow's Boolean also takes "yes", 1, "on", ...)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class Page(Schema):
-    limit = Whole(load_default=None, validate=Range(1, 200))
-    offset = Whole(load_default=0, validate=Range(0, MAX_OFFSET))
+    """Paging of a list, newest first: `limit` (records.DEFAULT_PAGE if absent) and `offset`."""
+
+    limit = QueryWhole(1, MAX_PAGE, metadata={"description": f"How many ({DEFAULT_PAGE} if absent)."})
+    offset = QueryWhole(0, MAX_OFFSET, metadata={"description": "How many to skip (0 if absent)."})
 
 
 class User(Schema):

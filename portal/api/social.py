@@ -15,7 +15,7 @@ from core.clinical import Vocabulary
 from core.errors import CoreError
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
-from portal.api.schemas import Error, Text
+from portal.api.schemas import Error, Flag, QueryWhole, Text
 from portal.extensions import db
 from portal.models import utcnow
 from portal.openapi import BEARER
@@ -63,26 +63,6 @@ class BlockHeight(Integer):
         return ledger.block_height_of(value) if value is not None else None
 
 
-class QueryWhole(Integer):
-    """A whole number in a query string: ASCII digits only (no "²", "5_0" or "5.0")."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        text = value.strip() if isinstance(value, str) else ""
-        digits = text[1:] if text[:1] == "-" else text
-        if not digits or not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
-            raise self.make_error("invalid")
-        return int(text)
-
-
-class Flag(Boolean):
-    """JSON true or false, nothing else (not "yes", 1 or null)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.make_error("invalid")
-        return value
-
-
 class _BlankIsAbsent(Schema):
     """Query parameters sent empty (`limit=`) count as not sent, as they always have."""
 
@@ -101,12 +81,7 @@ class SymptomQuery(_BlankIsAbsent):
         validate=Length(max=MAX_QUERY, error=QUERY),
         metadata={"description": "Words the symptom's name contains (all of them).", "example": "headache"},
     )
-    limit = QueryWhole(
-        load_default=20,
-        validate=Range(1, 50, error=SYMPTOM_LIMIT),
-        error_messages={"invalid": SYMPTOM_LIMIT},
-        metadata={"example": 20},
-    )
+    limit = QueryWhole(1, 50, load_default=20, metadata={"example": 20, "description": "How many (20 if absent)."})
 
 
 class DiagnosisQuery(Schema):
