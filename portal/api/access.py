@@ -12,7 +12,7 @@ from marshmallow import ValidationError, pre_dump, validates_schema
 
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
-from portal.api.schemas import Error, Flag, Page, Person, Text, Whole
+from portal.api.schemas import Error, Flag, Page, Person, RecordMetadata, Text, Whole
 from portal.idempotency import idempotent
 from portal.models import utcnow
 from portal.services import access_log, accounts, federation, grants, records
@@ -66,11 +66,9 @@ class Scope(Schema):
     from_ = Text(
         data_key="from",
         attribute="from",
-        metadata={"format": "date", "description": "With `dates`: the first day covered.", "example": "2026-01-01"},
+        metadata={"format": "date", "description": "With `dates`: the first day covered (2026-01-01)."},
     )
-    to = Text(
-        metadata={"format": "date", "description": "With `dates`: the last day covered.", "example": "2026-03-31"}
-    )
+    to = Text(metadata={"format": "date", "description": "With `dates`: the last day covered (2026-03-31)."})
 
     @validates_schema
     def _shape(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -287,28 +285,6 @@ class AccessEntry(Schema):
         }
 
 
-class RecordAuthor(Schema):
-    id = String(required=True)
-    display_name = String(required=True)
-    hospital = String(required=True, allow_none=True)
-
-
-class RecordPatient(Schema):
-    id = String(required=True)
-    display_name = String(required=True)
-
-
-class RecordIndexEntry(Schema):
-    """What the index knows about a record without opening it (`records.metadata`)."""
-
-    id = String(required=True)
-    created_at = String(required=True, metadata={"format": "date-time"})
-    author = Nested(RecordAuthor, required=True)
-    patient = Nested(RecordPatient, required=True)
-    tx_hash = String(required=True)
-    block_height = Integer(required=True, allow_none=True, metadata={"description": "Null until in a block."})
-
-
 class AccessRequests(Schema):
     requests = List(Nested(AccessRequest), required=True)
 
@@ -318,7 +294,7 @@ class Grants(Schema):
 
 
 class PatientRecords(Schema):
-    records = List(Nested(RecordIndexEntry), required=True)
+    records = List(Nested(RecordMetadata), required=True)
 
 
 class Doctors(Schema):

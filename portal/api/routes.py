@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso
-from portal.api.schemas import Error, Page, QueryWhole, Text, User
+from portal.api.schemas import Error, Page, QueryWhole, RecordSummary, Text, User
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User as UserRow
@@ -208,28 +208,6 @@ class RecordForm(Schema):
 class RecordCreated(Schema):
     id = String(required=True, metadata={"example": "7d1c7a4e-1f0b-4f4e-9a51-1c2d3e4f5a6b"})
     tx_hash = String(required=True, metadata={"description": "The record's transaction on the ledger."})
-
-
-class Author(Schema):
-    id = String(required=True)
-    display_name = String(required=True)
-    hospital = String(required=True, allow_none=True)
-
-
-class RecordPatient(Schema):
-    id = String(required=True)
-    display_name = String(required=True)
-
-
-class RecordSummary(Schema):
-    id = String(required=True)
-    created_at = String(required=True, metadata={"example": "2024-05-01T09:30:00Z"})
-    author = Nested(Author, required=True)
-    patient = Nested(RecordPatient, required=True)
-    tx_hash = String(required=True)
-    block_height = Integer(required=True, allow_none=True, metadata={"description": "None until in a block."})
-    title = String(required=True)
-    category = String(required=True)
 
 
 class RecordList(Schema):
@@ -504,7 +482,13 @@ def two_factor_begin() -> tuple[dict[str, Any], int]:
 @bp.doc(
     operation_id="confirmTwoFactor",
     security="BearerAuth",
-    responses=_errors({**SIGNED_OUT, 422: "The code is missing or not right, or no set-up was begun."}),
+    responses=_errors(
+        {
+            **SIGNED_OUT,
+            409: "No set-up was begun (`POST /me/two-factor` first).",
+            422: "The code is missing or not right.",
+        }
+    ),
 )
 def two_factor_confirm(data: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor()
@@ -522,6 +506,7 @@ def two_factor_confirm(data: dict[str, Any]) -> dict[str, Any]:
         {
             **SIGNED_OUT,
             403: "Two-factor sign-in is required for this account's role.",
+            409: "Two-factor sign-in is not on.",
             422: "The code is missing or not right.",
         }
     ),

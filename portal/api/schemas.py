@@ -102,3 +102,33 @@ class Person(Schema):
     display_name = String(required=True)
     hospital = String(required=True, allow_none=True)
     home_hospital = String(required=True, allow_none=True)
+
+
+class RecordAuthor(Schema):
+    id = String(required=True)
+    display_name = String(required=True)
+    hospital = String(required=True, allow_none=True)
+
+
+class RecordPatient(Schema):
+    id = String(required=True)
+    display_name = String(required=True)
+
+
+class RecordMetadata(Schema):
+    """What a node knows of a record without opening it (`records.metadata`): a granted doctor's
+    list of what they may open."""
+
+    id = String(required=True)
+    created_at = String(required=True, metadata={"format": "date-time", "example": "2026-05-01T09:30:00Z"})
+    author = Nested(RecordAuthor, required=True)
+    patient = Nested(RecordPatient, required=True)
+    tx_hash = String(required=True, metadata={"description": "The record's transaction on the ledger."})
+    block_height = Integer(required=True, allow_none=True, metadata={"description": "Null until in a block."})
+
+
+class RecordSummary(RecordMetadata):
+    """A record in a list its reader may open: the metadata, its title and category."""
+
+    title = String(required=True)
+    category = String(required=True)

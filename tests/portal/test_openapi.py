@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
@@ -36,3 +38,46 @@ def test_reference_page_is_served_by_the_node(client: FlaskClient) -> None:
         assert client.get(source).status_code == 200, source
     assert client.get("/api/v1/docs/assets/../../portal/config.py").status_code == 404
     assert client.get("/api/v1/docs/assets/index.html").status_code == 404
+
+
+def test_every_route_is_in_its_document_with_a_schema(app: Flask, client: FlaskClient) -> None:
+    """A route without a schema fails the build: every /api/v1 and /node/v1 route is an operation
+    of its document, with an operationId, an explicit answer schema (`@bp.output`) and its
+    security; operationIds are unique."""
+    documents = {
+        "/api/v1": client.get("/api/v1/openapi.json").json,
+        "/node/v1": client.get("/node/v1/openapi.json").json,
+    }
+    problems, names = [], []
+    for rule in app.url_map.iter_rules():
+        prefix = next((p for p in documents if rule.rule.startswith(p + "/")), None)
+        if prefix is None or rule.endpoint.startswith("openapi."):  # the documents and their page
+            continue
+        spec = getattr(app.view_functions[rule.endpoint], "_spec", {})
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            operation = documents[prefix]["paths"].get(path, {}).get(method.lower())
+            where = f"{method} {rule.rule}"
+            if operation is None:
+                problems.append(f"{where}: not in the document")
+            elif not operation.get("operationId"):
+                problems.append(f"{where}: no operationId")
+            elif not spec.get("response"):
+                problems.append(f"{where}: no answer schema (@bp.output)")
+            else:
+                names.append(operation["operationId"])
+    assert problems == []
+    assert len(names) == len(set(names)), "operationIds are unique"
+
+
+def test_the_gate_catches_a_route_without_a_schema(app: Flask, client: FlaskClient) -> None:
+    view = app.view_functions["api.me"]
+    saved = dict(view._spec)
+    try:
+        view._spec.pop("response")
+        view._spec["operation_id"] = None
+        with pytest.raises(AssertionError, match="GET /api/v1/me"):
+            test_every_route_is_in_its_document_with_a_schema(app, client)
+    finally:
+        view._spec.clear()
+        view._spec.update(saved)

@@ -1,0 +1,1 @@
+"""The published contract, tried from outside: schemathesis against a live gunicorn node."""
