@@ -34,6 +34,7 @@ SECURITY_SCHEMES = {
 COMMON_ERRORS = {
     "400": "The body is not valid JSON (nesting, NaN, invalid UTF-8).",
     "413": "The body is larger than this route accepts.",
+    "414": "The request line (path and query) is longer than the server accepts (gunicorn, 4094 bytes).",
     "429": "Too many requests; wait as long as `Retry-After` says.",
 }
 SWAGGER_DIST = Path(flask_swagger_ui.__file__).parent / "dist"
@@ -88,7 +89,12 @@ def _common_answers(spec: dict[str, Any]) -> dict[str, Any]:
     for status, text in COMMON_ERRORS.items():
         responses[f"Error{status}"] = {
             "description": text,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            # A 414 comes from gunicorn before the app: a plain page, not the API's error shape.
+            **(
+                {}
+                if status == "414"
+                else {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            ),
             **({"headers": {"Retry-After": {"schema": {"type": "integer"}}}} if status == "429" else {}),
         }
     for item in spec.get("paths", {}).values():

@@ -7,8 +7,6 @@ every test gets a fresh phone-sized browser context.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -21,16 +19,10 @@ from tests.browser.support import (
     DOCTOR_NAME,
     DOCTOR_PASSWORD,
     DOCTOR_USERNAME,
-    HOST,
-    ROOT,
     Node,
     Phone,
-    flask_cli,
-    free_port,
-    node_env,
     open_phone,
-    stop,
-    wait_until_serving,
+    serving,
 )
 
 
@@ -41,23 +33,9 @@ def fast_keys() -> None:
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    instance = tmp_path_factory.mktemp("node")
-    port = free_port()
-    env = node_env(instance, port)
-    node = Node(f"http://{HOST}:{port}", instance / "gunicorn.log", env)
-    flask_cli(["db", "upgrade"], env)
-    flask_cli(["medledger", "node", "init"], env)
-    node.create_doctor(DOCTOR_USERNAME, DOCTOR_PASSWORD, DOCTOR_NAME, DOCTOR_HOSPITAL, "LIC-E2E")
-    with node.log.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_until_serving(node, process)
+    doctor = (DOCTOR_USERNAME, DOCTOR_PASSWORD, DOCTOR_NAME, DOCTOR_HOSPITAL, "LIC-E2E")
+    with serving(tmp_path_factory.mktemp("node"), [doctor]) as node:
         yield node
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -139,6 +139,30 @@ def wait_until_serving(node: Node, process: subprocess.Popen[bytes]) -> None:
     pytest.fail(f"the node did not answer within {START_TIMEOUT:.0f} s:\n{node.log_tail()}")
 
 
+@contextmanager
+def serving(instance: Path, doctors: list[tuple[str, str, str, str, str]], **settings: str) -> Iterator[Node]:
+    """A real node as `make run` starts it (gunicorn.conf.py: master, worker, block producer) on a
+    free loopback port, its data in `instance`, `settings` over node_env's, with `doctors`
+    (username, password, name, hospital, licence) made first; stopped, whole, on the way out."""
+    port = free_port()
+    env = {**node_env(instance, port), **settings}
+    node = Node(f"http://{HOST}:{port}", instance / "gunicorn.log", env)
+    flask_cli(["db", "upgrade"], env)
+    flask_cli(["medledger", "node", "init"], env)
+    for doctor in doctors:
+        node.create_doctor(*doctor)
+    with node.log.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until_serving(node, process)
+        yield node
+    finally:
+        stop(process)
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     """gunicorn, its worker and its block producer share one process group: end all of it."""
     for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):

@@ -5,8 +5,6 @@ sign-in screen with the reason once the time is up (portal/idle.py, static/idle.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -17,17 +15,11 @@ from tests.browser.support import (
     DOCTOR_NAME,
     DOCTOR_PASSWORD,
     DOCTOR_USERNAME,
-    HOST,
-    ROOT,
     Node,
     Phone,
-    flask_cli,
-    free_port,
-    node_env,
     open_phone,
     register_patient,
-    stop,
-    wait_until_serving,
+    serving,
 )
 
 IDLE_MINUTES = "0.25"  # 15 s
@@ -37,25 +29,15 @@ PATIENT, PASSWORD = "idle.patient", "correct-horse-battery-idle"
 
 @pytest.fixture(scope="module")
 def quick_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    instance = tmp_path_factory.mktemp("idle-node")
-    port = free_port()
-    env = node_env(instance, port)
-    env.update(PORTAL_IDLE_MINUTES=IDLE_MINUTES, APP_IDLE_MINUTES=IDLE_MINUTES, IDLE_WARNING_SECONDS=WARNING_SECONDS)
-    node = Node(f"http://{HOST}:{port}", instance / "gunicorn.log", env)
-    flask_cli(["db", "upgrade"], env)
-    flask_cli(["medledger", "node", "init"], env)
-    node.create_doctor(DOCTOR_USERNAME, DOCTOR_PASSWORD, DOCTOR_NAME, DOCTOR_HOSPITAL, "LIC-IDLE")
-    with node.log.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_until_serving(node, process)
+    doctor = (DOCTOR_USERNAME, DOCTOR_PASSWORD, DOCTOR_NAME, DOCTOR_HOSPITAL, "LIC-IDLE")
+    limits = {
+        "PORTAL_IDLE_MINUTES": IDLE_MINUTES,
+        "APP_IDLE_MINUTES": IDLE_MINUTES,
+        "IDLE_WARNING_SECONDS": WARNING_SECONDS,
+    }
+    with serving(tmp_path_factory.mktemp("idle-node"), [doctor], **limits) as node:
         register_patient(node, PATIENT, PASSWORD, "Idle Patient")
         yield node
-    finally:
-        stop(process)
 
 
 @pytest.fixture

@@ -41,18 +41,13 @@ import pytest
 import requests
 
 from tests.browser.support import (
-    HOST,
     HTTP_TIMEOUT,
-    ROOT,
     Node,
     bearer,
     flask_cli,
-    free_port,
-    node_env,
     register_patient,
-    stop,
+    serving,
     token_for,
-    wait_until_serving,
     write_record,
 )
 
@@ -69,6 +64,7 @@ PHASES = "examples,coverage,fuzzing,stateful"
 # on P-256, a taken username): those get a 422 that names the field, which the
 # status-code and response checks still hold to the document.
 EXCLUDED_CHECKS = "positive_data_acceptance"
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 # Abuse limits high enough that generated requests (all from 127.0.0.1) are answered, not throttled.
 LIMITS = {
@@ -145,36 +141,23 @@ def fast_keys() -> None:
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contract]:
     instance = tmp_path_factory.mktemp("contract-node")
-    port = free_port()
-    env = {**node_env(instance, port), **LIMITS}
-    node = Node(f"http://{HOST}:{port}", instance / "gunicorn.log", env)
     accounts = {
         "patient": Account("contract.patient", "Contract-patient-pw-4821"),
         "doctor": Account("contract.doctor", "Contract-doctor-pw-7390"),
         "admin": Account("contract.admin", "Contract-admin-pw-1562"),
     }
-    flask_cli(["db", "upgrade"], env)
-    flask_cli(["medledger", "node", "init"], env)
-    node.create_doctor(accounts["doctor"].username, accounts["doctor"].password, "Dr. Contract", "Contract General",
-                       "LIC-CONTRACT")  # fmt: skip
-    flask_cli(
-        ["medledger", "create-user", "--role", "admin", "--username", accounts["admin"].username,
-         "--password", accounts["admin"].password, "--display-name", "Contract Admin"],
-        env,
-    )  # fmt: skip
+    doctor = (accounts["doctor"].username, accounts["doctor"].password, "Dr. Contract", "Contract General",
+              "LIC-CONTRACT")  # fmt: skip
     hooks = instance / "contract_auth_hook.py"
     hooks.write_text(AUTH_HOOK)
-    with node.log.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    with serving(instance, [doctor], **LIMITS) as node:
+        flask_cli(
+            ["medledger", "create-user", "--role", "admin", "--username", accounts["admin"].username,
+             "--password", accounts["admin"].password, "--display-name", "Contract Admin"],
+            node.env,
         )  # fmt: skip
-    try:
-        wait_until_serving(node, process)
         seed(node, accounts)
         yield Contract(node, accounts, hooks)
-    finally:
-        stop(process)
 
 
 def seed(node: Node, accounts: dict[str, Account]) -> None:
@@ -253,7 +236,7 @@ def schemathesis(contract: Contract, name: str, document: str, tmp_path: Path, a
             CONTRACT_PASSWORD=account.password,
         )
     command = [
-        str(ST), "run", f"{node.url}{document}",
+        str(ST), f"--config-file={CONFIG}", "run", f"{node.url}{document}",
         f"--phases={PHASES}", "--checks=all", f"--exclude-checks={EXCLUDED_CHECKS}", "--workers=1", "--no-shrink",
         f"--max-examples={MAX_EXAMPLES}", "--generation-database=none", "--request-timeout=30",
         "--report=json", f"--report-json-path={report}", "--no-color",

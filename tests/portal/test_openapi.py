@@ -23,7 +23,7 @@ def test_documents_are_valid_openapi_3_1_and_separate(client: FlaskClient) -> No
     assert set(node["components"]["securitySchemes"]) == {"NodeSignature"}
     assert "/api/v1/openapi.json" not in api["paths"]  # the documents describe the API, not themselves
     for operation in (op for item in api["paths"].values() for op in item.values()):
-        assert {"400", "413", "429"} <= set(operation["responses"])
+        assert {"400", "413", "414", "429"} <= set(operation["responses"])
         if "requestBody" in operation:
             assert operation["requestBody"]["required"] is True
 

@@ -139,8 +139,16 @@ def test_admin_resets_a_doctors_second_factor_and_it_is_logged(
         assert refused.status_code == 404 and "No doctor of this hospital has that id." in refused.get_data(
             as_text=True
         )
-    with caplog.at_level(logging.WARNING, logger="portal.services.two_factor"):
-        done = client.post(reset_url, data={"csrf_token": csrf(client, "/admin/users")})
+    # The handler on the logger itself: whatever other tests did to propagation or to the root logger.
+    audit = logging.getLogger("portal.services.two_factor")
+    disabled, audit.disabled = audit.disabled, False
+    audit.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=audit.name):
+            done = client.post(reset_url, data={"csrf_token": csrf(client, "/admin/users")})
+    finally:
+        audit.removeHandler(caplog.handler)
+        audit.disabled = disabled
     assert done.status_code == 302
     assert any(
         f"two-factor sign-in reset for doctor {doctor.username}" in r.getMessage() and admin.username in r.getMessage()
