@@ -18,6 +18,7 @@ from apiflask.exceptions import HTTPError
 from apiflask.schema_adapters.marshmallow import parser
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, send_from_directory
 
+from portal.services.errors import ValidationFailed
 from portal.services.inputs import parse_json_object
 
 BEARER, NODE_SIGNATURE = "BearerAuth", "NodeSignature"
@@ -50,6 +51,17 @@ parser.DEFAULT_UNKNOWN_BY_LOCATION = {**parser.DEFAULT_UNKNOWN_BY_LOCATION, "que
 def _load_json(req: Any, schema: Any) -> Any:
     """JSON bodies through the bounded parser (depth, lone surrogates, 64-bit numbers)."""
     return parse_json_object(req.get_data(cache=True), req.is_json)
+
+
+@parser.location_loader("query")
+@parser.location_loader("querystring")
+def _load_query(req: Any, schema: Any) -> Any:
+    """Query parameters, each given once: `?limit=1&limit=2` is refused, not read as the first."""
+    repeated = sorted({name for name in req.args if len(req.args.getlist(name)) > 1})
+    if repeated:
+        names = ", ".join(f"`{name}`" for name in repeated)
+        raise ValidationFailed(f"Give each query parameter once: {names} came more than once.")
+    return parser.load_querystring(req, schema)
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:

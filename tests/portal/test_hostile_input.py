@@ -170,3 +170,9 @@ def test_search_wildcards_match_themselves(client: FlaskClient, doctor: Person, 
     for query in ("%%", "__", "a%", "al_ce", "\\%"):
         answer = client.get("/api/v1/patients", query_string={"q": query}, headers=doctor.headers)
         assert answer.status_code == 200 and answer.json["patients"] == [], query
+
+
+def test_invalid_repeated_query_parameters(client: FlaskClient, patient: Person) -> None:
+    for url in ("/api/v1/chain/blocks?limit=&limit=5", "/api/v1/records?offset=1&offset=2&limit=3"):
+        answer = client.get(url, headers=patient.headers)
+        assert answer.status_code == 422 and "came more than once" in answer.json["error"]["message"], url
