@@ -12,6 +12,8 @@ from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from portal.services.errors import ValidationFailed
+
 
 def client_key() -> str:
     """Whose requests count together: one client address at one node (nodes may share a Redis)."""
@@ -39,6 +41,16 @@ def _body_limit() -> None:
         request.max_content_length = config["SMALL_BODY_BYTES"]
 
 
+def _no_nul() -> None:
+    """A NUL in the path, the query or a form field is refused here: no id, search or field of
+    ours holds one, and PostgreSQL refuses it in any string (it would surface as a 500)."""
+    texts = [request.path, *request.args.keys(), *request.args.values()]
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        texts += [*request.form.keys(), *request.form.values()]
+    if any("\x00" in text for text in texts):
+        raise ValidationFailed("The request holds a NUL character.")
+
+
 def init_app(app: Flask) -> None:
     if not app.config.get("RATELIMIT_STORAGE_URI"):
         app.config["RATELIMIT_STORAGE_URI"] = app.config.get("REDIS_URL") or "memory://"
@@ -46,3 +58,4 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_STRATEGY", "moving-window")
     limiter.init_app(app)
     app.before_request(_body_limit)
+    app.before_request(_no_nul)

@@ -55,6 +55,8 @@ def _where(path: tuple[str, ...]) -> str:
 
 
 def _check_text(text: str, path: tuple[str, ...]) -> None:
+    if "\x00" in text:  # no text field of ours holds one, and PostgreSQL refuses it in any string
+        raise ValidationFailed(f"{_where(path)} holds a NUL character.")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
