@@ -12,7 +12,7 @@ from marshmallow import ValidationError, pre_dump, validates_schema
 
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
-from portal.api.schemas import Error, Flag, Page, Person, RecordMetadata, Text, Whole
+from portal.api.schemas import Flag, Page, Person, RecordMetadata, Text, Whole, answer
 from portal.idempotency import idempotent
 from portal.models import utcnow
 from portal.services import access_log, accounts, federation, grants, records
@@ -321,8 +321,7 @@ class PatientsWithAccess(Schema):
     patients = List(Nested(PatientWithAccess), required=True)
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": Error}}}
+_error = answer
 
 
 UNAUTHORIZED = _error("No valid token.")

@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso
-from portal.api.schemas import Error, Page, QueryWhole, RecordSummary, Text, User
+from portal.api.schemas import Page, QueryWhole, RecordSummary, Text, User, answer
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User as UserRow
@@ -53,10 +53,7 @@ class TextList(List):
 
 
 def _errors(answers: dict[int, str]) -> dict[int, dict[str, Any]]:
-    return {
-        status: {"description": text, "content": {"application/json": {"schema": Error}}}
-        for status, text in answers.items()
-    }
+    return {status: answer(text) for status, text in answers.items()}
 
 
 SIGNED_OUT = {401: "No token, or the token is invalid or has expired."}

@@ -78,6 +78,11 @@ class Flag(Boolean):
         return value
 
 
+def answer(description: str, schema: type[Schema] = Error) -> dict[str, Any]:
+    """A documented answer for `@bp.doc(responses=...)`: its description and JSON shape."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 class Page(Schema):
     """Paging of a list, newest first: `limit` (records.DEFAULT_PAGE if absent) and `offset`."""
 

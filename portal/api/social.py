@@ -15,7 +15,7 @@ from core.clinical import Vocabulary
 from core.errors import CoreError
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
-from portal.api.schemas import Error, Flag, QueryWhole, Text
+from portal.api.schemas import Flag, QueryWhole, Text, answer
 from portal.extensions import db
 from portal.models import utcnow
 from portal.openapi import BEARER
@@ -313,10 +313,7 @@ def _errors(**answers: str) -> dict[int, dict[str, Any]]:
         "e403": "Only patient accounts use matching and chat.",
         **answers,
     }
-    return {
-        int(name[1:]): {"description": text, "content": {"application/json": {"schema": Error}}}
-        for name, text in sorted(described.items())
-    }
+    return {int(name[1:]): answer(text) for name, text in sorted(described.items())}
 
 
 RATE_LIMITED = "Too many of these requests this hour (the limit is per patient); failed ones count too."

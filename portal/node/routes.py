@@ -14,7 +14,7 @@ from flask import Response, current_app, jsonify, request
 from core.encoding import b64d, b64e
 from core.errors import CoreError, InvalidBlock
 from portal import runtime
-from portal.api.schemas import Error, ErrorDetail, Text
+from portal.api.schemas import ErrorDetail, Text, answer
 from portal.models import utcnow
 from portal.node import bp
 from portal.openapi import NODE_SIGNATURE
@@ -31,8 +31,7 @@ ACCESS_MESSAGE = "`access` must be the reader's signed access entry (base64url).
 EMERGENCY_MESSAGE = "`emergency` must be the reader's signed emergency (base64url)."
 
 
-def _answer(description: str, schema: type[Schema] = Error) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+_answer = answer
 
 
 def _whole(name: str, low: int, high: int, default: int) -> Integer:
