@@ -1,16 +1,25 @@
-"""Validation and lookup of diagnosis codes (ICD-10-CM) and symptoms (HPO terms).
+"""Validation, lookup and search of diagnosis codes (ICD-10-CM) and symptoms (HPO terms).
 
 ICD-10-CM comes from the `simple-icd-10-cm` package, HPO from the ontology that
 the `hpo3` package ships; nothing is fetched from the network. The HPO ontology
 takes about a second to load, so `load_vocabulary` loads it once per process.
+
+hpo3's bundled ontology carries term names but no synonyms, so symptom search adds
+a small curated table of everyday phrases (`lay_terms.json` beside this module).
+Search indexes are built once per process, on the first search.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
+import json
 import re
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -21,6 +30,10 @@ if TYPE_CHECKING:
 
 HPO_RE = re.compile(r"^HP:(\d{7})$")
 ICD_RE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
+# What a code typed so far looks like: a letter, a digit, then up to five more code characters.
+ICD_PREFIX_RE = re.compile(r"^[A-Z][0-9][0-9A-Z]?(\.?[0-9A-Z]{0,4})?$")
+WORD_RE = re.compile(r"[a-z0-9]+")
+LAY_TERMS = Path(__file__).with_name("lay_terms.json")
 
 
 @dataclass(frozen=True)
@@ -35,12 +48,82 @@ class Symptom:
     name: str
 
 
-class Vocabulary:
-    """Read-only lookups over the two vocabularies."""
+@dataclass(frozen=True)
+class SymptomMatch:
+    """A search answer: the term, and the everyday phrase that found it (None when its name did)."""
 
-    def __init__(self, hpo_names: dict[str, str], icd: ModuleType) -> None:
-        self._hpo = hpo_names
+    id: str
+    name: str
+    matched: str | None = None
+
+
+def _words(text: str) -> list[str]:
+    return WORD_RE.findall(text.lower())
+
+
+def _label(text: str) -> str:
+    return " ".join(_words(text))
+
+
+class _WordIndex:
+    """Labels (lower-case words joined by single spaces) searched by what was typed. Label ids
+    are positions in the list, which the caller gives best first within a tier."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = labels
+        by_label = sorted(range(len(labels)), key=labels.__getitem__)
+        self.sorted_ids = by_label
+        self.sorted_labels = [labels[i] for i in by_label]
+        postings: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            for word in set(label.split()):
+                postings.setdefault(word, []).append(i)
+        self.postings = postings
+        self.tokens = sorted(postings)
+
+    def _with_word_prefix(self, word: str) -> set[int]:
+        found: set[int] = set()
+        start = bisect.bisect_left(self.tokens, word)
+        for token in self.tokens[start:]:
+            if not token.startswith(word):
+                break
+            found.update(self.postings[token])
+        return found
+
+    def search(self, words: Sequence[str]) -> Iterator[int]:
+        """Ids of the labels matching `words`, best first, each once: the same text, then labels
+        starting with it, then labels where every word starts one of their words."""
+        query = " ".join(words)
+        start = bisect.bisect_left(self.sorted_labels, query)
+        end = bisect.bisect_left(self.sorted_labels, query + "~")  # "~" sorts after letters, digits and space
+        prefixed = self.sorted_ids[start:end]
+        exact = sorted(i for i in prefixed if self.labels[i] == query)
+        yield from exact
+        yield from sorted(set(prefixed) - set(exact))
+        hits = self._with_word_prefix(words[0])
+        for word in words[1:]:
+            if not hits:
+                return
+            hits &= self._with_word_prefix(word)
+        yield from sorted(hits - set(prefixed))
+
+
+class Vocabulary:
+    """Read-only lookups and searches over the two vocabularies."""
+
+    def __init__(
+        self, hpo_names: Mapping[str, str], icd: ModuleType, lay_terms: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        self._hpo = dict(hpo_names)
         self._icd = icd
+        # One label per name and per everyday phrase, shortest names first, a term's name before its phrases.
+        labels = [(n, i, None) for i, n in self._hpo.items()]
+        labels += [(self._hpo[i], i, p) for i, ps in (lay_terms or {}).items() if i in self._hpo for p in ps]
+        labels.sort(key=lambda x: (len(x[0]), x[0], x[2] is not None, x[2] or ""))
+        self._symptom_labels = [(i, p) for _, i, p in labels]
+        self._symptom_index = _WordIndex([_label(p if p is not None else n) for n, _, p in labels])
+        self._icd_index: tuple[list[Diagnosis], list[tuple[str, int]], _WordIndex] | None = None
+        self._icd_lock = threading.Lock()
 
     def diagnosis(self, code: str) -> Diagnosis:
         """The ICD-10-CM category or subcategory for `code` (with or without the dot)."""
@@ -60,13 +143,54 @@ class Vocabulary:
             raise InvalidCode(f"unknown HPO term {str(term_id)[:12]!r}")
         return Symptom(normal, name)
 
-    def search_symptoms(self, text: str, limit: int = 20) -> list[Symptom]:
-        """Terms whose name contains every word of `text`, shortest names first."""
-        words = text.lower().split()
-        if not words:
+    def search_symptoms(self, text: str, limit: int = 20) -> list[SymptomMatch]:
+        """Terms whose name or an everyday phrase for it answers `text` (any case, punctuation
+        ignored): the same words first, then labels starting with them, then labels where every
+        word starts one of their words; shortest names first within each. An HPO id finds its
+        term. Each term comes once, with the phrase that found it when its name did not do as well."""
+        normal = text.strip().upper() if isinstance(text, str) else ""
+        if HPO_RE.match(normal):
+            return [SymptomMatch(normal, self._hpo[normal])] if normal in self._hpo else []
+        words = _words(normal)
+        found: dict[str, SymptomMatch] = {}
+        if not words or limit < 1:
             return []
-        hits = [Symptom(i, n) for i, n in self._hpo.items() if all(w in n.lower() for w in words)]
-        return sorted(hits, key=lambda s: (len(s.name), s.name))[:limit]
+        for n in self._symptom_index.search(words):
+            term, phrase = self._symptom_labels[n]
+            if term not in found:
+                found[term] = SymptomMatch(term, self._hpo[term], phrase)
+                if len(found) == limit:
+                    break
+        return list(found.values())
+
+    def _icd_search_index(self) -> tuple[list[Diagnosis], list[tuple[str, int]], _WordIndex]:
+        with self._icd_lock:
+            if self._icd_index is None:
+                icd = self._icd
+                codes = [c for c in icd.get_all_codes(with_dots=True) if icd.is_category_or_subcategory(c)]
+                codes.sort(key=lambda c: (len(c), c))  # broader codes first
+                entries = [Diagnosis(c, icd.get_description(c)) for c in codes]
+                by_code = sorted((c.replace(".", ""), i) for i, c in enumerate(codes))
+                words = _WordIndex([_label(e.description) for e in entries])
+                self._icd_index = (entries, by_code, words)
+            return self._icd_index
+
+    def search_diagnoses(self, text: str, limit: int = 20) -> list[Diagnosis]:
+        """ICD-10-CM categories and subcategories for what was typed. A code or its start (with or
+        without the dot) finds that code and the codes under it; otherwise every word must start
+        a word of the description: the same description first, then descriptions starting with
+        the text, then the rest. Broader codes come first within each."""
+        entries, by_code, index = self._icd_search_index()
+        code = text.strip().upper() if isinstance(text, str) else ""
+        if limit < 1:
+            return []
+        if ICD_PREFIX_RE.match(code):
+            prefix = code.replace(".", "")
+            start = bisect.bisect_left(by_code, (prefix,))
+            end = bisect.bisect_left(by_code, (prefix + "~",))  # "~" sorts after every code character
+            return [entries[i] for i in sorted(i for _, i in by_code[start:end])[:limit]]
+        words = _words(code)
+        return [entries[i] for i in itertools.islice(index.search(words), limit)] if words else []
 
 
 PHENOTYPIC_ABNORMALITY = 118  # HP:0000118: symptoms are its descendants, not modes of inheritance etc.
@@ -84,6 +208,11 @@ def _ontology() -> _Ontology:
     return Ontology
 
 
+def load_lay_terms() -> dict[str, list[str]]:
+    """The curated everyday phrases, by HPO id, as committed in lay_terms.json."""
+    return json.loads(LAY_TERMS.read_text(encoding="utf-8"))["terms"]
+
+
 @functools.cache
 def _load() -> Vocabulary:
     # Imported here: each library takes seconds to load, which every CLI command would pay.
@@ -91,7 +220,8 @@ def _load() -> Vocabulary:
 
     ontology = _ontology()
     root = ontology.hpo(PHENOTYPIC_ABNORMALITY)
-    return Vocabulary({term.id: term.name for term in ontology if term.child_of(root)}, simple_icd_10_cm)
+    names = {term.id: term.name for term in ontology if term.child_of(root)}
+    return Vocabulary(names, simple_icd_10_cm, load_lay_terms())
 
 
 def load_hpo_ontology() -> _Ontology:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.clinical import Diagnosis, Symptom, Vocabulary, load_vocabulary
+from core.clinical import Diagnosis, Symptom, SymptomMatch, Vocabulary, load_vocabulary
 from core.errors import CoreError, InvalidCode
 
 
@@ -132,10 +132,10 @@ def test_invalid_symptom(vocabulary, term, shown):
 def test_search_symptoms_fever(vocabulary):
     results = vocabulary.search_symptoms("fever")
     assert results
-    assert results[0] == Symptom("HP:0001945", "Fever")
-    assert all("fever" in s.name.lower() for s in results)
-    assert Symptom("HP:0001954", "Recurrent fever") in results
-    assert all(isinstance(s, Symptom) and s.id.startswith("HP:") for s in results)
+    assert results[0] == SymptomMatch("HP:0001945", "Fever")
+    assert all("fever" in s.name.lower() or "fever" in (s.matched or "") for s in results)
+    assert SymptomMatch("HP:0001954", "Recurrent fever") in results
+    assert all(isinstance(s, SymptomMatch) and s.id.startswith("HP:") for s in results)
 
 
 def test_search_symptoms_sorted_shortest_first(vocabulary):
@@ -147,9 +147,9 @@ def test_search_symptoms_sorted_shortest_first(vocabulary):
 def test_search_symptoms_needs_every_word_in_any_case(vocabulary):
     results = vocabulary.search_symptoms("RECURRENT   fever")
     assert results
-    assert Symptom("HP:0001954", "Recurrent fever") in results
+    assert SymptomMatch("HP:0001954", "Recurrent fever") in results
     assert all("recurrent" in s.name.lower() and "fever" in s.name.lower() for s in results)
-    assert Symptom("HP:0001945", "Fever") not in results
+    assert SymptomMatch("HP:0001945", "Fever") not in results
 
 
 def test_search_symptoms_limit(vocabulary):
