@@ -2,7 +2,7 @@
 
 // Entry point: session handling, the hash router, the header and the emergency
 // banner. New screens (chat, ...) are added as one ROUTES entry plus, when they
-// belong in the navigation, one NAV_LINKS entry.
+// belong in the navigation, one NAV_LINKS entry (with its icon in TAB_ICONS).
 
 import { accessLogView, accessView } from './access.js';
 import { configureApi, revokeToken } from './api.js';
@@ -33,8 +33,13 @@ const SESSION_ENDED_MESSAGE = 'Your session has ended, please log in again.';
 const LOGGED_OUT_MESSAGE = 'You have logged out.';
 const IDLE_MESSAGE = 'You were signed out because of inactivity. Please log in again.';
 const SESSION_IDLE_CODE = 'session_idle';
+const SVG_NS = 'http://www.w3.org/2000/svg';
+// Set on <body> for a screen that fills the window and scrolls inside (the chat).
+const FILL_CLASS = 'screen-fill';
+const SIGNED_IN_CLASS = 'signed-in';
 
 // access: 'guest' screens are for signed-out visitors, 'user' screens need a session.
+// fill: the screen takes the window's height and scrolls its own parts (chat.js).
 const ROUTES = [
   { pattern: /^#\/login$/, access: 'guest', view: loginView },
   { pattern: /^#\/register$/, access: 'guest', view: registerView },
@@ -44,19 +49,32 @@ const ROUTES = [
   { pattern: /^#\/access-log$/, access: 'user', view: accessLogView },
   { pattern: /^#\/profile$/, access: 'user', view: profileView },
   { pattern: /^#\/matches$/, access: 'user', view: matchesView },
-  { pattern: /^#\/chat\/([^/]+)$/, access: 'user', view: chatView },
+  { pattern: /^#\/chat\/([^/]+)$/, access: 'user', view: chatView, fill: true },
   { pattern: /^#\/my-id$/, access: 'user', view: myIdView },
   { pattern: /^#\/security$/, access: 'user', view: securityView },
 ];
 
 const NAV_LINKS = [
-  { href: '#/records', label: 'My records' },
-  { href: '#/access', label: 'Access' },
-  { href: '#/access-log', label: 'Access log' },
-  { href: '#/profile', label: 'Symptoms' },
+  { href: '#/records', label: 'My records', icon: 'records' },
+  { href: '#/access', label: 'Access', icon: 'access' },
+  { href: '#/access-log', label: 'Access log', icon: 'log' },
+  { href: '#/profile', label: 'Symptoms', icon: 'symptoms' },
   // A conversation is reached from Matches: that tab stays current in it.
-  { href: '#/matches', label: 'Matches', covers: ['#/chat/'] },
+  { href: '#/matches', label: 'Matches', icon: 'matches', covers: ['#/chat/'] },
 ];
+// Outline icons on a 24-unit grid, drawn in the text colour (so the current tab's
+// colour and the dark theme apply to them too). Built as SVG elements: no icon font,
+// nothing fetched.
+const TAB_ICONS = {
+  records: ['M14 3H7a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h10a2 2 0 0 0 2-2V8z', 'M14 3v5h5', 'M9 13h6', 'M9 17h6'],
+  access: ['M12 3l7 3v6c0 4.5-3 7.5-7 9-4-1.5-7-4.5-7-9V6z', 'M9 12l2 2 4-4'],
+  log: ['M21 12a9 9 0 1 1-18 0 9 9 0 0 1 18 0z', 'M12 7v5l3 2'],
+  symptoms: ['M3 12h4l2-5 4 10 2-5h6'],
+  matches: [
+    'M16 20v-1a4 4 0 0 0-4-4H6a4 4 0 0 0-4 4v1', 'M13 7a4 4 0 1 1-8 0 4 4 0 0 1 8 0z',
+    'M22 20v-1a4 4 0 0 0-3-3.87', 'M16 3.13a4 4 0 0 1 0 7.75',
+  ],
+};
 // Beside the name in the header: the tab bar has room for five tabs on a phone.
 const MY_ID_LINK = { href: '#/my-id', label: 'My ID' };
 
@@ -146,6 +164,7 @@ function showView(route, params) {
   }
   renderSessionBar();
   updateBanner(route);
+  document.body.classList.toggle(FILL_CLASS, Boolean(route.fill));
   mount(app.main, route.view(viewContext(app.controller.signal), ...params));
   focusHeading();
 }
@@ -276,6 +295,7 @@ function followOtherTab(storedToken) {
 
 function renderSessionBar() {
   const user = currentUser();
+  document.body.classList.toggle(SIGNED_IN_CLASS, Boolean(user));
   if (!user) {
     mount(app.sessionBar);
     return;
@@ -294,10 +314,28 @@ function renderSessionBar() {
     logOutButton);
 }
 
-function navLink({ href, label, covers = [] }) {
+function navLink({ href, label, icon, covers = [] }) {
   const hash = window.location.hash;
   const current = hash === href || [`${href}/`, ...covers].some((prefix) => hash.startsWith(prefix));
-  return h('a', { class: 'nav-link', href, 'aria-current': current ? 'page' : null }, label);
+  return h('a', { class: 'nav-link', href, 'aria-current': current ? 'page' : null },
+    tabIcon(TAB_ICONS[icon]),
+    h('span', { class: 'nav-label' }, label));
+}
+
+// Decorative: the label beside it names the tab.
+function tabIcon(paths) {
+  const svg = document.createElementNS(SVG_NS, 'svg');
+  for (const [name, value] of Object.entries({
+    class: 'nav-icon', viewBox: '0 0 24 24', width: '24', height: '24', 'aria-hidden': 'true', focusable: 'false',
+  })) {
+    svg.setAttribute(name, value);
+  }
+  for (const d of paths) {
+    const path = document.createElementNS(SVG_NS, 'path');
+    path.setAttribute('d', d);
+    svg.append(path);
+  }
+  return svg;
 }
 
 function registerServiceWorker() {

@@ -4,7 +4,9 @@
 // with a match. The engine (chat-client.js) does the handshake and the crypto;
 // this screen shows its state (the status line, a changed-key warning, errors)
 // and the messages (the newest hundred, older ones on request), and sends what the
-// patient writes. Views follow views.js.
+// patient writes. The screen fills the window (app.js, `fill`): the heading on top,
+// the messages scrolling in between, the composer at the bottom, so neither the
+// composer nor a banner above can hide the newest message. Views follow views.js.
 
 import { blockPeer } from './api.js';
 import {
@@ -22,6 +24,10 @@ const FINGERPRINT_GROUP = 4;
 const FINGERPRINT_CHARS = 16;
 const KEY_CHANGED_HINT = 'Confirm the new key above before you send anything.';
 const MESSAGES_PAGE = 100;
+// Within this many pixels of the end the patient is reading the newest messages:
+// new ones scroll into view. Further up, a button offers to jump to them instead.
+const END_SLACK_PX = 48;
+const LINE_BREAK_INPUTS = new Set(['insertLineBreak', 'insertParagraph']);
 const LINK_TEXT = {
   [LINK_STATES.connecting]: 'Connecting to the chat server…',
   [LINK_STATES.offline]: 'Offline: reconnecting…',
@@ -46,6 +52,12 @@ export function chatView(ctx, conversationId) {
     errors: h('ul', { class: 'chat-errors', 'aria-label': 'Problems with received messages' }),
     list: h('ol', { class: 'message-list', 'aria-label': 'Messages', 'aria-live': 'polite', tabindex: '-1' }),
     older: h('button', { type: 'button', class: 'button older-messages', hidden: true }, 'Show older messages'),
+    // Focusable, so the keyboard scrolls it too.
+    scroller: h('div', { class: 'chat-scroll', role: 'region', 'aria-label': 'Conversation', tabindex: '0' }),
+    jump: h('button', { type: 'button', class: 'button button-primary new-messages', hidden: true }),
+    unseenBelow: 0,
+    // Is the patient reading the end of the conversation? Kept up to date while they scroll.
+    following: true,
     peer: null,
     blockShown: null,
     shownKeys: [],
@@ -56,19 +68,41 @@ export function chatView(ctx, conversationId) {
   const composer = messageComposer(page);
   page.composer = composer;
   page.older.addEventListener('click', () => showOlder(page));
+  page.jump.addEventListener('click', () => {
+    scrollToEnd(page);
+    page.scroller.focus({ preventScroll: true });
+  });
+  page.scroller.addEventListener('scroll', () => {
+    page.following = isAtEnd(page);
+    if (page.following) {
+      hideJump(page);
+    }
+  }, { passive: true });
+  page.scroller.append(page.older, page.list);
+  // The space for messages changes as the screen is laid out, a banner comes or goes,
+  // the keyboard opens or the composer grows: the end stays in view for a reader there.
+  const resized = new ResizeObserver(() => {
+    if (page.following) {
+      scrollToEnd(page);
+    }
+  });
+  resized.observe(page.scroller);
   const stop = watchConversation(conversationId, (view) => render(page, view));
-  ctx.signal.addEventListener('abort', stop);
+  ctx.signal.addEventListener('abort', () => {
+    stop();
+    resized.disconnect();
+  });
   return h('section', { class: 'view chat-view' },
-    h('div', { class: 'chat-head' },
-      h('a', { class: 'back-link', href: MATCHES_HASH }, '← Matches'),
-      page.blocking),
-    page.title,
-    page.status,
+    h('div', { class: 'chat-top' },
+      h('div', { class: 'chat-head' },
+        h('a', { class: 'back-link', href: MATCHES_HASH }, '← Matches'),
+        page.blocking),
+      page.title,
+      page.status),
     page.warning,
     page.problem,
     page.errors,
-    page.older,
-    page.list,
+    h('div', { class: 'chat-body' }, page.scroller, page.jump),
     composer.form);
 }
 
@@ -183,7 +217,9 @@ function renderErrors(page, view) {
 }
 
 // New messages are appended (the list is a live region: only they are announced);
-// anything else, such as one arriving out of order, redraws the list.
+// anything else, such as one arriving out of order, redraws the list. The newest
+// message comes into view if the patient was reading the end of the conversation or
+// wrote it; otherwise "New message" below offers to go to it.
 function renderMessages(page, view) {
   const rows = shownRows(page, view.messages);
   page.older.hidden = rows.length === view.messages.length;
@@ -197,15 +233,41 @@ function renderMessages(page, view) {
   }
   const shown = page.shownKeys;
   const grows = shown.length > 0 && shown.length <= keys.length && shown.every((key, i) => key === keys[i]);
+  const added = grows ? rows.slice(shown.length) : [];
   if (grows) {
-    page.list.append(...rows.slice(shown.length).map((row) => messageItem(view, row)));
+    page.list.append(...added.map((row) => messageItem(view, row)));
   } else {
     mount(page.list, rows.map((row) => messageItem(view, row)));
   }
-  if (keys.length !== shown.length) {
-    page.list.lastElementChild?.scrollIntoView({ block: 'end' });
-  }
   page.shownKeys = keys;
+  if (!shown.length || page.following || added.some((row) => row.mine)) {
+    scrollToEnd(page);
+  } else if (added.length) {
+    showJump(page, added.length);
+  }
+}
+
+function isAtEnd(page) {
+  const { scroller } = page;
+  return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight <= END_SLACK_PX;
+}
+
+function scrollToEnd(page) {
+  page.scroller.scrollTop = page.scroller.scrollHeight;
+  page.following = true;
+  hideJump(page);
+}
+
+function showJump(page, more) {
+  page.unseenBelow += more;
+  const count = page.unseenBelow;
+  mount(page.jump, count === 1 ? 'New message' : `${count} new messages`, h('span', { 'aria-hidden': 'true' }, ' ↓'));
+  page.jump.hidden = false;
+}
+
+function hideJump(page) {
+  page.unseenBelow = 0;
+  page.jump.hidden = true;
 }
 
 // A long history would make a slow, endless page: the newest messages first. The
@@ -236,7 +298,7 @@ function showOlder(page) {
   const top = anchor.getBoundingClientRect().top;
   page.list.prepend(...older.map((row) => messageItem(view, row)));
   page.shownKeys = [...older.map((row) => row.key), ...page.shownKeys];
-  window.scrollBy(0, anchor.getBoundingClientRect().top - top);
+  page.scroller.scrollTop += anchor.getBoundingClientRect().top - top;
   if (page.hidden === 0) {
     page.older.hidden = true;
     page.list.focus({ preventScroll: true });
@@ -264,19 +326,33 @@ function messageComposer(page) {
   const send = h('button', { type: 'submit', class: 'button button-primary', disabled: true }, 'Send');
   const error = errorNotice();
   const hint = h('p', { class: 'field-hint composer-hint', hidden: true }, KEY_CHANGED_HINT);
-  const composer = { input, send, error, hint, busy: false };
+  const composer = { input, send, error, hint, busy: false, newLine: false };
   composer.form = h('form', { class: 'composer', novalidate: true, 'aria-label': 'Write a message' },
     error, hint, h('div', { class: 'composer-row' }, input, send));
   composer.form.addEventListener('submit', (event) => {
     event.preventDefault();
     submitMessage(page, composer);
   });
-  // Ctrl/Cmd+Enter sends; a plain Enter is a new line (as on a phone keyboard).
+  // Enter sends, and so does the phone keyboard's Send key (enterkeyhint), which
+  // some keyboards deliver as a line break to insert rather than as a key press;
+  // Shift+Enter starts a new line. Not while an input method is composing a word.
   input.addEventListener('keydown', (event) => {
-    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+    composer.newLine = event.key === 'Enter' && event.shiftKey;
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       composer.form.requestSubmit();
     }
+  });
+  input.addEventListener('beforeinput', (event) => {
+    if (!LINE_BREAK_INPUTS.has(event.inputType) || event.isComposing) {
+      return;
+    }
+    if (composer.newLine) {
+      composer.newLine = false;
+      return;
+    }
+    event.preventDefault();
+    composer.form.requestSubmit();
   });
   return composer;
 }

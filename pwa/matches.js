@@ -28,10 +28,13 @@ const KIND_TEXT = {
   exact: 'Exact match',
   similar: 'Similar symptoms',
 };
+// Who asked decides what a card says: /connections gives the direction.
 const STATE_TEXT = {
-  pending: 'Request sent: waiting for an answer',
-  declined: 'They declined',
+  out: { pending: 'Request sent: waiting for an answer', declined: 'They declined' },
+  in: { pending: 'Wants to connect', declined: 'You declined' },
 };
+// Only while /connections could not be read.
+const UNKNOWN_DIRECTION_TEXT = { pending: 'Waiting for an answer', declined: 'Declined' };
 
 const screen = {
   mode: DEFAULT_MODE,
@@ -48,12 +51,16 @@ export function matchesView(ctx) {
     blocked: h('div', { class: 'access-list' }),
     modeHint: h('p', { id: 'match-mode-hint', class: 'field-hint' }),
     modeButtons: [],
+    // The newest connection with each peer, by pseudonym, and the match cards shown.
+    peers: new Map(),
+    matchCards: [],
+    connectionsRead: null,
   };
   const modes = modeSwitch(page);
   startChat();
   const stop = onConnectionsChanged(() => loadConnections(page));
   ctx.signal.addEventListener('abort', stop);
-  loadConnections(page);
+  page.connectionsRead = loadConnections(page);
   loadMatches(page);
   loadBlocks(page);
   return h('section', { class: 'view' },
@@ -116,6 +123,8 @@ async function loadConnections(page) {
     if (ctx.signal.aborted) {
       return;
     }
+    page.peers = newestByPeer(connections);
+    refreshMatchCards(page);
     mount(page.requests, incomingRequests(page, connections.filter(isIncomingRequest)));
     mount(page.conversations, conversationList(connections.filter((item) => item.state !== 'declined'
       && !isIncomingRequest(item)), unseen));
@@ -129,6 +138,22 @@ async function loadConnections(page) {
 
 function isIncomingRequest(item) {
   return item.direction === 'in' && item.state === 'pending';
+}
+
+// The list is newest first.
+function newestByPeer(connections) {
+  const peers = new Map();
+  for (const item of connections) {
+    if (item.peer && !peers.has(item.peer)) {
+      peers.set(item.peer, item);
+    }
+  }
+  return peers;
+}
+
+function stateText(connection) {
+  const texts = STATE_TEXT[connection.direction] ?? UNKNOWN_DIRECTION_TEXT;
+  return texts[connection.state] ?? connection.state;
 }
 
 function incomingRequests(page, requests) {
@@ -207,7 +232,7 @@ function conversationItem(item, unseen) {
   if (item.state !== 'accepted') {
     return h('div', { class: 'conversation conversation-waiting' },
       h('span', { class: 'pseudonym' }, item.peer),
-      h('span', { class: 'muted' }, STATE_TEXT[item.state] ?? item.state));
+      h('span', { class: 'muted' }, stateText(item)));
   }
   const unread = (Number(item.unread) || 0) + unseen;
   return h('a', { class: 'conversation', href: chatHash(item.id) },
@@ -230,7 +255,10 @@ async function loadMatches(page) {
   mount(page.matches, loadingIndicator('Looking for matches…'));
   try {
     const matches = await listMatches(mode, { signal: ctx.signal });
+    // A card tells a request sent from one to answer only once the connections are read.
+    await page.connectionsRead;
     if (!ctx.signal.aborted && mode === screen.mode) {
+      page.matchCards = [];
       mount(page.matches, matchList(page, matches, mode));
     }
   } catch (error) {
@@ -266,8 +294,10 @@ function matchCard(page, match, mode) {
   const card = {
     error: errorNotice(),
     actions: h('div', { class: 'actions' }),
+    shown: null,
   };
   renderMatchActions(page, card, match);
+  page.matchCards.push({ card, match });
   const shared = [...(match.shared ?? [])].sort((x, y) => x.name.localeCompare(y.name));
   // No score: a number would tell more about the other patient than the symptoms you share.
   const similar = match.similar ?? mode === 'ranked';
@@ -283,8 +313,29 @@ function matchCard(page, match, mode) {
     card.actions);
 }
 
+// What /connections says is newer than the match list, and tells who asked.
+function connectionWith(page, match) {
+  return page.peers.get(match.pseudonym) ?? match.connection;
+}
+
+function connectionKey(connection) {
+  return connection ? `${connection.id}:${connection.state}:${connection.direction ?? ''}` : '';
+}
+
+// A connection changed (live, or answered here): the cards it concerns follow, unless
+// the patient is confirming a block on that card.
+function refreshMatchCards(page) {
+  for (const { card, match } of page.matchCards) {
+    const changed = card.shown !== connectionKey(connectionWith(page, match));
+    if (changed && !card.actions.querySelector('.confirm')) {
+      renderMatchActions(page, card, match);
+    }
+  }
+}
+
 function renderMatchActions(page, card, match) {
-  const connection = match.connection;
+  const connection = connectionWith(page, match);
+  card.shown = connectionKey(connection);
   const block = h('button', { type: 'button', class: 'button button-danger-quiet' }, 'Block');
   block.addEventListener('click', () => confirmBlock(page, card, match.pseudonym,
     () => renderMatchActions(page, card, match)));
@@ -292,14 +343,33 @@ function renderMatchActions(page, card, match) {
     mount(card.actions, h('a', { class: 'button button-primary', href: chatHash(connection.id) }, 'Open chat'), block);
     return;
   }
+  if (connection?.state === 'pending' && connection.direction === 'in') {
+    renderAnswerActions(page, card, { id: connection.id, peer: match.pseudonym }, block);
+    return;
+  }
   if (connection) {
     mount(card.actions, h('span', { class: 'chip chip-pending request-state', role: 'status' },
-      STATE_TEXT[connection.state] ?? connection.state), block);
+      stateText(connection)), block);
     return;
   }
   const connect = h('button', { type: 'button', class: 'button button-primary' }, 'Connect');
   connect.addEventListener('click', () => requestConnection(page, card, match, connect));
   mount(card.actions, connect, block);
+}
+
+// They asked first: answered on their card as in "Requests to connect".
+function renderAnswerActions(page, card, item, block) {
+  const accept = h('button', { type: 'button', class: 'button button-primary' }, 'Accept');
+  const decline = h('button', { type: 'button', class: 'button' }, 'Decline');
+  accept.addEventListener('click', () => answerRequest(page, item, {
+    button: accept, other: decline, error: card.error, accept: true,
+  }));
+  decline.addEventListener('click', () => answerRequest(page, item, {
+    button: decline, other: accept, error: card.error, accept: false,
+  }));
+  mount(card.actions,
+    h('span', { class: 'chip chip-incoming request-state', role: 'status' }, STATE_TEXT.in.pending),
+    accept, decline, block);
 }
 
 async function requestConnection(page, card, match, button) {
@@ -308,7 +378,8 @@ async function requestConnection(page, card, match, button) {
   try {
     const connection = await connectTo(match.pseudonym, { signal: page.ctx.signal });
     if (!page.ctx.signal.aborted) {
-      match.connection = connection ?? { state: 'pending' };
+      match.connection = { state: 'pending', direction: 'out', ...connection };
+      page.peers.set(match.pseudonym, match.connection);
       renderMatchActions(page, card, match);
       loadConnections(page);
     }
