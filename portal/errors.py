@@ -4,6 +4,7 @@ friendly page for the portal. Nothing internal (stack traces, SQL, key material)
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -26,6 +27,60 @@ HTTP_CODES = {
 }
 
 
+# Field names as the API spells them, and as a person filling in the portal's forms reads them.
+FIELD_LABELS = {
+    "title": "title", "category": "category", "notes": "notes", "reason": "reason", "days": "number of days",
+    "diagnoses": "diagnoses", "symptoms": "symptoms", "prescriptions": "prescriptions", "drug": "medicine",
+    "dose": "dose", "frequency": "frequency", "duration": "duration", "username": "username",
+    "password": "password", "display_name": "full name", "hospital": "hospital",
+    "licence_number": "licence number", "current_password": "current password", "new_password": "new password",
+    "scope.from": "first date", "scope.to": "last date", "scope.categories": "kinds of record", "q": "search",
+}  # fmt: skip
+
+
+def _label(field: str) -> str:
+    return FIELD_LABELS.get(field, field.replace("_", " ").replace(".", " "))
+
+
+# The API's messages name fields for programs; the portal says the same thing to a person.
+# Each pattern's named groups fill its sentence ("field" is named as the form names it). First match wins.
+PLAIN = [
+    (r"`scope\.categories` must be a non-empty list", "Choose at least one kind of record to share."),
+    (r"`scope\.from` and `scope\.to` must be dates", "Enter the first and the last date, as year-month-day."),
+    (r"`scope\.from` must not be after `scope\.to`", "The first date must not be after the last date."),
+    (r"`scope` must be ", "Choose what to share: all records, some kinds of record, or a period."),
+    (r"`days` must be a whole number from (?P<low>\d+) to (?P<hi>\d+)", "Enter a number of days from {low} to {hi}."),
+    (
+        r"`(?P<field>[\w.]+)` must be a whole number from (?P<low>\d+) to (?P<high>\d+)",
+        "Enter a whole number from {low} to {high} for the {field}.",
+    ),
+    (r"`category` must be one of", "Choose one of the categories in the list."),
+    (r"`(?P<field>[\w.]+)` is required", "Fill in the {field}."),
+    (r"`(?P<field>[\w.]+)` is longer than (?P<n>\d+) characters", "The {field} can be at most {n} characters long."),
+    (r"`(?P<field>[\w.]+)` must be text", "Write the {field} as text."),
+    (r"At most (?P<n>\d+) `(?P<field>\w+)`", "Enter at most {n} {field}."),
+    (r"`prescriptions` must be a list of at most (?P<n>\d+)", "Write at most {n} prescriptions."),
+    (r"Each prescription has `drug`", "Each prescription needs the name of the medicine."),
+    (r"unknown ICD-10-CM code '(?P<code>[^']*)'", "{code} is not an ICD-10-CM diagnosis code this hospital knows."),
+    (r"unknown HPO term '(?P<code>[^']*)'", "{code} is not an HPO symptom this hospital knows."),
+]
+_PLAIN = [(re.compile(pattern), sentence) for pattern, sentence in PLAIN]
+
+
+def plain_message(message: str) -> str:
+    """A service error's message as the portal shows it: a sentence for a person, not for a
+    program (the API keeps the original, which names the fields). The one place this is done."""
+    for pattern, sentence in _PLAIN:
+        match = pattern.search(message)
+        if match:
+            groups = match.groupdict()
+            if "field" in groups:
+                groups["field"] = _label(groups["field"])
+            return sentence.format(**groups)
+    # Anything else still naming a field: name it the way the form does.
+    return re.sub(r"`([\w.]+)`", lambda m: f"the {_label(m[1])}", message)
+
+
 def wants_json() -> bool:
     return request.path.startswith("/api/") or request.path.startswith("/node/")
 
@@ -33,7 +88,7 @@ def wants_json() -> bool:
 def error_response(status: int, code: str, message: str) -> tuple[Response, int] | tuple[str, int]:
     if wants_json():
         return jsonify({"error": {"code": code, "message": message}}), status
-    return render_template("error.html", status=status, message=message), status
+    return render_template("error.html", status=status, message=plain_message(message)), status
 
 
 def _service_error(exc: ServiceError):  # type: ignore[no-untyped-def]
@@ -61,6 +116,7 @@ def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
 
 
 def register(app: Flask) -> None:
+    app.add_template_filter(plain_message, "plain")
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

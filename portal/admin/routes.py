@@ -4,6 +4,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from portal import runtime
@@ -64,6 +65,15 @@ def produce_block() -> Response:
     height = ledger.seal_pending(runtime.node_key(), current_app.config["MAX_BLOCK_TRANSACTIONS"])
     flash("Nothing was pending." if height is None else f"Sealed block {height}.", "info")
     return redirect(url_for("admin.users"))
+
+
+@bp.app_context_processor
+def emergencies_waiting() -> dict[str, int]:
+    """For the admin's navigation: how many emergency accesses by this hospital's doctors wait for review."""
+    if not (current_user.is_authenticated and current_user.role == "admin"):
+        return {}
+    waiting = sum(1 for e in grants.emergencies_to_review(runtime.node().node_id) if e.reviewed_at is None)
+    return {"emergencies_waiting": waiting}
 
 
 def _emergencies_page() -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -12,12 +11,13 @@ from apiflask import Schema
 from apiflask.fields import Boolean, Dict, File, Integer, List, Nested, String
 from apiflask.schema_adapters.marshmallow import parser
 from apiflask.validators import Length
-from flask import Response, current_app, request, send_file
+from flask import Response, current_app, request
 from marshmallow import ValidationError
 
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso
 from portal.api.schemas import Page, QueryWhole, RecordSummary, Text, User, answer
+from portal.attachments import send_attachment
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User as UserRow
@@ -680,12 +680,25 @@ def get_record(record_id: str) -> dict[str, Any]:
     return records.get_record(api_actor(), record_id, node=runtime.node(), now=utcnow())
 
 
+class AttachmentQuery(Schema):
+    inline = QueryWhole(
+        0,
+        1,
+        metadata={
+            "description": "1: to be shown rather than saved (`Content-Disposition: inline`, with a sandboxing "
+            "Content-Security-Policy), for an image or a PDF; other types are always a download. Same access "
+            "check and access-log entry as the download."
+        },
+    )
+
+
 @bp.get("/records/<record_id>/attachments/<int:n>")
+@bp.input(AttachmentQuery, location="query", arg_name="query")
 @bp.output(
     {},
     content_type="application/octet-stream",
     description="The attachment's bytes, with its real type (application/pdf, image/png, image/jpeg or "
-    "image/webp) and file name (Content-Disposition).",
+    "image/webp) and file name (Content-Disposition: attachment, or inline with `?inline=1`).",
 )
 @bp.doc(
     operation_id="getAttachment",
@@ -699,11 +712,9 @@ def get_record(record_id: str) -> dict[str, Any]:
         }
     ),
 )
-def get_attachment(record_id: str, n: int) -> Response:
+def get_attachment(record_id: str, n: int, query: dict[str, Any]) -> Response:
     meta, data = records.get_attachment(api_actor(), record_id, n, node=runtime.node(), now=utcnow())
-    return send_file(
-        io.BytesIO(data), mimetype=meta["content_type"], as_attachment=True, download_name=meta["filename"]
-    )
+    return send_attachment(meta, data, inline=query.get("inline") == 1)
 
 
 @bp.get("/chain/blocks")

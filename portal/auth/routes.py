@@ -27,7 +27,7 @@ def index() -> Response:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> Response | str:
+def login() -> Response | str | tuple[str, int] | tuple[str, int, dict[str, str]]:
     if current_user.is_authenticated:
         return _home()
     if request.method == "POST":
@@ -53,9 +53,10 @@ def login() -> Response | str:
             return page, exc.status, headers
         token, user = signed_in.token, signed_in.session.user
         if user.role == "patient":
+            # The portal holds no patient session and hands no token over (nothing to leak through a
+            # URL or a log): the patient signs in once more in the app, which holds their keys.
             accounts.logout(token)
-            flash("Patients use the MedLedger app.", "info")
-            return redirect("/app/")
+            return render_template("auth/patient_app.html", username=user.username)
         user.session_token = token
         session.clear()
         login_user(user)

@@ -1,0 +1,30 @@
+"""An attachment's answer, for the portal's record page and the API alike: a download, or (when
+asked) a preview shown in the page. Access is decided and the read logged before this, by
+`records.get_attachment`, the same for both."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flask import Response, send_file
+
+# The types a browser shows by itself; anything else is always a download.
+PREVIEWABLE = {"application/pdf", "image/png", "image/jpeg", "image/webp"}
+# A preview is a document of its own: no script, no form, no request anywhere, shown only in a
+# frame of this site. `sandbox` keeps a hostile PDF from running anything with the site's rights.
+PREVIEW_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'; sandbox"
+
+
+def send_attachment(meta: dict[str, Any], data: bytes, *, inline: bool) -> Response:
+    """The decrypted bytes with their real type and file name; `inline` (for a type a browser can
+    show) asks the browser to show them rather than save them."""
+    preview = inline and meta["content_type"] in PREVIEWABLE
+    response = send_file(
+        io.BytesIO(data), mimetype=meta["content_type"], as_attachment=not preview, download_name=meta["filename"]
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    if preview:
+        response.headers["Content-Security-Policy"] = PREVIEW_CSP
+    return response
