@@ -7,8 +7,8 @@
 // router's context and fill in data only while ctx.signal is not aborted.
 
 import {
-  approveAccessRequest, createGrant, declineAccessRequest, findDoctors, getAccessLog, getEmergencyAccess,
-  listAccessRequests, listGrants, listRecords, revokeGrant, setEmergencyAccess,
+  approveAccessRequest, approveTakesNarrowing, createGrant, declineAccessRequest, findDoctors, getAccessLog,
+  getEmergencyAccess, listAccessRequests, listGrants, listRecords, revokeGrant, setEmergencyAccess,
 } from './api.js';
 import { h, mount } from './dom.js';
 import {
@@ -16,7 +16,7 @@ import {
 } from './format.js';
 import {
   SEARCH_MIN_CHARS, dateTime, definitionList, errorNotice, errorText, flashNotice, formField, hideNotice, isStale,
-  loadingIndicator, searchAsYouType, setBusy, showNotice, viewHeading,
+  loadingIndicator, mergeById, pageControls, searchAsYouType, setBusy, showNotice, viewHeading,
 } from './ui.js';
 
 const CATEGORIES = [
@@ -27,6 +27,7 @@ const DEFAULT_DAYS = 30;
 const MIN_DAYS = 1;
 const MAX_DAYS = 365;
 const RECORD_TITLES_LIMIT = 200;
+const PAGE_SIZE = 50;
 const DAY_MS = 24 * 60 * 60 * 1000;
 const RECORDS_HASH = '#/records';
 const EMERGENCY_EXPLANATION = 'If you are brought in unconscious, a doctor can open your records for 4 hours '
@@ -59,7 +60,12 @@ export function accessView(ctx) {
     past: h('div'),
     emergency: h('div', { class: 'emergency-settings' }),
     refresh: h('button', { type: 'button', class: 'button' }, 'Refresh'),
+    // What is loaded of each list, a page at a time ({ items, nextOffset }).
+    loaded: { requests: null, grants: null },
+    narrowing: null,
   };
+  page.requestPages = pageControls(() => loadMoreAccess(page, 'requests'));
+  page.grantPages = pageControls(() => loadMoreAccess(page, 'grants'));
   page.refresh.addEventListener('click', () => refreshAccess(page));
   loadGrantsAndRequests(page);
   loadEmergency(page);
@@ -68,8 +74,9 @@ export function accessView(ctx) {
     h('p', { class: 'lead' }, 'You decide which doctors can read your records, and for how long.'),
     ctx.flash && flashNotice(ctx.flash),
     page.status,
-    accessSection('access-requests', 'Requests waiting for you', page.requests),
-    accessSection('access-grants', 'Doctors who can read your records', page.grants, page.past),
+    accessSection('access-requests', 'Requests waiting for you', page.requests, page.requestPages.element),
+    accessSection('access-grants', 'Doctors who can read your records', page.grants, page.past,
+      page.grantPages.element),
     accessSection('access-give', 'Give a doctor access', grantForm(page)),
     accessSection('access-emergency', 'Emergency access', page.emergencyStatus, page.emergency));
 }
@@ -105,13 +112,14 @@ async function loadGrantsAndRequests(page) {
   startLoading(page.grants, 'Loading who can read your records…');
   try {
     const [requests, grants] = await Promise.all([
-      listAccessRequests({ signal: ctx.signal }),
-      listGrants({ signal: ctx.signal }),
+      listAccessRequests({ signal: ctx.signal, limit: PAGE_SIZE }),
+      listGrants({ signal: ctx.signal, limit: PAGE_SIZE }),
     ]);
     if (!ctx.signal.aborted) {
-      mount(page.requests, pendingRequests(page, requests.filter((item) => item.status === 'pending')));
-      mount(page.grants, activeGrants(page, grants.filter((grant) => grant.status === 'active')));
-      mount(page.past, pastGrants(grants.filter((grant) => grant.status !== 'active')));
+      page.loaded.requests = { items: mergeById([], requests.requests), nextOffset: requests.next_offset ?? null };
+      page.loaded.grants = { items: mergeById([], grants.grants), nextOffset: grants.next_offset ?? null };
+      showRequests(page);
+      showGrants(page);
     }
   } catch (error) {
     if (!isStale(ctx, error)) {
@@ -120,6 +128,36 @@ async function loadGrantsAndRequests(page) {
   } finally {
     targets.forEach((element) => element.removeAttribute('aria-busy'));
   }
+}
+
+// The next page of requests or grants, added to what is shown (each once).
+async function loadMoreAccess(page, kind) {
+  const { ctx } = page;
+  const loaded = page.loaded[kind];
+  if (loaded?.nextOffset === null || loaded?.nextOffset === undefined) {
+    return;
+  }
+  const fetchPage = kind === 'requests' ? listAccessRequests : listGrants;
+  const answer = await fetchPage({ signal: ctx.signal, limit: PAGE_SIZE, offset: loaded.nextOffset });
+  if (!ctx.signal.aborted) {
+    page.loaded[kind] = { items: mergeById(loaded.items, answer[kind]), nextOffset: answer.next_offset ?? null };
+    (kind === 'requests' ? showRequests : showGrants)(page);
+  }
+}
+
+// Only pending requests are shown, and grants are split in two, so a count of all would
+// mislead: these lists offer "Load more" without "Showing n of m".
+function showRequests(page) {
+  const { items, nextOffset } = page.loaded.requests;
+  mount(page.requests, pendingRequests(page, items.filter((item) => item.status === 'pending')));
+  page.requestPages.update({ shown: items.length, total: null, nextOffset });
+}
+
+function showGrants(page) {
+  const { items, nextOffset } = page.loaded.grants;
+  mount(page.grants, activeGrants(page, items.filter((grant) => grant.status === 'active')));
+  mount(page.past, pastGrants(items.filter((grant) => grant.status !== 'active')));
+  page.grantPages.update({ shown: items.length, total: null, nextOffset });
 }
 
 function startLoading(element, text) {
@@ -139,10 +177,10 @@ function pendingRequests(page, requests) {
 }
 
 function requestCard(page, item) {
-  const error = errorNotice();
   const approve = h('button', { type: 'button', class: 'button button-primary' }, 'Approve');
   const decline = h('button', { type: 'button', class: 'button' }, 'Decline');
   const actions = h('div', { class: 'actions' }, approve, decline);
+  const approval = approvalStep(page, item, { actions, returnFocus: approve });
   const confirm = confirmStep(page.ctx, {
     actions,
     returnFocus: decline,
@@ -154,8 +192,14 @@ function requestCard(page, item) {
     danger: true,
     onConfirm: () => declineRequest(page, item),
   });
-  approve.addEventListener('click', () => approveRequest(page, item, { approve, error }));
-  decline.addEventListener('click', confirm.open);
+  approve.addEventListener('click', () => {
+    confirm.close({ quiet: true });
+    approval.open();
+  });
+  decline.addEventListener('click', () => {
+    approval.close({ quiet: true });
+    confirm.open();
+  });
   return h('article', { class: 'card access-card', 'aria-label': `Request from ${item.doctor.display_name}` },
     doctorHeading(item.doctor),
     definitionList([
@@ -164,26 +208,130 @@ function requestCard(page, item) {
       ['For', daysText(item.days)],
       ['Asked on', dateTime(item.created_at)],
     ], 'access-details'),
-    error,
     actions,
+    approval.panel,
     confirm.panel);
 }
 
-async function approveRequest(page, item, { approve, error }) {
-  hideNotice(error);
-  setBusy(approve, true, 'Approving…');
-  try {
-    const grant = await approveAccessRequest(item.id, { signal: page.ctx.signal });
-    if (!page.ctx.signal.aborted) {
-      announce(page.status, `You approved: ${grant.doctor.display_name} can read ${grant.scope_text} until `
-        + `${formatDateTime(grant.expires_at)}.`);
-      loadGrantsAndRequests(page);
+// Approving shows what the doctor will get, as giving access directly does; the patient may
+// give less than asked (fewer kinds of records, a shorter span of dates, fewer days) where the
+// server takes a narrower approval, and sees the request as asked where it does not.
+function approvalStep(page, item, { actions, returnFocus }) {
+  const prefix = `approve-${item.id}`;
+  const asked = item.scope ?? { type: 'all' };
+  const fields = {
+    scope: scopeFields({ prefix, ...narrowerChoices(asked) }),
+    days: formField({
+      id: `${prefix}-days`, label: 'For how many days', type: 'number', inputmode: 'numeric',
+      min: MIN_DAYS, max: item.days, step: 1, value: item.days, required: true,
+      hint: `Up to ${daysText(item.days)}, as asked. You can revoke it sooner at any time.`,
+    }),
+    note: h('p', { class: 'confirm-detail', role: 'status' }),
+  };
+  fields.box = h('div', { class: 'narrowing', hidden: true }, fields.scope.element, fields.days.wrapper);
+  const step = confirmStep(page.ctx, {
+    actions,
+    returnFocus,
+    question: approvalQuestion(item, { scope: asked, days: item.days }),
+    body: [fields.note, fields.box],
+    confirmLabel: 'Approve',
+    busyLabel: 'Approving…',
+    cancelLabel: 'Cancel',
+    onConfirm: () => approveRequest(page, item, { step, fields }),
+  });
+  const update = () => {
+    const narrowed = readNarrowing(item, fields, { quiet: true });
+    if (narrowed) {
+      step.setQuestion(approvalQuestion(item, narrowed));
     }
-  } catch (failure) {
-    if (!isStale(page.ctx, failure)) {
-      showNotice(error, errorText(failure));
-      setBusy(approve, false);
+  };
+  fields.box.addEventListener('input', update);
+  fields.box.addEventListener('change', update);
+  const open = step.open;
+  step.open = () => {
+    open();
+    offerNarrowing(page, fields);
+  };
+  return step;
+}
+
+function approvalQuestion(item, { scope, days }) {
+  return `Give ${personWithHospital(item.doctor)} access to ${scopeText(scope).toLowerCase()} for `
+    + `${daysText(days)}, until ${formatDateTime(new Date(Date.now() + days * DAY_MS).toISOString())}?`;
+}
+
+// What may be chosen within what the doctor asked for.
+function narrowerChoices(asked) {
+  if (asked.type === 'categories') {
+    return { choices: ['categories'], categories: asked.categories ?? [], initial: asked };
+  }
+  if (asked.type === 'dates') {
+    return { choices: ['dates'], initial: asked, dateBounds: { from: asked.from, to: asked.to } };
+  }
+  return { choices: SCOPE_CHOICES.map((choice) => choice.value), initial: { type: 'all' } };
+}
+
+async function offerNarrowing(page, fields) {
+  if (fields.known) {
+    return;
+  }
+  fields.note.textContent = 'Checking what you can change…';
+  page.narrowing ??= approveTakesNarrowing({ signal: page.ctx.signal }).catch(() => false);
+  const supported = await page.narrowing;
+  if (page.ctx.signal.aborted) {
+    return;
+  }
+  fields.known = true;
+  fields.supported = supported;
+  fields.box.hidden = !supported;
+  fields.note.textContent = supported
+    ? 'You can give less than asked: fewer kinds of records, fewer dates or fewer days.'
+    : 'This hospital\'s server approves a request only as asked. To give less, decline it and give access '
+      + 'below instead.';
+}
+
+// { scope, days } as chosen (the request's own while narrowing is not offered), or null after
+// marking the problem (`quiet`: without marking, while the patient is still typing).
+function readNarrowing(item, fields, { quiet = false } = {}) {
+  const asked = { scope: item.scope ?? { type: 'all' }, days: item.days };
+  if (!fields.supported) {
+    return asked;
+  }
+  const scope = quiet ? fields.scope.peek() : fields.scope.read();
+  const days = Number(fields.days.input.value);
+  const daysOk = Number.isInteger(days) && days >= MIN_DAYS && days <= item.days;
+  if (!quiet) {
+    fields.days.setError(daysOk ? null : `Please enter a whole number of days from ${MIN_DAYS} to ${item.days}.`);
+    if (!scope) {
+      fields.scope.firstInvalid()?.focus();
+    } else if (!daysOk) {
+      fields.days.input.focus();
     }
+  }
+  return scope && daysOk ? { scope, days } : null;
+}
+
+function isNarrowed(item, chosen) {
+  return chosen.days !== item.days || sameScopeKey(chosen.scope) !== sameScopeKey(item.scope ?? { type: 'all' });
+}
+
+function sameScopeKey(scope) {
+  const categories = [...(scope.categories ?? [])].sort();
+  return JSON.stringify([scope.type, categories, scope.from ?? null, scope.to ?? null]);
+}
+
+async function approveRequest(page, item, { step, fields }) {
+  const chosen = readNarrowing(item, fields);
+  if (!chosen) {
+    return;
+  }
+  const narrowed = fields.supported && isNarrowed(item, chosen) ? chosen : undefined;
+  const grant = await approveAccessRequest(item.id, { signal: page.ctx.signal, narrowed });
+  if (!page.ctx.signal.aborted) {
+    step.close({ quiet: true });
+    announce(page.status, `You approved: ${grant.doctor.display_name} can read ${grant.scope_text} until `
+      + `${formatDateTime(grant.expires_at)}.`);
+    loadGrantsAndRequests(page);
   }
 }
 
@@ -273,7 +421,9 @@ function doctorHeading(doctor) {
 // `actions` (optional) is hidden while the question is shown; `returnFocus` gets the
 // focus back on cancel. onConfirm's errors are shown in the panel.
 function confirmStep(ctx, options) {
-  const { actions, returnFocus, question, detail, confirmLabel, busyLabel, cancelLabel, danger, onConfirm } = options;
+  const {
+    actions, returnFocus, question, detail, body, confirmLabel, busyLabel, cancelLabel, danger, onConfirm,
+  } = options;
   const parts = {
     question: h('p', { class: 'confirm-question' }, question),
     error: errorNotice(),
@@ -284,6 +434,7 @@ function confirmStep(ctx, options) {
   const panel = h('div', { class: 'confirm', role: 'group', 'aria-label': question, hidden: true },
     parts.question,
     detail && h('p', { class: 'confirm-detail' }, detail),
+    body,
     parts.error,
     h('div', { class: 'actions' }, parts.confirm, parts.cancel));
   const step = {
@@ -294,17 +445,20 @@ function confirmStep(ctx, options) {
       panel.hidden = false;
       parts.confirm.focus();
     },
-    close() {
+    // `quiet`: another step takes over, so the focus is left to it.
+    close({ quiet = false } = {}) {
       panel.hidden = true;
       setHidden(actions, false);
-      returnFocus?.focus();
+      if (!quiet) {
+        returnFocus?.focus();
+      }
     },
     setQuestion(text) {
       parts.question.textContent = text;
       panel.setAttribute('aria-label', text);
     },
   };
-  parts.cancel.addEventListener('click', step.close);
+  parts.cancel.addEventListener('click', () => step.close());
   parts.confirm.addEventListener('click', () => runConfirmed(ctx, { ...parts, busyLabel, onConfirm }));
   return step;
 }
@@ -502,33 +656,46 @@ function resetSearch(search) {
 
 // ---- scope: all, some categories, or a date range
 
-function scopeFields() {
-  const radios = SCOPE_CHOICES.map((choice) => h('input', {
-    type: 'radio', name: 'grant-scope', id: `grant-scope-${choice.value}`, value: choice.value,
-    checked: choice.value === 'all',
+// `choices` (scope types offered), `categories` (those offered), `initial` (a scope to start
+// from and reset to) and `dateBounds` ({ from, to }: the dates may not go outside) let the
+// approval of a request offer only what is within what was asked.
+function scopeFields(options = {}) {
+  const {
+    prefix = 'grant', choices = SCOPE_CHOICES.map((choice) => choice.value), categories: offered = CATEGORIES,
+    initial = { type: 'all' }, dateBounds = null,
+  } = options;
+  const shown = SCOPE_CHOICES.filter((choice) => choices.includes(choice.value));
+  const radios = shown.map((choice) => h('input', {
+    type: 'radio', name: `${prefix}-scope`, id: `${prefix}-scope-${choice.value}`, value: choice.value,
   }));
-  const categories = CATEGORIES.map((category) => h('input', {
-    type: 'checkbox', name: 'grant-category', id: `grant-category-${category}`, value: category,
+  const categories = offered.map((category) => h('input', {
+    type: 'checkbox', name: `${prefix}-category`, id: `${prefix}-category-${category}`, value: category,
   }));
-  const from = formField({ id: 'grant-from', label: 'From', type: 'date' });
-  const to = formField({ id: 'grant-to', label: 'To', type: 'date' });
-  const categoryError = h('p', { id: 'grant-categories-error', class: 'field-error', hidden: true });
+  const bounds = { min: dateBounds?.from, max: dateBounds?.to };
+  const from = formField({ id: `${prefix}-from`, label: 'From', type: 'date', ...bounds });
+  const to = formField({ id: `${prefix}-to`, label: 'To', type: 'date', ...bounds });
+  const categoryError = h('p', { id: `${prefix}-categories-error`, class: 'field-error', hidden: true });
   const categoryAttrs = { class: 'sub-fieldset', hidden: true, 'aria-describedby': categoryError.id };
   const categoryBox = h('fieldset', categoryAttrs,
     h('legend', { class: 'label' }, 'Which kinds'),
     h('div', { class: 'checkbox-grid' }, categories.map((input) => choiceLabel(input, categoryLabel(input.value)))),
     categoryError);
   const dateBox = h('div', { class: 'date-range', hidden: true }, from.wrapper, to.wrapper);
-  const scope = { radios, categories, from, to, categoryError, categoryBox, dateBox };
+  const scope = { radios, categories, from, to, categoryError, categoryBox, dateBox, initial, dateBounds };
+  // One choice needs no radio button.
+  const choiceList = h('div', { class: 'choices', hidden: radios.length < 2 },
+    radios.map((input, i) => choiceLabel(input, shown[i].label)));
   scope.element = h('fieldset', { class: 'fieldset' },
     h('legend', { class: 'label' }, 'What they can read'),
-    h('div', { class: 'choices' }, radios.map((input, i) => choiceLabel(input, SCOPE_CHOICES[i].label))),
+    choiceList,
     categoryBox,
     dateBox);
   radios.forEach((input) => input.addEventListener('change', () => showScopeDetails(scope)));
   scope.read = () => readScope(scope);
+  scope.peek = () => readScope(scope, { quiet: true });
   scope.firstInvalid = () => firstInvalidScopeInput(scope);
   scope.reset = () => resetScope(scope);
+  resetScope(scope);
   return scope;
 }
 
@@ -546,37 +713,50 @@ function showScopeDetails(scope) {
   scope.dateBox.hidden = type !== 'dates';
 }
 
-// The scope as the API takes it, or null after marking the problem.
-function readScope(scope) {
-  clearScopeErrors(scope);
+// The scope as the API takes it, or null after marking the problem (`quiet`: without marking).
+function readScope(scope, { quiet = false } = {}) {
+  if (!quiet) {
+    clearScopeErrors(scope);
+  }
   const type = chosenScopeType(scope);
   if (type === 'categories') {
     const chosen = scope.categories.filter((input) => input.checked).map((input) => input.value);
     if (!chosen.length) {
-      setCategoryError(scope, 'Please tick at least one kind of record.');
+      if (!quiet) {
+        setCategoryError(scope, 'Please tick at least one kind of record.');
+      }
       return null;
     }
     return { type, categories: chosen };
   }
   if (type === 'dates') {
-    return readDateRange(scope);
+    return readDateRange(scope, { quiet });
   }
   return { type: 'all' };
 }
 
-function readDateRange(scope) {
+function readDateRange(scope, { quiet }) {
   const from = scope.from.input.value;
   const to = scope.to.input.value;
-  scope.from.setError(from ? null : 'Please choose the first date.');
-  scope.to.setError(to ? null : 'Please choose the last date.');
-  if (!from || !to) {
-    return null;
+  const problems = {
+    from: from ? null : 'Please choose the first date.',
+    to: to ? null : 'Please choose the last date.',
+  };
+  if (from && to && from > to) {
+    problems.to = 'The last date must not be before the first.';
   }
-  if (from > to) {
-    scope.to.setError('The last date must not be before the first.');
-    return null;
+  const bounds = scope.dateBounds;
+  if (bounds && from && from < bounds.from) {
+    problems.from = 'The first date must not be before the one the doctor asked for.';
   }
-  return { type: 'dates', from, to };
+  if (bounds && to && to > bounds.to) {
+    problems.to = 'The last date must not be after the one the doctor asked for.';
+  }
+  if (!quiet) {
+    scope.from.setError(problems.from);
+    scope.to.setError(problems.to);
+  }
+  return problems.from || problems.to ? null : { type: 'dates', from, to };
 }
 
 function clearScopeErrors(scope) {
@@ -598,14 +778,15 @@ function firstInvalidScopeInput(scope) {
 }
 
 function resetScope(scope) {
+  const { initial } = scope;
   scope.radios.forEach((input) => {
-    input.checked = input.value === 'all';
+    input.checked = input.value === initial.type;
   });
   scope.categories.forEach((input) => {
-    input.checked = false;
+    input.checked = initial.type === 'categories' && (initial.categories ?? []).includes(input.value);
   });
-  scope.from.input.value = '';
-  scope.to.input.value = '';
+  scope.from.input.value = initial.type === 'dates' ? initial.from : '';
+  scope.to.input.value = initial.type === 'dates' ? initial.to : '';
   clearScopeErrors(scope);
   showScopeDetails(scope);
 }
@@ -708,28 +889,40 @@ function emergencyCard(item) {
 
 export function accessLogView(ctx) {
   ctx.setTitle('Access log');
-  const list = h('div', { class: 'access-log' });
-  const refresh = h('button', { type: 'button', class: 'button' }, 'Refresh');
-  refresh.addEventListener('click', () => loadAccessLog(ctx, list, refresh));
-  loadAccessLog(ctx, list, refresh);
+  const page = {
+    ctx,
+    list: h('div', { class: 'access-log' }),
+    refresh: h('button', { type: 'button', class: 'button' }, 'Refresh'),
+    loaded: null,
+  };
+  page.controls = pageControls(() => loadMoreLog(page));
+  page.refresh.addEventListener('click', () => loadAccessLog(page));
+  loadAccessLog(page);
   return h('section', { class: 'view' },
-    h('div', { class: 'view-header' }, viewHeading('Access log'), refresh),
+    h('div', { class: 'view-header' }, viewHeading('Access log'), page.refresh),
     h('p', { class: 'lead' }, 'Every time someone other than you opened one of your records, newest first.'),
     ctx.flash && flashNotice(ctx.flash),
-    list);
+    page.list,
+    page.controls.element);
 }
 
-async function loadAccessLog(ctx, list, refresh) {
+async function loadAccessLog(page) {
+  const { ctx, list, refresh } = page;
   setBusy(refresh, true, 'Refreshing…');
   startLoading(list, 'Loading your access log…');
   try {
-    const [entries, titles] = await Promise.all([getAccessLog({ signal: ctx.signal }), recordTitles(ctx)]);
+    const [answer, titles] = await Promise.all([
+      getAccessLog({ signal: ctx.signal, limit: PAGE_SIZE }),
+      recordTitles(ctx),
+    ]);
     if (!ctx.signal.aborted) {
-      mount(list, entries.length ? logEntries(entries, titles) : emptyLog());
+      page.loaded = { entries: mergeById([], answer.entries), titles, ...logPageState(answer) };
+      showLog(page);
     }
   } catch (error) {
     if (!isStale(ctx, error)) {
       mount(list, errorNotice(errorText(error)));
+      page.controls.update({ shown: 0, total: null, nextOffset: null });
     }
   } finally {
     list.removeAttribute('aria-busy');
@@ -737,12 +930,36 @@ async function loadAccessLog(ctx, list, refresh) {
   }
 }
 
+async function loadMoreLog(page) {
+  const { ctx, loaded } = page;
+  if (loaded?.nextOffset === null || loaded?.nextOffset === undefined) {
+    return;
+  }
+  const shownBefore = loaded.entries.length;
+  const answer = await getAccessLog({ signal: ctx.signal, limit: PAGE_SIZE, offset: loaded.nextOffset });
+  if (!ctx.signal.aborted) {
+    page.loaded = { ...loaded, entries: mergeById(loaded.entries, answer.entries), ...logPageState(answer) };
+    showLog(page);
+    page.list.querySelectorAll('.log-entry a')[shownBefore]?.focus();
+  }
+}
+
+function logPageState(answer) {
+  return { nextOffset: answer.next_offset ?? null, total: Number.isInteger(answer.total) ? answer.total : null };
+}
+
+function showLog(page) {
+  const { entries, titles, total, nextOffset } = page.loaded;
+  mount(page.list, entries.length ? logEntries(entries, titles) : emptyLog());
+  page.controls.update({ shown: entries.length, total, nextOffset });
+}
+
 // The log names records by id only; the patient's own list gives their titles.
 // Without it the log still works, naming records by their date.
 async function recordTitles(ctx) {
   try {
-    const records = await listRecords({ signal: ctx.signal, limit: RECORD_TITLES_LIMIT });
-    return new Map(records.map((record) => [record.id, record.title]));
+    const answer = await listRecords({ signal: ctx.signal, limit: RECORD_TITLES_LIMIT });
+    return new Map(answer.records.map((record) => [record.id, record.title]));
   } catch {
     return new Map();
   }

@@ -1,7 +1,8 @@
 'use strict';
 
 // Talks to /api/v1 (docs/api.md). Every failure becomes an ApiError carrying the
-// server's message, its stable code and the HTTP status (0 when the network failed).
+// server's message, its stable code, the fields it named and the HTTP status (0 when
+// the network failed); messages.js turns those into sentences for the patient.
 
 const API_BASE = '/api/v1';
 const NETWORK_ERROR_CODE = 'network_error';
@@ -40,11 +41,12 @@ const hooks = {
 };
 
 export class ApiError extends Error {
-  constructor(message, { status = 0, code = NETWORK_ERROR_CODE } = {}) {
+  constructor(message, { status = 0, code = NETWORK_ERROR_CODE, fields = null } = {}) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
+    this.fields = fields;
   }
 }
 
@@ -103,10 +105,9 @@ export async function revokeToken(token) {
   await send('DELETE', '/auth/token', { token, reportUnauthorized: false });
 }
 
-export async function listRecords({ signal, limit } = {}) {
-  const query = limit ? `?limit=${encodeURIComponent(limit)}` : '';
-  const response = await send('GET', `/records${query}`, { signal });
-  return (await readJson(response)).records;
+// One page, newest first: { records, next_offset (null on the last page), total (when the server counts) }.
+export async function listRecords({ signal, limit, offset } = {}) {
+  return readJson(await send('GET', `/records${pageQuery({ limit, offset })}`, { signal }));
 }
 
 export async function getRecord(id, { signal } = {}) {
@@ -114,25 +115,40 @@ export async function getRecord(id, { signal } = {}) {
   return readJson(response);
 }
 
-export async function getAttachment(recordId, n, { signal } = {}) {
+// The bytes, as a blob of their real type; `inline` asks for a preview (servers that do not know it send the same).
+export async function getAttachment(recordId, n, { signal, inline = false } = {}) {
   const path = `/records/${encodeURIComponent(recordId)}/attachments/${encodeURIComponent(n)}`;
-  const response = await send('GET', path, { accept: '*/*', signal });
+  const response = await send('GET', inline ? `${path}?inline=1` : path, { accept: '*/*', signal });
   return response.blob();
 }
 
 // ---- patient-controlled access (docs/access.md)
 
-export async function listAccessRequests({ signal } = {}) {
-  const response = await send('GET', '/access-requests', { signal });
-  return (await readJson(response)).requests;
+// One page: { requests, next_offset, total } (the last two when the server pages this list).
+export async function listAccessRequests({ signal, limit, offset } = {}) {
+  return readJson(await send('GET', `/access-requests${pageQuery({ limit, offset })}`, { signal }));
 }
 
-export async function approveAccessRequest(id, { signal } = {}) {
+// `narrowed` ({ days, scope }, optional) gives less than was asked; send it only where
+// approveTakesNarrowing() says the server reads it.
+export async function approveAccessRequest(id, { signal, narrowed } = {}) {
   const response = await send('POST', `/access-requests/${encodeURIComponent(id)}/approve`, {
+    body: narrowed ? { days: narrowed.days, scope: narrowed.scope } : undefined,
     signal,
     idempotent: true,
   });
   return readJson(response);
+}
+
+// Whether this server's published contract lets an approval carry a narrower scope or a
+// shorter time: a server without it would ignore them and grant what was asked.
+export async function approveTakesNarrowing({ signal } = {}) {
+  const response = await send('GET', '/openapi.json', { signal, token: null });
+  const contract = await readJson(response);
+  const approve = contract?.paths?.[`${API_BASE}/access-requests/{request_id}/approve`]?.post;
+  const schema = approve?.requestBody?.content?.['application/json']?.schema;
+  const fields = resolveSchema(contract, schema)?.properties ?? {};
+  return 'days' in fields && 'scope' in fields;
 }
 
 export async function declineAccessRequest(id, { signal } = {}) {
@@ -140,9 +156,9 @@ export async function declineAccessRequest(id, { signal } = {}) {
   return readJson(response);
 }
 
-export async function listGrants({ signal } = {}) {
-  const response = await send('GET', '/grants', { signal });
-  return (await readJson(response)).grants;
+// One page: { grants, next_offset, total } (the last two when the server pages this list).
+export async function listGrants({ signal, limit, offset } = {}) {
+  return readJson(await send('GET', `/grants${pageQuery({ limit, offset })}`, { signal }));
 }
 
 export async function createGrant({ doctorId, days, scope }, { signal } = {}) {
@@ -164,9 +180,9 @@ export async function findDoctors(query, { signal } = {}) {
   return (await readJson(response)).doctors;
 }
 
-export async function getAccessLog({ signal } = {}) {
-  const response = await send('GET', '/access-log?limit=200', { signal });
-  return (await readJson(response)).entries;
+// One page, newest first: { entries, next_offset, total (when the server counts) }.
+export async function getAccessLog({ signal, limit, offset } = {}) {
+  return readJson(await send('GET', `/access-log${pageQuery({ limit, offset })}`, { signal }));
 }
 
 export async function getEmergencyAccess({ signal } = {}) {
@@ -286,6 +302,26 @@ async function send(method, path, options = {}) {
   throw error;
 }
 
+function pageQuery({ limit, offset }) {
+  const params = new URLSearchParams();
+  if (limit) {
+    params.set('limit', String(limit));
+  }
+  if (offset) {
+    params.set('offset', String(offset));
+  }
+  const query = params.toString();
+  return query ? `?${query}` : '';
+}
+
+function resolveSchema(contract, schema) {
+  const ref = schema?.$ref;
+  if (typeof ref !== 'string' || !ref.startsWith('#/components/schemas/')) {
+    return schema;
+  }
+  return contract?.components?.schemas?.[ref.slice('#/components/schemas/'.length)];
+}
+
 function reportDeadline(response, token) {
   const seconds = Number.parseInt(response.headers.get(EXPIRES_IN_HEADER) ?? '', 10);
   const warning = Number.parseInt(response.headers.get(WARNING_HEADER) ?? '', 10);
@@ -341,5 +377,6 @@ async function toApiError(response) {
   const code = typeof error.code === 'string' && error.code
     ? error.code
     : FALLBACK_CODES[response.status] ?? 'server_error';
-  return new ApiError(message, { status: response.status, code });
+  const fields = error.fields && typeof error.fields === 'object' ? error.fields : null;
+  return new ApiError(message, { status: response.status, code, fields });
 }

@@ -18,6 +18,21 @@ export function saveBlob(blob, filename) {
   setTimeout(() => revokeObjectUrl(url), REVOKE_DELAY_MS);
 }
 
+// An object URL for showing `blob` in the page; revoked by revokeObjectUrls when the screen
+// goes, or by revokeAllObjectUrls on logout.
+export function objectUrl(blob) {
+  const url = URL.createObjectURL(blob);
+  liveUrls.add(url);
+  return url;
+}
+
+export function revokeObjectUrls(urls) {
+  for (const url of urls) {
+    revokeObjectUrl(url);
+  }
+  urls.clear();
+}
+
 export function revokeAllObjectUrls() {
   for (const url of liveUrls) {
     revokeObjectUrl(url);

@@ -5,7 +5,7 @@
 // respondWith() and go to the network untouched.
 // Bump CACHE_VERSION whenever a file in SHELL_URLS changes.
 
-const CACHE_VERSION = 'v12';
+const CACHE_VERSION = 'v13';
 const CACHE_PREFIX = 'medledger-shell-';
 const CACHE_NAME = `${CACHE_PREFIX}${CACHE_VERSION}`;
 const APP_ROOT = '/app/';
@@ -25,6 +25,7 @@ const SHELL_URLS = [
   '/app/format.js',
   '/app/idle.js',
   '/app/matches.js',
+  '/app/messages.js',
   '/app/my-id.js',
   '/app/profile.js',
   '/app/security.js',

@@ -5,11 +5,9 @@
 
 import { isAbortError } from './api.js';
 import { h, mount } from './dom.js';
-import { formatDateTime } from './format.js';
+import { formatClock, formatDateTime } from './format.js';
+import { OFFLINE_MESSAGE, errorMessage, isOffline } from './messages.js';
 
-const FALLBACK_ERROR_MESSAGE = 'Something went wrong. Please try again.';
-const RATE_LIMITED = 429;
-const RATE_LIMITED_MESSAGE = 'You did this too often in a short time. Please wait a minute, then try again.';
 export const SEARCH_MIN_CHARS = 2;
 const SEARCH_DEBOUNCE_MS = 250;
 
@@ -95,12 +93,9 @@ export function setBusy(button, busy, busyLabel) {
   button.textContent = busy ? busyLabel : button.dataset.idleLabel;
 }
 
-// A refusal for going too fast always reads the same, whichever request it was.
+// Every screen shows failures through this: the sentences live in messages.js.
 export function errorText(error) {
-  if (error?.status === RATE_LIMITED) {
-    return RATE_LIMITED_MESSAGE;
-  }
-  return error?.message || FALLBACK_ERROR_MESSAGE;
+  return errorMessage(error);
 }
 
 export function isStale(ctx, error) {
@@ -146,4 +141,62 @@ async function runSearch(page, search, state, query, find, show) {
       search.setError(errorText(error));
     }
   }
+}
+
+// ---- lists that grow a page at a time
+
+// Under a paged list: "Showing 50 of 312" (when the server counts) and "Load more" while
+// `next_offset` says there is more. `onMore` fetches the next page; its failure is shown here.
+export function pageControls(onMore) {
+  const controls = {
+    count: h('p', { class: 'list-count', role: 'status', hidden: true }),
+    error: errorNotice(),
+    more: h('button', { type: 'button', class: 'button load-more', hidden: true }, 'Load more'),
+  };
+  controls.element = h('div', { class: 'page-controls' }, controls.count, controls.error, controls.more);
+  controls.more.addEventListener('click', async () => {
+    hideNotice(controls.error);
+    setBusy(controls.more, true, 'Loading more…');
+    try {
+      await onMore();
+    } catch (error) {
+      if (!isAbortError(error)) {
+        showNotice(controls.error, errorText(error));
+      }
+    } finally {
+      setBusy(controls.more, false);
+    }
+  });
+  controls.update = ({ shown, total, nextOffset }) => updatePageControls(controls, { shown, total, nextOffset });
+  return controls;
+}
+
+function updatePageControls(controls, { shown, total, nextOffset }) {
+  const counted = Number.isInteger(total) && total > 0;
+  controls.count.textContent = counted ? `Showing ${Math.min(shown, total)} of ${total}` : '';
+  controls.count.hidden = !counted;
+  controls.more.hidden = nextOffset === null || nextOffset === undefined;
+}
+
+// `items` followed by those of `page` not already among them: an item added or removed on the
+// server between two pages shifts the offsets, and must not show twice.
+export function mergeById(items, page) {
+  const seen = new Set(items.map((item) => item.id));
+  return [...items, ...page.filter((item) => !seen.has(item.id) && seen.add(item.id))];
+}
+
+// ---- what is shown while offline
+
+export function offlineNotice() {
+  return h('p', { class: 'notice notice-offline', role: 'status', hidden: true });
+}
+
+// A failed refresh that keeps what was loaded at `loadedAt` (ms) says so; any other failure says
+// what went wrong. Answers whether the error was the network.
+export function showOffline(notice, error, loadedAt) {
+  if (!isOffline(error)) {
+    return false;
+  }
+  showNotice(notice, loadedAt ? `Offline — showing what was loaded at ${formatClock(loadedAt)}` : OFFLINE_MESSAGE);
+  return true;
 }

@@ -6,11 +6,12 @@
 
 import { createToken, getAttachment, getRecord, listRecords, register } from './api.js';
 import { h, mount } from './dom.js';
-import { saveBlob } from './files.js';
+import { objectUrl, revokeObjectUrls, saveBlob } from './files.js';
 import { authorLine, categoryLabel, formatBytes, isOnLedger, ledgerStatus, shortenHash } from './format.js';
 import {
   dateTime, definitionList, errorNotice, errorText, fieldWrappers, flashNotice, formField, hideNotice, isStale,
-  loadingIndicator, setBusy, showNotice, showProblems, viewHeading,
+  loadingIndicator, mergeById, offlineNotice, pageControls, setBusy, showNotice, showOffline, showProblems,
+  viewHeading,
 } from './ui.js';
 
 const USERNAME_PATTERN = /^[a-z0-9._-]{3,40}$/;
@@ -22,6 +23,13 @@ const REGISTER_HASH = '#/register';
 const NONE_RECORDED = 'None recorded.';
 const ACCOUNT_CREATED_MESSAGE = 'Your account was created. Please log in.';
 const TWO_FACTOR_REQUIRED = 'two_factor_required';
+const PAGE_SIZE = 50;
+// Images only: a PDF would need a frame, and the app's Content-Security-Policy allows no blob: frames.
+const PREVIEW_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
+
+// What this tab last loaded, so that a refresh without a network keeps it on screen. Memory
+// only, for one signed-in user: patient data never goes to storage or a cache (docs/security.md).
+const loaded = { userId: null, list: null, records: new Map() };
 
 export function loginView(ctx) {
   ctx.setTitle('Log in');
@@ -95,24 +103,40 @@ export function registerView(ctx) {
 
 export function recordsView(ctx) {
   ctx.setTitle('My records');
-  const list = h('div', { class: 'records' });
-  const refresh = h('button', { type: 'button', class: 'button' }, 'Refresh');
-  refresh.addEventListener('click', () => loadRecords(ctx, list, refresh));
-  loadRecords(ctx, list, refresh);
+  const page = {
+    ctx,
+    list: h('div', { class: 'records' }),
+    offline: offlineNotice(),
+    refresh: h('button', { type: 'button', class: 'button' }, 'Refresh'),
+  };
+  page.controls = pageControls(() => loadMoreRecords(page));
+  page.refresh.addEventListener('click', () => loadRecords(page));
+  const remembered = rememberedList(ctx);
+  if (remembered) {
+    showRecords(page, remembered);
+  }
+  loadRecords(page);
   return h('section', { class: 'view' },
-    h('div', { class: 'view-header' }, viewHeading('My records'), refresh),
+    h('div', { class: 'view-header' }, viewHeading('My records'), page.refresh),
     ctx.flash && flashNotice(ctx.flash),
-    list);
+    page.offline,
+    page.list,
+    page.controls.element);
 }
 
 export function recordView(ctx, recordId) {
   ctx.setTitle('Record');
   const heading = viewHeading('Record');
+  const offline = offlineNotice();
   const body = h('div', { class: 'record' });
-  loadRecord(ctx, recordId, { heading, body });
+  // Previews are object URLs: let them go with the screen.
+  const previews = new Set();
+  ctx.signal.addEventListener('abort', () => revokeObjectUrls(previews));
+  loadRecord(ctx, recordId, { heading, body, offline, previews });
   return h('section', { class: 'view' },
     h('a', { class: 'back-link', href: RECORDS_HASH }, '← My records'),
     heading,
+    offline,
     body);
 }
 
@@ -194,27 +218,84 @@ function registrationProblems({ username, displayName, password, confirm }) {
   };
 }
 
+// ---- what this tab remembers
+
+function memoryFor(ctx) {
+  const userId = ctx.user?.id ?? null;
+  if (loaded.userId !== userId) {
+    loaded.userId = userId;
+    loaded.list = null;
+    loaded.records.clear();
+  }
+  return loaded;
+}
+
+function rememberedList(ctx) {
+  return memoryFor(ctx).list;
+}
+
 // ---- record list
 
-async function loadRecords(ctx, list, refresh) {
+// The first page again: what was loaded stays on screen until the answer replaces it, and
+// stays (with a notice) when there is no network.
+async function loadRecords(page) {
+  const { ctx, list, refresh } = page;
   setBusy(refresh, true, 'Refreshing…');
   list.setAttribute('aria-busy', 'true');
   if (!list.hasChildNodes()) {
     mount(list, loadingIndicator('Loading your records…'));
   }
   try {
-    const records = await listRecords({ signal: ctx.signal });
+    const answer = await listRecords({ signal: ctx.signal, limit: PAGE_SIZE });
     if (!ctx.signal.aborted) {
-      mount(list, records.length ? recordCards(records) : emptyRecords());
+      const state = { records: mergeById([], answer.records), ...pageState(answer), at: Date.now() };
+      memoryFor(ctx).list = state;
+      hideNotice(page.offline);
+      showRecords(page, state);
     }
   } catch (error) {
     if (!isStale(ctx, error)) {
-      mount(list, errorNotice(errorText(error)));
+      const remembered = rememberedList(ctx);
+      if (showOffline(page.offline, error, remembered?.at) && remembered) {
+        showRecords(page, remembered);
+      } else {
+        hideNotice(page.offline);
+        mount(list, errorNotice(errorText(error)));
+        page.controls.update({ shown: 0, total: null, nextOffset: null });
+      }
     }
   } finally {
     list.removeAttribute('aria-busy');
     setBusy(refresh, false);
   }
+}
+
+async function loadMoreRecords(page) {
+  const { ctx } = page;
+  const state = rememberedList(ctx);
+  if (state?.nextOffset === null || state?.nextOffset === undefined) {
+    return;
+  }
+  const shownBefore = state.records.length;
+  const answer = await listRecords({ signal: ctx.signal, limit: PAGE_SIZE, offset: state.nextOffset });
+  if (ctx.signal.aborted) {
+    return;
+  }
+  const next = { records: mergeById(state.records, answer.records), ...pageState(answer), at: Date.now() };
+  memoryFor(ctx).list = next;
+  hideNotice(page.offline);
+  showRecords(page, next);
+  // Keyboard and screen-reader users go on where the new records start.
+  page.list.querySelectorAll('.record-card')[shownBefore]?.focus();
+}
+
+function pageState(answer) {
+  return { nextOffset: answer.next_offset ?? null, total: Number.isInteger(answer.total) ? answer.total : null };
+}
+
+function showRecords(page, state) {
+  mount(page.list, state.records.length ? recordCards(state.records) : emptyRecords());
+  page.controls.update({ shown: state.records.length, total: state.total, nextOffset: state.nextOffset });
 }
 
 function recordCards(records) {
@@ -239,38 +320,65 @@ function emptyRecords() {
 
 // ---- one record
 
-async function loadRecord(ctx, recordId, { heading, body }) {
+async function loadRecord(ctx, recordId, { heading, body, offline, previews }) {
+  const remembered = memoryFor(ctx).records.get(recordId);
   mount(body, loadingIndicator('Loading the record…'));
   try {
     const record = await getRecord(recordId, { signal: ctx.signal });
     if (!ctx.signal.aborted) {
-      heading.textContent = record.title;
-      ctx.setTitle(record.title);
-      mount(body, recordDetails(ctx, record));
+      memoryFor(ctx).records.set(recordId, { record, at: Date.now() });
+      showRecord(ctx, record, { heading, body, previews });
     }
   } catch (error) {
     if (!isStale(ctx, error)) {
-      mount(body, errorNotice(errorText(error)));
+      if (showOffline(offline, error, remembered?.at) && remembered) {
+        showRecord(ctx, remembered.record, { heading, body, previews, offline: true });
+      } else {
+        mount(body, errorNotice(errorText(error)));
+      }
     }
   }
 }
 
-function recordDetails(ctx, record) {
+function showRecord(ctx, record, { heading, body, previews, offline = false }) {
+  heading.textContent = record.title;
+  ctx.setTitle(record.title);
+  mount(body, recordDetails(ctx, record, { previews, offline }));
+}
+
+// Plain words first; the codes and the ledger's proof are under "Details".
+function recordDetails(ctx, record, { previews, offline }) {
   return [
-    h('div', { class: 'chips' },
-      h('span', { class: 'chip chip-category' }, categoryLabel(record.category)),
-      ledgerChip(record)),
+    h('div', { class: 'chips' }, h('span', { class: 'chip chip-category' }, categoryLabel(record.category))),
     definitionList([
       ['Date', dateTime(record.created_at)],
       ['Written by', authorLine(record.author)],
-      ['Transaction', record.tx_hash && h('code', { class: 'hash', title: record.tx_hash }, shortenHash(record.tx_hash))],
     ], 'card record-meta'),
-    recordSection('Diagnoses', itemList(record.diagnoses, (item) => [codeTag(item.code), item.description])),
-    recordSection('Symptoms', itemList(record.symptoms, (item) => [codeTag(item.id), item.name])),
+    recordSection('Diagnoses', itemList(record.diagnoses, (item) => item.description || item.code)),
+    recordSection('Symptoms', itemList(record.symptoms, (item) => item.name || item.id)),
     recordSection('Notes', record.notes ? h('p', { class: 'notes' }, record.notes) : noneRecorded()),
     recordSection('Prescriptions', prescriptionList(record.prescriptions)),
-    recordSection('Attachments', attachmentList(ctx, record)),
+    recordSection('Attachments', attachmentList(ctx, record, { previews, offline })),
+    technicalDetails(record),
   ];
+}
+
+function technicalDetails(record) {
+  const diagnosisCodes = (record.diagnoses ?? []).map((item) => [codeTag(item.code), ' ', item.description]);
+  const symptomCodes = (record.symptoms ?? []).map((item) => [codeTag(item.id), ' ', item.name]);
+  return h('details', { class: 'card record-technical' },
+    h('summary', {}, 'Details'),
+    h('p', { class: 'muted' }, 'The codes your doctor chose, and where this record is kept on the ledger.'),
+    definitionList([
+      ['Diagnosis codes', diagnosisCodes.length && lines(diagnosisCodes)],
+      ['Symptom codes', symptomCodes.length && lines(symptomCodes)],
+      ['Ledger', ledgerChip(record)],
+      ['Transaction', record.tx_hash && h('code', { class: 'hash', title: record.tx_hash }, shortenHash(record.tx_hash))],
+    ], 'record-meta'));
+}
+
+function lines(items) {
+  return h('ul', { class: 'code-list' }, items.map((item) => h('li', {}, item)));
 }
 
 function recordSection(title, content) {
@@ -294,30 +402,60 @@ function prescriptionList(prescriptions) {
   }
   return h('ul', { class: 'prescription-list' }, prescriptions.map((item) => h('li', { class: 'prescription' },
     h('h3', { class: 'prescription-drug' }, item.drug),
-    definitionList([['Dose', item.dose], ['How often', item.frequency], ['For how long', item.duration]],
-      'prescription-details'))));
+    h('p', { class: 'prescription-words' }, prescriptionWords(item)))));
 }
 
-function attachmentList(ctx, record) {
+// "100 mcg, as needed, for 30 days."
+function prescriptionWords(item) {
+  const parts = [item.dose, item.frequency, item.duration && `for ${item.duration}`].filter(Boolean);
+  return parts.length ? `${parts.join(', ')}.` : '';
+}
+
+function attachmentList(ctx, record, { previews, offline }) {
   if (!record.attachments?.length) {
     return noneRecorded();
   }
   return h('ul', { class: 'attachment-list' },
-    record.attachments.map((attachment) => attachmentItem(ctx, record.id, attachment)));
+    record.attachments.map((attachment) => attachmentItem(ctx, record.id, attachment, { previews, offline })));
 }
 
-function attachmentItem(ctx, recordId, attachment) {
+function attachmentItem(ctx, recordId, attachment, { previews, offline }) {
   const status = h('p', { class: 'field-error', role: 'alert', hidden: true });
   const button = h('button', {
     type: 'button', class: 'button', 'aria-label': `Download ${attachment.filename}`,
   }, 'Download');
   button.addEventListener('click', () => downloadAttachment(ctx, recordId, attachment, { button, status }));
+  const preview = PREVIEW_TYPES.has(attachment.content_type) && !offline
+    ? h('div', { class: 'attachment-preview' }, loadingIndicator(`Loading a preview of ${attachment.filename}…`))
+    : null;
+  if (preview) {
+    showPreview(ctx, recordId, attachment, { preview, previews });
+  }
   return h('li', { class: 'attachment' },
     h('div', { class: 'attachment-info' },
       h('span', { class: 'attachment-name' }, attachment.filename),
       h('span', { class: 'attachment-meta' }, `${attachment.content_type} · ${formatBytes(attachment.size)}`),
       status),
-    button);
+    button,
+    preview);
+}
+
+// Fetched with the token like a download; shown from an object URL that goes with the screen.
+async function showPreview(ctx, recordId, attachment, { preview, previews }) {
+  try {
+    const blob = await getAttachment(recordId, attachment.n, { signal: ctx.signal, inline: true });
+    if (ctx.signal.aborted) {
+      return;
+    }
+    // The type the record names, never one guessed from the bytes.
+    const url = objectUrl(new Blob([blob], { type: attachment.content_type }));
+    previews.add(url);
+    mount(preview, h('img', { class: 'attachment-image', src: url, alt: `Preview of ${attachment.filename}` }));
+  } catch (error) {
+    if (!isStale(ctx, error)) {
+      mount(preview, h('p', { class: 'muted' }, `No preview: ${errorText(error)}`));
+    }
+  }
 }
 
 async function downloadAttachment(ctx, recordId, attachment, { button, status }) {

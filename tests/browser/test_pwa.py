@@ -137,16 +137,29 @@ def test_patient_registers_reads_a_record_and_logs_out(node: Node, phone: Phone)
     card.click()
     expect(page).to_have_url(re.compile(rf"/app/#/records/{re.escape(record_id)}$"))
     expect(heading(page)).to_have_text(title)
-    expect(page.locator("#app .record .chip-ledger")).to_have_text(f"On ledger · block {height}")
     notes = page.locator("#app .notes")
     expect(notes).to_contain_text(XSS)  # shown as text ...
     assert notes.locator("img").count() == 0  # ... never parsed as HTML
-    assert page.locator("#app img").count() == 0
+    # The only image is the attachment's preview, from an object URL.
+    preview = page.locator("#app img")
+    expect(preview).to_have_count(1)
+    expect(preview).to_have_class("attachment-image")
+    assert preview.get_attribute("src").startswith("blob:")
     description = written["diagnoses"][0]["description"]
     assert description
     expect(page.locator("#app .record-section", has_text="Diagnoses")).to_contain_text(description)
     expect(page.locator("#app .record-section", has_text="Symptoms")).to_contain_text(written["symptoms"][0]["name"])
     expect(page.locator("#app .prescription-drug")).to_have_text("Salbutamol")
+    expect(page.locator("#app .prescription-words")).to_have_text("100 mcg, as needed, for 30 days.")
+    # Codes and the ledger's proof wait behind "Details".
+    details = page.locator("#app details.record-technical")
+    expect(details.locator(".chip-ledger")).to_be_hidden()
+    expect(details.get_by_text(written["diagnoses"][0]["code"])).to_be_hidden()
+    details.locator("summary").click()
+    expect(details.locator(".chip-ledger")).to_have_text(f"On ledger · block {height}")
+    expect(details).to_contain_text(written["diagnoses"][0]["code"])
+    expect(details).to_contain_text(written["symptoms"][0]["id"])
+    expect(details.locator("code.hash")).to_have_attribute("title", written["tx_hash"])
     # Fits a phone: nothing wider than the screen.
     assert fits_the_phone(page)
     page.evaluate("() => window.scrollTo(0, 0)")

@@ -10,6 +10,7 @@ screen. A second test grants a doctor found with the app's search.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,9 @@ def test_patient_approves_revokes_and_sees_an_emergency(node: Node, phone: Phone
     assert fits_the_phone(page)
     page.screenshot(path=str(ACCESS_SCREENSHOT))
     request_card.get_by_role("button", name="Approve").click()
+    approval = request_card.get_by_role("group", name=re.compile(r"^Give "))
+    expect(approval).to_contain_text("for 14 days, until")
+    approval.get_by_role("button", name="Approve").click()
     status = status_notice(page)
     expect(status).to_contain_text(f"You approved: {READER_NAME} can read all records until")
     expect(request_card).to_have_count(0)
@@ -282,3 +286,101 @@ def test_patient_gives_a_doctor_access_from_a_search(node: Node, phone: Phone, r
 
     phone.assert_clean()
     assert all("ERR_CONNECTION_RESET" in e or "Failed to load resource" in e for e in phone.console_errors)
+
+
+def approval_takes_narrowing(node: Node) -> bool:
+    """Whether the node's contract lets an approval carry a scope and a number of days."""
+    contract = requests.get(node.api("/openapi.json"), timeout=HTTP_TIMEOUT).json()
+    body = contract["paths"]["/api/v1/access-requests/{request_id}/approve"]["post"].get("requestBody")
+    if not body:
+        return False
+    schema = body["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = contract["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return {"days", "scope"} <= set(schema.get("properties", {}))
+
+
+def test_patient_approves_a_request_giving_less_than_asked(node: Node, phone: Phone, reader: str) -> None:
+    username = "pat.narrow"
+    patient_id = register_patient(node, username, PATIENT_PASSWORD, "Nina Narrow")
+    asked = requests.post(
+        node.api("/access-requests"),
+        json={
+            "patient_id": patient_id,
+            "reason": REQUEST_REASON,
+            "days": 14,
+            "scope": {"type": "categories", "categories": ["cardiology", "respiratory"]},
+        },
+        headers=bearer(reader),
+        timeout=HTTP_TIMEOUT,
+    )
+    assert asked.status_code == 201, asked.text
+    narrowing = approval_takes_narrowing(node)
+
+    page = phone.page
+    log_in(page, username, PATIENT_PASSWORD)
+    open_tab(page, "Access")
+    card = page.get_by_role("article", name=f"Request from {READER_NAME}")
+    card.get_by_role("button", name="Approve").click()
+    # The same confirmation as giving access directly: who, what, how long and until when.
+    confirm = card.get_by_role("group", name=re.compile(r"^Give "))
+    expect(confirm).to_be_visible()
+    expect(confirm.locator(".confirm-question")).to_have_text(
+        re.compile(
+            rf"^Give {re.escape(READER_NAME)} \({re.escape(READER_HOSPITAL)}\) access to only cardiology, "
+            r"respiratory for 14 days, until .+\?$"
+        )
+    )
+    expect(card.get_by_role("button", name="Decline")).to_be_hidden()
+    expect(confirm.locator(".confirm-detail")).not_to_have_text("Checking what you can change…")
+
+    if narrowing:
+        # Only what was asked can be ticked; one kind, and a week instead of two.
+        expect(confirm.get_by_role("checkbox")).to_have_count(2)
+        confirm.get_by_label("Respiratory").uncheck()
+        confirm.get_by_label("For how many days").fill("7")
+        expect(confirm.locator(".confirm-question")).to_contain_text("access to only cardiology for 7 days")
+        confirm.get_by_label("For how many days").fill("30")
+        confirm.get_by_role("button", name="Approve").click()
+        expect(confirm).to_contain_text("Please enter a whole number of days from 1 to 14.")
+        confirm.get_by_label("For how many days").fill("7")
+        expected_scope, expected_days = {"type": "categories", "categories": ["cardiology"]}, 7
+    else:
+        # This server grants what was asked, whatever is sent: nothing to change is offered.
+        expect(confirm).to_contain_text("approves a request only as asked")
+        expect(confirm.get_by_role("checkbox")).to_have_count(0)
+        expected_scope, expected_days = {"type": "categories", "categories": ["cardiology", "respiratory"]}, 14
+    assert fits_the_phone(page)
+    confirm.get_by_role("button", name="Approve").click()
+    expect(status_notice(page)).to_contain_text(f"You approved: {READER_NAME} can read")
+    expect(card).to_have_count(0)
+
+    held = requests.get(node.api("/grants"), headers=bearer(reader), timeout=HTTP_TIMEOUT)
+    assert held.status_code == 200, held.text
+    mine = [g for g in held.json()["grants"] if g["patient"]["display_name"] == "Nina Narrow"]
+    assert len(mine) == 1 and mine[0]["status"] == "active", mine
+    grant = mine[0]
+    assert grant["scope"] == expected_scope
+    lasts = datetime.fromisoformat(grant["expires_at"]) - datetime.fromisoformat(grant["created_at"])
+    assert lasts == timedelta(days=expected_days), lasts
+    phone.assert_clean()
+
+
+def test_the_grant_forms_dates_fit_a_phone(node: Node, phone: Phone) -> None:
+    username = "pat.dates"
+    register_patient(node, username, PATIENT_PASSWORD, "Dora Dates")
+    page = phone.page
+    log_in(page, username, PATIENT_PASSWORD)
+    open_tab(page, "Access")
+    form = page.locator("#app form")
+    form.get_by_label("Only records from certain dates").check()
+    page.fill("#grant-from", "2025-01-01")
+    page.fill("#grant-to", "2026-12-31")
+    card = form.bounding_box()
+    assert card
+    for selector in ("#grant-from", "#grant-to"):
+        box = page.locator(selector).bounding_box()
+        assert box, selector
+        assert box["x"] >= card["x"] and box["x"] + box["width"] <= card["x"] + card["width"], (selector, box, card)
+    assert fits_the_phone(page)
+    phone.assert_clean()

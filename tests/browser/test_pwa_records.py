@@ -1,0 +1,192 @@
+"""End to end: the patient's record list and record screens in the app (/app/) against a real node.
+
+More records than one page: "Load more" fetches the next page and no record shows twice, even
+when a new one arrives between two pages. Without a network a refresh keeps what was loaded and
+says so, for the list and for a record. A failure the server explains with a code reads as a
+plain sentence, and so does a refused field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import requests
+from playwright.sync_api import Page, Route, expect
+
+from tests.browser.support import (
+    HTTP_TIMEOUT,
+    Node,
+    Phone,
+    bearer,
+    doctor_token,
+    find_patient,
+    heading,
+    register_patient,
+)
+
+PASSWORD = "patient-password-3"
+PAGE_SIZE = 50  # the app's page (pwa/views.js PAGE_SIZE)
+OFFLINE_NOTICE = re.compile(r"^Offline — showing what was loaded at \d{1,2}:\d{2}")
+
+
+# ---- helpers
+
+
+def log_in(page: Page, username: str) -> None:
+    page.goto("/app/#/login")
+    expect(heading(page)).to_have_text("Log in")
+    page.fill("#login-username", username)
+    page.fill("#login-password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(heading(page)).to_have_text("My records")
+
+
+def write_short_record(node: Node, token: str, patient_id: str, title: str) -> str:
+    written = requests.post(
+        node.api(f"/patients/{patient_id}/records"),
+        json={"title": title, "category": "general", "diagnoses": ["J45.909"], "notes": "Seen in clinic."},
+        headers=bearer(token),
+        timeout=HTTP_TIMEOUT,
+    )
+    assert written.status_code == 201, written.text
+    return written.json()["id"]
+
+
+def card_titles(page: Page) -> list[str]:
+    return page.locator("#app .record-card .record-card-title").all_inner_texts()
+
+
+def answer_with_error(status: int, error: dict[str, object]):  # type: ignore[no-untyped-def]
+    def fulfil(route: Route) -> None:
+        route.fulfill(status=status, content_type="application/json", body=json.dumps({"error": error}))
+
+    return fulfil
+
+
+# ---- tests
+
+
+def test_load_more_shows_every_record_once_and_offline_keeps_them(node: Node, phone: Phone) -> None:
+    username = "pat.pages"
+    register_patient(node, username, PASSWORD, "Pia Pages")
+    token = doctor_token(node)
+    patient_id = find_patient(node, token, username)
+    count = PAGE_SIZE + 2
+    for i in range(1, count + 1):
+        write_short_record(node, token, patient_id, f"Visit {i:02d}")
+
+    page = phone.page
+    log_in(page, username)
+    cards = page.locator("#app .record-card")
+    expect(cards).to_have_count(PAGE_SIZE)
+    assert card_titles(page)[0] == f"Visit {count:02d}"  # newest first
+    more = page.get_by_role("button", name="Load more")
+    expect(more).to_be_visible()
+    first_page = requests.get(node.api("/records?limit=1"), headers=bearer(token), timeout=HTTP_TIMEOUT).json()
+    counted = "total" in first_page
+
+    # A record arrives between the two pages: every offset moves by one, and the record that
+    # ends the first page comes again at the start of the second.
+    write_short_record(node, token, patient_id, "Visit late")
+    more.click()
+    expect(cards).to_have_count(count)
+    titles = card_titles(page)
+    assert len(titles) == len(set(titles)) == count, titles
+    assert set(titles) == {f"Visit {i:02d}" for i in range(1, count + 1)}
+    expect(more).to_be_hidden()  # the last page
+    count_line = page.locator("#app .list-count")
+    if counted:
+        expect(count_line).to_have_text(f"Showing {count} of {count + 1}")
+    else:
+        expect(count_line).to_be_hidden()
+
+    # Offline: Refresh keeps the list and says since when.
+    page.context.set_offline(True)
+    try:
+        page.get_by_role("button", name="Refresh").click()
+        notice = page.locator("#app .notice-offline")
+        expect(notice).to_have_text(OFFLINE_NOTICE)
+        expect(cards).to_have_count(count)
+        expect(page.get_by_role("button", name="Refresh")).to_be_enabled()
+    finally:
+        page.context.set_offline(False)
+
+    # Back online, Refresh starts again from the newest, the late record first.
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.locator("#app .notice-offline")).to_be_hidden()
+    expect(cards.first).to_contain_text("Visit late")
+    expect(cards).to_have_count(PAGE_SIZE)
+    phone.assert_clean()
+
+
+def test_a_record_seen_once_stays_readable_offline(node: Node, phone: Phone) -> None:
+    username = "pat.offline"
+    register_patient(node, username, PASSWORD, "Otto Offline")
+    token = doctor_token(node)
+    record_id = write_short_record(node, token, find_patient(node, token, username), "Clinic visit")
+
+    page = phone.page
+    log_in(page, username)
+    page.locator("#app .record-card", has_text="Clinic visit").click()
+    expect(heading(page)).to_have_text("Clinic visit")
+    expect(page.locator("#app .record-section", has_text="Notes")).to_contain_text("Seen in clinic.")
+    page.get_by_role("link", name="← My records").click()
+    expect(heading(page)).to_have_text("My records")
+
+    page.context.set_offline(True)
+    try:
+        # The list screen opens on what was loaded, then says the refresh failed.
+        page.get_by_role("button", name="Refresh").click()
+        expect(page.locator("#app .notice-offline")).to_have_text(OFFLINE_NOTICE)
+        page.locator("#app .record-card", has_text="Clinic visit").click()
+        expect(page).to_have_url(re.compile(rf"#/records/{record_id}$"))
+        expect(heading(page)).to_have_text("Clinic visit")
+        expect(page.locator("#app .notice-offline")).to_have_text(OFFLINE_NOTICE)
+        expect(page.locator("#app .record-section", has_text="Notes")).to_contain_text("Seen in clinic.")
+        # A screen never loaded has nothing to keep: it says the app is offline.
+        page.get_by_role("link", name="Access log", exact=True).click()
+        expect(page.locator("#app .access-log .notice-error")).to_have_text(re.compile(r"^You are offline"))
+    finally:
+        page.context.set_offline(False)
+    phone.assert_clean()
+
+
+def test_server_errors_read_as_plain_sentences(node: Node, phone: Phone) -> None:
+    username = "pat.errors"
+    register_patient(node, username, PASSWORD, "Erin Errors")
+    page = phone.page
+    log_in(page, username)
+
+    # A code with a fixed meaning: its sentence, not the server's wording.
+    page.route(
+        "**/api/v1/records?*",
+        answer_with_error(409, {"code": "record_unreadable", "message": "`envelope` failed to open (kfrag 3)"}),
+    )
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.locator("#app .records .notice-error")).to_have_text(
+        "This record cannot be opened right now. Please try again later; if it keeps happening, tell the "
+        "hospital that wrote it."
+    )
+    page.unroute("**/api/v1/records?*")
+
+    # A server failure never shows its internals.
+    page.route("**/api/v1/records?*", answer_with_error(500, {"code": "internal", "message": "Traceback: KeyError"}))
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.locator("#app .records .notice-error")).to_have_text(
+        "Something went wrong on the server. Please try again in a moment."
+    )
+    page.unroute("**/api/v1/records?*")
+
+    # A refused field: the sentence for that field.
+    page.get_by_role("link", name="Access", exact=True).click()
+    expect(heading(page)).to_have_text("Access")
+    page.route(
+        "**/api/v1/doctors?*",
+        answer_with_error(
+            422, {"code": "validation_failed", "message": "`q`: Shorter than minimum length 2.", "fields": {"q": "x"}}
+        ),
+    )
+    page.locator("#doctor-search").fill("Eve")
+    expect(page.locator("#doctor-search-error")).to_have_text("Please check what you typed in the search.")
+    phone.assert_clean()
