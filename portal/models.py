@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from flask_login import UserMixin
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
@@ -28,9 +28,14 @@ class User(UserMixin, db.Model):
 
     Accounts of other member hospitals appear here too, projected from their `key` transaction
     on the ledger: they have public keys and a home node but no username, password or sealed
-    keys (`is_local` is False), and their name is fetched from their home node."""
+    keys (`is_local` is False), and their name is fetched from their home node.
+
+    A patient's identity (date of birth, hospital number, in-person check) is kept like the name:
+    in this table at the home node, copied from the home node by others, never on the ledger."""
 
     __tablename__ = "users"
+    # A hospital number names one patient at its hospital (NULLs never clash).
+    __table_args__ = (UniqueConstraint("home_node", "mrn", name="uq_users_home_node_mrn"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     public_id: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuid.uuid4()))
@@ -44,6 +49,14 @@ class User(UserMixin, db.Model):
     home_node: Mapped[str | None] = mapped_column(String(64), index=True)
     # When the name of another hospital's account was last fetched from its home node.
     resolved_at: Mapped[datetime | None]
+
+    # A patient's date of birth (None: registered before it was asked), the hospital patient
+    # number (MRN) their home hospital's front desk gave when it checked their identity in person,
+    # and when; at other nodes these are copies of what the home node said.
+    date_of_birth: Mapped[date | None]
+    mrn: Mapped[str | None] = mapped_column(String(40))
+    verified_at: Mapped[datetime | None]
+    verified_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
     kdf_salt: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     kdf_params: Mapped[str | None] = mapped_column(String(64))

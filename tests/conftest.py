@@ -94,7 +94,7 @@ class Person:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def make_person(client: FlaskClient, role: str, username: str, name: str) -> Person:
+def make_person(client: FlaskClient, role: str, username: str, name: str, date_of_birth: str = "1984-03-21") -> Person:
     user = accounts.create_user(
         role=role,
         username=username,
@@ -102,6 +102,7 @@ def make_person(client: FlaskClient, role: str, username: str, name: str) -> Per
         display_name=name,
         hospital="Test Hospital" if role == "doctor" else None,
         licence_number="LIC-1" if role == "doctor" else None,
+        date_of_birth=date_of_birth if role == "patient" else None,
         kdf=runtime.kdf(),
         home=runtime.node_key(),
         now=utcnow(),

@@ -183,3 +183,51 @@ def vote() -> Response | tuple[str, int]:
 @role_required("admin")
 def archive_status() -> str:
     return render_template("admin/archive.html", status=archive.status(utcnow()), target=runtime.archive_target_text())
+
+
+# -- front desk: patients' identity ---------------------------------------------------------------
+
+
+def _patients_page(query: str, patient: Any = None, form: Any = None, status: int = 200) -> tuple[str, int]:
+    found, error = [], None
+    if query:
+        try:
+            found = accounts.find_users("patient", query)
+        except ServiceError as exc:
+            error, status = exc.message, exc.status
+    page = render_template(
+        "admin/patients.html", query=query, patients=found, error=error, patient=patient, form=form or {}
+    )
+    return page, status
+
+
+@bp.get("/patients")
+@role_required("admin")
+def patients() -> tuple[str, int]:
+    """The front desk finds a patient of this hospital to check their identity in person."""
+    return _patients_page(request.args.get("q", "").strip())
+
+
+@bp.route("/patients/<patient_id>", methods=["GET", "POST"])
+@role_required("admin")
+def verify_patient(patient_id: str) -> Response | tuple[str, int]:
+    """Record that the patient's identity was checked in person, with their hospital number."""
+    admin = page_actor().user
+    try:
+        patient = accounts.patient_for_desk(admin, patient_id)
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return _patients_page("", status=exc.status)
+    if request.method == "GET":
+        return _patients_page("", patient=patient)
+    form = request.form
+    if form.get("confirm") != "yes":
+        flash("Tick the box to confirm that you checked the patient's identity document in person.", "error")
+        return _patients_page("", patient=patient, form=form, status=422)
+    try:
+        accounts.verify_in_person(admin, patient_id, form.get("mrn"), utcnow(), form.get("date_of_birth") or None)
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return _patients_page("", patient=patient, form=form, status=exc.status)
+    flash(f"Identity of {patient.display_name} checked in person; hospital number {patient.mrn}.", "info")
+    return redirect(url_for("admin.patients", q=patient.username))

@@ -59,10 +59,25 @@ def _errors(answers: dict[int, str]) -> dict[int, dict[str, Any]]:
 SIGNED_OUT = {401: "No token, or the token is invalid or has expired."}
 
 
+class BirthDate(Text):
+    """A date of birth as YYYY-MM-DD, checked as accounts.check_date_of_birth does (same sentences)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        try:
+            return accounts.check_date_of_birth(super()._deserialize(value, attr, data, **kwargs), utcnow().date())
+        except ValidationFailed as exc:
+            raise ValidationError(exc.message) from None
+
+
 class Registration(Schema):
     username = _text("username", required=True, metadata={"example": "dana.k"})
     password = _text("password", required=True, metadata={"description": "At least 10 characters, not easy to guess."})
     display_name = _text("display_name", required=True, metadata={"example": "Dana Kim"})
+    date_of_birth = BirthDate(
+        error_messages={"invalid": "`date_of_birth` must be text."},
+        load_default=None,
+        metadata={"format": "date", "example": "1984-03-21", "description": "YYYY-MM-DD, from 1900 to today."},
+    )
 
 
 class UserAnswer(Schema):
@@ -121,7 +136,20 @@ class PatientSearch(Schema):
     q = Text(load_default="", metadata={"description": "Part of a username or name (2+ characters)."})
 
 
-class PatientFound(Schema):
+class PatientIdentity(Schema):
+    """What tells two patients of the same name apart (from their home node for another hospital's)."""
+
+    date_of_birth = String(
+        required=True, allow_none=True, metadata={"format": "date", "description": "Null: not given."}
+    )
+    home_hospital = String(required=True, allow_none=True)
+    mrn = String(required=True, allow_none=True, metadata={"description": "The hospital number at the home hospital."})
+    verified = Boolean(
+        required=True, metadata={"description": "False: self-registered, identity not checked in person yet."}
+    )
+
+
+class PatientFound(PatientIdentity):
     id = String(required=True)
     username = String(required=True, allow_none=True)
     display_name = String(required=True)
@@ -131,11 +159,10 @@ class PatientsFound(Schema):
     patients = List(Nested(PatientFound), required=True)
 
 
-class Patient(Schema):
+class Patient(PatientIdentity):
     id = String(required=True)
     display_name = String(required=True)
     home_node = String(required=True, allow_none=True)
-    home_hospital = String(required=True, allow_none=True)
 
 
 class PrescriptionIn(Schema):
@@ -369,6 +396,7 @@ def user_json(user: UserRow) -> dict[str, Any]:
         "display_name": user.display_name,
         "role": user.role,
         "hospital": user.hospital,
+        "date_of_birth": user.date_of_birth.isoformat() if user.date_of_birth else None,
     }
 
 
@@ -380,7 +408,10 @@ def user_json(user: UserRow) -> dict[str, Any]:
 @bp.doc(
     operation_id="register",
     responses=_errors(
-        {409: "The username is taken.", 422: "A field is missing or not valid (username, password strength, name)."}
+        {
+            409: "The username is taken.",
+            422: "A field is missing or not valid (username, password strength, name, date of birth).",
+        }
     ),
 )
 def register(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -389,6 +420,7 @@ def register(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
         username=data["username"],
         password=data["password"],
         display_name=data["display_name"],
+        date_of_birth=data["date_of_birth"],
         kdf=runtime.kdf(),
         home=runtime.node_key(),
         now=utcnow(),
@@ -546,7 +578,7 @@ def change_password(data: dict[str, Any]) -> str:
 def find_patients(query: dict[str, Any]) -> dict[str, Any]:
     api_actor("doctor")
     patients = accounts.find_users("patient", query["q"])
-    return {"patients": [{k: user_json(p)[k] for k in ("id", "username", "display_name")} for p in patients]}
+    return {"patients": [federation.patient_card(p) for p in patients]}
 
 
 @bp.get("/patients/<patient_id>")
@@ -557,16 +589,11 @@ def find_patients(query: dict[str, Any]) -> dict[str, Any]:
     responses=_errors({**SIGNED_OUT, 403: "Only doctors look patients up.", 404: "No such patient."}),
 )
 def get_patient(patient_id: str) -> dict[str, Any]:
-    """A patient of any member hospital by consortium id: name and home hospital, from the
-    home node (patients are found by name only at home)."""
+    """A patient of any member hospital by consortium id: name, home hospital, date of birth,
+    hospital number and in-person check, from the home node (patients are found by name only at home)."""
     api_actor("doctor")
     patient = federation.resolve(accounts.get_user(patient_id, role="patient"), runtime.peers())
-    return {
-        "id": patient.public_id,
-        "display_name": patient.display_name,
-        "home_node": patient.home_node,
-        "home_hospital": federation.hospital_of(patient.home_node),
-    }
+    return {**federation.describe(patient), "home_node": patient.home_node}
 
 
 def _b64(value: str, name: str) -> bytes:

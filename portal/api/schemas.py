@@ -98,6 +98,7 @@ class User(Schema):
     display_name = String(required=True)
     role = String(required=True, metadata={"enum": ["patient", "doctor", "admin"]})
     hospital = String(required=True, allow_none=True)
+    date_of_birth = String(required=True, allow_none=True, metadata={"format": "date", "description": "A patient's."})
 
 
 class Person(Schema):

@@ -54,10 +54,11 @@ def find_patient() -> tuple[str, int]:
     try:
         query = _parse_query(request.args.get("q", ""))
         if CONSORTIUM_ID.fullmatch(query):
-            patient = federation.resolve(accounts.get_user(query, role="patient"), runtime.peers())
-            found = {**federation.describe(patient), "named": patient.is_local or patient.resolved_at is not None}
+            found = federation.patient_card(
+                federation.resolve(accounts.get_user(query, role="patient"), runtime.peers())
+            )
         elif query:
-            patients = accounts.find_users("patient", query)
+            patients = [federation.patient_card(p) for p in accounts.find_users("patient", query)]
     except NotFound:
         error, status = UNKNOWN_ID, 404
     except ServiceError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import Schema
-from apiflask.fields import Integer, List, Nested, Raw, String
+from apiflask.fields import Boolean, Integer, List, Nested, Raw, String
 from apiflask.validators import Length, OneOf, Range
 from flask import Response, current_app, jsonify, request
 
@@ -158,6 +158,10 @@ class NodeAccount(Schema):
     hospital = String(required=True, allow_none=True, metadata={"description": "A doctor's hospital; null otherwise."})
     home = String(required=True, allow_none=True, metadata={"description": "The node id it is registered at."})
     home_hospital = String(required=True, allow_none=True)
+    # A patient's only (absent for other accounts):
+    date_of_birth = String(allow_none=True, metadata={"format": "date", "description": "Null if not given."})
+    mrn = String(allow_none=True, metadata={"description": "A patient's number at this hospital; null until checked."})
+    verified = Boolean(metadata={"description": "A patient's: identity checked here in person."})
 
 
 class NodeDoctor(NodeAccount):
@@ -310,7 +314,8 @@ def reencrypt(data: dict[str, Any]) -> dict[str, Any]:
     responses={"401": UNSIGNED, "404": _answer("No such account registered here.")},
 )
 def account(account_id: str) -> dict[str, Any]:
-    """Name and hospital of an account registered here, for a member node that shows it."""
+    """Name and hospital of an account registered here (and a patient's date of birth, hospital
+    number and in-person check), for a member node that shows it to a doctor."""
     return federation.describe(accounts.get_local_user(account_id))
 
 

@@ -16,11 +16,12 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from zxcvbn import zxcvbn
 
 from core.crypto import (
@@ -40,7 +41,7 @@ from core.ledger import decode_transaction, key_payload, sign_transaction
 from portal.extensions import db
 from portal.models import AuthSession, LedgerTransaction, User, epoch_ms
 from portal.services import ledger, throttle, two_factor
-from portal.services.errors import Conflict, NotFound, ServiceError, Unauthorized, ValidationFailed
+from portal.services.errors import Conflict, Forbidden, NotFound, ServiceError, Unauthorized, ValidationFailed
 
 ROLES = ("patient", "doctor", "admin")
 USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,40}$")
@@ -51,6 +52,10 @@ USER_KEY_AAD = b"medledger/user-key/v1\n"
 PRIVATE_KEYS_AAD = b"medledger/private-keys/v1\n"
 SESSION_AAD = b"medledger/session/v1\n"
 _DUMMY_SALT = b"\x00" * 16
+ISO_DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+EARLIEST_BIRTH = date(1900, 1, 1)
+# A hospital patient number: letters and digits, with '-', '/' or '.' between them.
+MRN_RE = re.compile(r"^[A-Z0-9](?:[A-Z0-9./-]{0,38}[A-Z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,40 @@ def check_password(password: object, context: Sequence[str] = ()) -> str:
     return password
 
 
+def check_date_of_birth(value: object, today: date) -> date:
+    """A date of birth given as an ISO date (YYYY-MM-DD): a real day, not after `today` and not
+    before 1900. Raises ValidationFailed with a sentence for people."""
+    if isinstance(value, str):
+        value = _iso_date(value.strip())
+    if not isinstance(value, date) or isinstance(value, datetime):
+        raise ValidationFailed("Date of birth must be a real date, written as YYYY-MM-DD (for example 1984-03-21).")
+    if value > today:
+        raise ValidationFailed("Date of birth cannot be in the future.")
+    if value < EARLIEST_BIRTH:
+        raise ValidationFailed("Date of birth cannot be before 1 January 1900.")
+    return value
+
+
+def _iso_date(text: str) -> date | None:
+    if not ISO_DATE_RE.match(text):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:  # 2001-02-30
+        return None
+
+
+def check_mrn(value: object) -> str:
+    """A hospital patient number, upper-cased: 1-40 letters and digits (with '-', '/' or '.'
+    between them). Raises ValidationFailed."""
+    text = value.strip().upper() if isinstance(value, str) else ""
+    if not MRN_RE.match(text):
+        raise ValidationFailed(
+            "The hospital number must be 1-40 letters and digits (a '-', '/' or '.' may separate them)."
+        )
+    return text
+
+
 def create_user(
     *,
     role: str,
@@ -116,9 +155,11 @@ def create_user(
     home: NodeKey,
     hospital: object = None,
     licence_number: object = None,
+    date_of_birth: object = None,
 ) -> User:
     """Create an account of this node (`home`, which endorses its key) with fresh RSA-3072 and
-    Umbral keys, and queue its key registration.
+    Umbral keys, and queue its key registration. A patient's `date_of_birth` (checked by
+    check_date_of_birth) is kept here like the name and never goes on the ledger.
 
     Raises ValidationFailed for bad input and Conflict for a taken username."""
     if role not in ROLES:
@@ -132,6 +173,7 @@ def create_user(
         licence_number = _check_text(licence_number, "Licence number", 40)
     else:
         hospital = licence_number = None
+    born = check_date_of_birth(date_of_birth, now.date()) if role == "patient" and date_of_birth is not None else None
     if db.session.scalar(select(User.id).where(User.username == username)) is not None:
         raise Conflict(f"The username {username!r} is taken.")
 
@@ -144,6 +186,7 @@ def create_user(
         role=role,
         hospital=hospital,
         licence_number=licence_number,
+        date_of_birth=born,
         rsa_public_key=public.rsa_der,
         umbral_public_key=public.umbral,
         key_id=public.key_id,
@@ -307,6 +350,44 @@ def find_users(role: str, query: object, limit: int = 20, local_only: bool = Fal
     else:
         stmt = stmt.where(User.sealed_private_keys.is_not(None) | User.resolved_at.is_not(None))
     return list(db.session.scalars(stmt.order_by(User.display_name).limit(limit)))
+
+
+def patient_for_desk(admin: User, patient_id: object) -> User:
+    """A patient whose identity `admin` may check: one registered at the admin's own hospital.
+    Raises Forbidden for anyone but an admin of the patient's home hospital, NotFound for no such patient."""
+    if admin.role != "admin" or not admin.is_local:
+        raise Forbidden("Only a hospital administrator can check a patient's identity.")
+    patient = get_user(patient_id, role="patient")
+    if not patient.is_local or patient.home_node != admin.home_node:
+        raise Forbidden("Only the patient's home hospital can check their identity and give them a hospital number.")
+    return patient
+
+
+def verify_in_person(admin: User, patient_id: object, mrn: object, now: datetime, date_of_birth: object = None) -> User:
+    """The front desk of a patient's home hospital has checked their identity in person: record
+    the hospital number (unique at this hospital) and when, and who checked. A date of birth
+    seen on the identity document may be given, to set or correct the one on file.
+
+    Only an admin of the patient's home hospital may: Forbidden for anyone else (a doctor, a
+    patient, an admin of another hospital). NotFound for no such patient, ValidationFailed for a
+    bad number or date, Conflict for a number this hospital already gave another patient."""
+    patient = patient_for_desk(admin, patient_id)
+    number = check_mrn(mrn)
+    born = check_date_of_birth(date_of_birth, now.date()) if date_of_birth not in (None, "") else None
+    taken = db.session.scalar(
+        select(User.id).where(User.home_node == patient.home_node, User.mrn == number, User.id != patient.id)
+    )
+    if taken is not None:
+        raise Conflict(f"The hospital number {number} is already given to another patient of this hospital.")
+    patient.mrn, patient.verified_at, patient.verified_by_id = number, now, admin.id
+    if born is not None:
+        patient.date_of_birth = born
+    try:
+        db.session.commit()
+    except IntegrityError:  # the same number given at the same moment by another desk
+        db.session.rollback()
+        raise Conflict(f"The hospital number {number} is already given to another patient of this hospital.") from None
+    return patient
 
 
 def get_local_user(public_id: object) -> User:

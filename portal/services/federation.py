@@ -25,12 +25,12 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import wait
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import current_app
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from core.crypto import BoxKey, seal_to_node
 from core.encoding import b64d, b64e, canonical, decode_canonical
@@ -52,6 +52,7 @@ from portal.models import (
 log = logging.getLogger(__name__)
 PACKAGE_AAD = b"medledger/grant-package/v1\n"
 UNNAMED = "Account "  # the placeholder name of another hospital's account until it is resolved
+RESOLVE_AGAIN_AFTER = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -363,8 +364,10 @@ def local_blob(sha256: str) -> bytes | None:
 
 
 def describe(user: User) -> dict[str, Any]:
-    """What one node tells another about an account registered at it."""
-    return {
+    """What one node tells another about an account registered at it (and what a doctor is
+    shown to choose a patient by): for a patient, also the date of birth, the hospital number
+    and whether the home hospital has checked their identity in person."""
+    described: dict[str, Any] = {
         "id": user.public_id,
         "role": user.role,
         "display_name": user.display_name,
@@ -372,26 +375,71 @@ def describe(user: User) -> dict[str, Any]:
         "home": user.home_node,
         "home_hospital": hospital_of(user.home_node),
     }
+    if user.role == "patient":
+        described["date_of_birth"] = user.date_of_birth.isoformat() if user.date_of_birth else None
+        described["mrn"] = user.mrn
+        described["verified"] = user.verified_at is not None
+    return described
+
+
+def patient_card(user: User) -> dict[str, Any]:
+    """A patient as a doctor chooses them: `describe` and the username (this hospital's patients
+    only), and whether the name is known yet (another hospital's, before its home answered)."""
+    return {**describe(user), "username": user.username, "named": user.is_local or user.resolved_at is not None}
+
+
+def _printable(value: object, max_len: int) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= max_len and value.isprintable()
+
+
+def _learn_identity(user: User, answer: dict[str, Any], now: datetime) -> bool:
+    """Take a patient's date of birth, hospital number and in-person check from their home
+    node's answer (absent from an older node's answer: none). False if any is malformed."""
+    born, mrn, verified = answer.get("date_of_birth"), answer.get("mrn"), answer.get("verified")
+    if born is not None and not isinstance(born, str):
+        return False
+    try:
+        born = date.fromisoformat(born) if born is not None else None
+    except ValueError:
+        return False
+    if (mrn is not None and not _printable(mrn, 40)) or verified not in (None, True, False):
+        return False
+    if mrn is not None:  # a number the home has given someone else since: the old copy is stale
+        db.session.execute(
+            update(User).where(User.home_node == user.home_node, User.mrn == mrn, User.id != user.id).values(mrn=None)
+        )
+    user.date_of_birth, user.mrn = born, mrn
+    if not verified:
+        user.verified_at = None
+    elif user.verified_at is None:
+        user.verified_at = now  # when this node learnt it, not when the home checked
+    return True
 
 
 def _learn(user: User, answer: object) -> bool:
-    """Take an account's name (and a doctor's hospital) from its home node's answer, if the
-    answer is about this very account and well formed."""
+    """Take an account's name (and a doctor's hospital, a patient's identity) from its home
+    node's answer, if the answer is about this very account and well formed."""
     if not isinstance(answer, dict) or answer.get("id") != user.public_id or answer.get("role") != user.role:
         return False
     name, hospital = answer.get("display_name"), answer.get("hospital")
-    if not isinstance(name, str) or not 1 <= len(name) <= 120 or not name.isprintable():
+    if not _printable(name, 120):
         return False
     if hospital is not None and (not isinstance(hospital, str) or len(hospital) > 120 or not hospital.isprintable()):
         return False
-    user.display_name, user.hospital, user.resolved_at = name, hospital, datetime.now(UTC).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    if user.role == "patient" and not _learn_identity(user, answer, now):
+        return False
+    user.display_name, user.hospital, user.resolved_at = name, hospital, now
     return True
 
 
 def resolve(user: User, peers: Any) -> User:
-    """An account of another hospital with its name from its home node (fetched once, then kept);
-    the account as it is when the home node does not answer."""
-    if user.is_local or user.resolved_at is not None or peers is None or user.home_node not in peers.urls:
+    """An account of another hospital with its name (and a patient's identity) from its home
+    node, fetched when first needed and again once RESOLVE_AGAIN_AFTER has passed (a patient may
+    have been checked in person since); the account as it is when the home node does not answer."""
+    if user.is_local or peers is None or user.home_node not in peers.urls:
+        return user
+    if user.resolved_at is not None and datetime.now(UTC).replace(tzinfo=None) - user.resolved_at < RESOLVE_AGAIN_AFTER:
         return user
     if _learn(user, peers.get(user.home_node, f"/node/v1/accounts/{user.public_id}")):
         db.session.commit()

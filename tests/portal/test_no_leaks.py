@@ -13,9 +13,9 @@ from sqlalchemy import select
 
 from core.encoding import b64e
 from portal.extensions import db
-from portal.models import utcnow
+from portal.models import LedgerBlock, LedgerTransaction, User, utcnow
 from portal.services import accounts
-from tests.conftest import PDF, RECORD, Person, produce
+from tests.conftest import PASSWORD, PDF, RECORD, Person, produce
 
 MARKER = "Patient reports zebra-striped rash since Tuesday"
 
@@ -77,5 +77,39 @@ def test_public_chain_endpoints_name_no_one(app: Flask, client: FlaskClient, doc
         client.get(url).data
         for url in ["/api/v1/chain/blocks?from=0&limit=100"] + [f"/api/v1/chain/blocks/{h}" for h in range(height + 1)]
     )
-    for needle in ("alice", "Alice Moreau", "dr.osei", "Ama Osei", "Test Hospital", MARKER, RECORD["title"], "Dyspnea"):
+    names = ("alice", "Alice Moreau", "1984-03-21", "dr.osei", "Ama Osei", "Test Hospital")
+    for needle in (*names, MARKER, RECORD["title"], "Dyspnea"):
         assert needle.encode() not in published, needle
+
+
+def test_patient_identity_is_never_more_exposed_than_the_name(
+    app: Flask, client: FlaskClient, admin: Person, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A date of birth and a hospital number are kept like the name (docs/security.md): never on
+    the ledger or in the logs, and nowhere in the database the name is not."""
+    caplog.set_level(logging.DEBUG)
+    body = {
+        "username": "zoe.q",
+        "password": PASSWORD,
+        "display_name": "Zoe Quartermaine",
+        "date_of_birth": "1957-08-19",
+    }
+    registered = client.post("/api/v1/auth/register", json=body)
+    assert registered.status_code == 201
+    desk = db.session.scalar(select(User).where(User.username == "admin"))
+    accounts.verify_in_person(desk, registered.json["user"]["id"], "QX-990417", utcnow())
+    height = produce(app)
+    assert height is not None
+
+    name, identity = b"Zoe Quartermaine", [b"1957-08-19", b"19570819", b"QX-990417"]
+    ledger = b"".join(
+        [bytes(t.encoded) for t in db.session.scalars(select(LedgerTransaction))]
+        + [bytes(b.header) for b in db.session.scalars(select(LedgerBlock))]
+        + [client.get(f"/api/v1/chain/blocks/{h}").data for h in range(height + 1)]
+    )
+    dump, logs = dump_database(), caplog.text.encode()
+    assert registered.json["user"]["id"].encode() in ledger  # the scan reads her key registration
+    for needle in identity:
+        assert needle not in ledger, needle
+        assert needle not in logs, needle
+        assert needle not in dump or name in dump, needle
