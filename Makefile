@@ -59,6 +59,20 @@ vsftpd:
 test: lint browser vsftpd
 	MEDLEDGER_CONFIG=testing $(BIN)/pytest
 
+# Every portal page and app screen of the demo, at phone and desktop size, saved by the accessibility walk
+# (tests/browser/test_accessibility.py) into SCREENSHOTS_DIR; the few the README shows are copied to docs/screenshots.
+SCREENSHOTS_DIR ?= instance/screenshots
+README_SCREENSHOTS := portal-patient-history-desktop portal-new-record-desktop app-records-phone app-record-phone \
+  app-access-phone
+.PHONY: screenshots
+screenshots: setup browser
+	rm -rf $(SCREENSHOTS_DIR)
+	SCREENSHOTS_DIR=$(abspath $(SCREENSHOTS_DIR)) MEDLEDGER_CONFIG=testing $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/browser/test_accessibility.py -k serious_violations
+	@mkdir -p docs/screenshots
+	for name in $(README_SCREENSHOTS); do cp $(SCREENSHOTS_DIR)/$$name.png docs/screenshots/; done
+	@echo "screenshots of every page: $(SCREENSHOTS_DIR)/"
+
 bench: setup
 	MEDLEDGER_CONFIG=testing $(BIN)/python bench/ledger.py
 
