@@ -60,9 +60,13 @@ export function isAbortError(error) {
   return error?.name === 'AbortError';
 }
 
-export async function register({ username, password, displayName }, { signal } = {}) {
+export async function register({ username, password, displayName, dateOfBirth }, { signal } = {}) {
+  const body = { username, password, display_name: displayName };
+  if (dateOfBirth) {
+    body.date_of_birth = dateOfBirth;
+  }
   const response = await send('POST', '/auth/register', {
-    body: { username, password, display_name: displayName },
+    body,
     token: null,
     signal,
     idempotent: true,
@@ -185,9 +189,10 @@ export async function getAccessLog({ signal, limit, offset } = {}) {
   return readJson(await send('GET', `/access-log${pageQuery({ limit, offset })}`, { signal }));
 }
 
-export async function getEmergencyAccess({ signal } = {}) {
-  const response = await send('GET', '/emergency-access', { signal });
-  return readJson(response);
+// The opt-in and a page of past emergencies: { enabled, emergencies, next_offset, total } (the last two
+// when the server pages them).
+export async function getEmergencyAccess({ signal, limit, offset } = {}) {
+  return readJson(await send('GET', `/emergency-access${pageQuery({ limit, offset })}`, { signal }));
 }
 
 export async function setEmergencyAccess(enabled, { signal } = {}) {

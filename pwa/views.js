@@ -33,6 +33,8 @@ const loaded = { userId: null, list: null, records: new Map() };
 
 export function loginView(ctx) {
   ctx.setTitle('Log in');
+  // Signed out (or about to sign in as someone else): nothing loaded before stays in memory.
+  memoryFor(ctx);
   const fields = {
     username: formField({
       id: 'login-username', label: 'Username', autocomplete: 'username',

@@ -384,3 +384,39 @@ def test_the_grant_forms_dates_fit_a_phone(node: Node, phone: Phone) -> None:
         assert box["x"] >= card["x"] and box["x"] + box["width"] <= card["x"] + card["width"], (selector, box, card)
     assert fits_the_phone(page)
     phone.assert_clean()
+
+
+def test_the_access_log_loads_more_without_repeating_a_read(node: Node, phone: Phone, reader: str) -> None:
+    username = "pat.log.pages"
+    patient_id = register_patient(node, username, PATIENT_PASSWORD, "Lou Logpages")
+    record_id = write_record(node, doctor_token(node), username, "Asthma review (log pages)")
+    asked = requests.post(
+        node.api("/access-requests"),
+        json={"patient_id": patient_id, "reason": REQUEST_REASON, "days": 3},
+        headers=bearer(reader),
+        timeout=HTTP_TIMEOUT,
+    )
+    assert asked.status_code == 201, asked.text
+    patient = token_for(node, username, PATIENT_PASSWORD)
+    approved = requests.post(
+        node.api(f"/access-requests/{asked.json()['id']}/approve"), headers=bearer(patient), timeout=HTTP_TIMEOUT
+    )
+    assert approved.status_code == 201, approved.text
+    reads = 52  # more than the app's page of 50
+    for _ in range(reads):
+        assert read_record(node, reader, record_id).status_code == 200
+
+    page = phone.page
+    log_in(page, username, PATIENT_PASSWORD)
+    open_tab(page, "Access log")
+    entries = page.locator("#app .log-entry")
+    expect(entries).to_have_count(50)
+    # One more read moves every offset by one: the second page starts with a read already shown.
+    assert read_record(node, reader, record_id).status_code == 200
+    page.get_by_role("button", name="Load more").click()
+    expect(entries).to_have_count(reads)
+    expect(page.get_by_role("button", name="Load more")).to_be_hidden()
+    counted = "total" in requests.get(node.api("/access-log?limit=1"), headers=bearer(patient), timeout=10).json()
+    if counted:
+        expect(page.locator("#app .list-count")).to_have_text(f"Showing {reads} of {reads + 1}")
+    phone.assert_clean()
