@@ -61,11 +61,13 @@ export function accessView(ctx) {
     emergency: h('div', { class: 'emergency-settings' }),
     refresh: h('button', { type: 'button', class: 'button' }, 'Refresh'),
     // What is loaded of each list, a page at a time ({ items, nextOffset }).
-    loaded: { requests: null, grants: null },
+    loaded: { requests: null, grants: null, emergencies: null },
+    emergencyList: h('div'),
     narrowing: null,
   };
   page.requestPages = pageControls(() => loadMoreAccess(page, 'requests'));
   page.grantPages = pageControls(() => loadMoreAccess(page, 'grants'));
+  page.emergencyPages = pageControls(() => loadMoreEmergencies(page));
   page.refresh.addEventListener('click', () => refreshAccess(page));
   loadGrantsAndRequests(page);
   loadEmergency(page);
@@ -797,9 +799,11 @@ async function loadEmergency(page) {
   const { ctx } = page;
   startLoading(page.emergency, 'Loading your emergency access settings…');
   try {
-    const status = await getEmergencyAccess({ signal: ctx.signal });
+    const status = await getEmergencyAccess({ signal: ctx.signal, limit: PAGE_SIZE });
     if (!ctx.signal.aborted) {
+      page.loaded.emergencies = { items: mergeById([], status.emergencies ?? []), ...pageState(status) };
       mount(page.emergency, emergencySettings(page, status));
+      showEmergencies(page);
     }
   } catch (error) {
     if (!isStale(ctx, error)) {
@@ -808,6 +812,25 @@ async function loadEmergency(page) {
   } finally {
     page.emergency.removeAttribute('aria-busy');
   }
+}
+
+async function loadMoreEmergencies(page) {
+  const { ctx } = page;
+  const loaded = page.loaded.emergencies;
+  if (loaded?.nextOffset === null || loaded?.nextOffset === undefined) {
+    return;
+  }
+  const status = await getEmergencyAccess({ signal: ctx.signal, limit: PAGE_SIZE, offset: loaded.nextOffset });
+  if (!ctx.signal.aborted) {
+    page.loaded.emergencies = { items: mergeById(loaded.items, status.emergencies ?? []), ...pageState(status) };
+    showEmergencies(page);
+  }
+}
+
+function showEmergencies(page) {
+  const { items, total, nextOffset } = page.loaded.emergencies;
+  mount(page.emergencyList, emergencyList(items));
+  page.emergencyPages.update({ shown: items.length, total, nextOffset });
 }
 
 function emergencySettings(page, status) {
@@ -840,7 +863,8 @@ function emergencySettings(page, status) {
     h('p', { id: 'emergency-explanation', class: 'explanation' }, EMERGENCY_EXPLANATION),
     h('div', { class: 'card switch-card' }, row, error, confirm.panel),
     h('h3', { class: 'subsection-title' }, 'Past emergencies'),
-    emergencyList(status.emergencies ?? []),
+    page.emergencyList,
+    page.emergencyPages.element,
   ];
 }
 
@@ -916,7 +940,7 @@ async function loadAccessLog(page) {
       recordTitles(ctx),
     ]);
     if (!ctx.signal.aborted) {
-      page.loaded = { entries: mergeById([], answer.entries), titles, ...logPageState(answer) };
+      page.loaded = { entries: mergeById([], answer.entries), titles, ...pageState(answer) };
       showLog(page);
     }
   } catch (error) {
@@ -938,13 +962,13 @@ async function loadMoreLog(page) {
   const shownBefore = loaded.entries.length;
   const answer = await getAccessLog({ signal: ctx.signal, limit: PAGE_SIZE, offset: loaded.nextOffset });
   if (!ctx.signal.aborted) {
-    page.loaded = { ...loaded, entries: mergeById(loaded.entries, answer.entries), ...logPageState(answer) };
+    page.loaded = { ...loaded, entries: mergeById(loaded.entries, answer.entries), ...pageState(answer) };
     showLog(page);
     page.list.querySelectorAll('.log-entry a')[shownBefore]?.focus();
   }
 }
 
-function logPageState(answer) {
+function pageState(answer) {
   return { nextOffset: answer.next_offset ?? null, total: Number.isInteger(answer.total) ? answer.total : null };
 }
 
