@@ -21,7 +21,12 @@ USERS = [
     ("patient", "alice", "Alice Moreau", None, None),
     ("patient", "bob", "Bob Tanaka", None, None),
     ("patient", "carol", "Carol Diaz", None, None),
+    # Another self-registered Alice Moreau: her date of birth tells her apart, and she is not verified.
+    ("patient", "alice.moreau", "Alice Moreau", None, None),
 ]
+BORN = {"alice": "1984-03-21", "bob": "1979-11-02", "carol": "1962-07-14", "alice.moreau": "1991-09-30"}
+# Patients the front desk of this hospital has seen in person, with their hospital numbers.
+VERIFIED = {"alice": "SM-104233", "bob": "SM-208871", "carol": "SM-311920"}
 RECORDS = [
     ("dr.osei", "alice", {
         "title": "Asthma review", "category": "respiratory", "diagnoses": ["J45.909"],
@@ -68,7 +73,11 @@ def seed() -> str:
         accounts.create_user(
             role=role, username=username, password=PASSWORD, display_name=name,
             hospital=hospital, licence_number=licence, kdf=kdf, home=runtime.node_key(), now=utcnow(),
+            date_of_birth=BORN.get(username),
         )  # fmt: skip
+    desk = db.session.scalar(select(User).where(User.username == "admin"))
+    for username, mrn in VERIFIED.items():
+        accounts.verify_in_person(desk, _public_id(username), mrn, utcnow())
     ledger.seal_pending(key)
     node = runtime.node()
     for author, patient, fields in RECORDS:

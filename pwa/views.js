@@ -23,6 +23,7 @@ const REGISTER_HASH = '#/register';
 const NONE_RECORDED = 'None recorded.';
 const ACCOUNT_CREATED_MESSAGE = 'Your account was created. Please log in.';
 const TWO_FACTOR_REQUIRED = 'two_factor_required';
+const EARLIEST_BIRTH = '1900-01-01';
 const PAGE_SIZE = 50;
 // Images only: a PDF would need a frame, and the app's Content-Security-Policy allows no blob: frames.
 const PREVIEW_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
@@ -78,6 +79,11 @@ export function registerView(ctx) {
     displayName: formField({
       id: 'register-display-name', label: 'Your name', autocomplete: 'name', required: true,
       hint: 'Shown to the doctors who write your records.',
+    }),
+    dateOfBirth: formField({
+      id: 'register-date-of-birth', label: 'Date of birth', type: 'date', autocomplete: 'bday', required: true,
+      min: EARLIEST_BIRTH, max: localToday(),
+      hint: 'So that your doctors can tell you apart from someone with the same name.',
     }),
     password: formField({
       id: 'register-password', label: 'Password', type: 'password', autocomplete: 'new-password',
@@ -174,6 +180,8 @@ async function submitRegistration(ctx, { fields, status, button }) {
   const values = {
     username: fields.username.input.value.trim(),
     displayName: fields.displayName.input.value.trim(),
+    dateOfBirth: fields.dateOfBirth.input.value,
+    dateTyped: !fields.dateOfBirth.input.validity.badInput,
     password: fields.password.input.value,
     confirm: fields.confirm.input.value,
   };
@@ -207,17 +215,40 @@ function loginProblems({ username, password }) {
   };
 }
 
-function registrationProblems({ username, displayName, password, confirm }) {
+function registrationProblems({ username, displayName, dateOfBirth, dateTyped, password, confirm }) {
   return {
     username: USERNAME_PATTERN.test(username)
       ? null
       : 'Use 3 to 40 characters: lowercase letters, digits, dot, underscore or hyphen.',
     displayName: displayName ? null : 'Please enter your name.',
+    dateOfBirth: dateOfBirthProblem(dateOfBirth, dateTyped),
     password: password.length >= PASSWORD_MIN_LENGTH
       ? null
       : `Use at least ${PASSWORD_MIN_LENGTH} characters.`,
     confirm: confirm === password ? null : 'The two passwords do not match.',
   };
+}
+
+// The date input gives YYYY-MM-DD, or '' when it is empty or not a whole, real date.
+function dateOfBirthProblem(value, typed) {
+  if (!value) {
+    return typed
+      ? 'Please enter your date of birth.'
+      : 'Please enter a real date: day, month and a four-digit year.';
+  }
+  if (value > localToday()) {
+    return 'Your date of birth cannot be in the future.';
+  }
+  if (value < EARLIEST_BIRTH) {
+    return 'Please check the year: it must be 1900 or later.';
+  }
+  return null;
+}
+
+function localToday() {
+  const now = new Date();
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${now.getFullYear()}-${pad(now.getMonth() + 1)}-${pad(now.getDate())}`;
 }
 
 // ---- what this tab remembers

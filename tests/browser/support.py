@@ -228,11 +228,13 @@ def doctor_token(node: Node) -> str:
     return token_for(node, DOCTOR_USERNAME, DOCTOR_PASSWORD)
 
 
-def register_patient(node: Node, username: str, password: str, display_name: str) -> str:
+def register_patient(
+    node: Node, username: str, password: str, display_name: str, date_of_birth: str = "1984-03-21"
+) -> str:
     """A patient account made through the API; answers its id."""
     answer = requests.post(
         node.api("/auth/register"),
-        json={"username": username, "password": password, "display_name": display_name},
+        json={"username": username, "password": password, "display_name": display_name, "date_of_birth": date_of_birth},
         timeout=HTTP_TIMEOUT,
     )
     assert answer.status_code == 201, answer.text
