@@ -12,10 +12,10 @@ from marshmallow import ValidationError, pre_dump, validates_schema
 
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
-from portal.api.schemas import Flag, Page, Person, RecordMetadata, Text, Whole, answer
+from portal.api.schemas import Flag, Page, Paged, Person, RecordMetadata, Text, Whole, answer, listed
 from portal.idempotency import idempotent
 from portal.models import utcnow
-from portal.services import access_log, accounts, federation, grants, records
+from portal.services import access_log, accounts, federation, grants, paging, records
 from portal.services.accounts import Actor
 from portal.services.records import CATEGORIES
 
@@ -285,30 +285,34 @@ class AccessEntry(Schema):
         }
 
 
-class AccessRequests(Schema):
-    requests = List(Nested(AccessRequest), required=True)
+class AccessRequests(Paged):
+    requests = List(Nested(AccessRequest), required=True, metadata={"description": "Newest first."})
 
 
-class Grants(Schema):
-    grants = List(Nested(Grant), required=True)
+class Grants(Paged):
+    grants = List(
+        Nested(Grant), required=True, metadata={"description": "Newest first, revoked and expired ones included."}
+    )
 
 
-class PatientRecords(Schema):
-    records = List(Nested(RecordMetadata), required=True)
+class PatientRecords(Paged):
+    records = List(Nested(RecordMetadata), required=True, metadata={"description": "Newest first."})
 
 
 class Doctors(Schema):
     doctors = List(Nested(Person), required=True)
 
 
-class AccessLog(Schema):
-    entries = List(Nested(AccessEntry), required=True)
-    next_offset = Integer(required=True, allow_none=True, metadata={"description": "Null on the last page."})
+class AccessLog(Paged):
+    entries = List(Nested(AccessEntry), required=True, metadata={"description": "Newest first."})
 
 
-class EmergencyStatus(Schema):
+class EmergencyStatus(Paged):
+    """The opt-in, and a page of the break-glass accesses to the patient's records (`total` and
+    `next_offset` page these)."""
+
     enabled = Boolean(required=True)
-    emergencies = List(Nested(EmergencyAccess), required=True)
+    emergencies = List(Nested(EmergencyAccess), required=True, metadata={"description": "Newest first."})
 
 
 class PatientWithAccess(Schema):
@@ -325,6 +329,7 @@ _error = answer
 
 
 UNAUTHORIZED = _error("No valid token.")
+OUT_OF_RANGE = _error("`limit` or `offset` out of range.")
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -355,15 +360,17 @@ def create_access_request(data: dict[str, Any]) -> tuple[Seen, int]:
 
 
 @bp.get("/access-requests")
+@bp.input(Page, location="query", arg_name="query")
 @bp.output(AccessRequests)
 @bp.doc(
     operation_id="listAccessRequests",
     security="BearerAuth",
-    responses={401: UNAUTHORIZED, 403: _error("Admins have no access requests.")},
+    responses={401: UNAUTHORIZED, 403: _error("Admins have no access requests."), 422: OUT_OF_RANGE},
 )
-def list_access_requests() -> dict[str, Any]:
+def list_access_requests(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor()
-    return {"requests": [Seen(actor, r) for r in grants.list_requests(actor)]}
+    page = grants.page_requests(actor, *paging.bounds(query["limit"], query["offset"]))
+    return listed("requests", page.map(lambda r: Seen(actor, r)))
 
 
 @bp.post("/access-requests/<request_id>/approve")
@@ -425,14 +432,15 @@ def create_grant(data: dict[str, Any]) -> tuple[models.Grant, int]:
 
 
 @bp.get("/grants")
+@bp.input(Page, location="query", arg_name="query")
 @bp.output(Grants)
 @bp.doc(
     operation_id="listGrants",
     security="BearerAuth",
-    responses={401: UNAUTHORIZED, 403: _error("Admins have no grants.")},
+    responses={401: UNAUTHORIZED, 403: _error("Admins have no grants."), 422: OUT_OF_RANGE},
 )
-def list_grants() -> dict[str, Any]:
-    return {"grants": grants.list_grants(api_actor())}
+def list_grants(query: dict[str, Any]) -> dict[str, Any]:
+    return listed("grants", grants.page_grants(api_actor(), *paging.bounds(query["limit"], query["offset"])))
 
 
 @bp.delete("/grants/<grant_id>")
@@ -453,6 +461,7 @@ def revoke_grant(grant_id: str) -> models.Grant:
 
 
 @bp.get("/patients/<patient_id>/records")
+@bp.input(Page, location="query", arg_name="query")
 @bp.output(PatientRecords)
 @bp.doc(
     operation_id="listPatientRecords",
@@ -461,12 +470,14 @@ def revoke_grant(grant_id: str) -> models.Grant:
         401: UNAUTHORIZED,
         403: _error("No grant or emergency access to this patient's records."),
         404: _error("No such patient."),
+        422: OUT_OF_RANGE,
     },
 )
-def patient_records(patient_id: str) -> dict[str, Any]:
+def patient_records(patient_id: str, query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("doctor")
-    visible = grants.visible_records(actor, patient_id, node=runtime.node(), now=utcnow())
-    return {"records": [records.metadata(r) for r in visible]}
+    limit, offset = paging.bounds(query["limit"], query["offset"])
+    visible = grants.visible_records(actor, patient_id, node=runtime.node(), now=utcnow(), limit=limit, offset=offset)
+    return listed("records", visible.map(records.metadata))
 
 
 @bp.get("/doctors")
@@ -490,29 +501,26 @@ def find_doctors(query: dict[str, Any]) -> dict[str, Any]:
 @bp.doc(
     operation_id="getAccessLog",
     security="BearerAuth",
-    responses={401: UNAUTHORIZED, 403: _error("Only patients have an access log.")},
+    responses={401: UNAUTHORIZED, 403: _error("Only patients have an access log."), 422: OUT_OF_RANGE},
 )
 def access_log_view(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
-    limit, offset = records.page_bounds(query.get("limit"), query.get("offset"))
-    page = access_log.for_patient(actor, limit, offset)
-    return {"entries": page, "next_offset": offset + limit if len(page) == limit else None}
+    return listed("entries", access_log.for_patient(actor, *paging.bounds(query["limit"], query["offset"])))
 
 
 @bp.get("/emergency-access")
+@bp.input(Page, location="query", arg_name="query")
 @bp.output(EmergencyStatus)
 @bp.doc(
     operation_id="getEmergencyAccess",
     security="BearerAuth",
-    responses={401: UNAUTHORIZED, 403: _error("Only patients opt in to emergency access.")},
+    responses={401: UNAUTHORIZED, 403: _error("Only patients opt in to emergency access."), 422: OUT_OF_RANGE},
 )
-def emergency_status() -> dict[str, Any]:
+def emergency_status(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
     optin = grants.emergency_optin(actor.user, utcnow())
-    return {
-        "enabled": optin is not None,
-        "emergencies": [Seen(actor, e) for e in grants.emergencies_for(actor.user)],
-    }
+    page = grants.emergencies_for(actor.user, *paging.bounds(query["limit"], query["offset"]))
+    return {"enabled": optin is not None, **listed("emergencies", page.map(lambda e: Seen(actor, e)))}
 
 
 @bp.put("/emergency-access")

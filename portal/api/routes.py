@@ -16,13 +16,13 @@ from marshmallow import ValidationError
 
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso
-from portal.api.schemas import Page, QueryWhole, RecordSummary, Text, User, answer
+from portal.api.schemas import Page, Paged, QueryWhole, RecordSummary, Text, User, answer, listed
 from portal.attachments import send_attachment
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User as UserRow
 from portal.models import utcnow
-from portal.services import accounts, chat, federation, ledger, records, throttle, two_factor, votes
+from portal.services import accounts, chat, federation, ledger, paging, records, throttle, two_factor, votes
 from portal.services.errors import Conflict, ValidationFailed
 from portal.services.inputs import MAX_OFFSET
 from portal.services.records import NewAttachment
@@ -234,9 +234,8 @@ class RecordCreated(Schema):
     tx_hash = String(required=True, metadata={"description": "The record's transaction on the ledger."})
 
 
-class RecordList(Schema):
-    records = List(Nested(RecordSummary), required=True)
-    next_offset = Integer(required=True, allow_none=True, metadata={"description": "None on the last page."})
+class RecordList(Paged):
+    records = List(Nested(RecordSummary), required=True, metadata={"description": "Newest first."})
 
 
 class DiagnosisOut(Schema):
@@ -684,9 +683,7 @@ def create_record(patient_id: str, data: dict[str, Any]) -> tuple[dict[str, Any]
 )
 def list_records(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor()
-    limit, offset = records.page_bounds(query["limit"], query["offset"])
-    page = records.list_records(actor, limit, offset)
-    return {"records": page, "next_offset": offset + limit if len(page) == limit else None}
+    return listed("records", records.list_records(actor, *paging.bounds(query["limit"], query["offset"])))
 
 
 @bp.get("/records/<record_id>")

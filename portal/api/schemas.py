@@ -12,7 +12,8 @@ from marshmallow import ValidationError
 
 from portal.services.errors import ValidationFailed
 from portal.services.inputs import MAX_INT, MAX_OFFSET, whole_number
-from portal.services.records import DEFAULT_PAGE, MAX_PAGE
+from portal.services.paging import DEFAULT_LIMIT, MAX_LIMIT
+from portal.services.paging import Page as PageOf
 
 
 class Text(String):
@@ -84,10 +85,27 @@ def answer(description: str, schema: type[Schema] = Error) -> dict[str, Any]:
 
 
 class Page(Schema):
-    """Paging of a list, newest first: `limit` (records.DEFAULT_PAGE if absent) and `offset`."""
+    """Paging of a list (services/paging.py): `limit` (DEFAULT_LIMIT if absent) and `offset`."""
 
-    limit = QueryWhole(1, MAX_PAGE, metadata={"description": f"How many ({DEFAULT_PAGE} if absent)."})
+    limit = QueryWhole(1, MAX_LIMIT, metadata={"description": f"How many ({DEFAULT_LIMIT} if absent)."})
     offset = QueryWhole(0, MAX_OFFSET, metadata={"description": "How many to skip (0 if absent)."})
+
+
+class Paged(Schema):
+    """The paging half of every list answer: the list itself is under its own key beside these."""
+
+    total = Integer(
+        required=True,
+        metadata={"description": "How many items the caller may see with the same filters, on all pages."},
+    )
+    next_offset = Integer(
+        required=True, allow_none=True, metadata={"description": "The `offset` of the next page; null on the last."}
+    )
+
+
+def listed(key: str, page: PageOf[Any]) -> dict[str, Any]:
+    """A page as a list answer: `{key: [...], "total": ..., "next_offset": ...}` (a `Paged` shape)."""
+    return {key: page.items, "total": page.total, "next_offset": page.next_offset}
 
 
 class User(Schema):

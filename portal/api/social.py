@@ -15,11 +15,11 @@ from core.clinical import Vocabulary
 from core.errors import CoreError
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
-from portal.api.schemas import Flag, QueryWhole, Text, answer
+from portal.api.schemas import Flag, Page, Paged, QueryWhole, Text, answer, listed
 from portal.extensions import db
 from portal.models import utcnow
 from portal.openapi import BEARER
-from portal.services import chat, ledger, matching
+from portal.services import chat, ledger, matching, paging
 
 MAX_QUERY = 100
 MAX_KEY = 100  # a P-256 point in base64url is 87 characters; the service refuses longer ones too
@@ -225,7 +225,7 @@ class ConnectionAnswer(Schema):
     connection = Nested(Connection, required=True)
 
 
-class ConnectionList(Schema):
+class ConnectionList(Paged):
     connections = List(Nested(Connection), required=True, metadata={"description": "Newest first."})
 
 
@@ -248,7 +248,7 @@ class BlockAnswer(Schema):
     block = Nested(BlockedPatient, required=True)
 
 
-class BlockList(Schema):
+class BlockList(Paged):
     blocks = List(Nested(BlockedPatient), required=True, metadata={"description": "Newest first."})
 
 
@@ -317,6 +317,7 @@ def _errors(**answers: str) -> dict[int, dict[str, Any]]:
 
 
 RATE_LIMITED = "Too many of these requests this hour (the limit is per patient); failed ones count too."
+OUT_OF_RANGE = "`limit` or `offset` out of range."
 
 
 # -- vocabulary -----------------------------------------------------------------------------
@@ -453,17 +454,20 @@ def connect(pseudonym: str) -> dict[str, Any]:
 
 
 @bp.get("/connections")
+@bp.input(Page, location="query", arg_name="query")
 @bp.output(ConnectionList)
 @bp.doc(
     operation_id="listConnections",
     summary="The caller's connection requests and conversations",
     security=BEARER,
-    responses=_errors(),
+    responses=_errors(e422=OUT_OF_RANGE),
 )
-def list_connections() -> dict[str, Any]:
+def list_connections(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
+    # Connections with a blocked patient are left out row by row, so the list is paged after that.
+    page = paging.paged_list(matching.list_connections(actor), *paging.bounds(query["limit"], query["offset"]))
     unread = chat.unread_counts(actor.user)
-    return {"connections": [(c, actor.user, unread.get(c.id, 0)) for c in matching.list_connections(actor)]}
+    return listed("connections", page.map(lambda c: (c, actor.user, unread.get(c.id, 0))))
 
 
 def _decide(connection_id: str, accept: bool) -> dict[str, Any]:
@@ -533,13 +537,19 @@ def delete_block(pseudonym: str) -> str:
 
 
 @bp.get("/blocks")
+@bp.input(Page, location="query", arg_name="query")
 @bp.output(BlockList)
 @bp.doc(
-    operation_id="listBlockedPatients", summary="The patients the caller blocked", security=BEARER, responses=_errors()
+    operation_id="listBlockedPatients",
+    summary="The patients the caller blocked",
+    security=BEARER,
+    responses=_errors(e422=OUT_OF_RANGE),
 )
-def list_blocks() -> dict[str, Any]:
+def list_blocks(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
-    return {"blocks": matching.list_blocks(actor, ctx=runtime.matching_context())}
+    # The service names each blocked patient by pseudonym (a keyed hash per row); it lists them all.
+    blocks = matching.list_blocks(actor, ctx=runtime.matching_context())
+    return listed("blocks", paging.paged_list(blocks, *paging.bounds(query["limit"], query["offset"])))
 
 
 # -- chat keys ------------------------------------------------------------------------------

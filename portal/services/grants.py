@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
+from sqlalchemy.orm import selectinload
 
 from core.crypto import open_note, seal_note
 from core.encoding import b64e, canonical, decode_canonical
@@ -22,7 +23,7 @@ from core.errors import CoreError
 from core.ledger import sign_transaction
 from portal.extensions import db
 from portal.models import AccessRequest, EmergencyAccess, Grant, Record, User, epoch_ms
-from portal.services import federation, ledger, proxy
+from portal.services import federation, ledger, paging, proxy
 from portal.services.accounts import Actor, get_user, published_keys
 from portal.services.context import NodeContext
 from portal.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -107,16 +108,26 @@ def request_access(
     return request
 
 
-def list_requests(actor: Actor) -> list[AccessRequest]:
-    """A patient's requests to them, or a doctor's own, newest first."""
+def _requests_of(actor: Actor) -> Select[tuple[AccessRequest]]:
     column = {"patient": AccessRequest.patient_id, "doctor": AccessRequest.doctor_id}.get(actor.user.role)
     if column is None:
         raise Forbidden("Only patients and doctors have access requests.")
-    return list(
-        db.session.scalars(
-            select(AccessRequest).where(column == actor.user.id).order_by(AccessRequest.created_at.desc())
-        )
+    return (
+        select(AccessRequest)
+        .where(column == actor.user.id)
+        .order_by(AccessRequest.created_at.desc(), AccessRequest.id.desc())
+        .options(selectinload(AccessRequest.doctor), selectinload(AccessRequest.patient))
     )
+
+
+def list_requests(actor: Actor) -> list[AccessRequest]:
+    """A patient's requests to them, or a doctor's own, newest first."""
+    return list(db.session.scalars(_requests_of(actor)))
+
+
+def page_requests(actor: Actor, limit: int, offset: int) -> paging.Page[AccessRequest]:
+    """A page of `list_requests`, counted and cut in SQL."""
+    return paging.paged(_requests_of(actor), limit, offset)
 
 
 @dataclass(frozen=True)
@@ -234,16 +245,30 @@ def create_grant(
     return grant
 
 
-def list_grants(actor: Actor, include_ended: bool = True) -> list[Grant]:
-    """A patient's grants to doctors, or the grants a doctor holds, newest first."""
+def _grants_of(actor: Actor) -> Select[tuple[Grant]]:
     if actor.user.role == "patient":
         where = (Grant.patient_id == actor.user.id) & ~Grant.emergency
     elif actor.user.role == "doctor":
         where = Grant.doctor_id == actor.user.id
     else:
         raise Forbidden("Only patients and doctors have grants.")
-    grants = list(db.session.scalars(select(Grant).where(where).order_by(Grant.created_at.desc())))
-    return grants if include_ended else [g for g in grants if g.revoked_at is None]
+    return (
+        select(Grant)
+        .where(where)
+        .order_by(Grant.created_at.desc(), Grant.id.desc())
+        .options(selectinload(Grant.doctor), selectinload(Grant.patient))
+    )
+
+
+def list_grants(actor: Actor, include_ended: bool = True) -> list[Grant]:
+    """A patient's grants to doctors, or the grants a doctor holds, newest first."""
+    query = _grants_of(actor)
+    return list(db.session.scalars(query if include_ended else query.where(Grant.revoked_at.is_(None))))
+
+
+def page_grants(actor: Actor, limit: int, offset: int) -> paging.Page[Grant]:
+    """A page of `list_grants` (revoked and expired ones included), counted and cut in SQL."""
+    return paging.paged(_grants_of(actor), limit, offset)
 
 
 def grant_status(grant: Grant, now: datetime) -> str:
@@ -353,13 +378,15 @@ def declare_emergency(
     return emergency
 
 
-def emergencies_for(patient: User) -> list[EmergencyAccess]:
-    return list(
-        db.session.scalars(
-            select(EmergencyAccess)
-            .where(EmergencyAccess.patient_id == patient.id)
-            .order_by(EmergencyAccess.created_at.desc())
-        )
+def emergencies_for(patient: User, limit: int = paging.DEFAULT_LIMIT, offset: int = 0) -> paging.Page[EmergencyAccess]:
+    """A page of the break-glass accesses to the patient's records, newest first."""
+    return paging.paged(
+        select(EmergencyAccess)
+        .where(EmergencyAccess.patient_id == patient.id)
+        .order_by(EmergencyAccess.created_at.desc(), EmergencyAccess.id.desc())
+        .options(selectinload(EmergencyAccess.doctor), selectinload(EmergencyAccess.patient)),
+        limit,
+        offset,
     )
 
 
@@ -439,6 +466,11 @@ def _grants_between(doctor: User, patient: User) -> list[Grant]:
     )
 
 
+def _usable(grant: Grant, now: datetime) -> bool:
+    """A live grant whose scope this node knows (so it can say what it covers)."""
+    return grant_status(grant, now) == "active" and grant.scope is not None
+
+
 def _refusal(doctor: User, patient: User, now: datetime) -> Forbidden:
     """Why a doctor may not read (more of) a patient's records, as precisely as can be said."""
     grants = _grants_between(doctor, patient)
@@ -466,7 +498,7 @@ def decide(actor: Actor, record: Record, *, node: NodeContext, now: datetime) ->
     if actor.user.role != "doctor":
         raise Forbidden("You may not read this record.")
     for grant in _grants_between(actor.user, record.patient):
-        if grant_status(grant, now) == "active" and grant.scope and covers(salted_scope(grant.scope), record, node):
+        if _usable(grant, now) and covers(salted_scope(grant.scope), record, node):
             return Access("grant", grant=grant)
     emergency = _live_emergency(actor.user, record.patient, now)
     if emergency is not None:
@@ -494,23 +526,32 @@ def patients_of(actor: Actor, now: datetime) -> list[dict[str, Any]]:
     return sorted(result.values(), key=lambda e: e["patient"].display_name)
 
 
-def visible_records(actor: Actor, patient_id: object, *, node: NodeContext, now: datetime) -> list[Record]:
-    """A patient's records that a doctor may open now: authored by them or covered by a live
-    grant or emergency. Forbidden, with the reason, when the doctor has no access at all."""
+def visible_records(
+    actor: Actor, patient_id: object, *, node: NodeContext, now: datetime, limit: int | None = None, offset: int = 0
+) -> paging.Page[Record]:
+    """A page (all of them if `limit` is None) of a patient's records that a doctor may open now,
+    newest first: authored by them or covered by a live grant or emergency, as `decide` rules.
+    Forbidden, with the reason, when the doctor has no access at all."""
     if actor.user.role != "doctor":
         raise Forbidden("Only doctors list a patient's records through grants.")
     patient = get_user(patient_id, role="patient")
-    records = list(
-        db.session.scalars(select(Record).where(Record.patient_id == patient.id).order_by(Record.created_at.desc()))
+    records = db.session.scalars(
+        select(Record)
+        .where(Record.patient_id == patient.id)
+        .order_by(Record.created_at.desc(), Record.id.desc())
+        .options(selectinload(Record.author), selectinload(Record.transaction))
     )
-    visible = []
-    for record in records:
-        try:
-            decide(actor, record, node=node, now=now)
-        except Forbidden:
-            continue
-        visible.append(record)
+    # `decide` for every record at once: the grants and the emergency are looked up once, then each
+    # record is judged from its index (author, date, category tag) alone. Scopes are sealed
+    # JSON, so the filter runs here and the list is paged after it.
+    held = [salted_scope(g.scope) for g in _grants_between(actor.user, patient) if _usable(g, now)]
+    emergency = _live_emergency(actor.user, patient, now)
+    visible = [
+        r
+        for r in records
+        if r.author_id == actor.user.id or any(covers(s, r, node) for s in held) or emergency is not None
+    ]
     holds_access = any(entry["patient"].id == patient.id for entry in patients_of(actor, now))
     if not visible and not holds_access:
         raise _refusal(actor.user, patient, now)
-    return visible
+    return paging.paged_list(visible, len(visible) if limit is None else limit, offset)
