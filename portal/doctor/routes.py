@@ -1,19 +1,19 @@
 from __future__ import annotations
 
-import io
 import re
 import uuid
 from typing import Any
 
-from flask import flash, redirect, render_template, request, send_file, url_for
+from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from portal import runtime
+from portal.attachments import send_attachment
 from portal.auth import page_actor, role_required
 from portal.doctor import bp
 from portal.idempotency import idempotent
 from portal.models import utcnow
-from portal.services import accounts, federation, grants, paging, records
+from portal.services import accounts, federation, grants, records
 from portal.services.errors import Forbidden, NotFound, ServiceError, ValidationFailed
 from portal.services.records import CATEGORIES, NewAttachment
 
@@ -126,8 +126,7 @@ def new_record(patient_id: str) -> Response | str | tuple[str, int]:
 @bp.get("/records")
 @role_required("doctor")
 def my_records() -> str:
-    page = records.list_records(page_actor(), *paging.bounds(request.args.get("limit"), request.args.get("offset")))
-    return render_template("doctor/records.html", records=page.items, page=page)
+    return render_template("doctor/records.html", records=records.list_records(page_actor()))
 
 
 @bp.get("/records/<record_id>")
@@ -141,10 +140,10 @@ def record(record_id: str) -> str:
 @bp.get("/records/<record_id>/attachments/<int:n>")
 @role_required("doctor")
 def attachment(record_id: str, n: int) -> Response:
+    """The attachment as a download, or shown in the page with `?inline=1` (images and PDFs):
+    the same access check and the same access-log entry either way."""
     meta, data = records.get_attachment(page_actor(), record_id, n, node=runtime.node(), now=utcnow())
-    return send_file(
-        io.BytesIO(data), mimetype=meta["content_type"], as_attachment=True, download_name=meta["filename"]
-    )
+    return send_attachment(meta, data, inline=request.args.get("inline") == "1")
 
 
 # -- patient-controlled access ----------------------------------------------------------------
@@ -213,37 +212,44 @@ def request_access(patient_id: str) -> Response | str | tuple[str, int]:
 def my_patients() -> str:
     actor = page_actor()
     now = utcnow()
-    patients = [
+    patients = grants.patients_of(actor, now)
+    under_grant = [
         {
             "patient": entry["patient"],
             "grants": [
                 {"scope": grants.describe_scope(grants.grant_scope(g)), "expires_at": g.expires_at}
                 for g in entry["grants"]
             ],
-            "emergency": entry["emergency"],
         }
-        for entry in grants.patients_of(actor, now)
+        for entry in patients
+        if entry["grants"]
     ]
+    under_emergency = [entry for entry in patients if entry["emergency"] is not None]
+    written = records.patients_written_for(actor)
     requests = []
     for r in grants.list_requests(actor):
         asked = grants.request_details(actor, r)
         requests.append({"request": r, "asked": asked, "scope": grants.describe_scope(asked.scope) if asked else None})
-    return render_template("doctor/my_patients.html", patients=patients, requests=requests)
+    return render_template(
+        "doctor/my_patients.html",
+        under_grant=under_grant,
+        under_emergency=under_emergency,
+        written=written,
+        requests=requests,
+    )
 
 
 @bp.get("/patients/<patient_id>/history")
 @role_required("doctor")
 def history(patient_id: str) -> str | tuple[str, int]:
     patient = accounts.get_user(patient_id, role="patient")
-    limit, offset = paging.bounds(request.args.get("limit"), request.args.get("offset"))
     try:
-        visible = grants.visible_records(
-            page_actor(), patient_id, node=runtime.node(), now=utcnow(), limit=limit, offset=offset
-        )
+        visible = grants.visible_records(page_actor(), patient_id, node=runtime.node(), now=utcnow())
     except Forbidden as exc:
         return render_template("doctor/history.html", patient=patient, records=[], refusal=exc.message), exc.status
-    page = visible.map(records.metadata)
-    return render_template("doctor/history.html", patient=patient, records=page.items, page_of=page, refusal=None)
+    return render_template(
+        "doctor/history.html", patient=patient, records=[records.metadata(r) for r in visible], refusal=None
+    )
 
 
 @bp.route("/patients/<patient_id>/emergency", methods=["GET", "POST"])
