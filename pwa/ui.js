@@ -153,7 +153,7 @@ export function pageControls(onMore) {
     error: errorNotice(),
     more: h('button', { type: 'button', class: 'button load-more', hidden: true }, 'Load more'),
   };
-  controls.element = h('div', { class: 'page-controls' }, controls.count, controls.error, controls.more);
+  controls.element = h('div', { class: 'page-controls', hidden: true }, controls.count, controls.error, controls.more);
   controls.more.addEventListener('click', async () => {
     hideNotice(controls.error);
     setBusy(controls.more, true, 'Loading more…');
@@ -176,6 +176,8 @@ function updatePageControls(controls, { shown, total, nextOffset }) {
   controls.count.textContent = counted ? `Showing ${Math.min(shown, total)} of ${total}` : '';
   controls.count.hidden = !counted;
   controls.more.hidden = nextOffset === null || nextOffset === undefined;
+  // Nothing to say: no room taken under the list.
+  controls.element.hidden = controls.count.hidden && controls.more.hidden && controls.error.hidden;
 }
 
 // `items` followed by those of `page` not already among them: an item added or removed on the

@@ -406,7 +406,8 @@ function technicalDetails(record) {
       ['Diagnosis codes', diagnosisCodes.length && lines(diagnosisCodes)],
       ['Symptom codes', symptomCodes.length && lines(symptomCodes)],
       ['Ledger', ledgerChip(record)],
-      ['Transaction', record.tx_hash && h('code', { class: 'hash', title: record.tx_hash }, shortenHash(record.tx_hash))],
+      ['Transaction', record.tx_hash
+        && h('code', { class: 'hash', title: record.tx_hash }, shortenHash(record.tx_hash))],
     ], 'record-meta'));
 }
 

@@ -420,3 +420,42 @@ def test_the_access_log_loads_more_without_repeating_a_read(node: Node, phone: P
     if counted:
         expect(page.locator("#app .list-count")).to_have_text(f"Showing {reads} of {reads + 1}")
     phone.assert_clean()
+
+
+def test_past_grants_load_more_without_repeating_one(node: Node, phone: Phone, reader: str) -> None:
+    """More grants than a page of 50. A server that pages grants (`next_offset`) gets a "Load more";
+    one that answers them all at once shows them all with no button."""
+    username = "pat.grant.pages"
+    register_patient(node, username, PATIENT_PASSWORD, "Gwen Grantpages")
+    patient = token_for(node, username, PATIENT_PASSWORD)
+    reader_id = requests.get(node.api("/me"), headers=bearer(reader), timeout=HTTP_TIMEOUT).json()["user"]["id"]
+    count = 52
+    for _ in range(count):
+        given = requests.post(
+            node.api("/grants"), json={"doctor_id": reader_id, "days": 1}, headers=bearer(patient), timeout=HTTP_TIMEOUT
+        )
+        assert given.status_code == 201, given.text
+        revoked = requests.delete(node.api(f"/grants/{given.json()['id']}"), headers=bearer(patient), timeout=10)
+        assert revoked.status_code == 200, revoked.text
+    paged = "next_offset" in requests.get(node.api("/grants?limit=1"), headers=bearer(patient), timeout=10).json()
+
+    page = phone.page
+    log_in(page, username, PATIENT_PASSWORD)
+    open_tab(page, "Access")
+    past = page.locator("#app details.past-grants")
+    more = page.locator("section[aria-labelledby=access-grants]").get_by_role("button", name="Load more")
+    if paged:
+        expect(past.locator("summary")).to_have_text("Past access (50)")
+        # A grant given between two pages moves every offset by one.
+        given = requests.post(
+            node.api("/grants"), json={"doctor_id": reader_id, "days": 1}, headers=bearer(patient), timeout=10
+        )
+        assert given.status_code == 201, given.text
+        more.click()
+        expect(past.locator("summary")).to_have_text(f"Past access ({count})")
+    else:
+        expect(past.locator("summary")).to_have_text(f"Past access ({count})")
+    expect(more).to_be_hidden()
+    past.locator("summary").click()
+    expect(past.locator(".past-item")).to_have_count(count)
+    phone.assert_clean()
