@@ -13,7 +13,7 @@ from portal.auth import page_actor, role_required
 from portal.doctor import bp
 from portal.idempotency import idempotent
 from portal.models import utcnow
-from portal.services import accounts, federation, grants, records
+from portal.services import accounts, federation, grants, paging, records
 from portal.services.errors import Forbidden, NotFound, ServiceError, ValidationFailed
 from portal.services.records import CATEGORIES, NewAttachment
 
@@ -126,7 +126,8 @@ def new_record(patient_id: str) -> Response | str | tuple[str, int]:
 @bp.get("/records")
 @role_required("doctor")
 def my_records() -> str:
-    return render_template("doctor/records.html", records=records.list_records(page_actor()))
+    page = records.list_records(page_actor(), *paging.bounds(request.args.get("limit"), request.args.get("offset")))
+    return render_template("doctor/records.html", records=page.items, page=page)
 
 
 @bp.get("/records/<record_id>")
@@ -243,13 +244,15 @@ def my_patients() -> str:
 @role_required("doctor")
 def history(patient_id: str) -> str | tuple[str, int]:
     patient = accounts.get_user(patient_id, role="patient")
+    limit, offset = paging.bounds(request.args.get("limit"), request.args.get("offset"))
     try:
-        visible = grants.visible_records(page_actor(), patient_id, node=runtime.node(), now=utcnow())
+        visible = grants.visible_records(
+            page_actor(), patient_id, node=runtime.node(), now=utcnow(), limit=limit, offset=offset
+        )
     except Forbidden as exc:
         return render_template("doctor/history.html", patient=patient, records=[], refusal=exc.message), exc.status
-    return render_template(
-        "doctor/history.html", patient=patient, records=[records.metadata(r) for r in visible], refusal=None
-    )
+    page = visible.map(records.metadata)
+    return render_template("doctor/history.html", patient=patient, records=page.items, page_of=page, refusal=None)
 
 
 @bp.route("/patients/<patient_id>/emergency", methods=["GET", "POST"])

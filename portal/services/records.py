@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from core.clinical import Vocabulary
 from core.crypto import DataKey, Envelope, UserKeys, open_as_author, open_as_patient, seal
@@ -26,12 +27,11 @@ from core.ledger import Transaction, decode_transaction, sign_transaction
 from core.pre import open_reencrypted
 from portal.extensions import db
 from portal.models import AccessEntry, Attachment, LedgerTransaction, Record, User, epoch_ms
-from portal.services import federation, ledger, proxy
+from portal.services import federation, ledger, paging, proxy
 from portal.services.accounts import Actor, get_user, published_keys
 from portal.services.context import NodeContext
 from portal.services.errors import Forbidden, NotFound, ServiceError, TooLarge, ValidationFailed
 from portal.services.grants import Access, decide
-from portal.services.inputs import whole_number
 
 CATEGORIES = (
     "general", "cardiology", "respiratory", "neurology", "oncology", "paediatrics",
@@ -41,8 +41,6 @@ CONTENT_TYPES = {"application/pdf": b"%PDF-", "image/png": b"\x89PNG\r\n\x1a\n",
 BODY_AAD = b"medledger/record/v1\n"
 ATTACHMENT_AAD = b"medledger/attachment/v1\n"
 MAX_CODES = 30
-DEFAULT_PAGE = 50
-MAX_PAGE = 200
 MAX_PRESCRIPTIONS = 30
 
 
@@ -396,36 +394,31 @@ def get_attachment(
     return meta, data
 
 
-def page_bounds(limit: object, offset: object) -> tuple[int, int]:
-    """Validated paging arguments: limit 1-MAX_PAGE (default DEFAULT_PAGE), offset 0 or more."""
-    return (
-        whole_number(limit, "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE),
-        whole_number(offset, "offset", default=0),
-    )
-
-
-def list_records(actor: Actor, limit: int = DEFAULT_PAGE, offset: int = 0) -> list[dict[str, Any]]:
-    """A page of a patient's own records or a doctor's authored ones, newest first, titles decrypted."""
+def list_records(actor: Actor, limit: int = paging.DEFAULT_LIMIT, offset: int = 0) -> paging.Page[dict[str, Any]]:
+    """A page of a patient's own records or a doctor's authored ones, newest first (ties by id),
+    counted and cut in SQL; only the page's titles are decrypted."""
     column = {"patient": Record.patient_id, "doctor": Record.author_id}.get(actor.user.role)
     if column is None:
         raise Forbidden("Admins do not read records.")
-    records = db.session.scalars(
+    page = paging.paged(
         select(Record)
         .where(column == actor.user.id)
-        .order_by(Record.created_at.desc(), Record.id)
-        .limit(limit)
-        .offset(offset)
+        .order_by(Record.created_at.desc(), Record.id.desc())
+        .options(selectinload(Record.transaction)),
+        limit,
+        offset,
     )
     keys = actor.keys()
     access = Access("patient" if actor.user.role == "patient" else "author")
-    result = []
-    for record in records:
+
+    def summary(record: Record) -> dict[str, Any]:
         try:
             body, _, _ = _open(keys, record, access, None)
         except RecordUnreadable:
             body = {"title": "(unreadable: damaged copy)", "category": "unknown"}
-        result.append(_summary(record, body))
-    return result
+        return _summary(record, body)
+
+    return page.map(summary)
 
 
 def patients_written_for(actor: Actor) -> list[dict[str, Any]]:
