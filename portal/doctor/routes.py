@@ -244,15 +244,19 @@ def my_patients() -> str:
 @role_required("doctor")
 def history(patient_id: str) -> str | tuple[str, int]:
     patient = accounts.get_user(patient_id, role="patient")
+    category = request.args.get("category") or None
+    page = {"patient": patient, "categories": CATEGORIES, "category": category}
     limit, offset = paging.bounds(request.args.get("limit"), request.args.get("offset"))
     try:
-        visible = grants.visible_records(
-            page_actor(), patient_id, node=runtime.node(), now=utcnow(), limit=limit, offset=offset
+        entries = records.history(
+            page_actor(), patient_id, node=runtime.node(), now=utcnow(), category=category, limit=limit, offset=offset
         )
     except Forbidden as exc:
-        return render_template("doctor/history.html", patient=patient, records=[], refusal=exc.message), exc.status
-    page = visible.map(records.metadata)
-    return render_template("doctor/history.html", patient=patient, records=page.items, page_of=page, refusal=None)
+        return render_template("doctor/history.html", records=[], refusal=exc.message, **page), exc.status
+    except ValidationFailed as exc:
+        flash(exc.message, "error")
+        return render_template("doctor/history.html", records=[], refusal=None, **page), exc.status
+    return render_template("doctor/history.html", records=entries.items, refusal=None, page_of=entries, **page)
 
 
 @bp.route("/patients/<patient_id>/emergency", methods=["GET", "POST"])

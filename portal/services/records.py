@@ -31,7 +31,7 @@ from portal.services import federation, ledger, paging, proxy
 from portal.services.accounts import Actor, get_user, published_keys
 from portal.services.context import NodeContext
 from portal.services.errors import Forbidden, NotFound, ServiceError, TooLarge, ValidationFailed
-from portal.services.grants import Access, decide
+from portal.services.grants import Access, decide, visible_records
 
 CATEGORIES = (
     "general", "cardiology", "respiratory", "neurology", "oncology", "paediatrics",
@@ -345,6 +345,47 @@ def metadata(record: Record) -> dict[str, Any]:
         "tx_hash": record.tx_hash,
         "block_height": record.transaction.block_height,
     }
+
+
+def category_of(record: Record, node: NodeContext) -> str | None:
+    """A record's category read back from its keyed tag (None if no known category has it).
+    Only for records the caller may open: the category is part of what they may read."""
+    tags = {node.category_tag(c): c for c in CATEGORIES}
+    return tags.get(record.category_tag or "")
+
+
+def history(
+    actor: Actor,
+    patient_id: object,
+    *,
+    node: NodeContext,
+    now: datetime,
+    category: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> paging.Page[dict[str, Any]]:
+    """A page (all of them if `limit` is None) of a patient's records a doctor may open now (see
+    `grants.visible_records`, which refuses a doctor with no access), newest first, in `category`
+    if given, each with its category (from its tag) and, for the records this doctor wrote, its
+    title. Titles of other doctors' records stay sealed: a title is read only by opening the
+    record, and that read is logged in the patient's access log."""
+    if category is not None and category not in CATEGORIES:
+        raise ValidationFailed(f"`category` must be one of {', '.join(CATEGORIES)}.")
+    tagged = [(r, category_of(r, node)) for r in visible_records(actor, patient_id, node=node, now=now).items]
+    chosen = [(r, c) for r, c in tagged if category is None or c == category]
+    keys = actor.keys()
+
+    def entry(item: tuple[Record, str | None]) -> dict[str, Any]:
+        record, record_category = item
+        title = None
+        if record.author_id == actor.user.id:
+            try:
+                title = _open(keys, record, Access("author"), None)[0]["title"]
+            except RecordUnreadable:
+                title = "(unreadable: damaged copy)"
+        return {**metadata(record), "category": record_category, "title": title}
+
+    return paging.paged_list(chosen, len(chosen) if limit is None else limit, offset).map(entry)
 
 
 def get_record(actor: Actor, record_id: object, *, node: NodeContext, now: datetime) -> dict[str, Any]:

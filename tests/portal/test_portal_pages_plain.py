@@ -1,4 +1,4 @@
-"""The portal made easy: "My patients" in sections, plain
+"""The portal made easy: history with titles and categories, "My patients" in sections, plain
 sentences for errors, a navigation that marks the page, a readable block page, the patient's
 way to the app, and attachments shown in the page under the same access rule as downloads."""
 
@@ -33,6 +33,70 @@ def reads() -> list[tuple[str, int]]:
 def rows(page: str) -> list[str]:
     body = page.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     return re.findall(r"<tr>.*?</tr>", body, re.S)
+
+
+# -- 1. history: title, category, author, hospital; filter ----------------------------------------
+
+
+def test_history_lists_category_author_hospital_and_own_titles(
+    client: FlaskClient, doctor: Person, other_doctor: Person, patient: Person
+) -> None:
+    mine = write_record(client, doctor, patient, title="Knee check", category="surgery")
+    theirs = write_record(client, other_doctor, patient, title="Secret asthma plan", category="respiratory")
+    grant(client, patient, doctor, days=10)
+    log_in(client, doctor.username)
+
+    page = client.get(f"/doctor/patients/{patient.id}/history").get_data(as_text=True)
+    listed = rows(page)
+    assert len(listed) == 2
+    own = next(r for r in listed if mine in r)
+    other = next(r for r in listed if theirs in r)
+    assert "Knee check" in own and "surgery" in own and "Dr. Ama Osei" in own and "Test Hospital" in own
+    assert "respiratory" in other and "Dr. Erik Lindqvist" in other and "Test Hospital" in other
+    # Another doctor's title is sealed in the record: shown only by opening it, which is logged.
+    assert "Secret asthma plan" not in page and "title sealed" in other
+    assert "shown once you open the record" in page
+    assert reads() == []  # listing opens nothing
+
+    only = client.get(f"/doctor/patients/{patient.id}/history?category=respiratory").get_data(as_text=True)
+    assert len(rows(only)) == 1 and theirs in only and mine not in only
+    assert '<option value="respiratory" selected>' in only
+    none = client.get(f"/doctor/patients/{patient.id}/history?category=oncology").get_data(as_text=True)
+    assert "None of the records you may open is in the category oncology." in none
+
+
+def test_invalid_history_category(client: FlaskClient, doctor: Person, patient: Person) -> None:
+    write_record(client, doctor, patient)
+    log_in(client, doctor.username)
+    answer = client.get(f"/doctor/patients/{patient.id}/history?category=astrology")
+    assert answer.status_code == 422
+    assert "Choose one of the categories in the list." in answer.get_data(as_text=True)
+
+
+def test_history_without_access_shows_no_title_or_category(
+    client: FlaskClient, doctor: Person, other_doctor: Person, patient: Person
+) -> None:
+    write_record(client, other_doctor, patient, title="Secret asthma plan", category="psychiatry")
+    log_in(client, doctor.username)
+    answer = client.get(f"/doctor/patients/{patient.id}/history")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 403 and "ask the patient for access first" in page
+    assert "Secret asthma plan" not in page and '<span class="badge category">' not in page
+    filtered = client.get(f"/doctor/patients/{patient.id}/history?category=psychiatry")
+    assert filtered.status_code == 403 and '<span class="badge category">' not in filtered.get_data(as_text=True)
+
+
+def test_break_glass_history_lists_categories(
+    client: FlaskClient, doctor: Person, other_doctor: Person, patient: Person
+) -> None:
+    record_id = write_record(client, other_doctor, patient, category="cardiology")
+    opt_in(client, patient)
+    log_in(client, doctor.username)
+    url = f"/doctor/patients/{patient.id}/emergency"
+    answer = client.post(url, data={"csrf_token": csrf(client, url), "reason": "Collapsed"}, follow_redirects=True)
+    page = answer.get_data(as_text=True)
+    (row,) = rows(page)
+    assert record_id in row and "cardiology" in row and "Dr. Erik Lindqvist" in row and "Test Hospital" in row
 
 
 # -- 2. My patients in three sections --------------------------------------------------------------
