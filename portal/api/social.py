@@ -11,8 +11,6 @@ from apiflask.validators import Length, OneOf, Range
 from marshmallow import pre_load
 
 from core import matching as core_matching
-from core.clinical import Vocabulary
-from core.errors import CoreError
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
 from portal.api.schemas import Flag, Page, Paged, QueryWhole, Text, answer, listed
@@ -79,17 +77,27 @@ class SymptomQuery(_BlankIsAbsent):
     q = Text(
         load_default="",
         validate=Length(max=MAX_QUERY, error=QUERY),
-        metadata={"description": "Words the symptom's name contains (all of them).", "example": "headache"},
+        metadata={
+            "description": "Words as typed: each must start a word of the symptom's name or of an everyday phrase "
+            "for it (`short of breath` finds Dyspnea); an HPO id finds its term.",
+            "example": "short of breath",
+        },
     )
     limit = QueryWhole(1, 50, load_default=20, metadata={"example": 20, "description": "How many (20 if absent)."})
 
 
-class DiagnosisQuery(Schema):
+class DiagnosisQuery(_BlankIsAbsent):
+    BLANK_IS_ABSENT = ("limit",)
+
     q = Text(
         load_default="",
         validate=Length(max=MAX_QUERY, error=QUERY),
-        metadata={"description": "An ICD-10-CM code, with or without the dot.", "example": "J45.909"},
+        metadata={
+            "description": "An ICD-10-CM code or its start, with or without the dot, or words of the description.",
+            "example": "asthma",
+        },
     )
+    limit = QueryWhole(1, 50, load_default=20, metadata={"example": 20, "description": "How many (20 if absent)."})
 
 
 class MatchQuery(_BlankIsAbsent):
@@ -123,12 +131,22 @@ class IcdDiagnosis(Schema):
     description = String(required=True, metadata={"example": "Unspecified asthma, uncomplicated"})
 
 
+class SymptomHit(HpoTerm):
+    """A symptom found by search, and the everyday phrase that found it."""
+
+    matched = String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The everyday phrase that matched; null when the name did.", "example": None},
+    )
+
+
 class SymptomList(Schema):
-    symptoms = List(Nested(HpoTerm), required=True)
+    symptoms = List(Nested(SymptomHit), required=True, metadata={"description": "Best first; [] when none."})
 
 
 class DiagnosisList(Schema):
-    diagnoses = List(Nested(IcdDiagnosis), required=True, metadata={"description": "The code asked for, or []."})
+    diagnoses = List(Nested(IcdDiagnosis), required=True, metadata={"description": "Best first; [] when none."})
 
 
 class SymptomProfileInput(Schema):
@@ -329,14 +347,15 @@ OUT_OF_RANGE = "`limit` or `offset` out of range."
 @bp.doc(
     operation_id="searchSymptoms",
     summary="Search symptoms as you type",
-    description="HPO phenotypes whose name contains every word of `q`, shortest first.",
+    description="HPO phenotypes whose name or an everyday phrase for it answers `q` (docs/coded-data.md): "
+    "the same words first, then names starting with them, shortest first; `matched` says which phrase found it.",
     security=BEARER,
     responses=_errors(e422="`q` is too long or `limit` is not a whole number from 1 to 50."),
 )
 def search_symptoms(query: dict[str, Any]) -> dict[str, Any]:
     api_actor("patient")
     found = runtime.vocabulary().search_symptoms(query["q"], query["limit"])
-    return {"symptoms": [{"id": s.id, "name": s.name} for s in found]}
+    return {"symptoms": [{"id": s.id, "name": s.name, "matched": s.matched} for s in found]}
 
 
 @bp.get("/diagnoses")
@@ -344,23 +363,16 @@ def search_symptoms(query: dict[str, Any]) -> dict[str, Any]:
 @bp.output(DiagnosisList)
 @bp.doc(
     operation_id="lookupDiagnosis",
-    summary="Look up an ICD-10-CM code",
+    summary="Search ICD-10-CM diagnoses as you type",
+    description="Categories and subcategories by code (or its start) or by words of the description "
+    "(docs/coded-data.md): the same text first, broader codes first.",
     security=BEARER,
-    responses=_errors(e422="`q` is too long."),
+    responses=_errors(e422="`q` is too long or `limit` is not a whole number from 1 to 50."),
 )
 def lookup_diagnoses(query: dict[str, Any]) -> dict[str, Any]:
-    """Exact ICD-10-CM code lookup (a code with or without the dot)."""
     api_actor("patient")
-    vocabulary: Vocabulary = runtime.vocabulary()
-    text = query["q"].strip()
-    found = []
-    if text:
-        try:
-            diagnosis = vocabulary.diagnosis(text)
-            found.append({"code": diagnosis.code, "description": diagnosis.description})
-        except CoreError:
-            pass
-    return {"diagnoses": found}
+    found = runtime.vocabulary().search_diagnoses(query["q"], query["limit"])
+    return {"diagnoses": [{"code": d.code, "description": d.description} for d in found]}
 
 
 # -- profile and matches --------------------------------------------------------------------

@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("doctor", __name__, url_prefix="/doctor")
 
-from portal.doctor import routes  # noqa: E402,F401
+from portal.doctor import codes, routes  # noqa: E402,F401

@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response
 from portal import runtime
 from portal.attachments import send_attachment
 from portal.auth import page_actor, role_required
-from portal.doctor import bp
+from portal.doctor import bp, codes
 from portal.idempotency import idempotent
 from portal.models import utcnow
 from portal.services import accounts, federation, grants, paging, records
@@ -113,14 +113,23 @@ def new_record(patient_id: str) -> Response | str | tuple[str, int]:
                 now=utcnow(),
             )
         except ServiceError as exc:
-            flash(exc.message, "error")
+            unknown = codes.problems(exc, request.form)
+            flash(codes.SOME_UNKNOWN if unknown else exc.message, "error")
+            picked = codes.picked(request.form, runtime.vocabulary())
             return render_template(
-                "doctor/new_record.html", patient=patient, categories=CATEGORIES, form=request.form
+                "doctor/new_record.html",
+                patient=patient,
+                categories=CATEGORIES,
+                form=request.form,
+                picked=picked,
+                problems=unknown,
             ), exc.status
         flash("Record saved, encrypted and queued for the next block.", "info")
         return redirect(url_for("doctor.record", record_id=record.id))
     form = {"idempotency_key": str(uuid.uuid4())}
-    return render_template("doctor/new_record.html", patient=patient, categories=CATEGORIES, form=form)
+    return render_template(
+        "doctor/new_record.html", patient=patient, categories=CATEGORIES, form=form, picked={}, problems={}
+    )
 
 
 @bp.get("/records")

@@ -11,7 +11,7 @@ import hashlib
 import os
 import unicodedata
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -96,6 +96,38 @@ def _code_list(fields: Mapping[str, object], name: str) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in value if v.strip()))
 
 
+class UnknownCodes(ValidationFailed):
+    """Every code the vocabularies do not know, at once: `fields` maps each one's place as sent
+    (`diagnoses.1`) to its message; with one bad code the message is that code's alone."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        if len(fields) == 1:
+            message = next(iter(fields.values()))
+        else:
+            message = "; ".join(f"{text} (`{name}`)" for name, text in fields.items()) + "."
+        super().__init__(message)
+        self.fields = fields
+
+
+def _coded(
+    fields: Mapping[str, object], name: str, lookup: Callable[[str], object], unknown: dict[str, str]
+) -> list[dict[str, str]]:
+    """The known entries of a code list, each once, in the order sent; each unknown one is added
+    to `unknown` under its position in the list as sent."""
+    _code_list(fields, name)
+    found, seen = [], set()
+    for n, raw in enumerate(fields.get(name) or []):
+        code = str(raw).strip()
+        if not code or code in seen:
+            continue
+        seen.add(code)
+        try:
+            found.append(vars(lookup(code)))
+        except InvalidCode as exc:
+            unknown[f"{name}.{n}"] = str(exc)
+    return found
+
+
 def _prescriptions(fields: Mapping[str, object]) -> list[dict[str, str]]:
     value = fields.get("prescriptions") or []
     if not isinstance(value, list) or len(value) > MAX_PRESCRIPTIONS:
@@ -161,11 +193,11 @@ def create_record(
     category = _text(fields, "category", 40)
     if category not in CATEGORIES:
         raise ValidationFailed(f"`category` must be one of {', '.join(CATEGORIES)}.")
-    try:
-        diagnoses = [vars(vocabulary.diagnosis(c)) for c in _code_list(fields, "diagnoses")]
-        symptoms = [vars(vocabulary.symptom(s)) for s in _code_list(fields, "symptoms")]
-    except InvalidCode as exc:
-        raise ValidationFailed(str(exc)) from None
+    unknown: dict[str, str] = {}
+    diagnoses = _coded(fields, "diagnoses", vocabulary.diagnosis, unknown)
+    symptoms = _coded(fields, "symptoms", vocabulary.symptom, unknown)
+    if unknown:
+        raise UnknownCodes(unknown)
     described = _attachments(attachments, limits)
     record_id = str(uuid.uuid4())
     body = {
