@@ -411,6 +411,12 @@ def test_patient_opens_a_record_and_starts_a_grant_with_the_keyboard(browser: Br
         keys.tab_to(control_named("button", "Dr. Ama Osei"))
         keys.press("Space")
         expect(page.locator(".chosen")).to_contain_text("Dr. Ama Osei")
+        # The scope is a radio group: Tab enters it at the checked choice, the arrows move the choice.
+        keys.tab_to(field("input[type=radio][name=grant-scope]"))
+        keys.press("ArrowDown")
+        expect(page.locator("#grant-scope-categories")).to_be_checked()
+        keys.press("ArrowUp")
+        expect(page.locator("#grant-scope-all")).to_be_checked()
         keys.tab_to(control_named("button", "Review"))
         keys.press("Enter")
         confirm = page.get_by_role("group", name=re.compile(r"^Give Dr\. Ama Osei"))
