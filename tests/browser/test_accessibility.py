@@ -61,6 +61,8 @@ PORTAL_PAGES = [
     ("my-patients", "dr.osei", "/doctor/access"),
     ("emergency", "dr.lindqvist", "/doctor/patients/{carol}/emergency"),
     ("admin-users", "admin", "/admin/users"),
+    ("front-desk-search", "admin", "/admin/patients?q=alice"),
+    ("front-desk-check", "admin", "/admin/patients/{unverified}"),
     ("new-doctor", "admin", "/admin/doctors/new"),
     ("emergencies", "admin", "/admin/emergencies"),
     ("consensus", "admin", "/admin/consensus"),
@@ -114,7 +116,7 @@ RUN_AXE = """async () => {
 @dataclass
 class Demo:
     node: Node
-    names: dict[str, str]  # for the page paths: alice, carol, record, conversation
+    names: dict[str, str]  # for the page paths: alice, carol, unverified, record, conversation
     signed_in: dict[tuple[str, str], Any]  # (surface, username) -> a browser context's storage state
 
 
@@ -142,6 +144,7 @@ def demo(demo_node: Node, browser: Browser) -> Demo:
     tokens = {name: token_for(node, name, DEMO_PASSWORD) for name in ("dr.osei", "dr.lindqvist", "alice", "carol")}
     alice = find_patient(node, tokens["dr.osei"], "alice")
     carol = find_patient(node, tokens["dr.osei"], "carol")
+    unverified = find_patient(node, tokens["dr.osei"], "alice.moreau")
     mine = requests.get(node.api("/records"), headers=bearer(tokens["alice"]), timeout=HTTP_TIMEOUT)
     assert mine.status_code == 200, mine.text
     record = next(r["id"] for r in mine.json()["records"] if r["title"] == "Asthma review")
@@ -157,7 +160,8 @@ def demo(demo_node: Node, browser: Browser) -> Demo:
     conversation = connect(node, tokens["alice"], tokens["carol"])
     actors = {("portal", who) for _, who, _ in PORTAL_PAGES if who} | {("app", who) for _, who, _ in APP_SCREENS if who}
     signed_in = {actor: storage_after_login(browser, node, *actor) for actor in sorted(actors)}
-    return Demo(node, {"alice": alice, "carol": carol, "record": record, "conversation": conversation}, signed_in)
+    names = {"alice": alice, "carol": carol, "unverified": unverified, "record": record, "conversation": conversation}
+    return Demo(node, names, signed_in)
 
 
 def connect(node: Node, asking: str, answering: str) -> str:
