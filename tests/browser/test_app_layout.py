@@ -265,5 +265,13 @@ def test_enter_sends_and_new_messages_come_into_view_above_the_composer_and_belo
     expect(jump).to_be_hidden()
     below_the_composer_nothing_hides(a)
     assert fits_the_phone(a)
+
+    # On a desktop the conversation fills the window under the header, the composer at its foot.
+    a.set_viewport_size(DESKTOP)
+    expect(composer).to_be_in_viewport(ratio=1)
+    expect(newest).to_be_in_viewport(ratio=1)
+    last, composer_box = box(a.locator(".message-list > li:last-child")), box(composer)
+    assert last["y"] + last["height"] <= composer_box["y"] + 0.5, (last, composer_box)
+    assert composer_box["y"] + composer_box["height"] <= DESKTOP["height"], composer_box
     for device in (phone, other_phone):
         device.assert_clean()
