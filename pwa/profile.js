@@ -6,9 +6,10 @@
 // takes the patient out of matching at once. The node keeps the profile encrypted
 // and matches on keyed tokens (docs/matching.md). Views follow views.js.
 
-import { getProfile, saveProfile, searchSymptoms, withdrawProfile } from './api.js';
+import { ApiError, getProfile, saveProfile, searchSymptoms, withdrawProfile } from './api.js';
 import { startChat } from './chat-client.js';
 import { h, mount } from './dom.js';
+import { currentToken } from './session.js';
 import {
   SEARCH_MIN_CHARS, errorNotice, errorText, flashNotice, formField, hideNotice, isStale, loadingIndicator,
   searchAsYouType, setBusy, showNotice, viewHeading,
@@ -25,6 +26,7 @@ const SEXES = [
 const NOT_SAID = 'Prefer not to say';
 const ICD10_PATTERN = /^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$/;
 const DIAGNOSIS_WORDS = ['diagnos', 'icd-10'];
+const DIAGNOSIS_LIMIT = 10;
 const REFUSED_STATUSES = new Set([400, 422]);
 const OPT_IN_LABEL = 'Let others with the same symptoms find me';
 const OPT_IN_EXPLANATION = 'They see a pseudonym and the symptoms you share, nothing else: not your name, '
@@ -72,15 +74,17 @@ function profileForm(page, profile) {
   page.terms = new Map((profile?.terms ?? []).map((term) => [term.id, term]));
   const form = {
     page,
-    search: symptomSearch(page, (term) => addTerm(form, term)),
+    search: codeSearch(page, {
+      id: 'symptom-search', label: 'Add a symptom', noun: 'symptom',
+      hint: `Type at least ${SEARCH_MIN_CHARS} letters, in your own words: “short of breath”, “tired”, “cough”.`,
+      find: searchSymptoms, onChoose: (term) => addTerm(form, term),
+      describe: (term) => [term.name, term.matched ? `“${term.matched}”` : '', term.id],
+      pressed: (term) => page.terms.has(term.id),
+    }),
     chips: h('ul', { class: 'term-chips', 'aria-label': 'Your symptoms' }),
     termsError: h('p', { id: 'profile-terms-error', class: 'field-error', hidden: true }),
-    diagnosis: formField({
-      id: 'profile-diagnosis', label: 'Diagnosis (optional)', autocomplete: 'off', autocapitalize: 'characters',
-      spellcheck: 'false', value: profile?.diagnosis?.code ?? '',
-      hint: 'An ICD-10-CM code, for example J45.909. Leave empty if you have none.',
-    }),
-    diagnosisName: h('p', { class: 'field-hint' }, profile?.diagnosis?.description ?? ''),
+    picked: profile?.diagnosis ?? null,
+    diagnosisChip: h('ul', { class: 'term-chips', 'aria-label': 'Your diagnosis' }),
     ageBand: selectField('profile-age-band', 'Age band', AGE_BAND_CHOICES, profile?.age_band),
     sex: selectField('profile-sex', 'Sex', SEXES, profile?.sex),
     optIn: optInSwitch(profile?.discoverable ?? false),
@@ -88,15 +92,23 @@ function profileForm(page, profile) {
     save: h('button', { type: 'submit', class: 'button button-primary button-block' }, 'Save'),
     saveStatus: h('p', { class: 'save-status', role: 'status' }),
   };
+  form.diagnosis = codeSearch(page, {
+    id: 'profile-diagnosis', label: 'Diagnosis (optional)', noun: 'diagnosis',
+    hint: 'Search by name, for example “asthma”, or type the ICD-10-CM code. Leave empty if you have none.',
+    find: searchDiagnoses, onChoose: (diagnosis) => pickDiagnosis(form, diagnosis),
+    describe: (diagnosis) => [diagnosis.description, diagnosis.code],
+    pressed: (diagnosis) => form.picked?.code === diagnosis.code,
+  });
+  form.diagnosis.input.value = form.picked?.code ?? '';
   renderChips(form);
+  renderDiagnosis(form);
   const element = h('form', { class: 'card form', novalidate: true, 'aria-label': 'Your symptom profile' },
     h('fieldset', { class: 'fieldset' },
       h('legend', { class: 'label' }, 'Your symptoms'),
       form.search.element,
       form.chips,
       form.termsError),
-    form.diagnosis.wrapper,
-    form.diagnosisName,
+    h('div', { class: 'fieldset' }, form.diagnosis.element, form.diagnosisChip),
     h('div', { class: 'select-pair' }, form.ageBand.wrapper, form.sex.wrapper),
     form.optIn.element,
     form.error,
@@ -108,9 +120,6 @@ function profileForm(page, profile) {
   });
   element.addEventListener('input', () => markChanged(form));
   element.addEventListener('change', () => markChanged(form));
-  form.diagnosis.input.addEventListener('input', () => {
-    form.diagnosisName.textContent = '';
-  });
   return [element, profile ? withdrawCard(page) : []];
 }
 
@@ -185,6 +194,35 @@ function renderChips(form) {
     }, '×'))));
 }
 
+function pickDiagnosis(form, diagnosis) {
+  form.picked = diagnosis;
+  renderDiagnosis(form);
+  markChanged(form);
+  form.diagnosis.setError(null);
+  form.diagnosis.clear();
+  form.diagnosis.input.focus();
+}
+
+function renderDiagnosis(form) {
+  const { picked } = form;
+  if (!picked) {
+    mount(form.diagnosisChip, h('li', { class: 'muted' }, 'No diagnosis chosen.'));
+    return;
+  }
+  mount(form.diagnosisChip, h('li', { class: 'term-chip' },
+    h('span', { class: 'term-chip-name' }, `${picked.description} (${picked.code})`),
+    h('button', {
+      type: 'button', class: 'term-chip-remove', 'aria-label': `Remove ${picked.description}`,
+      onclick: () => {
+        form.picked = null;
+        form.diagnosis.input.value = '';
+        renderDiagnosis(form);
+        markChanged(form);
+        form.diagnosis.input.focus();
+      },
+    }, '×')));
+}
+
 function byName(a, b) {
   return a.name.localeCompare(b.name);
 }
@@ -195,48 +233,98 @@ function setTermsError(form, message) {
   form.search.input.setAttribute('aria-invalid', message ? 'true' : 'false');
 }
 
-// ---- search as you type
+// ---- search as you type: the ARIA combobox pattern (arrow keys move, Enter picks, Escape closes)
 
-function symptomSearch(page, onChoose) {
+// The API's diagnosis search, read with the session's token like every call in api.js.
+async function searchDiagnoses(query, { signal } = {}) {
+  const response = await fetch(`/api/v1/diagnoses?q=${encodeURIComponent(query)}&limit=${DIAGNOSIS_LIMIT}`, {
+    signal, headers: { Accept: 'application/json', Authorization: `Bearer ${currentToken()}` },
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    throw new ApiError(body?.error?.message ?? 'The search failed.', {
+      status: response.status, code: body?.error?.code ?? 'error',
+    });
+  }
+  return body.diagnoses ?? [];
+}
+
+function codeSearch(page, { id, label, hint, noun, find, onChoose, describe, pressed }) {
   const field = formField({
-    id: 'symptom-search', label: 'Add a symptom', type: 'search', autocomplete: 'off', autocapitalize: 'none',
-    spellcheck: 'false', enterkeyhint: 'search',
-    hint: `Type at least ${SEARCH_MIN_CHARS} letters, for example “cough” or “headache”.`,
+    id, label, hint, type: 'text', autocomplete: 'off', autocapitalize: 'none', spellcheck: 'false',
+    enterkeyhint: 'search', role: 'combobox', 'aria-autocomplete': 'list', 'aria-expanded': 'false',
+    'aria-controls': `${id}-listbox`,
   });
   const search = {
     ...field,
-    results: h('ul', { class: 'symptom-results', 'aria-label': 'Symptoms found' }),
-    note: h('p', { class: 'field-hint search-note', role: 'status' }),
+    options: [],
+    active: -1,
+    results: h('ul', {
+      id: `${id}-listbox`, class: 'symptom-results code-listbox', role: 'listbox', 'aria-label': `${label}: found`,
+    }),
+    // The symptom search keeps the class the app's other searches use.
+    note: h('p', { class: `field-hint ${noun === 'symptom' ? 'search-note' : `${noun}-search-note`}`, role: 'status' }),
     onChoose,
   };
-  search.element = h('div', { class: 'symptom-search' }, field.wrapper, search.note, search.results);
+  search.element = h('div', { class: `code-search ${noun}-search` }, field.wrapper, search.note, search.results);
+  search.close = () => {
+    mount(search.results);
+    search.options = [];
+    search.active = -1;
+    field.input.setAttribute('aria-expanded', 'false');
+    field.input.removeAttribute('aria-activedescendant');
+  };
   search.clear = () => {
     search.stop();
-    search.input.value = '';
+    field.input.value = '';
     search.note.textContent = '';
-    mount(search.results);
+    search.close();
   };
-  const show = (query, symptoms) => showResults(page, search, query, symptoms);
-  search.stop = searchAsYouType(page, search, searchSymptoms, show);
-  // Enter in the search box picks nothing and must not submit the whole form.
-  field.input.addEventListener('keydown', (event) => {
-    if (event.key === 'Enter') {
-      event.preventDefault();
-    }
-  });
+  const show = (query, items) => showOptions(search, { id, noun, query, items, describe, pressed });
+  search.stop = searchAsYouType(page, search, find, show);
+  field.input.addEventListener('keydown', (event) => onComboKey(search, event));
   return search;
 }
 
-function showResults(page, search, query, symptoms) {
+function showOptions(search, { id, noun, query, items, describe, pressed }) {
   search.setError(null);
-  search.note.textContent = symptoms.length
-    ? `${symptoms.length} ${symptoms.length === 1 ? 'symptom' : 'symptoms'} found.`
-    : `No symptom matches “${query}”. Try another word.`;
-  mount(search.results, symptoms.map((term) => h('li', {},
-    h('button', {
-      type: 'button', class: 'symptom-option', 'aria-pressed': String(page.terms.has(term.id)),
-      onclick: () => search.onChoose(term),
-    }, h('span', { class: 'symptom-option-name' }, term.name), h('span', { class: 'symptom-option-id' }, term.id)))));
+  search.options = items;
+  search.active = -1;
+  search.note.textContent = items.length
+    ? `${items.length} found: use the arrow keys and Enter, or tap one.`
+    : `No ${noun} matches “${query}”. Try other words.`;
+  mount(search.results, items.map((item, n) => h('li', {
+    id: `${id}-option-${n}`, role: 'option', class: 'symptom-option code-option', 'aria-selected': 'false',
+    'data-pressed': String(pressed(item)),
+    onmousedown: (event) => event.preventDefault(),
+    onclick: () => search.onChoose(item),
+  }, ...describe(item).filter(Boolean).map((part, k) => h('span', {
+    class: k ? 'symptom-option-id' : 'symptom-option-name',
+  }, part)))));
+  search.input.setAttribute('aria-expanded', String(items.length > 0));
+}
+
+function onComboKey(search, event) {
+  const count = search.options.length;
+  if ((event.key === 'ArrowDown' || event.key === 'ArrowUp') && count) {
+    event.preventDefault();
+    search.active = (search.active + (event.key === 'ArrowDown' ? 1 : -1) + count) % count;
+    [...search.results.children].forEach((option, n) => {
+      option.setAttribute('aria-selected', String(n === search.active));
+      if (n === search.active) {
+        search.input.setAttribute('aria-activedescendant', option.id);
+        option.scrollIntoView({ block: 'nearest' });
+      }
+    });
+  } else if (event.key === 'Enter') {
+    event.preventDefault();  // picking is not saving the whole form
+    if (search.active >= 0) {
+      search.onChoose(search.options[search.active]);
+    }
+  } else if (event.key === 'Escape' && count) {
+    event.preventDefault();
+    search.close();
+  }
 }
 
 // ---- saving and withdrawing
@@ -270,10 +358,11 @@ async function submitProfile(form) {
 // The request to send, or null after marking what needs fixing.
 function profileRequest(form) {
   const terms = [...form.page.terms.keys()];
-  const diagnosis = form.diagnosis.input.value.trim().toUpperCase();
+  // A code typed and not picked from the list counts too (the server checks it).
+  const diagnosis = form.diagnosis.input.value.trim().toUpperCase() || form.picked?.code || '';
   const termsProblem = terms.length ? null : 'Please choose at least one symptom.';
   const diagnosisProblem = diagnosis && !ICD10_PATTERN.test(diagnosis)
-    ? 'This is not an ICD-10-CM code. Codes look like J45.909: a letter, two characters, then an optional dot and more.'
+    ? 'This is not an ICD-10-CM code. Pick your diagnosis from the list, or type its code (like J45.909).'
     : null;
   setTermsError(form, termsProblem);
   form.diagnosis.setError(diagnosisProblem);

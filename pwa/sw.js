@@ -36,6 +36,7 @@ const SHELL_URLS = [
   '/app/vendor/qrcode-generator.esm.js',
   '/app/vendor/socket.io.esm.min.js',
   '/app/styles.css',
+  '/app/code-picker.css',
   '/app/manifest.webmanifest',
   '/app/icons/icon-192.png',
   '/app/icons/icon-512.png',
