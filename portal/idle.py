@@ -115,9 +115,9 @@ def _signed_out(token: str, limit: timedelta) -> Response:
         raise SessionIdle(message)
     logout_user()
     session.clear()
+    flash(message, "info")  # for the sign-in page, which a portal script goes to after a 401 here
     if request.path in (STATUS, KEEP_ALIVE):
         return _json_error(SessionIdle(message))
-    flash(message, "info")
     return redirect(url_for("auth.login"))
 
 

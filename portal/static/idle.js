@@ -3,7 +3,7 @@
 // Sign-out after inactivity (portal/idle.py): a banner IDLE warning seconds before the server
 // signs this page's session out, with "Stay signed in". Before warning it asks the server
 // (GET /session/status, which does not count as activity): another tab may have been busy.
-// When the time is up it goes to the sign-in page, which says why.
+// When the time is up it asks the server once more, then goes to the sign-in page, which says why.
 
 (() => {
   const TICK_MS = 1000;
@@ -19,6 +19,7 @@
     deadline: Date.now() + Number(script.dataset.expiresIn) * 1000,
     checking: false,
     checkedAt: 0,
+    leaving: false,
   };
   const banner = document.getElementById('idle-warning');
   const text = document.getElementById('idle-warning-text');
@@ -42,7 +43,12 @@
     banner.hidden = true;
   }
 
+  // Once only: the sign-in page shows the reason once, so a second navigation started by a later
+  // tick (while the first page is still loading) would replace it with a page without it.
   function signedOut() {
+    if (state.leaving) return;
+    state.leaving = true;
+    clearInterval(timer);
     window.location.assign(settings.loginUrl);
   }
 
@@ -80,6 +86,7 @@
   }
 
   function tick() {
+    if (state.leaving) return;
     const left = state.deadline - Date.now();
     if (left > settings.warningMs) {
       hideWarning();
@@ -90,12 +97,16 @@
       return;
     }
     if (left <= 0) {
-      signedOut();
+      // The server decides: its clock may be a moment behind ours, and a page of the sign-in
+      // screen asked for too early would find the session still live and say nothing. It answers
+      // 401 once the session is over (and keeps the reason for the sign-in page); until then ask
+      // again each second.
+      if (!state.checking) check();
       return;
     }
     showWarning();
   }
 
   stay.addEventListener('click', staySignedIn);
-  setInterval(tick, TICK_MS);
+  const timer = setInterval(tick, TICK_MS);
 })();
