@@ -85,14 +85,19 @@ def wants_json() -> bool:
     return request.path.startswith("/api/") or request.path.startswith("/node/")
 
 
-def error_response(status: int, code: str, message: str) -> tuple[Response, int] | tuple[str, int]:
+def error_response(
+    status: int, code: str, message: str, fields: dict[str, str] | None = None
+) -> tuple[Response, int] | tuple[str, int]:
     if wants_json():
-        return jsonify({"error": {"code": code, "message": message}}), status
+        error: dict[str, object] = {"code": code, "message": message}
+        if fields:
+            error["fields"] = fields  # the same shape as the request validator's, one entry per bad field
+        return jsonify({"error": error}), status
     return render_template("error.html", status=status, message=plain_message(message)), status
 
 
 def _service_error(exc: ServiceError):  # type: ignore[no-untyped-def]
-    body, status = error_response(exc.status, exc.code, exc.message)
+    body, status = error_response(exc.status, exc.code, exc.message, getattr(exc, "fields", None))
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is None:
         return body, status

@@ -49,8 +49,12 @@ parser.DEFAULT_UNKNOWN_BY_LOCATION = {**parser.DEFAULT_UNKNOWN_BY_LOCATION, "que
 
 @parser.location_loader("json")
 def _load_json(req: Any, schema: Any) -> Any:
-    """JSON bodies through the bounded parser (depth, lone surrogates, 64-bit numbers)."""
-    return parse_json_object(req.get_data(cache=True), req.is_json)
+    """JSON bodies through the bounded parser (depth, lone surrogates, 64-bit numbers). A body
+    whose fields are all optional may be left out altogether (an approval as asked)."""
+    raw = req.get_data(cache=True)
+    if not raw and not any(field.required for field in schema.fields.values()):
+        return {}
+    return parse_json_object(raw, req.is_json)
 
 
 @parser.location_loader("query")

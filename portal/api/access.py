@@ -127,6 +127,17 @@ class NewGrant(Schema):
     scope = ScopeField()
 
 
+class Approval(Schema):
+    """What the patient gives when approving: by default what was asked; less, never more."""
+
+    days = Whole(
+        allow_none=True,
+        error_messages={"invalid": "`days` must be a whole number of days."},
+        metadata={"description": "Fewer days than asked; as asked if absent.", "example": 7},
+    )
+    scope = ScopeField()  # inside the one asked; as asked if absent
+
+
 class EmergencyOptIn(Schema):
     enabled = Flag(
         required=True,
@@ -375,6 +386,7 @@ def list_access_requests(query: dict[str, Any]) -> dict[str, Any]:
 
 @bp.post("/access-requests/<request_id>/approve")
 @idempotent
+@bp.input(Approval, location="json", arg_name="data")
 @bp.output(Grant, status_code=201)
 @bp.doc(
     operation_id="approveAccessRequest",
@@ -384,11 +396,16 @@ def list_access_requests(query: dict[str, Any]) -> dict[str, Any]:
         403: _error("Only the patient asked decides."),
         404: _error("No such request."),
         409: _error("The request was already decided."),
+        422: _error("The scope or duration is wider than asked, or not valid."),
     },
 )
-def approve_access_request(request_id: str) -> tuple[models.Grant, int]:
+def approve_access_request(request_id: str, data: dict[str, Any]) -> tuple[models.Grant, int]:
     actor = api_actor("patient")
-    return grants.approve_request(actor, request_id, node=runtime.node(), now=utcnow()), 201
+    grant = grants.approve_request(
+        actor, request_id, node=runtime.node(), now=utcnow(),
+        days=data.get("days"), scope=data.get("scope"), categories=CATEGORIES,
+    )  # fmt: skip
+    return grant, 201
 
 
 @bp.post("/access-requests/<request_id>/decline")

@@ -27,7 +27,7 @@ from portal.services import federation, ledger, paging, proxy
 from portal.services.accounts import Actor, get_user, published_keys
 from portal.services.context import NodeContext
 from portal.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from portal.services.scopes import covers, describe_scope, parse_scope, salted_scope
+from portal.services.scopes import covers, describe_scope, parse_scope, salted_scope, within
 
 FAR_FUTURE_DAYS = 3650  # an emergency opt-in lasts until the patient opts out
 MAX_REASON = 2000
@@ -160,13 +160,23 @@ def _own_pending_request(actor: Actor, request_id: object) -> AccessRequest:
     return request
 
 
-def approve_request(actor: Actor, request_id: object, *, node: NodeContext, now: datetime) -> Grant:
-    """The patient approves: a grant as requested (scope and duration)."""
+def approve_request(
+    actor: Actor, request_id: object, *, node: NodeContext, now: datetime,
+    days: object = None, scope: object = None, categories: tuple[str, ...] = (),
+) -> Grant:  # fmt: skip
+    """The patient approves: a grant as requested, or narrower (`scope` inside the one asked,
+    `days` at most as many as asked); never wider than the doctor asked."""
     request = _own_pending_request(actor, request_id)
     asked = request_details(actor, request)
     if asked is None:
         raise Conflict("This request's details could not be opened, so it cannot be approved; decline it.")
-    grant = _create_grant(actor, request.doctor, asked.scope, asked.days, node=node, now=now, request=request)
+    given_days = asked.days if days is None else _days(days, node)
+    if given_days > asked.days:
+        raise ValidationFailed(f"`days` must not be more than the {asked.days} asked for.")
+    given_scope = asked.scope if scope is None else parse_scope(scope, categories)
+    if not within(given_scope, asked.scope):
+        raise ValidationFailed(f"`scope` must be within what was asked for: {describe_scope(asked.scope)}.")
+    grant = _create_grant(actor, request.doctor, given_scope, given_days, node=node, now=now, request=request)
     request.status, request.decided_at, request.grant_id = "approved", now, grant.id
     request.decision_tx_hash = grant.tx_hash
     db.session.commit()

@@ -39,6 +39,18 @@ def parse_scope(value: object, categories: tuple[str, ...]) -> dict[str, Any]:
     return {"type": "dates", "from": start.isoformat(), "to": end.isoformat()}
 
 
+def within(narrow: dict[str, Any], wide: dict[str, Any]) -> bool:
+    """Whether every record `narrow` covers is one `wide` covers, judged on the scopes alone
+    (both validated): all of a kind's categories or dates inside, never a different kind."""
+    if wide["type"] == "all":
+        return True
+    if narrow["type"] != wide["type"]:
+        return False
+    if wide["type"] == "categories":
+        return set(narrow["categories"]) <= set(wide["categories"])
+    return bool(wide["from"] <= narrow["from"] and narrow["to"] <= wide["to"])
+
+
 def describe_scope(scope: dict[str, Any]) -> str:
     if scope["type"] == "categories":
         return "records in " + ", ".join(scope["categories"])

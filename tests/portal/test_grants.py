@@ -99,6 +99,47 @@ def test_request_approve_decline(
     assert client.post(f"/api/v1/access-requests/{second['id']}/approve", headers=doctor.headers).status_code == 403
 
 
+def test_approval_gives_less_than_asked_never_more(
+    client: FlaskClient, doctor: Person, other_doctor: Person, patient: Person, record_id: str
+) -> None:
+    asked = {"patient_id": patient.id, "reason": "Follow-up", "days": 30,
+             "scope": {"type": "categories", "categories": ["general", "respiratory"]}}  # fmt: skip
+    request_id = client.post("/api/v1/access-requests", json=asked, headers=doctor.headers).json["id"]
+    approve = f"/api/v1/access-requests/{request_id}/approve"
+    wider = [
+        ({"days": 31}, "days", "`days` must not be more than the 30 asked for."),
+        ({"scope": {"type": "all"}}, "scope", "must be within what was asked for: records in general, respiratory."),
+        ({"scope": {"type": "categories", "categories": ["general", "oncology"]}}, "scope", "within"),
+        ({"scope": {"type": "dates", "from": "2026-01-01", "to": "2026-02-01"}}, "scope", "within"),
+    ]
+    for body, field, message in wider:
+        refused = client.post(approve, json=body, headers=patient.headers)
+        assert refused.status_code == 422 and message in refused.json["error"]["message"], (body, refused.json)
+        assert f"`{field}`" in refused.json["error"]["message"]
+    pending = client.get("/api/v1/access-requests", headers=patient.headers).json["requests"]
+    assert [r["status"] for r in pending] == ["pending"]  # nothing was decided by a refused approval
+    assert client.get("/api/v1/grants", headers=patient.headers).json["grants"] == []
+
+    narrowed = {"days": 3, "scope": {"type": "categories", "categories": ["general"]}}
+    approved = client.post(approve, json=narrowed, headers=patient.headers)
+    assert approved.status_code == 201, approved.json
+    assert approved.json["scope"] == {"type": "categories", "categories": ["general"]}
+    assert approved.json["expires_at"].startswith((utcnow() + timedelta(days=3)).date().isoformat())
+    assert read(client, doctor, record_id).status_code == 403  # the record is respiratory: narrowed out
+    decided = client.get("/api/v1/access-requests", headers=patient.headers).json["requests"]
+    assert [(r["status"], r["grant_id"]) for r in decided] == [("approved", approved.json["id"])]
+
+    # Asked by dates: a shorter span inside them is fine, one that starts earlier is not.
+    dates = {**asked, "scope": {"type": "dates", "from": "2026-01-01", "to": "2026-06-30"}}
+    request_id = client.post("/api/v1/access-requests", json=dates, headers=other_doctor.headers).json["id"]
+    approve = f"/api/v1/access-requests/{request_id}/approve"
+    early = {"scope": {"type": "dates", "from": "2025-12-31", "to": "2026-03-01"}}
+    assert client.post(approve, json=early, headers=patient.headers).status_code == 422
+    inside = {"scope": {"type": "dates", "from": "2026-02-01", "to": "2026-03-01"}}
+    approved = client.post(approve, json=inside, headers=patient.headers)
+    assert approved.status_code == 201 and approved.json["scope"] == {"type": "dates", **inside["scope"]}
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -139,12 +180,12 @@ def test_invalid_shapes_name_their_fields(client: FlaskClient, doctor: Person, p
     assert answer.status_code == 422
     assert answer.json["error"]["fields"] == {"limit": "`limit` must be a whole number from 1 to 200."}
     assert client.get("/api/v1/access-log?limit=5&offset=5", headers=patient.headers).json == {
-        "entries": [], "next_offset": None,
+        "entries": [], "total": 0, "next_offset": None,
     }  # fmt: skip
     assert client.get("/api/v1/doctors?name=x", headers=patient.headers).json["error"]["fields"] == {
         "name": "Unknown field."
     }
-    assert client.get("/api/v1/grants", headers=patient.headers).json == {"grants": []}  # nothing was granted
+    assert client.get("/api/v1/grants", headers=patient.headers).json["grants"] == []  # nothing was granted
 
 
 def test_scope_by_category_and_dates(

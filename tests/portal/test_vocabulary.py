@@ -72,6 +72,8 @@ def test_api_record_lists_every_unknown_code(client: FlaskClient, doctor: Person
     for name, code in (("diagnoses.1", "ZZZ.99"), ("diagnoses.2", "Q99.99"), ("symptoms.0", "HP:9999999")):
         assert f"'{code}' (`{name}`)" in message
     assert "J45.909" not in message and "HP:0002094" not in message
+    fields = answer.json["error"]["fields"]  # programs get each bad code by its place in the list
+    assert set(fields) == {"diagnoses.1", "diagnoses.2", "symptoms.0"} and "ZZZ.99" in fields["diagnoses.1"]
     assert no_record_stored()
 
 
