@@ -109,7 +109,10 @@ def test_request_access_dates_scope(client: FlaskClient, doctor: Person, patient
         ({"reason": "", "days": "30", "scope": "all"}, "A reason is required."),
         ({"reason": "Kept reason", "days": "soon", "scope": "all"}, "whole number"),
         ({"reason": "Kept reason", "days": "0", "scope": "all"}, "Enter a number of days from 1 to 365."),
-        ({"reason": "Kept reason", "days": "30", "scope": "categories"}, "Choose at least one kind of record to share."),
+        (
+            {"reason": "Kept reason", "days": "30", "scope": "categories"},
+            "Choose at least one kind of record to share.",
+        ),
         (
             {"reason": "Kept reason", "days": "30", "scope": "dates", "from": "2024-05-01", "to": ""},
             "Enter the first and the last date, as year-month-day.",

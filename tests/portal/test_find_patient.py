@@ -15,8 +15,8 @@ from core.crypto import generate_user_keys
 from portal import runtime
 from portal.extensions import db
 from portal.models import MemberNode, User, utcnow
-from tests.conftest import Person
-from tests.portal.test_pages import log_in
+from tests.conftest import PASSWORD, Person
+from tests.portal.test_pages import csrf, log_in
 
 FIND = "/doctor/patients"
 OTHER_NODE = "node-2"
@@ -164,7 +164,11 @@ def test_invalid_patient_admin_or_anonymous_cannot_find(
 ) -> None:
     anonymous = client.get(FIND, query_string={"q": other_patient.id})
     assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"]
-    log_in(client, patient.username)  # patients are sent to their app, never signed in here
+    # A patient's right password opens no portal session: the page sends them to their app.
+    handoff = client.post(
+        "/login", data={"username": patient.username, "password": PASSWORD, "csrf_token": csrf(client, "/login")}
+    )
+    assert handoff.status_code == 200 and "Patients use the MedLedger app" in handoff.get_data(as_text=True)
     assert client.get(FIND, query_string={"q": other_patient.id}).status_code == 302
     with_token = client.get(FIND, query_string={"q": other_patient.id}, headers=patient.headers)
     assert with_token.status_code == 302  # the pages take no API token
