@@ -341,7 +341,12 @@ def record_workload(nodes: Sequence[LocalNode]) -> Workload:
 
 def registration_workload(nodes: Sequence[LocalNode]) -> Workload:
     def body(n: int) -> dict[str, Any]:
-        return {"username": f"bench.reg.{n}", "password": PASSWORD, "display_name": f"Bench Patient {n}"}
+        return {
+            "username": f"bench.reg.{n}",
+            "password": PASSWORD,
+            "display_name": f"Bench Patient {n}",
+            "date_of_birth": "1980-01-01",
+        }
 
     targets = tuple(Target(f"{node.url}/api/v1/auth/register", None) for node in nodes)
     return Workload("registrations", "key", body, lambda b: b["user"]["id"], tuple([] for _ in nodes), targets)

@@ -226,7 +226,9 @@ def api(session: requests.Session, method: str, url: str, expect: int, **kwargs:
 def register_patient(base: str, account: dict[str, str]) -> str:
     """A patient account made through the API; returns its public id."""
     with requests.Session() as session:
-        return api(session, "POST", f"{base}/api/v1/auth/register", 201, json=account)["user"]["id"]
+        return api(
+            session, "POST", f"{base}/api/v1/auth/register", 201, json={"date_of_birth": "1980-01-01", **account}
+        )["user"]["id"]
 
 
 def sign_in(base: str, username: str, password: str) -> str:

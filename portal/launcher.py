@@ -269,9 +269,11 @@ def add_doctor(node: LocalNode, username: str, name: str, password: str = DEMO_P
     return sign_in(node, username, password)
 
 
-def add_patient(node: LocalNode, username: str, name: str, password: str = DEMO_PASSWORD) -> tuple[str, str]:
+def add_patient(
+    node: LocalNode, username: str, name: str, born: str = "1984-03-21", password: str = DEMO_PASSWORD
+) -> tuple[str, str]:
     """A patient registered (self-service) at `node`, signed in."""
-    body = {"username": username, "password": password, "display_name": name}
+    body = {"username": username, "password": password, "display_name": name, "date_of_birth": born}
     status, answer = api(node, "POST", "/auth/register", body)
     if status != 201:
         raise RuntimeError(f"could not register {username} at {node.node_id}: {answer}")

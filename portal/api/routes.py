@@ -74,8 +74,8 @@ class Registration(Schema):
     password = _text("password", required=True, metadata={"description": "At least 10 characters, not easy to guess."})
     display_name = _text("display_name", required=True, metadata={"example": "Dana Kim"})
     date_of_birth = BirthDate(
-        error_messages={"invalid": "`date_of_birth` must be text."},
-        load_default=None,
+        required=True,
+        error_messages={"invalid": "`date_of_birth` must be text.", "required": "`date_of_birth` is required."},
         metadata={"format": "date", "example": "1984-03-21", "description": "YYYY-MM-DD, from 1900 to today."},
     )
 

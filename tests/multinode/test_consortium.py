@@ -122,7 +122,12 @@ def test_nodes_converge_and_transactions_land_once(nodes: list[LocalNode]) -> No
     producers = {get(n, f"/api/v1/chain/blocks/{h}")["header"]["producer"] for n in nodes[:1] for h in range(1, 9)}
     assert producers == {"node-1", "node-2", "node-3", "node-4"}
     for i, node in enumerate(nodes):
-        body = {"username": f"patient{i}", "password": "long-enough-pw", "display_name": f"P{i}"}
+        body = {
+            "username": f"patient{i}",
+            "password": "long-enough-pw",
+            "display_name": f"P{i}",
+            "date_of_birth": "1990-01-01",
+        }
         status, _ = post(node, "/api/v1/auth/register", body)
         assert status == 201
     wait_for(lambda: all(len(transactions(n, "key")) == 4 for n in nodes), 40, "4 registrations on every node")

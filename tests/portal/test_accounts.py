@@ -19,7 +19,8 @@ from tests.conftest import PASSWORD, RECORD, Person, produce
 
 def test_patient_registers_and_gets_keys_on_the_ledger(app: Flask, client: FlaskClient) -> None:
     answer = client.post(
-        "/api/v1/auth/register", json={"username": "dana", "password": "long-enough-pw", "display_name": "Dana"}
+        "/api/v1/auth/register",
+        json={"username": "dana", "password": "long-enough-pw", "display_name": "Dana", "date_of_birth": "1990-01-01"},
     )
     assert answer.status_code == 201
     assert answer.json["user"]["role"] == "patient"
@@ -45,7 +46,7 @@ def test_patient_registers_and_gets_keys_on_the_ledger(app: Flask, client: Flask
     ],
 )
 def test_invalid_registration(client: FlaskClient, body: dict, message: str) -> None:
-    answer = client.post("/api/v1/auth/register", json=body)
+    answer = client.post("/api/v1/auth/register", json={"date_of_birth": "1990-01-01", **body})
     assert answer.status_code == 422
     assert answer.json["error"]["code"] == "validation_failed"
     assert message in answer.json["error"]["message"]
@@ -59,16 +60,18 @@ def test_invalid_registration_names_each_bad_field(client: FlaskClient) -> None:
         "username": "`username` must be text.",
         "password": "`password` is required.",
         "display_name": "`display_name` is required.",
+        "date_of_birth": "`date_of_birth` is required.",
         "role": "Unknown field.",
     }
     assert answer.json["error"]["message"] == (
-        "Some fields are not valid: `display_name`, `password`, `role`, `username`."
+        "Some fields are not valid: `date_of_birth`, `display_name`, `password`, `role`, `username`."
     )
 
 
 def test_invalid_registration_taken_username(client: FlaskClient, patient: Person) -> None:
     answer = client.post(
-        "/api/v1/auth/register", json={"username": "alice", "password": "long-enough-pw", "display_name": "A"}
+        "/api/v1/auth/register",
+        json={"username": "alice", "password": "long-enough-pw", "display_name": "A", "date_of_birth": "1990-01-01"},
     )
     assert answer.status_code == 409
     assert answer.json["error"]["message"] == "The username 'alice' is taken."

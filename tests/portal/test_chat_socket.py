@@ -144,7 +144,12 @@ class Patient:
 def register(url: str, username: str) -> Patient:
     created = requests.post(
         f"{url}/api/v1/auth/register",
-        json={"username": username, "password": PASSWORD, "display_name": username.title()},
+        json={
+            "username": username,
+            "password": PASSWORD,
+            "display_name": username.title(),
+            "date_of_birth": "1990-01-01",
+        },
         timeout=30,
     )
     assert created.status_code == 201, created.text

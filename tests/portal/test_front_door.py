@@ -118,7 +118,7 @@ def test_portal_sign_in_throttled_with_a_clear_page(client: FlaskClient, doctor:
 
 
 def register(client: FlaskClient, username: str, address: str = "192.0.2.1", password: str = PASSWORD):  # type: ignore[no-untyped-def]
-    body = {"username": username, "password": password, "display_name": "New Patient"}
+    body = {"username": username, "password": password, "display_name": "New Patient", "date_of_birth": "1990-01-01"}
     return client.post("/api/v1/auth/register", json=body, environ_base={"REMOTE_ADDR": address})
 
 

@@ -232,7 +232,8 @@ def test_third_doctor_never_reads(
     record_id = write(client, other_doctor, patient)
     grant(client, patient, doctor)
     third = client.post(
-        "/api/v1/auth/register", json={"username": "eve", "password": "long-enough-pw", "display_name": "Eve"}
+        "/api/v1/auth/register",
+        json={"username": "eve", "password": "long-enough-pw", "display_name": "Eve", "date_of_birth": "1990-01-01"},
     )
     assert third.status_code == 201
     for outsider in (other_patient, admin):

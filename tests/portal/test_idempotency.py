@@ -78,7 +78,12 @@ def test_keys_belong_to_one_account(client: FlaskClient, doctor: Person, other_d
 def test_retried_registration_grant_and_request(
     client: FlaskClient, doctor: Person, other_doctor: Person, patient: Person
 ) -> None:
-    body = {"username": "new.patient", "password": PASSWORD, "display_name": "New Patient"}
+    body = {
+        "username": "new.patient",
+        "password": PASSWORD,
+        "display_name": "New Patient",
+        "date_of_birth": "1990-01-01",
+    }
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     first = client.post("/api/v1/auth/register", json=body, headers=headers)
     again = client.post("/api/v1/auth/register", json=body, headers=headers)

@@ -34,7 +34,13 @@ def row(person: Person) -> User:
 
 
 def register(client: FlaskClient, **fields: Any) -> Any:
-    body = {"username": "dana", "password": PASSWORD, "display_name": "Dana Kim", **fields}
+    body = {
+        "username": "dana",
+        "password": PASSWORD,
+        "display_name": "Dana Kim",
+        "date_of_birth": "1984-03-21",
+        **fields,
+    }
     return client.post("/api/v1/auth/register", json=body)
 
 
