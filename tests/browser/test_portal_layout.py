@@ -10,7 +10,6 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page
 
-from tests.browser import support
 from tests.browser.support import (
     DOCTOR_HOSPITAL,
     DOCTOR_NAME,
@@ -32,17 +31,14 @@ ADMIN_NAME = "Administrator Josephine Okonkwo-Lindqvist"
 PATIENT, PATIENT_PASSWORD = "layout.patient", "correct-horse-battery-layout"
 PATIENT_NAME = "Maria-Fernanda Castellanos de la Vega"
 SIZES = {"laptop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
-START_TIMEOUT = 120.0  # seconds: on a busy machine the node's first worker may take longer to boot
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """This module's own node, with an admin, and an emergency access waiting for their review."""
     doctor = (DOCTOR_USERNAME, DOCTOR_PASSWORD, DOCTOR_NAME, DOCTOR_HOSPITAL, "LIC-LAYOUT")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(support, "START_TIMEOUT", START_TIMEOUT)
-        with serving(tmp_path_factory.mktemp("layout-node"), [doctor]) as node:
-            yield node
+    with serving(tmp_path_factory.mktemp("layout-node"), [doctor]) as node:
+        yield node
 
 
 @pytest.fixture(scope="module")
