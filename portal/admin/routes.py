@@ -5,13 +5,12 @@ from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from portal import runtime
 from portal.admin import bp
 from portal.auth import page_actor, role_required
-from portal.models import User, utcnow
+from portal.models import utcnow
 from portal.services import accounts, archive, grants, ledger, paging, two_factor, votes
 from portal.services.errors import ServiceError
 
@@ -19,10 +18,7 @@ from portal.services.errors import ServiceError
 @bp.get("/users")
 @role_required("admin")
 def users() -> str:
-    page = paging.paged(
-        select(User).order_by(User.role, User.username, User.id),
-        *paging.bounds(request.args.get("limit"), request.args.get("offset")),
-    )
+    page = accounts.page_users(page_actor().user, *paging.bounds(request.args.get("limit"), request.args.get("offset")))
     return render_template("admin/users.html", users=page.items, page=page, pending=ledger.pending_count())
 
 

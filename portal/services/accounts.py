@@ -40,7 +40,7 @@ from core.errors import CoreError, DecryptionError
 from core.ledger import decode_transaction, key_payload, sign_transaction
 from portal.extensions import db
 from portal.models import AuthSession, LedgerTransaction, User, epoch_ms
-from portal.services import ledger, throttle, two_factor
+from portal.services import ledger, paging, throttle, two_factor
 from portal.services.errors import Conflict, Forbidden, NotFound, ServiceError, Unauthorized, ValidationFailed
 
 ROLES = ("patient", "doctor", "admin")
@@ -408,8 +408,11 @@ def get_user(public_id: object, role: str | None = None) -> User:
     return user
 
 
-def list_users() -> list[User]:
-    return list(db.session.scalars(select(User).order_by(User.role, User.username)))
+def page_users(admin: User, limit: int, offset: int) -> paging.Page[User]:
+    """One page of this node's accounts, by role then username: for its admins only."""
+    if admin.role != "admin":
+        raise Forbidden("Only administrators see the accounts.")
+    return paging.paged(select(User).order_by(User.role, User.username, User.id), limit, offset)
 
 
 class KeysMismatch(ServiceError):

@@ -20,6 +20,7 @@ from portal import runtime
 from portal.extensions import db
 from portal.models import AccessEntry, AccessRequest, Block, Connection, EmergencyAccess, Grant, Record, User, utcnow
 from portal.services import accounts, paging
+from portal.services.errors import Forbidden
 from tests.conftest import RECORD, Person, make_person
 from tests.portal.test_pages import log_in
 
@@ -355,6 +356,15 @@ def test_admin_users_page_has_next_links(
         "/admin/users?limit=2&offset=2",
     )
     assert client.get("/admin/users?limit=201").status_code == 422
+
+
+def test_only_admins_page_through_the_accounts(client: FlaskClient, admin: Person, doctor: Person) -> None:
+    rows = {p.username: db.session.scalar(db.select(User).where(User.username == p.username)) for p in (admin, doctor)}
+    assert accounts.page_users(rows[admin.username], 10, 0).total == 2
+    with pytest.raises(Forbidden):
+        accounts.page_users(rows[doctor.username], 10, 0)
+    log_in(client, doctor.username)
+    assert client.get("/admin/users").status_code == 403
 
 
 def test_every_list_checks_the_caller(client: FlaskClient, admin: Person) -> None:
