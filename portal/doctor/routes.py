@@ -254,7 +254,12 @@ def my_patients() -> str:
 def history(patient_id: str) -> str | tuple[str, int]:
     patient = accounts.get_user(patient_id, role="patient")
     category = request.args.get("category") or None
-    page = {"patient": patient, "categories": CATEGORIES, "category": category}
+    page = {
+        "patient": patient,
+        "card": federation.patient_card(patient),
+        "categories": CATEGORIES,
+        "category": category,
+    }
     limit, offset = paging.bounds(request.args.get("limit"), request.args.get("offset"))
     try:
         entries = records.history(

@@ -256,6 +256,9 @@ def test_two_patients_of_the_same_name_are_told_apart(client: FlaskClient, admin
     history = unescape(client.get(f"/doctor/patients/{second.id}/history").get_data(as_text=True))
     heading = history.split("<h1>History</h1>", 1)[1].split("</p>", 1)[0]
     assert "born 1991-11-02" in heading and "Not verified in person" in heading
+    assert f'home hospital <span class="home-hospital">{hospital}</span>' in heading
+    checked = unescape(client.get(f"/doctor/patients/{first.id}/history").get_data(as_text=True))
+    assert "hospital number SM-1001" in checked.split("<h1>History</h1>", 1)[1].split("</p>", 1)[0]
 
 
 # -- another hospital's patient -------------------------------------------------------------------
