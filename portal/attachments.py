@@ -12,7 +12,9 @@ from flask import Response, send_file
 # The types a browser shows by itself; anything else is always a download.
 PREVIEWABLE = {"application/pdf", "image/png", "image/jpeg", "image/webp"}
 # A preview is a document of its own: no script, no form, no request anywhere, shown only in a
-# frame of this site. `sandbox` keeps a hostile PDF from running anything with the site's rights.
+# frame of this site (the portal's record page frames a PDF; `X-Frame-Options: SAMEORIGIN` says the
+# same to browsers without `frame-ancestors`). `sandbox` keeps a hostile PDF from running anything
+# with the site's rights; Chromium's PDF viewer shows a sandboxed PDF all the same.
 PREVIEW_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'; sandbox"
 
 
@@ -27,4 +29,5 @@ def send_attachment(meta: dict[str, Any], data: bytes, *, inline: bool) -> Respo
     response.headers["Cache-Control"] = "no-store"
     if preview:
         response.headers["Content-Security-Policy"] = PREVIEW_CSP
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response

@@ -22,6 +22,10 @@ CSP = (
     "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'self'; connect-src 'self'"
 )
+# The patient app shows a PDF attachment in a frame from an object URL of the bytes it fetched
+# with its token (pwa/views.js); it frames nothing else. The portal's pages frame only this site
+# (default-src 'self'): its record page frames the attachment's own inline answer.
+APP_CSP = f"{CSP}; frame-src blob:"
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -40,11 +44,14 @@ def _check_csrf() -> None:
 
 
 def _headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", CSP)
+    app = request.path.startswith("/app/")
+    response.headers.setdefault("Content-Security-Policy", APP_CSP if app else CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY"
-    if not request.path.startswith("/app/") or request.path.endswith((".html", "/")):
+    # DENY unless the answer says otherwise: only an attachment's inline preview, which the
+    # portal's record page frames (portal/attachments.py), is SAMEORIGIN.
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    if not app or request.path.endswith((".html", "/")):
         response.headers.setdefault("Cache-Control", "no-store")
     hsts = current_app.config["HSTS_SECONDS"]
     if request.is_secure and hsts > 0:

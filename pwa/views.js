@@ -25,8 +25,12 @@ const ACCOUNT_CREATED_MESSAGE = 'Your account was created. Please log in.';
 const TWO_FACTOR_REQUIRED = 'two_factor_required';
 const EARLIEST_BIRTH = '1900-01-01';
 const PAGE_SIZE = 50;
-// Images only: a PDF would need a frame, and the app's Content-Security-Policy allows no blob: frames.
-const PREVIEW_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
+// Shown in the page: images as an <img>, a PDF in a frame (the app's Content-Security-Policy allows
+// blob: frames and nothing else, portal/security.py). The frame has no `sandbox` attribute: Chromium's
+// PDF viewer refuses a sandboxed frame; the object URL is typed as a PDF, so it is never read as a page.
+// Other types are a download only.
+const PDF_TYPE = 'application/pdf';
+const PREVIEW_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp', PDF_TYPE]);
 
 // What this tab last loaded, so that a refresh without a network keeps it on screen. Memory
 // only, for one signed-in user: patient data never goes to storage or a cache (docs/security.md).
@@ -484,7 +488,9 @@ async function showPreview(ctx, recordId, attachment, { preview, previews }) {
     // The type the record names, never one guessed from the bytes.
     const url = objectUrl(new Blob([blob], { type: attachment.content_type }));
     previews.add(url);
-    mount(preview, h('img', { class: 'attachment-image', src: url, alt: `Preview of ${attachment.filename}` }));
+    mount(preview, attachment.content_type === PDF_TYPE
+      ? h('iframe', { class: 'attachment-pdf', src: url, title: `Preview of ${attachment.filename} (PDF)` })
+      : h('img', { class: 'attachment-image', src: url, alt: `Preview of ${attachment.filename}` }));
   } catch (error) {
     if (!isStale(ctx, error)) {
       mount(preview, h('p', { class: 'muted' }, `No preview: ${errorText(error)}`));

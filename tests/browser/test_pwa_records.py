@@ -3,19 +3,27 @@
 More records than one page: "Load more" fetches the next page and no record shows twice, even
 when a new one arrives between two pages. Without a network a refresh keeps what was loaded and
 says so, for the list and for a record. A failure the server explains with a code reads as a
-plain sentence, and so does a refused field.
+plain sentence, and so does a refused field. A PDF attachment is shown in the record: in the app
+from an object URL in a frame, in the portal in a frame of its own inline answer, read (and logged)
+like a download.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import time
 
 import requests
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Browser, Frame, Locator, Page, Route, expect
 
 from tests.browser.support import (
+    DOCTOR_NAME,
+    DOCTOR_PASSWORD,
+    DOCTOR_USERNAME,
     HTTP_TIMEOUT,
+    UI_TIMEOUT,
     Node,
     Phone,
     bearer,
@@ -51,6 +59,51 @@ def write_short_record(node: Node, token: str, patient_id: str, title: str) -> s
     )
     assert written.status_code == 201, written.text
     return written.json()["id"]
+
+
+def one_page_pdf(text: str) -> bytes:
+    """A valid one-page PDF showing `text` (ASCII), so that a viewer has something to draw."""
+    content = f"BT /F1 18 Tf 24 150 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 300] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    pdf, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(pdf))
+        pdf += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(pdf)
+    pdf += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    pdf += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return pdf + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def write_record_with_pdf(node: Node, token: str, patient_id: str, title: str, filename: str) -> str:
+    data = base64.b64encode(one_page_pdf(title)).decode()
+    pdf = {"filename": filename, "content_type": "application/pdf", "data": data}
+    written = requests.post(
+        node.api(f"/patients/{patient_id}/records"),
+        json={"title": title, "category": "respiratory", "diagnoses": ["J45.909"], "attachments": [pdf]},
+        headers=bearer(token),
+        timeout=HTTP_TIMEOUT,
+    )
+    assert written.status_code == 201, written.text
+    return written.json()["id"]
+
+
+def framed_document(frame: Locator) -> Frame:
+    """The document in `frame` once it has navigated away from about:blank."""
+    deadline = time.monotonic() + UI_TIMEOUT / 1000
+    while True:
+        content = frame.element_handle().content_frame()
+        if content is not None and content.url not in ("", "about:blank"):
+            return content
+        assert time.monotonic() < deadline, "the frame never loaded"
+        frame.page.wait_for_timeout(100)
 
 
 def card_titles(page: Page) -> list[str]:
@@ -190,3 +243,61 @@ def test_server_errors_read_as_plain_sentences(node: Node, phone: Phone) -> None
     page.locator("#doctor-search").fill("Eve")
     expect(page.locator("#doctor-search-error")).to_have_text("Please check what you typed in the search.")
     phone.assert_clean()
+
+
+def test_a_pdf_attachment_is_shown_in_the_app_and_in_the_portal(node: Node, phone: Phone, browser: Browser) -> None:
+    username = "pat.pdf"
+    register_patient(node, username, PASSWORD, "Petra Pdf")
+    token = doctor_token(node)
+    title = "Spirometry report"
+    record_id = write_record_with_pdf(node, token, find_patient(node, token, username), title, "spirometry.pdf")
+
+    # The app fetches the PDF with the patient's token and shows it in a frame from an object URL:
+    # the app's Content-Security-Policy lets blob: frames load (a refused frame is a chrome-error page).
+    page = phone.page
+    log_in(page, username)
+    page.goto(f"/app/#/records/{record_id}")
+    expect(heading(page)).to_have_text(title)
+    preview = page.get_by_title("Preview of spirometry.pdf (PDF)")
+    expect(preview).to_have_count(1)
+    expect(preview).to_have_class("attachment-pdf")
+    src = preview.get_attribute("src") or ""
+    assert src.startswith(f"blob:{node.url}/"), src
+    assert framed_document(preview).url == src
+    expect(page.get_by_role("button", name="Download spirometry.pdf")).to_be_visible()
+    assert not [e for e in phone.console_errors if "Content Security Policy" in e], phone.console_errors
+    phone.assert_clean()
+
+    # The portal's record page frames the attachment's inline answer, which allows this site (and only
+    # it) to frame it; showing it is a read like a download, so the patient's access log gains it.
+    context = browser.new_context(base_url=node.url, viewport={"width": 1366, "height": 900}, locale="en-GB")
+    context.set_default_timeout(UI_TIMEOUT)
+    try:
+        doctor = context.new_page()
+        doctor.goto("/login")
+        doctor.get_by_label("Username").fill(DOCTOR_USERNAME)
+        doctor.get_by_label("Password").fill(DOCTOR_PASSWORD)
+        doctor.get_by_role("button", name="Log in").click()
+        doctor.wait_for_url("**/doctor/**")
+        inline = f"{node.url}/doctor/records/{record_id}/attachments/0?inline=1"
+        with doctor.expect_response(inline) as shown:
+            doctor.goto(f"/doctor/records/{record_id}")
+            frame = doctor.get_by_title("spirometry.pdf (attached PDF)")
+            frame.scroll_into_view_if_needed()
+        answer = shown.value
+        headers = answer.all_headers()
+        assert answer.status == 200 and headers["content-type"] == "application/pdf"
+        assert headers["content-disposition"].startswith("inline")
+        assert headers["x-frame-options"] == "SAMEORIGIN"
+        assert "frame-ancestors 'self'" in headers["content-security-policy"]
+        assert frame.get_attribute("sandbox") is None
+        assert framed_document(frame).url == inline  # not an error page: the frame was allowed
+    finally:
+        context.close()
+
+    page.get_by_role("link", name="Access log", exact=True).click()
+    expect(heading(page)).to_have_text("Access log")
+    read = page.locator("#app .log-entry", has_text=f"{title} · attachment 1")
+    expect(read).to_have_count(1)
+    expect(read).to_contain_text(DOCTOR_NAME)
+    expect(read).to_contain_text("Read as the author")

@@ -314,6 +314,43 @@ def test_api_attachment_inline(client: FlaskClient, doctor: Person, patient: Per
     assert read.status_code == 200 and reads() == [("author", 1)]  # the author's read is logged once, as before
 
 
+def test_inline_pdf_may_be_framed_by_this_site_and_nothing_else_may(
+    client: FlaskClient, doctor: Person, other_doctor: Person, patient: Person
+) -> None:
+    record_id = write_with_files(client, other_doctor, patient)
+    grant(client, patient, doctor, days=5)
+    log_in(client, doctor.username)
+    page = client.get(f"/doctor/records/{record_id}")
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert "frame-src" not in page.headers["Content-Security-Policy"]  # default-src 'self': the portal frames no blob:
+
+    # The one answer the record page frames: only this site may frame it, and it runs nothing.
+    for pdf in (
+        client.get(f"/doctor/records/{record_id}/attachments/1?inline=1"),
+        client.get(f"/api/v1/records/{record_id}/attachments/1?inline=1", headers=patient.headers),
+    ):
+        assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
+        assert pdf.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+        policy = pdf.headers.getlist("Content-Security-Policy")
+        assert len(policy) == 1 and "frame-ancestors 'self'" in policy[0] and "'none'" in policy[0]
+        assert "frame-ancestors 'none'" not in policy[0] and "sandbox" in policy[0]
+        assert pdf.headers["X-Content-Type-Options"] == "nosniff" and pdf.headers["Cache-Control"] == "no-store"
+    # A download is never framed.
+    download = client.get(f"/doctor/records/{record_id}/attachments/1")
+    assert download.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in download.headers["Content-Security-Policy"]
+
+
+def test_app_may_frame_object_urls_and_nothing_else(client: FlaskClient) -> None:
+    """The app shows a PDF it fetched from an object URL in a frame (pwa/views.js)."""
+    policy = client.get("/app/").headers["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))  # name -> sources
+    assert directives["frame-src"] == "blob:" and directives["frame-ancestors"] == "'none'"
+    assert directives["object-src"] == "'none'"
+    assert client.get("/app/").headers["X-Frame-Options"] == "DENY"
+
+
 def test_invalid_api_attachment_inline_value(client: FlaskClient, doctor: Person, patient: Person) -> None:
     record_id = write_with_files(client, doctor, patient)
     answer = client.get(f"/api/v1/records/{record_id}/attachments/0?inline=yes", headers=patient.headers)
