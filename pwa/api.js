@@ -28,6 +28,7 @@ const FALLBACK_CODES = {
 };
 const UNAUTHORIZED = 401;
 const SYMPTOM_LIMIT = 20;
+const DIAGNOSIS_LIMIT = 10;
 const RETRIES = 2; // for writes that carry an Idempotency-Key
 const RETRY_DELAY_MS = 1000;
 // Seconds until the server signs this token out for inactivity, on every answer to a live token.
@@ -205,6 +206,12 @@ export async function setEmergencyAccess(enabled, { signal } = {}) {
 export async function searchSymptoms(query, { signal, limit = SYMPTOM_LIMIT } = {}) {
   const response = await send('GET', `/symptoms?q=${encodeURIComponent(query)}&limit=${limit}`, { signal });
   return (await readJson(response)).symptoms;
+}
+
+// ICD-10-CM categories and subcategories for a code (or its start) or words of the description.
+export async function searchDiagnoses(query, { signal, limit = DIAGNOSIS_LIMIT } = {}) {
+  const response = await send('GET', `/diagnoses?q=${encodeURIComponent(query)}&limit=${limit}`, { signal });
+  return (await readJson(response)).diagnoses;
 }
 
 export async function getProfile({ signal } = {}) {

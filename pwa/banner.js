@@ -8,6 +8,7 @@
 import { getEmergencyAccess, isAbortError } from './api.js';
 import { h, mount } from './dom.js';
 import { formatClock, personWithHospital } from './format.js';
+import { errorText } from './ui.js';
 
 const CHECK_INTERVAL_MS = 30_000;
 const ACCESS_LOG_HASH = '#/access-log';
@@ -65,7 +66,7 @@ async function checkEmergencies() {
     if (isAbortError(error) || controller.signal.aborted) {
       return;
     }
-    banner.error = error.message;
+    banner.error = errorText(error);  // a plain sentence, never the raw error
   }
   renderBanner();
 }

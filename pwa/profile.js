@@ -6,10 +6,9 @@
 // takes the patient out of matching at once. The node keeps the profile encrypted
 // and matches on keyed tokens (docs/matching.md). Views follow views.js.
 
-import { ApiError, getProfile, saveProfile, searchSymptoms, withdrawProfile } from './api.js';
+import { getProfile, saveProfile, searchDiagnoses, searchSymptoms, withdrawProfile } from './api.js';
 import { startChat } from './chat-client.js';
 import { h, mount } from './dom.js';
-import { currentToken } from './session.js';
 import {
   SEARCH_MIN_CHARS, errorNotice, errorText, flashNotice, formField, hideNotice, isStale, loadingIndicator,
   searchAsYouType, setBusy, showNotice, viewHeading,
@@ -26,7 +25,6 @@ const SEXES = [
 const NOT_SAID = 'Prefer not to say';
 const ICD10_PATTERN = /^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$/;
 const DIAGNOSIS_WORDS = ['diagnos', 'icd-10'];
-const DIAGNOSIS_LIMIT = 10;
 const REFUSED_STATUSES = new Set([400, 422]);
 const OPT_IN_LABEL = 'Let others with the same symptoms find me';
 const OPT_IN_EXPLANATION = 'They see a pseudonym and the symptoms you share, nothing else: not your name, '
@@ -234,20 +232,6 @@ function setTermsError(form, message) {
 }
 
 // ---- search as you type: the ARIA combobox pattern (arrow keys move, Enter picks, Escape closes)
-
-// The API's diagnosis search, read with the session's token like every call in api.js.
-async function searchDiagnoses(query, { signal } = {}) {
-  const response = await fetch(`/api/v1/diagnoses?q=${encodeURIComponent(query)}&limit=${DIAGNOSIS_LIMIT}`, {
-    signal, headers: { Accept: 'application/json', Authorization: `Bearer ${currentToken()}` },
-  });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    throw new ApiError(body?.error?.message ?? 'The search failed.', {
-      status: response.status, code: body?.error?.code ?? 'error',
-    });
-  }
-  return body.diagnoses ?? [];
-}
 
 function codeSearch(page, { id, label, hint, noun, find, onChoose, describe, pressed }) {
   const field = formField({

@@ -209,7 +209,13 @@ def test_server_errors_read_as_plain_sentences(node: Node, phone: Phone) -> None
     username = "pat.errors"
     register_patient(node, username, PASSWORD, "Erin Errors")
     page = phone.page
+    # The emergency check above every screen: a failure reads as a sentence too, never raw.
+    page.route("**/api/v1/emergency-access*", answer_with_error(500, {"code": "internal", "message": "KeyError: 'x'"}))
     log_in(page, username)
+    expect(page.locator("#emergency-banner .banner-check-failed")).to_have_text(
+        "Could not check for emergency access: Something went wrong on the server. Please try again in a moment."
+    )
+    page.unroute("**/api/v1/emergency-access*")
 
     # A code with a fixed meaning: its sentence, not the server's wording.
     page.route(
