@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, date, datetime
 
 from flask_login import UserMixin
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import db
@@ -75,6 +75,21 @@ class User(UserMixin, db.Model):
     totp_pending: Mapped[bytes | None] = mapped_column(LargeBinary(128))
     totp_last_step: Mapped[int | None]
     totp_recovery: Mapped[str | None] = mapped_column(Text)
+
+    # A patient's recovery key (portal/services/recovery.py, docs/recovery.md): the user key
+    # wrapped under a key derived from the 12 words, which are never stored. A new key waits in
+    # the pending slot (with a check of the two words the patient is asked for, keyed by the
+    # user key, and their positions) until confirmed; then it replaces the active one.
+    recovery_wrapped_user_key: Mapped[bytes | None] = mapped_column(LargeBinary(128))
+    recovery_set_at: Mapped[datetime | None]
+    recovery_pending: Mapped[bytes | None] = mapped_column(LargeBinary(128))
+    recovery_pending_check: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    recovery_pending_positions: Mapped[str | None] = mapped_column(String(8))
+    # The last password reset without the password (how: "recovery_key", ...), told to the
+    # owner once, at their next sign-in.
+    recovered_at: Mapped[datetime | None]
+    recovered_method: Mapped[str | None] = mapped_column(String(32))
+    recovered_notice: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     # Failed sign-ins since the last successful one, shown to the owner when they next sign in.
     failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
