@@ -273,12 +273,14 @@ class EmergencyAccess(db.Model):
 
 class AccessEntry(db.Model):
     """One read of a record by someone other than its patient, mirrored by an `access`
-    transaction on the ledger."""
+    transaction on the ledger; or, with no record, an event on the patient's own account that
+    they must hear of (their password reset with the recovery key: `reader` is the patient,
+    `mode` how, mirrored by a `recover` transaction)."""
 
     __tablename__ = "access_entries"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    record_id: Mapped[str] = mapped_column(ForeignKey("records.id"), index=True)
+    record_id: Mapped[str | None] = mapped_column(ForeignKey("records.id"), index=True)
     reader_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     mode: Mapped[str] = mapped_column(String(16))
     grant_id: Mapped[str | None] = mapped_column(String(36))
@@ -286,7 +288,7 @@ class AccessEntry(db.Model):
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     tx_hash: Mapped[str] = mapped_column(String(64))
 
-    record: Mapped[Record] = relationship()
+    record: Mapped[Record | None] = relationship()
     reader: Mapped[User] = relationship()
 
 

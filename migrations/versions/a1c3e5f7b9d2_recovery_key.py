@@ -1,4 +1,5 @@
-"""patient recovery key: the user key wrapped under the recovery key, a pending slot, the notice after a reset
+"""patient recovery key: the user key wrapped under the recovery key, a pending slot, the notice after a reset;
+access-log entries without a record (a reset of the patient's password, shown in their access log)
 
 Hand-checked on SQLite and PostgreSQL (batch mode for SQLite's ALTER limits).
 
@@ -29,9 +30,14 @@ def upgrade():
         batch_op.add_column(
             sa.Column('recovered_notice', sa.Boolean(), server_default=sa.false(), nullable=False)
         )
+    with op.batch_alter_table('access_entries', schema=None) as batch_op:
+        batch_op.alter_column('record_id', existing_type=sa.String(length=36), nullable=True)
 
 
 def downgrade():
+    op.execute("DELETE FROM access_entries WHERE record_id IS NULL")
+    with op.batch_alter_table('access_entries', schema=None) as batch_op:
+        batch_op.alter_column('record_id', existing_type=sa.String(length=36), nullable=False)
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.drop_column('recovered_notice')
         batch_op.drop_column('recovered_method')
