@@ -34,6 +34,7 @@ ICD_RE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 ICD_PREFIX_RE = re.compile(r"^[A-Z][0-9][0-9A-Z]?(\.?[0-9A-Z]{0,4})?$")
 WORD_RE = re.compile(r"[a-z0-9]+")
 LAY_TERMS = Path(__file__).with_name("lay_terms.json")
+HPO_SYNONYMS = Path(__file__).with_name("hpo_synonyms.json")  # written by scripts/hpo_synonyms.py
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,20 @@ class _WordIndex:
 class Vocabulary:
     """Read-only lookups and searches over the two vocabularies."""
 
-    def __init__(
-        self, hpo_names: Mapping[str, str], icd: ModuleType, lay_terms: Mapping[str, Sequence[str]] | None = None
-    ) -> None:
+    def __init__(self, hpo_names: Mapping[str, str], icd: ModuleType, *phrases: Mapping[str, Sequence[str]]) -> None:
+        """`phrases`: other words for terms, by HPO id (everyday phrases, the HPO's synonyms); the
+        first table that gives a phrase (compared without case) keeps it."""
         self._hpo = dict(hpo_names)
         self._icd = icd
-        # One label per name and per everyday phrase, shortest names first, a term's name before its phrases.
-        labels = [(n, i, None) for i, n in self._hpo.items()]
-        labels += [(self._hpo[i], i, p) for i, ps in (lay_terms or {}).items() if i in self._hpo for p in ps]
+        # One label per name and per other phrase, shortest names first, a term's name before its phrases.
+        labels: list[tuple[str, str, str | None]] = [(n, i, None) for i, n in self._hpo.items()]
+        seen = {(i, _label(n)) for i, n in self._hpo.items()}
+        for table in phrases:
+            for i, texts in table.items():
+                for text in texts if i in self._hpo else ():
+                    if (i, _label(text)) not in seen:
+                        seen.add((i, _label(text)))
+                        labels.append((self._hpo[i], i, text))
         labels.sort(key=lambda x: (len(x[0]), x[0], x[2] is not None, x[2] or ""))
         self._symptom_labels = [(i, p) for _, i, p in labels]
         self._symptom_index = _WordIndex([_label(p if p is not None else n) for n, _, p in labels])
@@ -134,6 +141,10 @@ class Vocabulary:
         # Not icd.add_dot: it fills a module-level list lazily and is not thread-safe.
         dotted = normal if "." in normal or len(normal) == 3 else f"{normal[:3]}.{normal[3:]}"
         return Diagnosis(dotted, icd.get_description(dotted))
+
+    def hpo_names(self) -> dict[str, str]:
+        """Every symptom term's name, by HPO id."""
+        return dict(self._hpo)
 
     def symptom(self, term_id: str) -> Symptom:
         """The HPO term for an id like 'HP:0001945'."""
@@ -213,6 +224,14 @@ def load_lay_terms() -> dict[str, list[str]]:
     return json.loads(LAY_TERMS.read_text(encoding="utf-8"))["terms"]
 
 
+def load_hpo_synonyms() -> dict[str, list[str]]:
+    """The HPO's own synonyms, by HPO id, as committed in hpo_synonyms.json (none before the
+    script that writes it has run)."""
+    if not HPO_SYNONYMS.exists():
+        return {}
+    return json.loads(HPO_SYNONYMS.read_text(encoding="utf-8"))["terms"]
+
+
 @functools.cache
 def _load() -> Vocabulary:
     # Imported here: each library takes seconds to load, which every CLI command would pay.
@@ -221,7 +240,7 @@ def _load() -> Vocabulary:
     ontology = _ontology()
     root = ontology.hpo(PHENOTYPIC_ABNORMALITY)
     names = {term.id: term.name for term in ontology if term.child_of(root)}
-    return Vocabulary(names, simple_icd_10_cm, load_lay_terms())
+    return Vocabulary(names, simple_icd_10_cm, load_lay_terms(), load_hpo_synonyms())
 
 
 def load_hpo_ontology() -> _Ontology:

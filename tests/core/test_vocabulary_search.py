@@ -7,6 +7,7 @@ import time
 import pytest
 
 from core.clinical import Diagnosis, SymptomMatch, Vocabulary, load_lay_terms, load_vocabulary
+from core.clinical.codes import load_hpo_synonyms
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,38 @@ def test_lay_phrases_are_lower_case_and_each_used_once():
     assert len(phrases) >= 100
     assert all(p == p.lower().strip() and p for p in phrases)
     assert len(phrases) == len(set(phrases))
+
+
+# The HPO's own synonyms (scripts/hpo_synonyms.py)
+
+
+def test_every_synonym_is_for_a_known_symptom_and_differs_from_its_name(vocabulary):
+    synonyms = load_hpo_synonyms()
+    assert sum(map(len, synonyms.values())) > 15_000
+    names = vocabulary.hpo_names()
+    assert [term for term in synonyms if term not in names] == []
+    assert [t for term, texts in synonyms.items() for t in texts if t.casefold() == names[term].casefold()] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "term", "synonym"),
+    [
+        ("dyspnoea", "HP:0002094", "Dyspnoea"),  # British spelling
+        ("difficulty breathing", "HP:0002094", "Difficulty breathing"),
+        ("oedema", "HP:0000969", "Oedema"),
+    ],
+)
+def test_the_hpo_synonyms_find_the_term_and_say_which_matched(vocabulary, text, term, synonym):
+    first = vocabulary.search_symptoms(text)[0]
+    assert (first.id, first.matched) == (term, synonym)
+
+
+def test_a_phrase_given_twice_is_kept_once_from_the_first_table(vocabulary):
+    """Everyday phrases come before the synonyms: "shortness of breath" is in both tables."""
+    assert "Shortness of breath" in load_hpo_synonyms()["HP:0002094"]
+    found = vocabulary.search_symptoms("shortness of breath")
+    assert found[0] == SymptomMatch("HP:0002094", "Dyspnea", "shortness of breath")
+    assert [m.id for m in found].count("HP:0002094") == 1
 
 
 @pytest.mark.parametrize(
