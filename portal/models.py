@@ -466,3 +466,62 @@ class ChatSocket(db.Model):
     sid: Mapped[str] = mapped_column(String(64), primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True)
     connected_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Escrow(db.Model):
+    """Hospital-assisted recovery at an account's home node (portal/services/escrow.py): the home
+    share of the user key, sealed under a key derived from the node key (never in the database),
+    and which member node holds the other share. `pending` is that other share sealed to the
+    holder's box key until the holder has taken it. Opted out: `enabled` False, no share."""
+
+    __tablename__ = "escrows"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    share: Mapped[bytes | None] = mapped_column(LargeBinary(128))
+    pending: Mapped[bytes | None] = mapped_column(LargeBinary(256))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HeldShare(db.Model):
+    """Another hospital's escrow share that this node holds, sealed to this node's box key as it
+    was received: released only to the account's home node, for an approved recovery case."""
+
+    __tablename__ = "escrow_held_shares"
+
+    account: Mapped[str] = mapped_column(String(36), primary_key=True)
+    home_node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    share: Mapped[bytes] = mapped_column(LargeBinary(256))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RecoveryCase(db.Model):
+    """A recovery opened at an account's home node after an in-person identity check, and its
+    copy at the node holding the other share while that node's admin decides. The recovery code
+    is kept only as a hash, and the user key only wrapped under a key derived from the code."""
+
+    __tablename__ = "recovery_cases"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account: Mapped[str] = mapped_column(String(36), index=True)
+    home_node: Mapped[str] = mapped_column(String(64))
+    holder_node: Mapped[str] = mapped_column(String(64))
+    # At the home node: open, approved, issued, completed, cancelled. At the holder: waiting, released.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    identity_check: Mapped[str] = mapped_column(String(200))
+    opened_by_node: Mapped[str] = mapped_column(String(64))
+    opened_by_account: Mapped[str] = mapped_column(String(36))
+    opened_by_name: Mapped[str] = mapped_column(String(120))
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    approved_by_node: Mapped[str | None] = mapped_column(String(64))
+    approved_by_account: Mapped[str | None] = mapped_column(String(36))
+    approved_by_name: Mapped[str | None] = mapped_column(String(120))
+    approved_at: Mapped[datetime | None]
+    peer_share: Mapped[bytes | None] = mapped_column(LargeBinary(256))
+    code_hash: Mapped[str | None] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary(128))
+    code_expires_at: Mapped[datetime | None]
+    issued_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    tx_hash: Mapped[str | None] = mapped_column(String(64))

@@ -279,6 +279,26 @@ def check_chat_key(payload: dict[str, Any]) -> None:
         raise InvalidTransaction("fingerprint is not the SHA-256 of the key")
 
 
+def check_escrow_recovery(payload: dict[str, Any]) -> None:
+    """A home node re-assembled an account's escrowed user key to let it set a new password
+    (docs/recovery.md): which case, whose account, by which method, and the two approvals (each
+    an admin account and its node). Names and the identity document never appear here."""
+    _fields(payload, {"case", "account", "method", "opened_by", "approved_by"})
+    _uuid(payload, "case")
+    _uuid(payload, "account")
+    if payload["method"] != "escrow":
+        raise InvalidTransaction("method must be escrow")
+    for name in ("opened_by", "approved_by"):
+        approval = payload[name]
+        if not isinstance(approval, dict) or set(approval) != {"node", "account"}:
+            raise InvalidTransaction(f"{name} must name exactly node and account")
+        _uuid(approval, "account")
+        if not isinstance(approval["node"], str) or not NODE_ID_RE.match(approval["node"]):
+            raise InvalidTransaction(f"{name} must name a node id")
+    if payload["opened_by"] == payload["approved_by"]:
+        raise InvalidTransaction("a recovery needs two different approvers")
+
+
 RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "genesis": check_genesis,
     "key": check_key,
@@ -294,6 +314,7 @@ RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "chat_key": check_chat_key,
     "request": check_request,
     "node_info": check_node_info,
+    "escrow_recovery": check_escrow_recovery,
 }
 
 # Which role's key may sign each kind (genesis and key have their own rules in the registry).
@@ -310,4 +331,5 @@ SIGNER_ROLES: dict[str, tuple[str, ...]] = {
     "chat_key": ("node",),  # a member node, for a patient it does not name
     "request": ("doctor",),
     "node_info": ("node",),  # the node it describes (checked by the registry)
+    "escrow_recovery": ("node",),  # the account's home node
 }

@@ -46,4 +46,4 @@ def json_body() -> dict[str, Any]:
     return parse_json_object(request.get_data(cache=True), request.is_json)
 
 
-from portal.api import access, routes, social  # noqa: E402,F401
+from portal.api import access, escrow, recovery, routes, social  # noqa: E402,F401

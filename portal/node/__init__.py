@@ -35,4 +35,4 @@ def authenticate() -> None:
         raise Unauthorized(f"Node message refused: {exc}.") from None
 
 
-from portal.node import routes  # noqa: E402,F401
+from portal.node import escrow, routes  # noqa: E402,F401

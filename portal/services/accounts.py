@@ -201,6 +201,10 @@ def create_user(
     user.key_tx_hash = tx.hash
     db.session.add(user)
     ledger.queue(tx, now)
+    db.session.flush()
+    from portal.services import escrow  # hospital-assisted recovery: patients by default, doctors always
+
+    escrow.on_sign_in(user, user_key, now)
     db.session.commit()
     return user
 
@@ -281,6 +285,9 @@ def login(
         )
     if policy is not None:
         throttle.succeeded(username)
+    from portal.services import escrow
+
+    escrow.on_sign_in(user, user_key, now)  # an account made before escrow gets its shares now
     failed, last_failed = user.failed_logins, user.last_failed_login_at
     user.failed_logins, user.last_failed_login_at = 0, None
     token = secrets.token_urlsafe(32)

@@ -20,6 +20,11 @@ SIGNED = {
     ("post", "/node/v1/reencrypt"),
     ("get", "/node/v1/accounts/{account_id}"),
     ("get", "/node/v1/doctors"),
+    ("post", "/node/v1/escrow/deposit"),
+    ("post", "/node/v1/escrow/withdraw"),
+    ("post", "/node/v1/escrow/cases"),
+    ("post", "/node/v1/escrow/release"),
+    ("post", "/node/v1/escrow/cases/{case_id}/approval"),
 }
 
 
