@@ -7,7 +7,7 @@
 // router's context and fill in data only while ctx.signal is not aborted.
 
 import {
-  approveAccessRequest, approveTakesNarrowing, createGrant, declineAccessRequest, findDoctors, getAccessLog,
+  approveAccessRequest, createGrant, declineAccessRequest, findDoctors, getAccessLog,
   getEmergencyAccess, listAccessRequests, listGrants, listRecords, revokeGrant, setEmergencyAccess,
 } from './api.js';
 import { h, mount } from './dom.js';
@@ -63,7 +63,6 @@ export function accessView(ctx) {
     // What is loaded of each list, a page at a time ({ items, nextOffset }).
     loaded: { requests: null, grants: null, emergencies: null },
     emergencyList: h('div'),
-    narrowing: null,
   };
   page.requestPages = pageControls(() => loadMoreAccess(page, 'requests'));
   page.grantPages = pageControls(() => loadMoreAccess(page, 'grants'));
@@ -216,8 +215,7 @@ function requestCard(page, item) {
 }
 
 // Approving shows what the doctor will get, as giving access directly does; the patient may
-// give less than asked (fewer kinds of records, a shorter span of dates, fewer days) where the
-// server takes a narrower approval, and sees the request as asked where it does not.
+// give less than asked (fewer kinds of records, a shorter span of dates, fewer days).
 function approvalStep(page, item, { actions, returnFocus }) {
   const prefix = `approve-${item.id}`;
   const asked = item.scope ?? { type: 'all' };
@@ -228,9 +226,10 @@ function approvalStep(page, item, { actions, returnFocus }) {
       min: MIN_DAYS, max: item.days, step: 1, value: item.days, required: true,
       hint: `Up to ${daysText(item.days)}, as asked. You can revoke it sooner at any time.`,
     }),
-    note: h('p', { class: 'confirm-detail', role: 'status' }),
+    note: h('p', { class: 'confirm-detail' },
+      'You can give less than asked: fewer kinds of records, fewer dates or fewer days.'),
   };
-  fields.box = h('div', { class: 'narrowing', hidden: true }, fields.scope.element, fields.days.wrapper);
+  fields.box = h('div', { class: 'narrowing' }, fields.scope.element, fields.days.wrapper);
   const step = confirmStep(page.ctx, {
     actions,
     returnFocus,
@@ -249,11 +248,6 @@ function approvalStep(page, item, { actions, returnFocus }) {
   };
   fields.box.addEventListener('input', update);
   fields.box.addEventListener('change', update);
-  const open = step.open;
-  step.open = () => {
-    open();
-    offerNarrowing(page, fields);
-  };
   return step;
 }
 
@@ -273,32 +267,9 @@ function narrowerChoices(asked) {
   return { choices: SCOPE_CHOICES.map((choice) => choice.value), initial: { type: 'all' } };
 }
 
-async function offerNarrowing(page, fields) {
-  if (fields.known) {
-    return;
-  }
-  fields.note.textContent = 'Checking what you can change…';
-  page.narrowing ??= approveTakesNarrowing({ signal: page.ctx.signal }).catch(() => false);
-  const supported = await page.narrowing;
-  if (page.ctx.signal.aborted) {
-    return;
-  }
-  fields.known = true;
-  fields.supported = supported;
-  fields.box.hidden = !supported;
-  fields.note.textContent = supported
-    ? 'You can give less than asked: fewer kinds of records, fewer dates or fewer days.'
-    : 'This hospital\'s server approves a request only as asked. To give less, decline it and give access '
-      + 'below instead.';
-}
-
-// { scope, days } as chosen (the request's own while narrowing is not offered), or null after
-// marking the problem (`quiet`: without marking, while the patient is still typing).
+// { scope, days } as chosen, or null after marking the problem (`quiet`: without marking,
+// while the patient is still typing).
 function readNarrowing(item, fields, { quiet = false } = {}) {
-  const asked = { scope: item.scope ?? { type: 'all' }, days: item.days };
-  if (!fields.supported) {
-    return asked;
-  }
   const scope = quiet ? fields.scope.peek() : fields.scope.read();
   const days = Number(fields.days.input.value);
   const daysOk = Number.isInteger(days) && days >= MIN_DAYS && days <= item.days;
@@ -327,7 +298,7 @@ async function approveRequest(page, item, { step, fields }) {
   if (!chosen) {
     return;
   }
-  const narrowed = fields.supported && isNarrowed(item, chosen) ? chosen : undefined;
+  const narrowed = isNarrowed(item, chosen) ? chosen : undefined;
   const grant = await approveAccessRequest(item.id, { signal: page.ctx.signal, narrowed });
   if (!page.ctx.signal.aborted) {
     step.close({ quiet: true });

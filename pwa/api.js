@@ -134,8 +134,7 @@ export async function listAccessRequests({ signal, limit, offset } = {}) {
   return readJson(await send('GET', `/access-requests${pageQuery({ limit, offset })}`, { signal }));
 }
 
-// `narrowed` ({ days, scope }, optional) gives less than was asked; send it only where
-// approveTakesNarrowing() says the server reads it.
+// `narrowed` ({ days, scope }, optional) gives less than was asked; without it, as asked.
 export async function approveAccessRequest(id, { signal, narrowed } = {}) {
   const response = await send('POST', `/access-requests/${encodeURIComponent(id)}/approve`, {
     body: narrowed ? { days: narrowed.days, scope: narrowed.scope } : undefined,
@@ -143,17 +142,6 @@ export async function approveAccessRequest(id, { signal, narrowed } = {}) {
     idempotent: true,
   });
   return readJson(response);
-}
-
-// Whether this server's published contract lets an approval carry a narrower scope or a
-// shorter time: a server without it would ignore them and grant what was asked.
-export async function approveTakesNarrowing({ signal } = {}) {
-  const response = await send('GET', '/openapi.json', { signal, token: null });
-  const contract = await readJson(response);
-  const approve = contract?.paths?.[`${API_BASE}/access-requests/{request_id}/approve`]?.post;
-  const schema = approve?.requestBody?.content?.['application/json']?.schema;
-  const fields = resolveSchema(contract, schema)?.properties ?? {};
-  return 'days' in fields && 'scope' in fields;
 }
 
 export async function declineAccessRequest(id, { signal } = {}) {
@@ -324,14 +312,6 @@ function pageQuery({ limit, offset }) {
   }
   const query = params.toString();
   return query ? `?${query}` : '';
-}
-
-function resolveSchema(contract, schema) {
-  const ref = schema?.$ref;
-  if (typeof ref !== 'string' || !ref.startsWith('#/components/schemas/')) {
-    return schema;
-  }
-  return contract?.components?.schemas?.[ref.slice('#/components/schemas/'.length)];
 }
 
 function reportDeadline(response, token) {
