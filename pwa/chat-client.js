@@ -20,16 +20,22 @@
 // cursor); when they cannot be found, the session is given up, a fresh handshake
 // starts and the patient is told that some messages could not be read. An item
 // that can never be read (tampered, replayed) is reported once and skipped.
+// Envelopes name their session: a new session keeps the receiving half of the one it
+// replaced (chat-crypto.js replaceSession), so what the peer sealed before a reset is
+// read, in order, once. One sealed for a session this device never held is reported.
 //
 // Sending: a message is sealed and put in the outbox together with the advanced
 // session (one IndexedDB transaction) before the first attempt, and every attempt
 // carries the outbox item's "cid", which the node dedupes on: a send whose answer
-// was lost is simply sent again.
+// was lost is simply sent again. An item sealed under a replaced session is first
+// looked up on the node by its cid ("stored"): if the node has it, the peer reads it
+// with the old session; if not, it is sealed again under the new one with the same
+// cid. Either way it reaches the peer once.
 
 import { getBlock, getChatKey, registerChatKey } from './api.js';
 import {
   ChatError, ERROR_TEXT, b64d, b64e, fingerprint, generateIdentity, keyChange, onConfirm, onReply, openText,
-  publicKeyB64, sealMessage, startInitiator, startResponder,
+  publicKeyB64, replaceSession, sealMessage, sessionIdOf, startInitiator, startResponder,
 } from './chat-crypto.js';
 import * as store from './chat-store.js';
 import { currentToken, currentUser } from './session.js';
@@ -58,10 +64,6 @@ const HISTORY_LIMIT = 50;
 const MAX_GAP_PAGES = 20;
 const CID_BYTES = 16;
 const CHAT_KEY_KIND = 'chat_key';
-// After a reset, the peer may still send a few messages under the session being
-// replaced (until our handshake reaches them): those are skipped quietly. More than
-// this many unreadable ones in a row mean the new session is broken too.
-const QUIET_SKIPS = 10;
 const LOCK_PREFIX = 'medledger-chat-';
 // Messages not sent yet sort after every sent one (ids are digits), in the order written.
 const PENDING_MARK = '~';
@@ -83,6 +85,7 @@ const PROBLEMS = {
   handshake: 'Setting up the encrypted conversation failed.',
   lost: 'Some messages could not be read: they are missing or were sealed under an encryption session '
     + 'that no longer works. A new encrypted session is being set up.',
+  lostEarlier: 'A message sent before the encrypted session was renewed is missing, so it cannot be read.',
   tooLong: `A message can be at most ${MAX_MESSAGE_CHARS} characters long.`,
   notReady: 'The encrypted conversation is not ready yet.',
   confirmKey: 'Their chat key has changed: confirm the new key before you send anything.',
@@ -305,6 +308,7 @@ function conversation(id) {
       peerKey: null,
       pin: null,
       session: null,
+      retired: null,
       handshake: null,
       phase: PHASES.starting,
       problem: null,
@@ -320,7 +324,6 @@ function conversation(id) {
       acked: 0,
       ackSent: 0,
       recovering: false,
-      quietSkips: 0,
       opened: false,
       loaded: false,
       queue: Promise.resolve(),
@@ -421,10 +424,11 @@ async function loadLocal(conv) {
     return;
   }
   const userId = chat.userId;
-  const [rows, outbox, session, handshake, acked, pin] = await Promise.all([
+  const [rows, outbox, session, retired, handshake, acked, pin] = await Promise.all([
     store.messagesOf(userId, conv.id),
     store.outboxOf(userId, conv.id),
     store.sessionOf(userId, conv.id),
+    store.retiredOf(userId, conv.id),
     store.handshakeOf(userId, conv.id),
     store.cursorOf(userId, conv.id),
     store.pinOf(userId, conv.id),
@@ -435,6 +439,7 @@ async function loadLocal(conv) {
   conv.acked = Math.max(conv.acked, acked);
   conv.ackSent = Math.max(conv.ackSent, acked);
   conv.session = conv.session ?? session;
+  conv.retired = conv.session ? null : conv.retired ?? retired;
   conv.handshake = conv.handshake ?? handshake;
   setPin(conv, pin);
   conv.loaded = true;
@@ -625,7 +630,7 @@ async function drain(conv) {
         break;
       }
       if (outcome === STUCK && !await fillGap(conv, id)) {
-        await giveUpSession(conv, id);
+        await giveUpSession(conv, id, entry);
       } else if (outcome === HANDLED && conv.inbox.has(id)) {
         await handled(conv, id);
       }
@@ -664,13 +669,10 @@ async function handleItem(conv, { id, kind, item }) {
     if (code === null && !error?.final && conv.inbox.has(id)) {
       return LATER;
     }
-    if (kind === 'message' && conv.recovering && conv.quietSkips < QUIET_SKIPS) {
-      conv.quietSkips += 1;
-    } else if (code === 'out_of_order') {
+    if (code === 'out_of_order') {
       return STUCK;
-    } else {
-      reportError(conv, id, error, kind);
     }
+    reportError(conv, id, error, kind);
     await handled(conv, id);
     return HANDLED;
   }
@@ -731,9 +733,16 @@ function fromHistory(conv, item) {
 }
 
 // A hole that cannot be filled: the rest of this session cannot be read. The item is
-// skipped, the patient told once, and a fresh handshake replaces the session.
-async function giveUpSession(conv, id) {
+// skipped, the patient told once, and a fresh handshake replaces the session. A hole in
+// a session already replaced only costs that item (the patient is told).
+async function giveUpSession(conv, id, entry) {
   await handled(conv, id);
+  const sid = entry?.item?.envelope?.sid;
+  if (conv.session && sid && sid !== await sessionIdOf(conv.session)) {
+    conv.errors = [...conv.errors, { id, kind: 'message', code: 'lost', text: PROBLEMS.lostEarlier }];
+    changed(conv);
+    return;
+  }
   await restartSession(conv, id);
 }
 
@@ -741,8 +750,9 @@ async function restartSession(conv, id) {
   if (!conv.recovering) {
     conv.errors = [...conv.errors, { id, kind: 'message', text: PROBLEMS.lost }];
   }
-  Object.assign(conv, { session: null, phase: PHASES.handshaking, recovering: true, quietSkips: 0 });
-  await store.dropSession(chat.userId, conv.id);
+  const retired = conv.session ?? conv.retired;
+  Object.assign(conv, { session: null, retired, phase: PHASES.handshaking, recovering: true });
+  await store.retireSession(chat.userId, conv.id, retired);
   changed(conv);
   // A handshake under way (ours, or an answer to the peer's) already brings a new session.
   if (!conv.handshake || conv.handshake.step === 'done') {
@@ -828,36 +838,42 @@ async function ensurePeer(conv) {
   }
 }
 
-// The new session replaces the old one; messages waiting in the outbox are sealed
-// again under it, in order, before anything newer is.
+// The new session replaces the old one and keeps its receiving half; messages waiting
+// in the outbox go out in order before anything newer (deliver seals them again if needed).
 async function useSession(conv, session, id) {
+  const previous = conv.session ?? conv.retired;
+  if (previous && previous.conversation === session.conversation) {
+    await replaceSession(session, previous);
+  }
   await store.commitSession(chat.userId, conv.id, { session, acked: Math.max(conv.acked, id) });
   conv.inbox.delete(id);
   conv.acked = Math.max(conv.acked, id);
-  Object.assign(conv, { session, handshake: null, phase: PHASES.ready, problem: null, quietSkips: 0 });
+  Object.assign(conv, { session, retired: null, handshake: null, phase: PHASES.ready, problem: null });
   if (!conv.pin) {
     const pin = { key: conv.peerKey.key, fingerprint: conv.peerKey.fingerprint, change: null };
     await store.savePin(chat.userId, conv.id, pin);
     setPin(conv, pin);
   }
-  await resealOutbox(conv);
   changed(conv);
   flushLater(conv);
 }
 
 async function handleMessage(conv, item, id) {
-  if (!conv.session) {
-    // The peer writes under a session this device no longer has (a logout, a reset).
+  const holder = conv.session ?? conv.retired;
+  if (!holder) {
+    // The peer writes under a session this device does not have (a logout, a reset).
     await handled(conv, id);
     await restartSession(conv, id);
     return;
   }
-  const text = await openText(conv.session, item.envelope);
+  const text = await openText(holder, item.envelope);
   const row = messageRow(conv, { id, mine: false, text, sentAt: item.sent_at ?? null });
-  await store.commitReceived(chat.userId, conv.id, { session: conv.session, row, acked: Math.max(conv.acked, id) });
+  await store.commitReceived(chat.userId, conv.id, {
+    session: holder, row, acked: Math.max(conv.acked, id), retired: holder !== conv.session,
+  });
   conv.inbox.delete(id);
   conv.acked = Math.max(conv.acked, id);
-  Object.assign(conv, { recovering: false, quietSkips: 0 });
+  conv.recovering = conv.recovering && holder !== conv.session;
   conv.messages.set(row.key, row);
   changed(conv);
   notifyConnections();
@@ -874,12 +890,16 @@ function markSeen(conv) {
 // A handshake that fails (a bad signature, a key not matching the ledger, a failed
 // confirmation) stops the conversation; anything else is listed for the patient.
 function reportError(conv, id, error, kind) {
-  const outOfTurn = error instanceof ChatError && error.code === 'unexpected_message';
-  if (kind === 'handshake' && !conv.session && !outOfTurn) {
+  const code = error instanceof ChatError ? error.code : null;
+  if (kind === 'handshake' && !conv.session && code !== 'unexpected_message') {
     fail(conv, error);
     return;
   }
-  conv.errors = [...conv.errors, { id, kind, text: describe(error, PROBLEMS.handshake) }];
+  // Several envelopes of a session this device never held: one notice says it.
+  if (code === 'other_session' && conv.errors.at(-1)?.code === code) {
+    return;
+  }
+  conv.errors = [...conv.errors, { id, kind, code, text: describe(error, PROBLEMS.handshake) }];
   changed(conv);
 }
 
@@ -927,15 +947,20 @@ async function seal(conv, item) {
   }
 }
 
-// Sealed under a session since replaced: a new cid, as the old envelope may have
-// reached the node (an answer lost) and must not stand for this one.
-async function resealOutbox(conv) {
-  for (const item of conv.outbox) {
-    if (item.th !== conv.session.th) {
-      item.cid = b64e(crypto.getRandomValues(new Uint8Array(CID_BYTES)));
-      await seal(conv, item);
-    }
+// Sealed under a session since replaced: the node may hold it already (an answer was
+// lost), and then the peer reads it with that session; otherwise it is sealed again
+// under the current one, with the same cid, so at most one of the two is ever stored.
+// Answers the node's record of it, or null.
+async function sealedAnew(conv, item) {
+  if (item.envelope?.sid === await sessionIdOf(conv.session)) {
+    return null;
   }
+  const found = await request('stored', { conversation: conv.id, cid: item.cid }, { buffer: false });
+  if (found.stored) {
+    return found;
+  }
+  await seal(conv, item);
+  return null;
 }
 
 function showPending(conv, item) {
@@ -960,11 +985,8 @@ async function deliver(conv, item) {
   if (!conv.session) {
     throw new Error(PROBLEMS.notReady);
   }
-  if (item.th !== conv.session.th) {
-    await resealOutbox(conv);
-  }
-  const answer = await request('send', { conversation: conv.id, envelope: item.envelope, cid: item.cid },
-    { buffer: false });
+  const answer = await sealedAnew(conv, item)
+    ?? await request('send', { conversation: conv.id, envelope: item.envelope, cid: item.cid }, { buffer: false });
   const row = messageRow(conv, { id: Number(answer.id), mine: true, text: item.text, sentAt: answer.sent_at ?? null });
   await store.commitSent(chat.userId, item.cid, row);
   conv.outbox = conv.outbox.filter((other) => other.cid !== item.cid);

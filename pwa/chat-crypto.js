@@ -20,12 +20,15 @@
 // Responder: state = createResponder(p); send(await onHello(state, hello));
 //            on confirm: session = await onConfirm(state, confirm).
 // Both: envelope = await sealMessage(session, text); text = await openText(session, envelope).
+// After a reset: replaceSession(newSession, oldSession) keeps the old one's receiving
+// half, so what the peer sealed under it before the reset is still read (by `sid`).
 
 const VERSION = 1;
 const PREFIX = 'medledger-chat/v1';
 const HELLO_LABEL = `${PREFIX} hello`;
 const REPLY_LABEL = `${PREFIX} reply`;
 const MESSAGE_LABEL = `${PREFIX} msg`;
+const SESSION_ID_LABEL = `${PREFIX} session id`;
 const I2R = 'i2r';
 const R2I = 'r2i';
 const INITIATOR = 'initiator';
@@ -46,6 +49,8 @@ const POINT_BYTES = 65;
 const NONCE_BYTES = 32;
 const SIGNATURE_BYTES = 64;
 const MAC_BYTES = 32;
+const SESSION_ID_BYTES = 16;
+export const MAX_EARLIER_SESSIONS = 4;
 const TAG_BYTES = 16;
 const SHARED_BITS = 256;
 
@@ -59,7 +64,7 @@ const FIELDS = {
   hello: ['conversation', 'eph', 'key', 'nonce', 'peer', 'sig', 'type', 'v'],
   reply: ['conversation', 'eph', 'key', 'mac', 'nonce', 'sig', 'type', 'v'],
   confirm: ['conversation', 'mac', 'type', 'v'],
-  msg: ['ct', 'seq', 'type', 'v'],
+  msg: ['ct', 'seq', 'sid', 'type', 'v'],
 };
 const SIZES = {
   key: POINT_BYTES, peer: POINT_BYTES, eph: POINT_BYTES, nonce: NONCE_BYTES, sig: SIGNATURE_BYTES, mac: MAC_BYTES,
@@ -81,6 +86,8 @@ export const ERROR_TEXT = {
   out_of_order: 'A message arrived out of order; an earlier one is missing.',
   exhausted: 'This secure session is used up; a new one is needed.',
   decryption_failed: 'A message could not be decrypted: it was altered or is not for this session.',
+  other_session: 'A message was sealed for an encrypted session this device does not have '
+    + '(it was sent before this device joined the conversation, or before it was reset), so it cannot be read here.',
 };
 
 const subtle = globalThis.crypto.subtle;
@@ -243,7 +250,7 @@ export async function onReply(state, reply) {
   Object.assign(state, { step: DONE, ephemeral: null });
   const mac = new Uint8Array(await subtle.sign('HMAC', keys.confirmI2R, confirmInput(I2R, th)));
   const message = { type: 'confirm', v: VERSION, conversation: state.conversation, mac: b64e(mac) };
-  return { session: newSession(state, INITIATOR, th, keys.i2r, keys.r2i), message };
+  return { session: newSession(state, INITIATOR, th, await sessionId(th), keys.i2r, keys.r2i), message };
 }
 
 // Responder, step 2: checks the initiator's confirmation; answers the session.
@@ -259,7 +266,7 @@ export async function onConfirm(state, confirm) {
   if (state.step !== AWAITING_CONFIRM) {
     throw new ChatError('unexpected_message', 'the handshake is already confirmed (replayed confirm)');
   }
-  const session = newSession(state, RESPONDER, state.th, state.sendKey, state.recvKey);
+  const session = newSession(state, RESPONDER, state.th, await sessionId(state.th), state.sendKey, state.recvKey);
   Object.assign(state, { step: DONE, sendKey: null, recvKey: null, confirmKey: null });
   return session;
 }
@@ -278,27 +285,55 @@ export async function sealMessage(session, plaintext) {
     throw new ChatError('exhausted');
   }
   session.sendSeq = seq + 1;
-  const aad = messageAad(session.conversation, sendDirection(session), seq);
+  const sid = await ensureSessionId(session);
+  const aad = messageAad(session.conversation, b64d(sid, 'sid'), sendDirection(session), seq);
   const params = { name: 'AES-GCM', iv: messageNonce(seq), additionalData: aad };
   const ct = await subtle.encrypt(params, session.sendKey, data);
-  return { type: 'msg', v: VERSION, seq, ct: b64e(new Uint8Array(ct)) };
+  return { type: 'msg', v: VERSION, sid, seq, ct: b64e(new Uint8Array(ct)) };
 }
 
-// Decrypts the next envelope from the peer: bytes. Only seq == next expected passes.
+// Decrypts the next envelope from the peer: bytes. The envelope names its session
+// (this one, or one it replaced); only seq == that session's next expected passes.
 export async function openMessage(session, envelope) {
-  const { seq, ct } = parseEnvelope(envelope);
-  checkNext(session, seq);
-  const aad = messageAad(session.conversation, recvDirection(session), seq);
+  const { sid, seq, ct } = parseEnvelope(envelope);
+  const sidText = b64e(sid);
+  const target = sidText === await ensureSessionId(session)
+    ? session : (session.earlier ?? []).find((half) => half.sid === sidText);
+  if (!target) {
+    throw new ChatError('other_session', 'the message was sealed under a session this side does not hold');
+  }
+  checkNext(target, seq);
+  const aad = messageAad(session.conversation, sid, recvDirection(target), seq);
   const params = { name: 'AES-GCM', iv: messageNonce(seq), additionalData: aad };
   let plaintext;
   try {
-    plaintext = await subtle.decrypt(params, session.recvKey, ct);
+    plaintext = await subtle.decrypt(params, target.recvKey, ct);
   } catch {
     throw new ChatError('decryption_failed', 'decryption failed');
   }
-  checkNext(session, seq); // another openMessage may have taken this seq meanwhile
-  session.recvSeq = seq + 1;
+  checkNext(target, seq); // another openMessage may have taken this seq meanwhile
+  target.recvSeq = seq + 1;
   return new Uint8Array(plaintext);
+}
+
+// The id envelopes of this session carry (base64url of 16 bytes). Both sides derive
+// it from the transcript hash.
+export async function sessionIdOf(session) {
+  return ensureSessionId(session);
+}
+
+// `session` (new) replaces `previous` of the same conversation: the receiving halves of
+// `previous` and of the sessions it replaced (MAX_EARLIER_SESSIONS in all) are kept, so
+// envelopes sealed under them before the reset are still read, once, in their order.
+export async function replaceSession(session, previous) {
+  const [sid, previousSid] = [await ensureSessionId(session), await ensureSessionId(previous)];
+  if (previous.conversation !== session.conversation || previousSid === sid) {
+    throw new ChatError('malformed', 'a session replaces an earlier one of the same conversation');
+  }
+  const half = { sid: previousSid, role: previous.role, recvKey: previous.recvKey, recvSeq: previous.recvSeq };
+  const kept = [half, ...(previous.earlier ?? []).filter((other) => other.sid !== sid)];
+  session.earlier = kept.slice(0, MAX_EARLIER_SESSIONS);
+  return session;
 }
 
 export async function openText(session, envelope) {
@@ -312,11 +347,24 @@ export async function openText(session, envelope) {
 
 // ---- internals: wire format
 
-function newSession(state, role, th, sendKey, recvKey) {
+function newSession(state, role, th, sid, sendKey, recvKey) {
   return {
     type: 'session', v: VERSION, conversation: state.conversation, role, key: state.key, peer: state.peer,
-    th: b64e(th), sendKey, recvKey, sendSeq: 0, recvSeq: 0,
+    th: b64e(th), sid, sendKey, recvKey, sendSeq: 0, recvSeq: 0, earlier: [],
   };
+}
+
+async function sessionId(th) {
+  const digest = await sha256(frame(SESSION_ID_LABEL, th));
+  return b64e(digest.slice(0, SESSION_ID_BYTES));
+}
+
+// Sessions saved before envelopes carried their session id get it here, once.
+async function ensureSessionId(session) {
+  if (!session.sid) {
+    session.sid = await sessionId(b64d(session.th, 'th'));
+  }
+  return session.sid;
 }
 
 function sendDirection(session) {
@@ -393,11 +441,12 @@ function parseEnvelope(envelope) {
   if (!Number.isInteger(seq) || seq < 0 || seq > MAX_SEQ) {
     throw new ChatError('malformed', 'the envelope counter must be an integer from 0 to 2**32-1');
   }
+  const sid = decodeField(envelope.sid, 'sid', SESSION_ID_BYTES);
   const ct = b64d(envelope.ct, 'ct');
   if (ct.length < TAG_BYTES) {
     throw new ChatError('malformed', 'the envelope ciphertext is too short');
   }
-  return { seq, ct };
+  return { sid, seq, ct };
 }
 
 function isPlainObject(value) {
@@ -509,10 +558,10 @@ function messageNonce(seq) {
   return nonce;
 }
 
-function messageAad(conversation, direction, seq) {
+function messageAad(conversation, sid, direction, seq) {
   const counter = new Uint8Array(8);
   new DataView(counter.buffer).setBigUint64(0, BigInt(seq));
-  return frame(MESSAGE_LABEL, conversation, direction, counter);
+  return frame(MESSAGE_LABEL, conversation, sid, direction, counter);
 }
 
 // ---- internals: bytes

@@ -36,6 +36,9 @@ const OUTBOX = 'outbox';
 const CURSORS = 'cursors';
 const BY_CONVERSATION = 'by_conversation';
 const SELF = 'self';
+// A session given up (a hole that could not be filled) waits under this key until the
+// new handshake completes: the new session then keeps its receiving half.
+const RETIRED = '#retired';
 const PRIVATE_STORES = [SESSIONS, HANDSHAKES, MESSAGES, OUTBOX, CURSORS];
 
 const open = new Map();
@@ -61,8 +64,20 @@ export function sessionOf(userId, conversation) {
   return read(userId, SESSIONS, conversation);
 }
 
-export function dropSession(userId, conversation) {
-  return remove(userId, SESSIONS, conversation);
+// The session stops sealing (a new handshake is under way) but can still read what the
+// peer sealed under it before: it moves to the retired slot.
+export async function retireSession(userId, conversation, session) {
+  const db = await database(userId);
+  const tx = db.transaction(SESSIONS, 'readwrite');
+  tx.objectStore(SESSIONS).delete(conversation);
+  if (session) {
+    tx.objectStore(SESSIONS).put(session, conversation + RETIRED);
+  }
+  await finished(tx);
+}
+
+export function retiredOf(userId, conversation) {
+  return read(userId, SESSIONS, conversation + RETIRED);
 }
 
 export function handshakeOf(userId, conversation) {
@@ -89,10 +104,11 @@ export function saveCursor(userId, conversation, acked) {
 // Message rows: {conversation, key, id, mine, text, sent_at, seen}; `key` orders them.
 // A received message is handled in one transaction: the session's counter, the
 // readable row and the cursor move together, or none of them does.
-export async function commitReceived(userId, conversation, { session, row, acked }) {
+// `retired`: it was read with the retired session (no new one yet), which is saved back there.
+export async function commitReceived(userId, conversation, { session, row, acked, retired = false }) {
   const db = await database(userId);
   const tx = db.transaction([SESSIONS, MESSAGES, CURSORS], 'readwrite');
-  tx.objectStore(SESSIONS).put(session, conversation);
+  tx.objectStore(SESSIONS).put(session, retired ? conversation + RETIRED : conversation);
   tx.objectStore(MESSAGES).put(row);
   tx.objectStore(CURSORS).put(acked, conversation);
   await finished(tx);
@@ -104,13 +120,15 @@ export async function commitSession(userId, conversation, { session, acked }) {
   const db = await database(userId);
   const tx = db.transaction([SESSIONS, HANDSHAKES, CURSORS], 'readwrite');
   tx.objectStore(SESSIONS).put(session, conversation);
+  tx.objectStore(SESSIONS).delete(conversation + RETIRED);
   tx.objectStore(HANDSHAKES).delete(conversation);
   tx.objectStore(CURSORS).put(acked, conversation);
   await finished(tx);
 }
 
 // Outbox items: {cid, conversation, order, text, envelope, th}; envelope and th are null
-// until it is sealed. `cid` is the id the node dedupes a resent message on.
+// until it is sealed. `cid` is the id the node dedupes a resent message on; it stays
+// the same when the item is sealed again under a new session.
 export async function outboxOf(userId, conversation) {
   const db = await database(userId);
   const items = await done(db.transaction(OUTBOX).objectStore(OUTBOX).index(BY_CONVERSATION).getAll(conversation));

@@ -9,6 +9,7 @@ pwa/chat-crypto.js implements the same rules.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -27,6 +28,7 @@ NONCE_BYTES = 32
 SIGNATURE_BYTES = 64
 MAC_BYTES = 32
 KEY_BYTES = 32
+SESSION_ID_BYTES = 16
 TAG_BYTES = 16
 GCM_NONCE_BYTES = 12
 
@@ -34,6 +36,7 @@ PREFIX = "medledger-chat/v1"
 HELLO_LABEL = f"{PREFIX} hello"
 REPLY_LABEL = f"{PREFIX} reply"
 MESSAGE_LABEL = f"{PREFIX} msg"
+SESSION_ID_LABEL = f"{PREFIX} session id"
 STATE_LABEL = f"{PREFIX} state"
 I2R = "i2r"
 R2I = "r2i"
@@ -44,7 +47,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "hello": frozenset({"type", "v", "conversation", "key", "peer", "eph", "nonce", "sig"}),
     "reply": frozenset({"type", "v", "conversation", "key", "eph", "nonce", "sig", "mac"}),
     "confirm": frozenset({"type", "v", "conversation", "mac"}),
-    "msg": frozenset({"type", "v", "seq", "ct"}),
+    "msg": frozenset({"type", "v", "sid", "seq", "ct"}),
 }
 SIZES = {"key": POINT_BYTES, "peer": POINT_BYTES, "eph": POINT_BYTES, "nonce": NONCE_BYTES,
          "sig": SIGNATURE_BYTES, "mac": MAC_BYTES}  # fmt: skip
@@ -69,9 +72,18 @@ def message_nonce(seq: int) -> bytes:
     return bytes(4) + seq_bytes(seq)
 
 
-def message_aad(conversation: str, direction: str, seq: int) -> bytes:
-    """Associated data binding an envelope to its conversation, direction and counter."""
-    return frame(MESSAGE_LABEL, conversation, direction, seq_bytes(seq))
+def message_aad(conversation: str, session_id: bytes, direction: str, seq: int) -> bytes:
+    """Associated data binding an envelope to its conversation, session, direction and counter."""
+    return frame(MESSAGE_LABEL, conversation, session_id, direction, seq_bytes(seq))
+
+
+def session_id(transcript_hash: bytes) -> bytes:
+    """A session's id: the first 16 bytes of SHA-256(frame(session id label, TH)).
+
+    Both sides compute it from the handshake, so it needs no message of its own;
+    it names the session an envelope was sealed under (not a secret).
+    """
+    return hashlib.sha256(frame(SESSION_ID_LABEL, transcript_hash)).digest()[:SESSION_ID_BYTES]
 
 
 def check_conversation(conversation: object) -> str:
@@ -114,8 +126,8 @@ def parse_handshake(message: object, expected: str) -> dict[str, Any]:
     return fields
 
 
-def parse_envelope(envelope: object) -> tuple[int, bytes]:
-    """Check an envelope's shape; return (seq, ciphertext). Raises MalformedChatMessage."""
+def parse_envelope(envelope: object) -> tuple[bytes, int, bytes]:
+    """Check an envelope's shape; return (session id, seq, ciphertext). Raises MalformedChatMessage."""
     if not isinstance(envelope, dict):
         raise MalformedChatMessage("an envelope must be a JSON object")
     if envelope.get("type") != ENVELOPE_TYPE:
@@ -127,10 +139,11 @@ def parse_envelope(envelope: object) -> tuple[int, bytes]:
     seq = envelope["seq"]
     if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
         raise MalformedChatMessage("the envelope counter must be an integer from 0 to 2**32-1")
+    sid = decode_field(envelope, "sid", SESSION_ID_BYTES)
     ct = _b64(envelope["ct"], "ct")
     if len(ct) < TAG_BYTES:
         raise MalformedChatMessage("the envelope ciphertext is too short")
-    return seq, ct
+    return sid, seq, ct
 
 
 def decode_field(message: dict[str, Any], name: str, size: int) -> bytes:

@@ -292,6 +292,16 @@ def on_send(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
     return _relay(user, data, "message", "envelope", data.get("cid"))
 
 
+@handler("stored")
+def on_stored(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+    """Whether the node holds the caller's message with this `cid` (and its id): asked before
+    an outbox item is sealed again under a new session."""
+    message = chat.stored_by_cid(user, data.get("conversation"), data.get("cid"))
+    if message is None:
+        return {"stored": False}
+    return {"stored": True, "id": message.id, "sent_at": iso(message.sent_at)}
+
+
 @handler("ack")
 def on_ack(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
     chat.acknowledge(user, data.get("conversation"), data.get("up_to"), now=utcnow())

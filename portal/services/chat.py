@@ -292,6 +292,16 @@ def store(
     return Stored(message, connection, False)
 
 
+def stored_by_cid(user: User, conversation_id: object, cid: object) -> ChatMessage | None:
+    """The item `user` sent in the conversation with client message id `cid`, or None. A client
+    asks before sealing a message again under a new session, so that only one of the two
+    envelopes is ever stored."""
+    connection = conversation(user, conversation_id)
+    if not isinstance(cid, str) or not CID_RE.fullmatch(cid):
+        raise ValidationFailed("`cid` must be 1-64 characters: letters, digits, _ or -.")
+    return _same_cid(connection, user, cid)
+
+
 def message_id(value: object, name: str) -> int:
     """A message id sent by a client: a JSON integer in 1..2^63-1."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:

@@ -310,7 +310,7 @@ def test_two_patients_match_connect_and_chat(node: Node, phone: Phone, other_pho
     for kind, body in rows:
         stored = json.loads(body)
         if kind == "message":
-            assert set(stored) == {"type", "v", "seq", "ct"} and stored["type"] == "msg", stored
+            assert set(stored) == {"type", "v", "sid", "seq", "ct"} and stored["type"] == "msg", stored
         else:
             assert stored["type"] in ("hello", "reply", "confirm"), stored
 

@@ -23,10 +23,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from core.chat import Initiator, PublicIdentity, Responder, Session, key_change
+from core.chat import Initiator, PublicIdentity, Responder, Session, UnknownSession, key_change
 from core.chat.handshake import confirmation, full_transcript, hello_transcript, key_schedule
 from core.chat.identity import IdentityKey, load_point, private_from_scalar
-from core.chat.wire import I2R, MAX_PLAINTEXT_BYTES, R2I, message_aad, message_nonce
+from core.chat.wire import I2R, MAX_PLAINTEXT_BYTES, R2I, message_aad, message_nonce, session_id
 from core.encoding import b64d, b64e
 from core.errors import (
     ChatDecryptionError,
@@ -73,6 +73,7 @@ ERRORS: dict[str, type[ChatError]] = {
         ReorderedMessage,
         SessionExhausted,
         ChatDecryptionError,
+        UnknownSession,
     )
 }
 
@@ -158,7 +159,7 @@ def build_vectors() -> dict[str, Any]:
             "seq": seq,
             "plaintext": text,
             "nonce": b64e(message_nonce(seq)),
-            "aad": b64e(message_aad(CONVERSATION, direction, seq)),
+            "aad": b64e(message_aad(CONVERSATION, session_id(th), direction, seq)),
             "envelope": sender.seal(text.encode("utf-8")),
         })  # fmt: skip
     return {
@@ -173,6 +174,7 @@ def build_vectors() -> dict[str, Any]:
         "hello_transcript": b64e(hello_bytes),
         "transcript": b64e(transcript),
         "transcript_hash": b64e(th),
+        "session_id": b64e(session_id(th)),
         "shared_secret": b64e(shared),
         "keys": {
             "i2r": b64e(schedule.i2r),
@@ -290,6 +292,12 @@ def negative_vectors(
             i2r[0], ct=b64e(bytes(15))), "error": "malformed"},
         {"name": "envelope of another version", "step": "message", "dir": I2R, "message": changed(i2r[0], v=2),
          "error": "malformed"},
+        {"name": "envelope of another session", "step": "message", "dir": I2R, "message": changed(
+            i2r[0], sid=flip(i2r[0]["sid"], 15)), "error": "other_session"},
+        {"name": "envelope without a session id", "step": "message", "dir": I2R, "message": {
+            k: v for k, v in i2r[0].items() if k != "sid"}, "error": "malformed"},
+        {"name": "session id of the wrong length", "step": "message", "dir": I2R, "message": changed(
+            i2r[0], sid=b64e(bytes(15))), "error": "malformed"},
     ]  # fmt: skip
     return [{"step": "hello", "before": [], **case} for case in cases]
 
@@ -409,7 +417,9 @@ def test_vector_messages(vec):
         assert senders[message["dir"]].seal(message["plaintext"].encode()) == message["envelope"]
         assert sessions[message["dir"]].open(message["envelope"]).decode() == message["plaintext"]
         assert message_nonce(message["seq"]) == b64d(message["nonce"])
-        assert message_aad(vec["conversation"], message["dir"], message["seq"]) == b64d(message["aad"])
+        sid = b64d(vec["session_id"])
+        assert message["envelope"]["sid"] == vec["session_id"]
+        assert message_aad(vec["conversation"], sid, message["dir"], message["seq"]) == b64d(message["aad"])
 
 
 def test_vector_negative_cases_cover_every_handshake_error(vec):
@@ -672,3 +682,161 @@ def test_invalid_saved_handshake(vec):
     initiator.on_reply(vec["reply"])
     with pytest.raises(UnexpectedHandshakeMessage):
         initiator.to_dict(bytes(32))
+
+
+# ---- session ids: a reset neither skips nor duplicates a message
+
+
+def reset(a: Session, b: Session, initiator_side: str = "b") -> tuple[Session, Session]:
+    """A new handshake between the owners of `a` and `b` (either side may start it); the new
+    sessions replace the old ones. Returns the new (a, b)."""
+    own = {"a": (a.own, b.own), "b": (b.own, a.own)}[initiator_side]
+    keys = {a.own: ALICE_BOB[0], b.own: ALICE_BOB[1]}
+    initiator = Initiator(keys[own[0]], own[1], a.conversation)
+    responder = Responder(keys[own[1]], own[0], a.conversation)
+    confirm, first = initiator.on_reply(responder.on_hello(initiator.hello()))
+    second = responder.on_confirm(confirm)
+    new = {own[0]: first, own[1]: second}
+    new_a, new_b = new[a.own], new[b.own]
+    new_a.replaces(a)
+    new_b.replaces(b)
+    return new_a, new_b
+
+
+ALICE_BOB = (IdentityKey.generate(), IdentityKey.generate())
+
+
+@pytest.fixture
+def alice_bob() -> tuple[Session, Session]:
+    alice, bob = ALICE_BOB
+    initiator = Initiator(alice, bob.public, "c-2")
+    responder = Responder(bob, alice.public, "c-2")
+    confirm, a = initiator.on_reply(responder.on_hello(initiator.hello()))
+    return a, responder.on_confirm(confirm)
+
+
+def test_both_sides_name_the_session_alike_and_every_handshake_anew(alice_bob):
+    a, b = alice_bob
+    assert a.id == b.id == session_id(a.transcript_hash) and len(a.id) == 16
+    envelope = a.seal(b"hi")
+    assert envelope["sid"] == a.sid == b64e(a.id)
+    new_a, new_b = reset(a, b)
+    assert new_a.id == new_b.id != a.id
+
+
+def test_message_sealed_before_a_reset_is_read_once_and_not_skipped(alice_bob):
+    a, b = alice_bob
+    assert b.open(a.seal(b"one")) == b"one"
+    late = [a.seal(b"two"), a.seal(b"three")]  # sealed, still on their way when b resets
+    new_a, new_b = reset(a, b, initiator_side="b")
+    fresh = new_a.seal(b"four")
+    assert [new_b.open(e) for e in late] == [b"two", b"three"]
+    assert new_b.open(fresh) == b"four"
+    for again in (*late, fresh):
+        with pytest.raises(ReplayedMessage):
+            new_b.open(again)
+    assert new_a.open(new_b.seal(b"back")) == b"back"
+
+
+def test_late_messages_of_an_earlier_session_keep_their_own_order(alice_bob):
+    a, b = alice_bob
+    late = [a.seal(b"x"), a.seal(b"y")]
+    new_a, new_b = reset(a, b)
+    with pytest.raises(ReorderedMessage):
+        new_b.open(late[1])
+    assert new_b.open(new_a.seal(b"new")) == b"new"  # the new session does not wait for the old one
+    assert [new_b.open(e) for e in late] == [b"x", b"y"]
+
+
+def test_invalid_envelope_of_an_unknown_session_moves_no_counter(alice_bob, pair):
+    a, b = alice_bob
+    stranger, _ = pair
+    envelope = dict(stranger.seal(b"elsewhere"), seq=0)
+    with pytest.raises(UnknownSession) as caught:
+        b.open(envelope)
+    assert caught.value.code == "other_session"
+    assert b.recv_seq == 0 and b.open(a.seal(b"ok")) == b"ok"
+
+
+def test_only_the_last_four_sessions_are_kept(alice_bob):
+    a, b = alice_bob
+    late = [a.seal(b"late"), a.seal(b"too late")]
+    for _ in range(4):
+        a, b = reset(a, b)
+    assert len(b.earlier) == 4
+    assert b.open(late[0]) == b"late"
+    a, b = reset(a, b)
+    assert len(b.earlier) == 4
+    with pytest.raises(UnknownSession):
+        b.open(late[1])
+
+
+def test_invalid_replace_by_another_conversation_or_itself(alice_bob, pair):
+    a, _ = alice_bob
+    other, _ = pair
+    with pytest.raises(MalformedChatMessage):
+        a.replaces(other)
+    with pytest.raises(MalformedChatMessage):
+        a.replaces(a)
+
+
+def test_earlier_sessions_survive_export_and_refuse_a_rolled_back_counter(alice_bob):
+    a, b = alice_bob
+    late = [a.seal(b"l1"), a.seal(b"l2")]
+    new_a, new_b = reset(a, b)
+    assert new_b.open(late[0]) == b"l1"
+    storage = bytes(range(32))
+    saved = json.loads(json.dumps(new_b.to_dict(storage)))
+    assert [e["recv_seq"] for e in saved["earlier"]] == [1]
+    restored = Session.from_dict(saved, storage)
+    assert restored.open(late[1]) == b"l2"
+    assert restored.open(new_a.seal(b"n")) == b"n"
+    saved["earlier"][0]["recv_seq"] = 0  # would let l1 be read twice
+    with pytest.raises(DecryptionError):
+        Session.from_dict(saved, storage)
+    saved["earlier"] = "none"
+    with pytest.raises(MalformedChatMessage):
+        Session.from_dict(saved, storage)
+
+
+class Relay:
+    """The node's part in this: it stores an envelope once per client message id (cid)."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []
+
+    def send(self, cid: str, envelope: dict[str, Any]) -> bool:
+        if cid in self.stored:
+            return False
+        self.stored[cid] = envelope
+        self.order.append(cid)
+        return True
+
+
+def deliver_outbox(session: Session, relay: Relay, outbox: list[dict[str, Any]]) -> None:
+    """The app's rule (docs/chat-protocol.md, "Across a session reset"): an item sealed under a
+    replaced session is first asked for by its cid; only one the node does not hold is sealed
+    again, under the current session, keeping its cid."""
+    for item in outbox:
+        if item["envelope"]["sid"] != session.sid and item["cid"] in relay.stored:
+            continue
+        if item["envelope"]["sid"] != session.sid:
+            item["envelope"] = session.seal(item["text"])
+        relay.send(item["cid"], item["envelope"])
+
+
+@pytest.mark.parametrize("stored_before_reset", [0, 1, 2])
+def test_outbox_across_a_reset_reaches_the_peer_exactly_once(alice_bob, stored_before_reset):
+    a, b = alice_bob
+    relay = Relay()
+    outbox = [{"cid": f"m{i}", "text": f"message {i}".encode()} for i in range(3)]
+    for item in outbox:
+        item["envelope"] = a.seal(item["text"])
+    for item in outbox[:stored_before_reset]:  # reached the node, but the answer was lost
+        relay.send(item["cid"], item["envelope"])
+    new_a, new_b = reset(a, b)
+    deliver_outbox(new_a, relay, outbox)
+    deliver_outbox(new_a, relay, outbox)  # sent again after another lost answer: nothing new
+    read = [new_b.open(relay.stored[cid]) for cid in relay.order]
+    assert read == [item["text"] for item in outbox]

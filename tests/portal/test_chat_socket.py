@@ -375,11 +375,43 @@ def test_core_chat_clients_handshake_and_talk_through_the_server(server: Node, t
         assert alice_session.open(a.next("message")["envelope"]) == secrets[1]
         with pytest.raises(ReplayedMessage):
             bob_session.open(first["envelope"])  # the relay cannot replay a stored envelope
+
+        # Alice sealed two more; the first reached the node but its answer was lost, the
+        # second never left. Then Bob resets the session (he starts the new handshake).
+        late = [(f"late-{n}", text) for n, text in enumerate([b"Sealed before the reset", b"Also before"])]
+        sealed = {cid: alice_session.seal(text) for cid, text in late}
+        a.call("send", {"conversation": conversation, "envelope": sealed["late-0"], "cid": "late-0"})
+        arrived = [b.next("message")]  # Bob has not read it yet when he resets
+        restart = Initiator(bob_key, alice_public, conversation)
+        b.call("handshake", {"conversation": conversation, "message": restart.hello()})
+        answer = Responder(alice_key, bob_public, conversation)
+        a.call("handshake", {"conversation": conversation, "message": answer.on_hello(a.next("handshake")["message"])})
+        confirm, new_bob = restart.on_reply(b.next("handshake")["message"])
+        b.call("handshake", {"conversation": conversation, "message": confirm})
+        new_alice = answer.on_confirm(a.next("handshake")["message"])
+        new_alice.replaces(alice_session)
+        new_bob.replaces(bob_session)
+        # Alice's outbox: each item of the old session is asked for by its cid first.
+        for cid, text in late:
+            found = a.call("stored", {"conversation": conversation, "cid": cid})
+            if not found["stored"]:
+                a.call("send", {"conversation": conversation, "envelope": new_alice.seal(text), "cid": cid})
+        again = a.call("send", {"conversation": conversation, "envelope": sealed["late-0"], "cid": "late-0"})
+        assert again["duplicate"] is True
+        arrived.append(b.next("message"))
+        assert b.drain("message") == []  # the resent late-0 is not relayed again
+        assert [new_bob.open(m["envelope"]) for m in arrived] == [text for _, text in late]
+        assert [m["envelope"]["sid"] for m in arrived] == [bob_session.sid, new_bob.sid]
+        assert a.call("stored", {"conversation": conversation, "cid": "never"}) == {"ok": True, "stored": False}
+        bad = a.call("stored", {"conversation": conversation, "cid": "no spaces"})
+        assert bad["error"]["code"] == "validation_failed"
     finally:
         a.close()
         b.close()
 
     with sqlite3.connect(tmp / "chat.db") as db:
         stored = b"".join(row[0].encode() for row in db.execute("SELECT body FROM chat_messages"))
+        late_rows = db.execute("SELECT count(*) FROM chat_messages WHERE cid LIKE 'late-%'").fetchone()[0]
+    assert late_rows == 2
     assert stored and not any(s in stored for s in secrets)
     assert b"migraine" not in stored.lower()
