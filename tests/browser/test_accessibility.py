@@ -251,9 +251,13 @@ def save_screenshot(page: Page, name: str) -> None:
 
 
 def settle(page: Page) -> None:
-    """Until the page has drawn what it loads: its requests answered, no busy region left."""
+    """Until the page has drawn what it loads: its requests answered, no busy region and no loading
+    indicator left. The app shows "Loading ..." (.loading) until its data is drawn, and may start a
+    request only after work of its own (its keys, its stored session): the network alone going quiet
+    does not say that the screen is complete, the indicator going away does."""
     page.wait_for_load_state("networkidle")
     expect(page.locator("[aria-busy=true]")).to_have_count(0)
+    expect(page.locator(".loading")).to_have_count(0)
 
 
 def check_page(browser: Browser, demo: Demo, surface: str, size: str, who: str | None, url: str, name: str) -> None:
