@@ -299,6 +299,17 @@ def check_escrow_recovery(payload: dict[str, Any]) -> None:
         raise InvalidTransaction("a recovery needs two different approvers")
 
 
+def check_recover(payload: dict[str, Any]) -> None:
+    """A patient set a new password without the old one (docs/recovery.md): whose account, how
+    ("recovery_key"), when. Signed by the account's own key, which only the recovery key could
+    unlock; no secret is in it."""
+    _fields(payload, {"account", "method", "at"})
+    _uuid(payload, "account")
+    if payload["method"] != "recovery_key":
+        raise InvalidTransaction("method must be recovery_key")
+    _timestamp(payload, "at")
+
+
 RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "genesis": check_genesis,
     "key": check_key,
@@ -314,6 +325,7 @@ RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "chat_key": check_chat_key,
     "request": check_request,
     "node_info": check_node_info,
+    "recover": check_recover,
     "escrow_recovery": check_escrow_recovery,
 }
 
@@ -331,5 +343,6 @@ SIGNER_ROLES: dict[str, tuple[str, ...]] = {
     "chat_key": ("node",),  # a member node, for a patient it does not name
     "request": ("doctor",),
     "node_info": ("node",),  # the node it describes (checked by the registry)
+    "recover": ("patient",),  # the account's own key
     "escrow_recovery": ("node",),  # the account's home node
 }

@@ -270,13 +270,18 @@ class ReadRecord(Schema):
     created_at = String(required=True, metadata={"format": "date-time"})
 
 
+ACCOUNT_EVENTS = {"recovery_key": "Password reset with your recovery key"}
+
+
 class AccessEntry(Schema):
-    """One read of a patient's record by someone else, as the access log shows it."""
+    """One read of a patient's record by someone else, as the access log shows it; or an event on
+    the patient's own account (no record, `event` says what)."""
 
     id = String(required=True)
-    record = Nested(ReadRecord, required=True)
+    record = Nested(ReadRecord, required=True, allow_none=True, metadata={"description": "Null for an event."})
     reader = Nested(Person, required=True)
-    mode = String(required=True, metadata={"enum": ["author", "grant", "emergency"]})
+    mode = String(required=True, metadata={"enum": ["author", "grant", "emergency", *ACCOUNT_EVENTS]})
+    event = String(required=True, allow_none=True, metadata={"example": ACCOUNT_EVENTS["recovery_key"]})
     grant_id = String(required=True, allow_none=True)
     part = String(required=True, metadata={"description": '"record" or "attachment N".', "example": "record"})
     at = String(required=True, metadata={"format": "date-time"})
@@ -286,7 +291,8 @@ class AccessEntry(Schema):
     def _from_row(self, entry: models.AccessEntry, **kwargs: Any) -> dict[str, Any]:
         return {
             "id": entry.id,
-            "record": {"id": entry.record_id, "created_at": iso(entry.record.created_at)},
+            "record": {"id": entry.record_id, "created_at": iso(entry.record.created_at)} if entry.record else None,
+            "event": ACCOUNT_EVENTS.get(entry.mode) if entry.record is None else None,
             "reader": person(entry.reader),
             "mode": entry.mode,
             "grant_id": entry.grant_id,

@@ -22,7 +22,18 @@ from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User as UserRow
 from portal.models import utcnow
-from portal.services import accounts, chat, federation, ledger, paging, records, throttle, two_factor, votes
+from portal.services import (
+    accounts,
+    chat,
+    federation,
+    ledger,
+    paging,
+    records,
+    recovery,
+    throttle,
+    two_factor,
+    votes,
+)
 from portal.services.errors import Conflict, ValidationFailed
 from portal.services.inputs import MAX_OFFSET
 from portal.services.records import NewAttachment
@@ -100,11 +111,20 @@ class FailedAttempts(Schema):
     last_at = String(required=True, allow_none=True, metadata={"example": "2024-05-01T09:30:00Z"})
 
 
+class Notice(Schema):
+    """Something done to the account without its password, told once, at the next sign-in."""
+
+    kind = String(required=True, metadata={"enum": ["recovered"], "description": "recovered: the password was reset."})
+    at = String(required=True, metadata={"format": "date-time"})
+    method = String(required=True, metadata={"example": "recovery_key"})
+
+
 class Token(Schema):
     token = String(required=True)
     expires_at = String(required=True, metadata={"example": "2024-05-01T21:30:00Z"})
     user = Nested(User, required=True)
     failed_attempts = Nested(FailedAttempts, required=True)
+    notices = List(Nested(Notice), required=True, metadata={"description": "Each is given once."})
 
 
 class TwoFactorStatus(Schema):
@@ -458,6 +478,7 @@ def token(data: dict[str, Any]) -> dict[str, Any]:
         "expires_at": iso(signed_in.session.expires_at),
         "user": user_json(signed_in.session.user),
         "failed_attempts": {"count": signed_in.failed_attempts, "last_at": iso(signed_in.last_failed_at)},
+        "notices": [{**n, "at": iso(n["at"])} for n in recovery.take_notices(signed_in.session.user)],
     }
 
 
