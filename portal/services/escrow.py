@@ -42,7 +42,17 @@ from core.encoding import b64d, b64e
 from core.errors import CoreError, DecryptionError, EncodingError
 from core.ledger import sign_transaction
 from portal.extensions import db
-from portal.models import AccessEntry, AuthSession, Escrow, HeldShare, MemberNode, RecoveryCase, User, epoch_ms
+from portal.models import (
+    AccessEntry,
+    AuthSession,
+    ChatSocket,
+    Escrow,
+    HeldShare,
+    MemberNode,
+    RecoveryCase,
+    User,
+    epoch_ms,
+)
 from portal.services import accounts, ledger
 from portal.services.errors import Conflict, Forbidden, NotFound, ServiceError, Unauthorized, ValidationFailed
 
@@ -463,10 +473,12 @@ def open_case(admin: User, account: object, identity_check: object, now: datetim
     account), Conflict for an account without escrow or with a case under way."""
     _desk_admin(admin)
     user = accounts.get_user(account)
-    if user.role not in ESCROWED_ROLES or not user.is_local or user.home_node != admin.home_node:
-        raise Forbidden("Only the account's home hospital can recover it.")
     if user.id == admin.id:
         raise Forbidden("No one can recover their own account.")
+    if not user.is_local or user.home_node != admin.home_node:
+        raise Forbidden("This account belongs to another hospital: only its home hospital can recover it.")
+    if user.role not in ESCROWED_ROLES:
+        raise Forbidden("Only patients' and doctors' accounts are kept in escrow.")
     check = identity_check.strip() if isinstance(identity_check, str) else ""
     if not 3 <= len(check) <= 200 or not check.isprintable():
         raise ValidationFailed("Say how the identity was checked in person (3-200 characters, e.g. 'passport').")
@@ -699,6 +711,8 @@ def recover_with_code(username: object, code: object, new_password: object, kdf:
         db.session.add(
             AccessEntry(id=str(uuid.uuid4()), record_id=None, reader=user, mode="escrow", at=now, tx_hash=case.tx_hash)
         )
+    sessions = select(AuthSession.id).where(AuthSession.user_id == user.id)
+    db.session.execute(delete(ChatSocket).where(ChatSocket.session_id.in_(sessions)))
     db.session.execute(delete(AuthSession).where(AuthSession.user_id == user.id))
     db.session.commit()
     return user
