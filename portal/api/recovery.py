@@ -14,8 +14,6 @@ from portal.api.schemas import Text, answer
 from portal.models import utcnow
 from portal.services import recovery, throttle
 
-RECOVERY_LIMIT = "10 per minute"
-
 
 def _errors(answers: dict[int, str]) -> dict[int, dict[str, Any]]:
     return {status: answer(text) for status, text in answers.items()}
