@@ -113,3 +113,39 @@ def test_patient_identity_is_never_more_exposed_than_the_name(
         assert needle not in ledger, needle
         assert needle not in logs, needle
         assert needle not in dump or name in dump, needle
+
+
+def test_recovery_key_is_never_stored_or_logged(
+    app: Flask, client: FlaskClient, patient: Person, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 12 words, the 128 bits behind them and the key derived from them (docs/recovery.md)
+    appear nowhere in the database, the ledger or the logs, before or after a reset with them."""
+    from mnemonic import Mnemonic
+
+    from portal.services import recovery
+
+    caplog.set_level(logging.DEBUG)
+    made = client.post("/api/v1/account/recovery-key", json={"password": PASSWORD}, headers=patient.headers).json
+    words = made["words"]
+    confirm = {str(p): words[p - 1] for p in made["confirm"]}
+    confirmed = client.post("/api/v1/account/recovery-key/confirm", json={"words": confirm}, headers=patient.headers)
+    assert confirmed.status_code == 200
+    body = {"username": patient.username, "recovery_key": " ".join(words), "new_password": "violet-lantern-orchard-47"}
+    assert client.post("/api/v1/auth/recover", json=body).status_code == 204
+    produce(app)
+
+    entropy = bytes(Mnemonic("english").to_entropy(" ".join(words)))
+    kek = recovery._kek(entropy)
+    needles = [
+        " ".join(words).encode(),
+        "".join(words).encode(),
+        entropy,
+        entropy.hex().encode(),
+        kek,
+        kek.hex().encode(),
+    ]
+    needles += [b64e(entropy).encode(), base64.b64encode(entropy), b64e(kek).encode(), base64.b64encode(kek)]
+    dump, logs = dump_database(), caplog.text.encode()
+    for needle in needles:
+        assert needle not in dump, needle
+        assert needle not in logs, needle
