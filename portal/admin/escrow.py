@@ -61,6 +61,14 @@ def _act(case_id: str, action: str) -> Response | tuple[str, int]:
         if action == "approve":
             escrow.approve(admin, case_id, utcnow())
             flash("Approved: the other share is here (or on its way to the home hospital).", "info")
+        elif action == "announce":
+            sent = escrow.announce(admin, case_id)
+            flash(
+                "The other hospital has the case for its admins' approval."
+                if sent
+                else "The other hospital did not take the case yet; try again in a minute.",
+                "info" if sent else "error",
+            )
         elif action == "cancel":
             escrow.cancel(admin, case_id)
             flash("Recovery case cancelled.", "info")
@@ -83,6 +91,12 @@ def approve_recovery(case_id: str) -> Response | tuple[str, int]:
 @role_required("admin")
 def issue_recovery(case_id: str) -> Response | tuple[str, int]:
     return _act(case_id, "issue")
+
+
+@bp.post("/recoveries/<case_id>/announce")
+@role_required("admin")
+def announce_recovery(case_id: str) -> Response | tuple[str, int]:
+    return _act(case_id, "announce")
 
 
 @bp.post("/recoveries/<case_id>/cancel")

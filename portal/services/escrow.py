@@ -506,16 +506,24 @@ def open_case(admin: User, account: object, identity_check: object, now: datetim
     )  # fmt: skip
     db.session.add(case)
     db.session.commit()
-    if me.peers is not None:
-        me.peers.post(
-            case.holder_node,
-            "/node/v1/escrow/cases",
-            {
-                "case": case.id, "account": case.account, "identity_check": check,
-                "opened_by": {"account": admin.public_id, "name": admin.display_name},
-            },
-        )  # fmt: skip
+    _announce(case, me)
     return case
+
+
+def _announce(case: RecoveryCase, me: Here) -> bool:
+    opener = {"account": case.opened_by_account, "name": case.opened_by_name}
+    body = {"case": case.id, "account": case.account, "identity_check": case.identity_check, "opened_by": opener}
+    answer = _post(me, case.holder_node, "/node/v1/escrow/cases", body)
+    return isinstance(answer, dict) and answer.get("status") == "waiting"
+
+
+def announce(admin: User, case_id: object) -> bool:
+    """Show an open case to the holder's admins (again: it may have been down, or not have the
+    opener's key on its ledger yet). True once the holder has it."""
+    case = _home_case(admin, case_id)
+    if case.home_node != admin.home_node or case.status != "open":
+        raise Conflict("Only an open case of this hospital can be sent to the other hospital.")
+    return _announce(case, here())
 
 
 def _home_case(admin: User, case_id: object) -> RecoveryCase:
