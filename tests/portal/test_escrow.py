@@ -99,7 +99,7 @@ class Hospital:
         return self.client.post("/api/v1/auth/token", json={"username": username, "password": password})
 
 
-def _share_keys(hospitals: dict[str, Hospital]) -> None:
+def share_keys(hospitals: dict[str, Hospital]) -> None:
     """What each hospital learns from the other through the ledger: its accounts' keys (so an
     admin is known as one) and its box key. Projected as stored blocks are."""
     for name, source in hospitals.items():
@@ -171,7 +171,7 @@ def hospitals(tmp_path: Path) -> Iterator[tuple[Hospital, Hospital]]:
 def alice(hospitals: tuple[Hospital, Hospital]) -> str:
     home, holder = hospitals
     patient = home.add("patient", "alice", "Alice Moreau")
-    _share_keys({"node-1": home, "node-2": holder})
+    share_keys({"node-1": home, "node-2": holder})
     return patient
 
 
@@ -285,7 +285,7 @@ def test_two_admins_of_the_home_hospital_recover_a_patient_at_the_desk(
 def test_the_holders_admin_approves_and_a_doctor_keeps_their_keys(hospitals: tuple[Hospital, Hospital]) -> None:
     home, holder = hospitals
     doctor = home.add("doctor", "dr.osei", "Dr. Ama Osei")
-    _share_keys({"node-1": home, "node-2": holder})
+    share_keys({"node-1": home, "node-2": holder})
     with home.ctx():
         before = home.user("dr.osei").key_id
     case_id = _open(home, doctor)

@@ -11,11 +11,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from core.crypto import aead, open_user_keys
 from core.encoding import b64e
+from core.errors import DecryptionError
 from portal.extensions import db
-from portal.models import LedgerBlock, LedgerTransaction, User, utcnow
-from portal.services import accounts
+from portal.models import Escrow, HeldShare, LedgerBlock, LedgerTransaction, User, utcnow
+from portal.services import accounts, escrow
 from tests.conftest import PASSWORD, PDF, RECORD, Person, produce
+from tests.portal.test_escrow import Hospital, hospitals, share_keys  # noqa: F401 (the two hospitals' fixture)
 
 MARKER = "Patient reports zebra-striped rash since Tuesday"
 
@@ -149,3 +152,43 @@ def test_recovery_key_is_never_stored_or_logged(
     for needle in needles:
         assert needle not in dump, needle
         assert needle not in logs, needle
+
+
+def test_a_database_copy_and_one_escrow_share_reveal_no_private_key(
+    hospitals: tuple[Hospital, Hospital],  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Hospital-assisted recovery (docs/recovery.md): each hospital's database, even with the
+    escrow share that node alone can open (the home share under its node key, the held share
+    under its box key), holds neither the user key nor a private key, before or after a recovery
+    (whose code is kept only hashed)."""
+    home, holder = hospitals
+    account = home.add("patient", "alice", "Alice Moreau")
+    share_keys({"node-1": home, "node-2": holder})
+    with home.ctx():
+        case = escrow.open_case(home.user("admin"), account, "passport", utcnow()).id
+        escrow.approve(home.user("admin2"), case, utcnow())
+        _, code = escrow.issue_code(home.user("admin"), case, utcnow())
+        user = home.user("alice")
+        row = db.session.get(Escrow, user.id)
+        home_share = aead.decrypt(escrow.here().escrow_key(), row.share, escrow._home_aad(account, "node-1"))
+        sealed, aad = user.sealed_private_keys, accounts.PRIVATE_KEYS_AAD + account.encode()
+        home_dump = dump_database()
+    with holder.ctx():
+        held = db.session.get(HeldShare, (account, "node-1"))
+        held_share = escrow.here().box.open(held.share, escrow._held_aad(account, "node-1", "node-2"))
+        holder_dump = dump_database()
+    user_key = bytes(a ^ b for a, b in zip(home_share, held_share, strict=True))
+    keys = open_user_keys(sealed, user_key, aad)  # the scan below looks for secrets that exist
+    rsa_der = keys.rsa_private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    normal = code.replace("-", "")
+    secrets = [user_key, rsa_der, keys.umbral_secret.to_be_bytes(), code.encode(), normal.encode()]
+    for dump, own_share in ((home_dump, home_share), (holder_dump, held_share)):
+        for secret in secrets + [b64e(s).encode() for s in secrets] + [s.hex().encode() for s in secrets]:
+            assert secret not in dump
+        with pytest.raises(DecryptionError):
+            open_user_keys(sealed, own_share, aad)
+        # the node's own share joined with any 32 bytes of its database is not the user key
+        windows = {dump[i : i + 32] for i in range(len(dump) - 31)}
+        assert bytes(a ^ b for a, b in zip(own_share, user_key, strict=True)) not in windows
