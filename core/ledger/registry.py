@@ -22,12 +22,13 @@ class KeyRegistry:
     roles: dict[str, str] = field(default_factory=dict)
     node_keys: dict[str, Verifier] = field(default_factory=dict)  # by key id, for node-signed transactions
     homes: dict[str, str] = field(default_factory=dict)  # account key id -> the node that endorsed it
+    account_ids: dict[str, str] = field(default_factory=dict)  # account key id -> the account (UUID)
 
     def copy(self) -> KeyRegistry:
         """An independent registry to try transactions on without touching this one."""
         return KeyRegistry(
             self.chain_id, dict(self.nodes), dict(self.accounts), dict(self.roles), dict(self.node_keys),
-            dict(self.homes),
+            dict(self.homes), dict(self.account_ids),
         )  # fmt: skip
 
     def add_node(self, node_id: str, public_raw: bytes) -> None:
@@ -90,6 +91,8 @@ class KeyRegistry:
         role = "node" if tx.signer in self.node_keys else self.roles.get(tx.signer)
         if allowed is not None and role not in allowed:
             raise InvalidTransaction(f"only {' or '.join(allowed)} keys sign {tx.kind} transactions")
+        if tx.kind == "recover" and self.account_ids.get(tx.signer) != tx.payload["account"]:
+            raise InvalidTransaction("an account's password reset is signed by that account's own key")
 
     def apply(self, tx: Transaction, height: int, verify_signature: bool = True) -> None:
         """Check `tx` against the rules for its kind and the keys known so far, then record its
@@ -110,3 +113,4 @@ class KeyRegistry:
             self.accounts[tx.signer] = verifier
             self.roles[tx.signer] = tx.payload["role"]
             self.homes[tx.signer] = tx.payload["home"]
+            self.account_ids[tx.signer] = tx.payload["account"]
