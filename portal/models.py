@@ -400,14 +400,19 @@ class ChatMessage(db.Model):
 class ChatKey(db.Model):
     """A patient's chat identity public key (P-256), as registered by a `chat_key` transaction
     that this node signs. The transaction names no account: only `subject`, a salted hash of the
-    patient's pseudonym, which the patient's peers can check and nobody else can link."""
+    patient's pseudonym, which the patient's peers can check and nobody else can link. Each of a
+    patient's devices has its own key; a removed device's key is revoked (`chat_key_revoke`)."""
 
     __tablename__ = "chat_keys"
+    __table_args__ = (UniqueConstraint("current_user_id", "device", name="uq_chat_keys_current_user_id_device"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    # The user id while this is the current key, NULL once superseded: at most one current key.
-    current_user_id: Mapped[int | None] = mapped_column(unique=True)
+    # The user id while this is its device's current key, NULL once superseded or revoked: at
+    # most one current key per device.
+    current_user_id: Mapped[int | None]
+    # The device's id (base64url of 16 bytes); "" for a key registered before devices had ids.
+    device: Mapped[str] = mapped_column(String(32), default="", server_default="")
     key: Mapped[str] = mapped_column(String(100))
     fingerprint: Mapped[str] = mapped_column(String(64))
     salt: Mapped[str] = mapped_column(String(32))
@@ -415,6 +420,8 @@ class ChatKey(db.Model):
     tx_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoke_tx_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class RateEvent(db.Model):

@@ -262,8 +262,12 @@ def check_chat_key(payload: dict[str, Any]) -> None:
     """A node registers a patient's chat identity key without naming the patient: `subject` is
     SHA-256 hex of salt || the patient's pseudonym (UTF-8), `salt` 16 random bytes (base64url),
     `key` the P-256 public key as the 65-byte uncompressed point (base64url), `fingerprint`
-    SHA-256 hex of those 65 bytes. The registry checks that a member node signed it."""
-    _fields(payload, {"subject", "salt", "key", "fingerprint"})
+    SHA-256 hex of those 65 bytes, and (since patients use several devices) `device`, the
+    id of the device that holds the key (16 random bytes, base64url). The registry checks that
+    a member node signed it."""
+    _fields(payload, {"subject", "salt", "key", "fingerprint"} | ({"device"} & set(payload)))
+    if "device" in payload:
+        _chat_device(payload)
     _hex64(payload, "subject")
     if len(_binary(payload, "salt")) != 16:
         raise InvalidTransaction("salt must be 16 bytes")
@@ -277,6 +281,23 @@ def check_chat_key(payload: dict[str, Any]) -> None:
         raise InvalidTransaction("key must be an uncompressed P-256 point (65 bytes)")
     if hashlib.sha256(point).hexdigest() != payload["fingerprint"]:
         raise InvalidTransaction("fingerprint is not the SHA-256 of the key")
+
+
+def _chat_device(payload: dict[str, Any]) -> None:
+    if not isinstance(payload["device"], str) or len(_binary(payload, "device")) != 16:
+        raise InvalidTransaction("device must be 16 bytes")
+
+
+def check_chat_key_revoke(payload: dict[str, Any]) -> None:
+    """A node revokes a patient's chat key (a lost device, removed from another one): `subject`
+    and `salt` as in `chat_key` (a fresh salt), the revoked key's `fingerprint` and its `device`.
+    Peers stop sealing for that key once they see it."""
+    _fields(payload, {"subject", "salt", "fingerprint", "device"})
+    _hex64(payload, "subject")
+    if len(_binary(payload, "salt")) != 16:
+        raise InvalidTransaction("salt must be 16 bytes")
+    _hex64(payload, "fingerprint")
+    _chat_device(payload)
 
 
 def check_escrow_recovery(payload: dict[str, Any]) -> None:
@@ -323,6 +344,7 @@ RULES: dict[str, Callable[[dict[str, Any]], None]] = {
     "evidence": check_evidence,
     "admit": check_admit,
     "chat_key": check_chat_key,
+    "chat_key_revoke": check_chat_key_revoke,
     "request": check_request,
     "node_info": check_node_info,
     "recover": check_recover,
@@ -341,6 +363,7 @@ SIGNER_ROLES: dict[str, tuple[str, ...]] = {
     "evidence": ("patient", "doctor", "admin", "node"),
     "admit": ("node",),
     "chat_key": ("node",),  # a member node, for a patient it does not name
+    "chat_key_revoke": ("node",),  # likewise
     "request": ("doctor",),
     "node_info": ("node",),  # the node it describes (checked by the registry)
     "recover": ("patient",),  # the account's own key

@@ -34,6 +34,7 @@ MODE = "`mode` must be exact or ranked."
 THRESHOLD = "`threshold` must be a number from 0 to 1."
 PSEUDONYM = "`pseudonym` must be a patient's pseudonym."
 KEY = "`key` must be a P-256 public key: the 65-byte uncompressed point in base64url."
+DEVICE = "`device` must be a device id: 16 random bytes in base64url."
 
 
 def _says(message: str, *, null: bool = True) -> dict[str, str]:
@@ -277,6 +278,13 @@ class ChatKeyInput(Schema):
         error_messages=_says(KEY),
         metadata={"description": "A P-256 public key: the 65-byte uncompressed point in base64url."},
     )
+    device = Text(
+        load_default=None,
+        allow_none=True,
+        validate=Length(max=32, error=DEVICE),
+        error_messages=_says(DEVICE),
+        metadata={"description": "This device's id: 16 random bytes in base64url, made once per device."},
+    )
 
 
 class ChatKey(Schema):
@@ -296,16 +304,35 @@ class ChatKey(Schema):
     subject = String(required=True, metadata={"description": "SHA-256 hex of salt || UTF-8 pseudonym."})
     registered_at = Moment(required=True, attribute="created_at")
     superseded_at = Moment(required=True, allow_none=True)
+    device = String(required=True, metadata={"description": "The device's id; empty for a key from before device ids."})
+    revoked_at = Moment(required=True, allow_none=True, metadata={"description": "Set once the device was removed."})
+    revoke_tx = String(
+        required=True,
+        allow_none=True,
+        attribute="revoke_tx_hash",
+        metadata={"description": "The `chat_key_revoke` transaction's hash, once the device was removed."},
+    )
+    revoke_height = BlockHeight(
+        required=True,
+        allow_none=True,
+        attribute="revoke_tx_hash",
+        dump_only=True,
+        metadata={"description": "The revocation's block; null while pending or not revoked."},
+    )
 
 
 class PeerChatKey(ChatKey):
-    """A peer's current key and their earlier ones, newest first; dumped from (current, previous)."""
+    """A peer's newest device key (the fields of ChatKey), every device's current key, their
+    superseded keys and their revoked ones, newest first; dumped from a service PeerKeys."""
 
-    previous = List(Nested(ChatKey), required=True)
+    devices = List(Nested(ChatKey), required=True, metadata={"description": "One current key per device."})
+    previous = List(Nested(ChatKey), required=True, metadata={"description": "Superseded keys."})
+    revoked = List(Nested(ChatKey), required=True, metadata={"description": "Keys of removed devices."})
 
     def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
-        current, previous = obj
-        return previous if attr == "previous" else super().get_attribute(current, attr, default)
+        if attr in ("devices", "previous", "revoked"):
+            return getattr(obj, attr)
+        return super().get_attribute(obj.devices[0], attr, default)
 
 
 class ChatKeyAnswer(Schema):
@@ -318,6 +345,14 @@ class OwnChatKeyAnswer(Schema):
 
 class PeerChatKeyAnswer(Schema):
     key = Nested(PeerChatKey, required=True)
+
+
+class DeviceList(Schema):
+    devices = List(Nested(ChatKey), required=True, metadata={"description": "Newest first."})
+
+
+class DeviceAnswer(Schema):
+    device = Nested(ChatKey, required=True)
 
 
 # -- documented answers ---------------------------------------------------------------------
@@ -583,7 +618,12 @@ def list_blocks(query: dict[str, Any]) -> dict[str, Any]:
 def register_chat_key(data: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor("patient")
     row = chat.register_key(
-        actor, data["key"], node_key=runtime.node_key(), ctx=runtime.matching_context(), now=utcnow()
+        actor,
+        data["key"],
+        node_key=runtime.node_key(),
+        ctx=runtime.matching_context(),
+        now=utcnow(),
+        device=data["device"],
     )
     return {"key": row}
 
@@ -605,3 +645,30 @@ def own_chat_key() -> dict[str, Any]:
 )
 def peer_chat_key(pseudonym: str) -> dict[str, Any]:
     return {"key": chat.peer_keys(api_actor("patient"), pseudonym)}
+
+
+@bp.get("/chat/devices")
+@bp.output(DeviceList)
+@bp.doc(
+    operation_id="listChatDevices",
+    summary="The caller's devices: the current chat key of each",
+    security=BEARER,
+    responses=_errors(),
+)
+def chat_devices() -> dict[str, Any]:
+    return {"devices": chat.own_devices(api_actor("patient"))}
+
+
+@bp.delete("/chat/devices/<device>")
+@bp.output(DeviceAnswer)
+@bp.doc(
+    operation_id="removeChatDevice",
+    summary="Remove one of the caller's devices: its chat key is revoked on the ledger",
+    security=BEARER,
+    responses=_errors(e404="No such device of yours.", e422=DEVICE, e429=RATE_LIMITED),
+)
+def remove_chat_device(device: str) -> dict[str, Any]:
+    row = chat.revoke_device(
+        api_actor("patient"), device, node_key=runtime.node_key(), ctx=runtime.matching_context(), now=utcnow()
+    )
+    return {"device": row}

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.chat import PublicIdentity
 from core.crypto import NodeKey
-from core.encoding import b64e
+from core.encoding import b64d, b64e
 from core.errors import CoreError
 from core.ledger import sign_transaction
 from portal.extensions import db
@@ -48,6 +48,8 @@ MAX_HISTORY_PAGE = 100
 MAX_BACKLOG = 1000  # items sent per connect or "sync" (at least one whole conversation: see backlog_budget)
 CID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NO_KEY = "No chat key for this pseudonym."
+DEVICE_BYTES = 16
+DEVICE_CHARS = 22  # unpadded base64url of 16 bytes
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ class ChatLimits:
         """Items sent per connect or "sync": MAX_BACKLOG, but never less than one conversation's
         whole backlog, so that every round delivers at least one conversation completely."""
         return max(MAX_BACKLOG, self.max_undelivered)
+
+
+@dataclass(frozen=True)
+class PeerKeys:
+    """A peer's chat keys: each device's current one, the superseded ones, the revoked ones."""
+
+    devices: list[ChatKey]
+    previous: list[ChatKey]
+    revoked: list[ChatKey]
 
 
 class PeerBacklogFull(ServiceError):
@@ -96,8 +107,29 @@ def _parse_key(value: object) -> PublicIdentity:
     raise ValidationFailed("`key` must be a P-256 public key: the 65-byte uncompressed point in base64url.")
 
 
-def current_key(user: User) -> ChatKey | None:
-    return db.session.scalar(select(ChatKey).where(ChatKey.user_id == user.id, ChatKey.superseded_at.is_(None)))
+def _parse_device(value: object) -> str:
+    """A device id from a client: unpadded base64url of 16 bytes; None (an app from before
+    devices had ids) is the empty device id."""
+    if value is None:
+        return ""
+    try:
+        if isinstance(value, str) and len(value) == DEVICE_CHARS and len(b64d(value)) == DEVICE_BYTES:
+            return value
+    except CoreError:
+        pass
+    raise ValidationFailed("`device` must be a device id: 16 random bytes in base64url.")
+
+
+def current_key(user: User, device: str = "") -> ChatKey | None:
+    """The current key of one device of `user` ("" for a key registered without a device id)."""
+    return db.session.scalar(select(ChatKey).where(ChatKey.current_user_id == user.id, ChatKey.device == device))
+
+
+def current_keys(user: User) -> list[ChatKey]:
+    """The current key of each of the user's devices, newest first."""
+    return list(
+        db.session.scalars(select(ChatKey).where(ChatKey.current_user_id == user.id).order_by(ChatKey.id.desc()))
+    )
 
 
 def subject_of(salt: bytes, pseudonym: str) -> str:
@@ -107,29 +139,70 @@ def subject_of(salt: bytes, pseudonym: str) -> str:
     return hashlib.sha256(salt + pseudonym.encode()).hexdigest()
 
 
-def register_key(actor: Actor, key: object, *, node_key: NodeKey, ctx: MatchingContext, now: datetime) -> ChatKey:
-    """Register the caller's chat identity public key (rate-limited): a `chat_key` transaction
-    signed by this node, naming only a salted hash of the patient's pseudonym, goes to the
-    ledger; an earlier key is kept as superseded (peers see the change). Registering the
-    current key again changes nothing."""
+def _revoked(user: User, device: str, fingerprint: str) -> bool:
+    return (
+        db.session.scalar(
+            select(ChatKey.id).where(
+                ChatKey.user_id == user.id,
+                ChatKey.revoked_at.is_not(None),
+                (ChatKey.fingerprint == fingerprint) | ((ChatKey.device == device) & (ChatKey.device != "")),
+            )
+        )
+        is not None
+    )
+
+
+def register_key(
+    actor: Actor,
+    key: object,
+    *,
+    node_key: NodeKey,
+    ctx: MatchingContext,
+    now: datetime,
+    device: object = None,
+) -> ChatKey:
+    """Register the chat identity public key of one of the caller's devices (rate-limited): a
+    `chat_key` transaction signed by this node, naming only a salted hash of the patient's
+    pseudonym and the device id, goes to the ledger. The device's earlier key is kept as
+    superseded (peers see the change), and so is a key registered before devices had ids (that
+    device now names itself). Registering the device's current key again changes nothing. A
+    removed device, or a revoked key, is refused for good."""
     user = _patient(actor)
     rate_limit(user, "chat_key", ctx.rates.chat_key, f"You can register {ctx.rates.chat_key} chat keys an hour.", now)
     identity = _parse_key(key)
+    device_id = _parse_device(device)
     wire, fingerprint = identity.b64, identity.fingerprint
-    current = current_key(user)
+    current = current_key(user, device_id)
     if current is not None and current.key == wire:
         return current
+    if _revoked(user, device_id, fingerprint):
+        raise Forbidden("This device was removed from your account: it cannot register a chat key again.")
+    taken = db.session.scalar(
+        select(ChatKey.id).where(
+            ChatKey.current_user_id == user.id, ChatKey.key == wire, ChatKey.device.not_in((device_id, ""))
+        )
+    )
+    if taken is not None and device_id != "":
+        raise Conflict("This chat key is already registered for another of your devices.")
     salt = os.urandom(16)
     subject = subject_of(salt, pseudonym_of(user, ctx.keys.pseudonym))
     payload = {"subject": subject, "salt": b64e(salt), "key": wire, "fingerprint": fingerprint}
+    if device_id:
+        payload["device"] = device_id
     tx = sign_transaction("chat_key", payload, node_key, epoch_ms(now))
     ledger.queue(tx, now)
-    if current is not None:
-        current.superseded_at, current.current_user_id = now, None
-        db.session.flush()  # free the "current key" slot before the new row takes it
+    replaced = [current] if current is not None else []
+    legacy = current_key(user, "") if device_id else None
+    if legacy is not None:
+        replaced.append(legacy)
+    for row in replaced:
+        row.superseded_at, row.current_user_id = now, None
+    if replaced:
+        db.session.flush()  # free the device's "current key" slot before the new row takes it
     row = ChatKey(
         user_id=user.id,
         current_user_id=user.id,
+        device=device_id,
         key=wire,
         fingerprint=fingerprint,
         salt=b64e(salt),
@@ -140,22 +213,58 @@ def register_key(actor: Actor, key: object, *, node_key: NodeKey, ctx: MatchingC
     db.session.add(row)
     try:
         db.session.commit()
-    except IntegrityError:  # another registration of this patient won the race
+    except IntegrityError:  # another registration for this device won the race
         db.session.rollback()
-        current = current_key(user)
+        current = current_key(user, device_id)
         if current is not None and current.key == wire:
             return current
         raise Conflict("Your chat key changed at the same time; try again.") from None
     return row
 
 
-def own_key(actor: Actor) -> ChatKey | None:
-    return current_key(_patient(actor))
+def own_key(actor: Actor, device: object = None) -> ChatKey | None:
+    """The caller's current key: of the device named, else the newest of any device."""
+    user = _patient(actor)
+    if device is not None:
+        return current_key(user, _parse_device(device))
+    keys = current_keys(user)
+    return keys[0] if keys else None
 
 
-def peer_keys(actor: Actor, pseudonym: str) -> tuple[ChatKey, list[ChatKey]]:
-    """A connected peer's current chat key and their earlier ones (newest first), only for a
-    patient with an accepted, unblocked connection to them; one NotFound for everyone else."""
+def own_devices(actor: Actor) -> list[ChatKey]:
+    """The caller's devices (the current key of each), newest first."""
+    return current_keys(_patient(actor))
+
+
+def revoke_device(actor: Actor, device: object, *, node_key: NodeKey, ctx: MatchingContext, now: datetime) -> ChatKey:
+    """Remove one of the caller's devices (a lost phone, from another one): its key is revoked by
+    a `chat_key_revoke` transaction this node signs (salted subject, the key's fingerprint and
+    the device id), so peers stop sealing for it; the device can never register a key again.
+    NotFound for a device that is not one of the caller's current ones."""
+    user = _patient(actor)
+    rate_limit(user, "chat_key", ctx.rates.chat_key, f"You can change {ctx.rates.chat_key} chat keys an hour.", now)
+    device_id = _parse_device(device)
+    row = current_key(user, device_id) if device_id else None
+    if row is None:
+        raise NotFound("No such device of yours.")
+    salt = os.urandom(16)
+    payload = {
+        "subject": subject_of(salt, pseudonym_of(user, ctx.keys.pseudonym)),
+        "salt": b64e(salt),
+        "fingerprint": row.fingerprint,
+        "device": device_id,
+    }
+    tx = sign_transaction("chat_key_revoke", payload, node_key, epoch_ms(now))
+    ledger.queue(tx, now)
+    row.revoked_at, row.revoke_tx_hash, row.current_user_id = now, tx.hash, None
+    db.session.commit()
+    return row
+
+
+def peer_keys(actor: Actor, pseudonym: str) -> PeerKeys:
+    """A connected peer's chat keys: the current key of each device (newest first), their
+    superseded keys and their revoked ones (newest first), only for a patient with an accepted,
+    unblocked connection to them; one NotFound for everyone else."""
     user = _patient(actor)
     peer = patient_by_pseudonym(pseudonym, NO_KEY)
     accepted = db.session.scalar(
@@ -168,9 +277,11 @@ def peer_keys(actor: Actor, pseudonym: str) -> tuple[ChatKey, list[ChatKey]]:
     if accepted is None or blocked_between(user, peer):
         raise NotFound(NO_KEY)
     keys = list(db.session.scalars(select(ChatKey).where(ChatKey.user_id == peer.id).order_by(ChatKey.id.desc())))
-    if not keys or keys[0].superseded_at is not None:
+    devices = [k for k in keys if k.current_user_id is not None]
+    if not devices:
         raise NotFound("This patient has not registered a chat key yet.")
-    return keys[0], keys[1:]
+    previous = [k for k in keys if k.current_user_id is None and k.revoked_at is None]
+    return PeerKeys(devices, previous, [k for k in keys if k.revoked_at is not None])
 
 
 # -- conversations --------------------------------------------------------------------------

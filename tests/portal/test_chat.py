@@ -555,9 +555,9 @@ def test_chat_key_registration_race(client: FlaskClient, patient: Person, monkey
     real = chat.current_key
     calls: list[int] = []
 
-    def not_committed_yet(user: Any) -> Any:  # the first look misses the other request's key
+    def not_committed_yet(user: Any, device: str = "") -> Any:  # the first look misses the other request's key
         calls.append(1)
-        return None if len(calls) % 2 == 1 else real(user)
+        return None if len(calls) % 2 == 1 else real(user, device)
 
     monkeypatch.setattr(chat, "current_key", not_committed_yet)
     same = client.put("/api/v1/chat/key", json={"key": key}, headers=patient.headers)
