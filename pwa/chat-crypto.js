@@ -71,6 +71,8 @@ const SIZES = {
 };
 const HANDSHAKE_TYPES = ['hello', 'reply', 'confirm'];
 const B64URL = /^[A-Za-z0-9_-]*$/;
+const DEVICE_ID = /^[A-Za-z0-9_-]{0,22}$/;
+const FINGERPRINT = /^[0-9a-f]{64}$/;
 
 // What the user is shown for each error code.
 export const ERROR_TEXT = {
@@ -132,6 +134,33 @@ export function keyChange(pinnedB64, currentB64) {
     return 'first';
   }
   return pinnedB64 === currentB64 ? 'same' : 'changed';
+}
+
+// A peer's devices (device id -> key fingerprint) known here, against their current ones
+// on the ledger: {added (new devices: the notice), changed (another key: the changed-key
+// warning), removed (revoked: never sealed for again)}, each sorted. A device that only
+// took a device id (the same key, first registered without one) is neither added nor
+// removed. Same rule as core.chat.device_changes.
+export function deviceChanges(known, current) {
+  checkDevices(known, 'known');
+  checkDevices(current, 'current');
+  const knownKeys = new Set(Object.values(known));
+  const currentKeys = new Set(Object.values(current));
+  const ids = (devices) => Object.keys(devices).sort();
+  return {
+    added: ids(current).filter((id) => !Object.hasOwn(known, id) && !knownKeys.has(current[id])),
+    changed: ids(current).filter((id) => Object.hasOwn(known, id) && known[id] !== current[id]),
+    removed: ids(known).filter((id) => !Object.hasOwn(current, id) && !currentKeys.has(known[id])),
+  };
+}
+
+function checkDevices(devices, name) {
+  const valid = isPlainObject(devices) && Object.entries(devices).every(
+    ([id, fp]) => DEVICE_ID.test(id) && typeof fp === 'string' && FINGERPRINT.test(fp),
+  );
+  if (!valid) {
+    throw new ChatError('malformed', `${name} maps device ids to key fingerprints`);
+  }
 }
 
 // ---- handshake

@@ -7,6 +7,7 @@ with per-direction counters, each envelope naming its session. Errors are core.e
 stable `code`.
 """
 
+from core.chat.devices import DeviceChanges, device_changes
 from core.chat.handshake import Initiator, Responder
 from core.chat.identity import IdentityKey, PublicIdentity, key_change
 from core.chat.session import MAX_EARLIER_SESSIONS, Session, UnknownSession
@@ -18,11 +19,13 @@ __all__ = [
     "MAX_HANDSHAKE_BYTES",
     "MAX_PLAINTEXT_BYTES",
     "VERSION",
+    "DeviceChanges",
     "IdentityKey",
     "Initiator",
     "PublicIdentity",
     "Responder",
     "Session",
     "UnknownSession",
+    "device_changes",
     "key_change",
 ]

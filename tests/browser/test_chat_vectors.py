@@ -394,3 +394,86 @@ def test_invalid_browser_rejects_a_python_impostor(page: Page):
         [registered.public.b64, CONVERSATION, [forged, forged_claiming]],
     )
     assert codes == ["identity_mismatch", "bad_signature"]
+
+
+def test_browser_device_changes_match_the_vectors(page: Page, vec):
+    answers = page.evaluate(
+        """async (cases) => {
+          const { chat, caught } = window.chatTest;
+          const out = [];
+          for (const c of cases) {
+            let answer;
+            try {
+              answer = chat.deviceChanges(c.known, c.current);
+            } catch (error) {
+              answer = error.name === 'ChatError' ? error.code : String(error);
+            }
+            out.push(answer);
+          }
+          return out;
+        }""",
+        vec["device_changes"],
+    )
+    assert answers == [case["expected"] for case in vec["device_changes"]]
+
+
+def test_a_reset_between_python_and_the_browser_skips_and_duplicates_nothing(page: Page, node: Node):
+    """Python and the browser hold a session; each seals messages that are still on their way
+    when a new handshake replaces the session. After the reset (and a browser restart from
+    IndexedDB) each side reads the other's late messages once, with the replaced session, and
+    the new session's messages too; a second copy is a replay, an unknown session is named."""
+    python = IdentityKey.generate()
+    browser_key = browser_identity(page)
+
+    def handshake_with_browser_responding() -> Session:
+        initiator = Initiator(python, browser_key, CONVERSATION)
+        reply = page.evaluate(
+            """async ([peerKey, conversation, hello]) => {
+              const t = window.chatTest;
+              t.state = t.chat.createResponder({ identity: await t.get('identity'), peerKey, conversation });
+              return t.chat.onHello(t.state, hello);
+            }""",
+            [python.public.b64, CONVERSATION, initiator.hello()],
+        )
+        confirm, session = initiator.on_reply(reply)
+        page.evaluate(
+            """async (confirm) => {
+              const t = window.chatTest;
+              const fresh = await t.chat.onConfirm(t.state, confirm);
+              if (t.session) await t.chat.replaceSession(fresh, t.session);
+              t.session = fresh;
+              await t.put('session', t.session);
+            }""",
+            confirm,
+        )
+        return session
+
+    old = handshake_with_browser_responding()
+    late_to_browser = [old.seal(b"python, before the reset"), old.seal(b"python, also before")]
+    late_to_python = browser_exchange(page, [], ["browser, before the reset"])["envelopes"]
+    new = handshake_with_browser_responding()
+    new.replaces(old)
+    fresh = new.seal(b"python, after the reset")
+
+    load_module(page, node)
+    result = page.evaluate(
+        """async (incoming) => {
+          const t = window.chatTest;
+          t.session = await t.get('session');
+          const texts = [];
+          for (const envelope of incoming) texts.push(await t.chat.openText(t.session, envelope));
+          const again = await t.caught(t.chat.openMessage(t.session, incoming[0]));
+          const stranger = { ...incoming[2], sid: 'AAAAAAAAAAAAAAAAAAAAAA' };
+          const unknown = await t.caught(t.chat.openMessage(t.session, stranger));
+          const reply = await t.chat.sealMessage(t.session, 'browser, after the reset');
+          return { texts, again, unknown, reply, earlier: t.session.earlier.length, sid: t.session.sid };
+        }""",
+        [*late_to_browser, fresh],
+    )
+    assert result["texts"] == ["python, before the reset", "python, also before", "python, after the reset"]
+    assert (result["again"], result["unknown"], result["earlier"]) == ("replayed", "other_session", 1)
+    assert result["sid"] == new.sid == result["reply"]["sid"] != old.sid
+    assert new.open(late_to_python[0]) == b"browser, before the reset"
+    assert new.open(result["reply"]) == b"browser, after the reset"
+    with pytest.raises(ReplayedMessage):
+        new.open(late_to_python[0])

@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from core.chat import Initiator, PublicIdentity, Responder, Session, UnknownSession, key_change
+from core.chat import Initiator, PublicIdentity, Responder, Session, UnknownSession, device_changes, key_change
 from core.chat.handshake import confirmation, full_transcript, hello_transcript, key_schedule
 from core.chat.identity import IdentityKey, load_point, private_from_scalar
 from core.chat.wire import I2R, MAX_PLAINTEXT_BYTES, R2I, message_aad, message_nonce, session_id
@@ -184,7 +184,37 @@ def build_vectors() -> dict[str, Any]:
         },
         "messages": messages,
         "negative": negative_vectors(hello, reply, confirm, messages, transcript),
+        "device_changes": device_change_vectors(),
     }
+
+
+def device_change_vectors() -> list[dict[str, Any]]:
+    """Cases of the device rule: known and current devices (id -> fingerprint), and the answer
+    (or "malformed")."""
+    fp = {name: hashlib.sha256(name.encode()).hexdigest() for name in ("phone", "tablet", "laptop", "new")}
+    phone, tablet, laptop = "cGhvbmUtZGV2aWNlLWlkMQ", "dGFibGV0LWRldmljZS1pZA", "bGFwdG9wLWRldmljZS1pZA"
+    cases = [
+        ("nothing known yet", {}, {phone: fp["phone"]}),
+        ("same devices", {phone: fp["phone"], tablet: fp["tablet"]}, {tablet: fp["tablet"], phone: fp["phone"]}),
+        ("a new device", {phone: fp["phone"]}, {phone: fp["phone"], laptop: fp["laptop"]}),
+        ("a device removed", {phone: fp["phone"], tablet: fp["tablet"]}, {phone: fp["phone"]}),
+        ("a device with a new key", {phone: fp["phone"]}, {phone: fp["new"]}),
+        ("a key that took a device id", {"": fp["phone"]}, {phone: fp["phone"]}),
+        ("all at once", {phone: fp["phone"], tablet: fp["tablet"]}, {phone: fp["new"], laptop: fp["laptop"]}),
+        ("constructor is just a device id", {}, {"constructor": fp["new"]}),
+    ]
+    out: list[dict[str, Any]] = []
+    for name, known, current in cases:
+        changes = device_changes(known, current)
+        answer = {"added": list(changes.added), "changed": list(changes.changed), "removed": list(changes.removed)}
+        out.append({"name": name, "known": known, "current": current, "expected": answer})
+    for name, known, current in (
+        ("a fingerprint in capitals", {phone: fp["phone"].upper()}, {}),
+        ("a device id too long", {}, {"x" * 23: fp["new"]}),
+        ("a fingerprint that is not text", {}, {phone: 7}),
+    ):
+        out.append({"name": name, "known": known, "current": current, "expected": "malformed"})
+    return out
 
 
 def negative_vectors(
@@ -840,3 +870,27 @@ def test_outbox_across_a_reset_reaches_the_peer_exactly_once(alice_bob, stored_b
     deliver_outbox(new_a, relay, outbox)  # sent again after another lost answer: nothing new
     read = [new_b.open(relay.stored[cid]) for cid in relay.order]
     assert read == [item["text"] for item in outbox]
+
+
+# ---- a peer's devices
+
+
+def test_vector_device_changes(vec):
+    assert len(vec["device_changes"]) == 11
+    for case in vec["device_changes"]:
+        if case["expected"] == "malformed":
+            with pytest.raises(MalformedChatMessage):
+                device_changes(case["known"], case["current"])
+            continue
+        changes = device_changes(case["known"], case["current"])
+        answer = {"added": list(changes.added), "changed": list(changes.changed), "removed": list(changes.removed)}
+        assert answer == case["expected"], case["name"]
+
+
+def test_device_changes_name_the_notice_the_warning_and_the_revocation(vec):
+    cases = {case["name"]: case["expected"] for case in vec["device_changes"]}
+    assert cases["a new device"] == {"added": ["bGFwdG9wLWRldmljZS1pZA"], "changed": [], "removed": []}
+    assert cases["a device removed"] == {"added": [], "changed": [], "removed": ["dGFibGV0LWRldmljZS1pZA"]}
+    assert cases["a device with a new key"] == {"added": [], "changed": ["cGhvbmUtZGV2aWNlLWlkMQ"], "removed": []}
+    assert cases["a key that took a device id"] == {"added": [], "changed": [], "removed": []}
+    assert cases["same devices"] == cases["a key that took a device id"]
