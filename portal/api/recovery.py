@@ -39,7 +39,8 @@ class NewRecoveryKey(Schema):
     qr_svg = String(required=True, metadata={"description": "The 12 words as a QR code (SVG)."})
 
 
-WORDS_MESSAGE = '`words` must map the two positions asked for to words, e.g. {"3": "apple", "9": "river"}.'
+# marshmallow formats its messages (str.format), so the braces are doubled.
+WORDS_MESSAGE = '`words` must map the two positions asked for to words, e.g. {{"3": "apple", "9": "river"}}.'
 
 
 class RecoveryConfirm(Schema):
@@ -47,7 +48,7 @@ class RecoveryConfirm(Schema):
         keys=String(),
         values=String(),
         required=True,
-        error_messages={"required": WORDS_MESSAGE, "invalid": WORDS_MESSAGE},
+        error_messages={"required": WORDS_MESSAGE, "invalid": WORDS_MESSAGE, "null": WORDS_MESSAGE},
         metadata={"example": {"3": "apple", "9": "river"}},
     )
 

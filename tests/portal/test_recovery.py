@@ -252,3 +252,16 @@ def test_recovery_is_throttled_per_address_too(client: FlaskClient, clock: Clock
         assert recover(client, f"someone.{n}", key, address="203.0.113.41").status_code == 401
     refused = recover(client, "someone.else", Mnemonic("english").generate(128), address="203.0.113.41")
     assert refused.status_code == 429 and "your network address" in refused.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"words": "apple river"}, {"words": {"3": 7}}, {"words": None}, {"words": ["apple", "river"]}]
+)
+def test_invalid_confirm_body(client: FlaskClient, patient: Person, body: dict[str, Any]) -> None:
+    begin(client, patient)
+    refused = client.post("/api/v1/account/recovery-key/confirm", json=body, headers=patient.headers)
+    assert refused.status_code == 422, refused.json
+    if not isinstance(body.get("words"), dict):
+        message = '`words` must map the two positions asked for to words, e.g. {"3": "apple", "9": "river"}.'
+        assert refused.json["error"]["fields"] == {"words": message}
+    assert status(client, patient)["set"] is False
