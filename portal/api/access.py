@@ -270,7 +270,10 @@ class ReadRecord(Schema):
     created_at = String(required=True, metadata={"format": "date-time"})
 
 
-ACCOUNT_EVENTS = {"recovery_key": "Password reset with your recovery key"}
+ACCOUNT_EVENTS = {
+    "recovery_key": "Password reset with your recovery key",
+    "escrow": "Password reset at your hospital's front desk (identity checked in person, two approvals)",
+}
 
 
 class AccessEntry(Schema):

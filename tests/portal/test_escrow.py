@@ -262,8 +262,14 @@ def test_two_admins_of_the_home_hospital_recover_a_patient_at_the_desk(
         user = home.user("alice")
         assert (user.recovered_method, user.recovered_notice) == ("escrow", True)  # told at the next sign-in
     assert home.token("alice").status_code == 401
-    assert home.token("alice", NEW_PASSWORD).status_code == 200
+    signed_in = home.token("alice", NEW_PASSWORD)
+    assert signed_in.status_code == 200
+    assert [(n["kind"], n["method"]) for n in signed_in.json["notices"]] == [("recovered", "escrow")]
+    assert home.token("alice", NEW_PASSWORD).json["notices"] == []  # told once
     assert _recover(home, "alice", code, "another-violet-canyon-orbit").status_code == 401  # once only
+    headers = {"Authorization": f"Bearer {signed_in.json['token']}"}
+    log = home.client.get("/api/v1/access-log", headers=headers).json
+    assert any("front desk" in (entry.get("event") or "") for entry in log["entries"]), log
 
     with home.ctx():
         user = home.user("alice")
