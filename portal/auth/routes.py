@@ -7,7 +7,7 @@ from werkzeug.wrappers import Response
 from portal import runtime
 from portal.auth import bp, page_actor
 from portal.models import utcnow
-from portal.services import accounts, chat, throttle, two_factor
+from portal.services import accounts, chat, recovery, throttle, two_factor
 from portal.services.errors import ServiceError
 
 HOME = {"doctor": "doctor.find_patient", "admin": "admin.users"}
@@ -62,6 +62,12 @@ def login() -> Response | str | tuple[str, int] | tuple[str, int, dict[str, str]
         login_user(user)
         if signed_in.failed_attempts:
             flash(throttle.failed_attempts_notice(signed_in.failed_attempts, signed_in.last_failed_at), "error")
+        for notice in recovery.take_notices(user):  # a doctor's password reset at the desk (docs/recovery.md)
+            flash(
+                f"Your password was reset without your old one on {notice['at']:%Y-%m-%d %H:%M} UTC. "
+                "If that was not you, tell your hospital's administrator at once.",
+                "error",
+            )
         return _home()
     return render_template("auth/login.html")
 

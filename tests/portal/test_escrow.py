@@ -307,8 +307,11 @@ def test_the_holders_admin_approves_and_a_doctor_keeps_their_keys(hospitals: tup
         assert approved.status == "approved" and approved.approved_by_node == "node-2"
         _, code = escrow.issue_code(home.user("admin"), case_id, utcnow())
     assert _recover(home, "dr.osei", code).status_code == 200
+    client = home.client
+    client.post("/login", data={"username": "dr.osei", "password": NEW_PASSWORD, "csrf_token": csrf(client, "/login")})
+    assert "Your password was reset without your old one" in client.get("/doctor/patients").get_data(as_text=True)
     answer = home.token("dr.osei", NEW_PASSWORD)
-    assert answer.status_code == 200
+    assert answer.status_code == 200 and answer.json["notices"] == []  # told once, on the portal
     with home.ctx():
         actor = accounts.resolve(answer.json["token"], utcnow())
         assert actor.keys().key_id == before  # the same keys: records and grants stay readable
