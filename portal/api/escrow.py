@@ -100,6 +100,7 @@ def escrow_choice(data: dict[str, Any]) -> dict[str, Any]:
         {
             401: "The username or code is wrong, or the code has expired or was used.",
             422: "A field is missing, or the new password is too easy to guess.",
+            429: "Too many attempts from this address; wait and try again.",
         }
     ),
 )

@@ -241,7 +241,7 @@ def status(user: User) -> dict[str, Any]:
     """An account's escrow as its owner sees it: on or off, which hospital holds the other
     share (or whether it is still on its way), and its completed recoveries."""
     row = _escrow(user)
-    enabled = user.role == "doctor" or row is None or row.enabled
+    enabled = user.role == "doctor" or (user.role == "patient" and (row is None or row.enabled))
     if user.role not in ESCROWED_ROLES:
         state = "not_offered"
     elif not enabled:
