@@ -265,3 +265,16 @@ def test_invalid_confirm_body(client: FlaskClient, patient: Person, body: dict[s
         message = '`words` must map the two positions asked for to words, e.g. {"3": "apple", "9": "river"}.'
         assert refused.json["error"]["fields"] == {"words": message}
     assert status(client, patient)["set"] is False
+
+
+def test_wrong_passwords_when_making_a_key_count_like_failed_sign_ins(
+    client: FlaskClient, patient: Person, clock: Clock
+) -> None:
+    """A signed-in session (a phone left unlocked) cannot guess the password faster here."""
+    for _ in range(4):
+        assert begin(client, patient, "not my password at all").status_code == 422
+    waiting = begin(client, patient)
+    assert waiting.status_code == 429 and waiting.headers["Retry-After"] == "1"
+    assert client.get("/api/v1/me", headers=patient.headers).status_code == 200
+    clock.advance(1)
+    assert begin(client, patient).status_code == 201
