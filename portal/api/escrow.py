@@ -10,7 +10,7 @@ from apiflask.fields import Boolean, List, Nested, String
 
 from portal import runtime
 from portal.api import api_actor, bp, iso
-from portal.api.schemas import Text, answer
+from portal.api.schemas import Flag, Text, answer
 from portal.limits import limiter, registration_limit
 from portal.models import utcnow
 from portal.services import escrow
@@ -49,7 +49,7 @@ class EscrowStatus(Schema):
 
 
 class EscrowChoice(Schema):
-    enabled = Boolean(required=True, metadata={"description": "false: both shares are deleted."})
+    enabled = Flag(required=True, metadata={"description": "false: both shares are deleted."})
 
 
 class RecoverWithCode(Schema):
