@@ -125,6 +125,9 @@ class AuthSession(db.Model):
     wrapped_user_key: Mapped[bytes] = mapped_column(LargeBinary(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+    # The chat device this sign-in runs on (its id, once the app named it): removing that
+    # device ends the session.
+    chat_device: Mapped[str | None] = mapped_column(String(32))
 
     user: Mapped[User] = relationship()
 

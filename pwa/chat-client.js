@@ -98,6 +98,8 @@ const PROBLEMS = {
 
 const chat = {
   userId: null,
+  device: null,
+  linkReady: Promise.resolve(),
   identityReady: null,
   waiting: false,
   unsupported: false,
@@ -128,8 +130,8 @@ export function startChat() {
       onLinkState(linkChanged),
     ];
     claimDevice(user.id, token);
-  } else if (!chat.waiting && !chat.unsupported) {
-    openChatLink(token);
+  } else if (!chat.waiting && !chat.unsupported && chat.device) {
+    openChatLink(token, chat.device);
   }
 }
 
@@ -170,7 +172,13 @@ function begin(userId, token) {
   store.rememberUser(userId);
   chat.identityReady = prepareIdentity(userId);
   chat.identityReady.catch(() => {});
-  openChatLink(token);
+  // The link names this device, read from IndexedDB first; conversations wait for it.
+  chat.linkReady = store.deviceOf(userId).then((device) => {
+    if (chat.userId === userId) {
+      chat.device = device;
+      openChatLink(token, device);
+    }
+  }, () => openChatLink(token));
   chat.conversations.forEach((conv) => {
     if (conv.listeners.size) {
       enqueue(conv, () => openConversation(conv));
@@ -194,7 +202,8 @@ function resetState() {
   chat.unsubscribe.forEach((stop) => stop());
   chat.releaseDevice?.();
   Object.assign(chat, {
-    userId: null, identityReady: null, waiting: false, unsupported: false, releaseDevice: null, unsubscribe: [],
+    userId: null, device: null, linkReady: Promise.resolve(), identityReady: null, waiting: false,
+    unsupported: false, releaseDevice: null, unsubscribe: [],
   });
   chat.conversations.clear();
 }
@@ -389,6 +398,7 @@ async function openConversation(conv) {
     return;
   }
   try {
+    await chat.linkReady;
     await loadLocal(conv);
     await join(conv);
     conv.phase = PHASES.verifying;

@@ -36,6 +36,8 @@ const OUTBOX = 'outbox';
 const CURSORS = 'cursors';
 const BY_CONVERSATION = 'by_conversation';
 const SELF = 'self';
+const DEVICE = 'device';
+const DEVICE_BYTES = 16;
 // A session given up (a hole that could not be filled) waits under this key until the
 // new handshake completes: the new session then keeps its receiving half.
 const RETIRED = '#retired';
@@ -49,6 +51,20 @@ export function identityOf(userId) {
 
 export function saveIdentity(userId, identity) {
   return write(userId, IDENTITY, SELF, identity);
+}
+
+// This device's id for this user (16 random bytes, base64url), made once and kept like the
+// identity key: the node ties the sign-in to it, so removing the device from another one
+// ends it.
+export async function deviceOf(userId) {
+  const saved = await read(userId, IDENTITY, DEVICE);
+  if (saved) {
+    return saved;
+  }
+  const bytes = crypto.getRandomValues(new Uint8Array(DEVICE_BYTES));
+  const device = btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  await write(userId, IDENTITY, DEVICE, device);
+  return device;
 }
 
 // {key, fingerprint} pinned, and `change`: {key, fingerprint, since} not confirmed yet, or null.

@@ -38,13 +38,15 @@ const link = {
   eventListeners: new Map(),
 };
 
-// Opens the connection for this token, or keeps the one already open for it.
-export function openChatLink(token) {
+// Opens the connection for this token, or keeps the one already open for it. `device`
+// names this device (chat-store.js deviceOf): the node refuses a device removed from the account.
+export function openChatLink(token, device = null) {
   if (link.socket && link.token === token) {
     return;
   }
   closeChatLink();
-  const socket = io(NAMESPACE, { auth: { token }, transports: ['websocket'] });
+  const auth = device ? { token, device } : { token };
+  const socket = io(NAMESPACE, { auth, transports: ['websocket'] });
   Object.assign(link, { socket, token });
   setState(LINK_STATES.connecting, null);
   socket.on('connect', () => setState(LINK_STATES.online, null));

@@ -1,5 +1,5 @@
 """chat keys per device: a device id on each key, one current key per device instead of one
-per patient, and the revocation of a removed device's key
+per patient, the revocation of a removed device's key, and the device a sign-in runs on
 
 Revision ID: c3e5a7b9d1f6
 Revises: b2d4f6a8c0e4
@@ -23,9 +23,13 @@ def upgrade():
         batch_op.add_column(sa.Column('revoke_tx_hash', sa.String(length=64), nullable=True))
         batch_op.drop_constraint('uq_chat_keys_current_user_id', type_='unique')
         batch_op.create_unique_constraint('uq_chat_keys_current_user_id_device', ['current_user_id', 'device'])
+    with op.batch_alter_table('auth_sessions', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('chat_device', sa.String(length=32), nullable=True))
 
 
 def downgrade():
+    with op.batch_alter_table('auth_sessions', schema=None) as batch_op:
+        batch_op.drop_column('chat_device')
     # Back to one current key per patient: every device's key but the newest is superseded.
     op.execute(
         "UPDATE chat_keys SET current_user_id = NULL WHERE current_user_id IS NOT NULL AND id NOT IN "

@@ -665,10 +665,18 @@ def chat_devices() -> dict[str, Any]:
     operation_id="removeChatDevice",
     summary="Remove one of the caller's devices: its chat key is revoked on the ledger",
     security=BEARER,
-    responses=_errors(e404="No such device of yours.", e422=DEVICE, e429=RATE_LIMITED),
+    responses=_errors(
+        e404="No such device of yours.",
+        e409="This is the device you are using: remove it from another one.",
+        e422=DEVICE,
+        e429=RATE_LIMITED,
+    ),
 )
 def remove_chat_device(device: str) -> dict[str, Any]:
-    row = chat.revoke_device(
+    from portal.chat.events import close_sockets
+
+    removed = chat.revoke_device(
         api_actor("patient"), device, node_key=runtime.node_key(), ctx=runtime.matching_context(), now=utcnow()
     )
-    return {"device": row}
+    close_sockets(removed.sockets)  # their sign-ins have just ended
+    return {"device": removed.key}

@@ -151,9 +151,21 @@ def _authenticate(auth: object) -> accounts.Actor:
     return actor
 
 
+def _bind_device(actor: accounts.Actor, auth: object) -> None:
+    """The app names its device when it connects: a removed device, or a sign-in of another
+    device, is refused."""
+    try:
+        chat.bind_device(actor, auth.get("device") if isinstance(auth, dict) else None)
+        db.session.commit()
+    except ServiceError as exc:
+        db.session.rollback()
+        raise ConnectionRefusedError(exc.message) from None
+
+
 @socketio.on("connect", namespace=NAMESPACE)
 def on_connect(auth: object = None) -> None:
     actor = _authenticate(auth)
+    _bind_device(actor, auth)
     try:
         _welcome(actor)
     except Exception:

@@ -139,6 +139,36 @@ def subject_of(salt: bytes, pseudonym: str) -> str:
     return hashlib.sha256(salt + pseudonym.encode()).hexdigest()
 
 
+REMOVED = "This device was removed from your account: it cannot use the chat any more."
+
+
+def _device_removed(user: User, device: str) -> bool:
+    return device != "" and (
+        db.session.scalar(
+            select(ChatKey.id).where(
+                ChatKey.user_id == user.id, ChatKey.device == device, ChatKey.revoked_at.is_not(None)
+            )
+        )
+        is not None
+    )
+
+
+def bind_device(actor: Actor, device: object) -> str:
+    """Note which chat device the actor's sign-in runs on (the app names it when it connects or
+    registers its key), so that removing the device ends the sign-in. Forbidden for a removed
+    device and for a sign-in already bound to another device. The caller commits."""
+    user = _patient(actor)
+    device_id = _parse_device(device)
+    if device_id == "":
+        return device_id
+    if _device_removed(user, device_id):
+        raise Forbidden(REMOVED)
+    if actor.session.chat_device not in (None, device_id):
+        raise Forbidden("This sign-in belongs to another device.")
+    actor.session.chat_device = device_id
+    return device_id
+
+
 def _revoked(user: User, device: str, fingerprint: str) -> bool:
     return (
         db.session.scalar(
@@ -170,13 +200,14 @@ def register_key(
     user = _patient(actor)
     rate_limit(user, "chat_key", ctx.rates.chat_key, f"You can register {ctx.rates.chat_key} chat keys an hour.", now)
     identity = _parse_key(key)
-    device_id = _parse_device(device)
+    device_id = bind_device(actor, device)
     wire, fingerprint = identity.b64, identity.fingerprint
     current = current_key(user, device_id)
     if current is not None and current.key == wire:
+        db.session.commit()
         return current
     if _revoked(user, device_id, fingerprint):
-        raise Forbidden("This device was removed from your account: it cannot register a chat key again.")
+        raise Forbidden(REMOVED)
     taken = db.session.scalar(
         select(ChatKey.id).where(
             ChatKey.current_user_id == user.id, ChatKey.key == wire, ChatKey.device.not_in((device_id, ""))
@@ -236,17 +267,29 @@ def own_devices(actor: Actor) -> list[ChatKey]:
     return current_keys(_patient(actor))
 
 
-def revoke_device(actor: Actor, device: object, *, node_key: NodeKey, ctx: MatchingContext, now: datetime) -> ChatKey:
+@dataclass(frozen=True)
+class Removed:
+    """A removed device's revoked key and the /chat connections the caller must now close."""
+
+    key: ChatKey
+    sockets: list[str]
+
+
+def revoke_device(actor: Actor, device: object, *, node_key: NodeKey, ctx: MatchingContext, now: datetime) -> Removed:
     """Remove one of the caller's devices (a lost phone, from another one): its key is revoked by
     a `chat_key_revoke` transaction this node signs (salted subject, the key's fingerprint and
-    the device id), so peers stop sealing for it; the device can never register a key again.
-    NotFound for a device that is not one of the caller's current ones."""
+    the device id), so peers stop sealing for it; every sign-in bound to that device ends (the
+    caller closes the returned sockets), and the device can never use the chat again.
+    NotFound for a device that is not one of the caller's current ones; Conflict for the device
+    the caller is using."""
     user = _patient(actor)
     rate_limit(user, "chat_key", ctx.rates.chat_key, f"You can change {ctx.rates.chat_key} chat keys an hour.", now)
     device_id = _parse_device(device)
     row = current_key(user, device_id) if device_id else None
     if row is None:
         raise NotFound("No such device of yours.")
+    if actor.session.chat_device == device_id:
+        raise Conflict("This is the device you are using: remove it from another one.")
     salt = os.urandom(16)
     payload = {
         "subject": subject_of(salt, pseudonym_of(user, ctx.keys.pseudonym)),
@@ -257,8 +300,12 @@ def revoke_device(actor: Actor, device: object, *, node_key: NodeKey, ctx: Match
     tx = sign_transaction("chat_key_revoke", payload, node_key, epoch_ms(now))
     ledger.queue(tx, now)
     row.revoked_at, row.revoke_tx_hash, row.current_user_id = now, tx.hash, None
+    bound = select(AuthSession.id).where(AuthSession.user_id == user.id, AuthSession.chat_device == device_id)
+    sockets = list(db.session.scalars(select(ChatSocket.sid).where(ChatSocket.session_id.in_(bound))))
+    db.session.execute(delete(ChatSocket).where(ChatSocket.sid.in_(sockets)))
+    db.session.execute(delete(AuthSession).where(AuthSession.user_id == user.id, AuthSession.chat_device == device_id))
     db.session.commit()
-    return row
+    return Removed(row, sockets)
 
 
 def peer_keys(actor: Actor, pseudonym: str) -> PeerKeys:

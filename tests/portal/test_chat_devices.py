@@ -16,20 +16,23 @@ from core.errors import InvalidTransaction
 from core.ledger import decode_transaction
 from core.ledger.kinds import check_chat_key, check_chat_key_revoke
 from portal import runtime
-from portal.extensions import db
+from portal.extensions import db, socketio
 from portal.models import ChatKey, LedgerTransaction
 from portal.services import ledger
 from tests.conftest import Person, make_person, produce
-from tests.portal.test_chat import connect, p256
+from tests.portal.test_chat import NS, call, connect, p256
 from tests.portal.test_matching import error, pseudonym
 
 PHONE, TABLET = b64e(os.urandom(16)), b64e(os.urandom(16))
 NO_DEVICE = "No such device of yours."
+REMOVED = "This device was removed from your account: it cannot use the chat any more."
 BAD_DEVICE = "`device` must be a device id: 16 random bytes in base64url."
 
 
 def register(client: FlaskClient, who: Person, key: str, device: str | None) -> dict:
-    answer = client.put("/api/v1/chat/key", json={"key": key, "device": device}, headers=who.headers)
+    """Register `key` for `device`, signed in on that device (one sign-in per device)."""
+    headers = who.headers if device in (None, PHONE) else sign_in(client, who)
+    answer = client.put("/api/v1/chat/key", json={"key": key, "device": device}, headers=headers)
     assert answer.status_code == 200, answer.json
     return answer.json["key"]
 
@@ -95,7 +98,7 @@ def test_a_key_from_before_device_ids_is_taken_over_by_its_device(
 def test_invalid_one_key_for_two_devices(client: FlaskClient, patient: Person) -> None:
     key = p256()
     register(client, patient, key, PHONE)
-    answer = client.put("/api/v1/chat/key", json={"key": key, "device": TABLET}, headers=patient.headers)
+    answer = client.put("/api/v1/chat/key", json={"key": key, "device": TABLET}, headers=sign_in(client, patient))
     assert error(answer) == (409, "conflict", "This chat key is already registered for another of your devices.")
 
 
@@ -129,12 +132,11 @@ def test_removing_a_lost_device_revokes_its_key_on_the_ledger(
     assert seen["previous"] == []
     assert [d["device"] for d in client.get("/api/v1/chat/devices", headers=patient.headers).json["devices"]] == [PHONE]
     # The removed device, or its key on another device id, never comes back.
-    again = client.put("/api/v1/chat/key", json={"key": p256(), "device": TABLET}, headers=patient.headers)
-    refused = "This device was removed from your account: it cannot register a chat key again."
-    assert error(again) == (403, "forbidden", refused)
+    again = client.put("/api/v1/chat/key", json={"key": p256(), "device": TABLET}, headers=sign_in(client, patient))
+    assert error(again) == (403, "forbidden", REMOVED)
     reused = client.put("/api/v1/chat/key", json={"key": tablet_key, "device": b64e(os.urandom(16))},
-                        headers=patient.headers)  # fmt: skip
-    assert error(reused) == (403, "forbidden", refused)
+                        headers=sign_in(client, patient))  # fmt: skip
+    assert error(reused) == (403, "forbidden", REMOVED)
     assert error(client.delete(f"/api/v1/chat/devices/{TABLET}", headers=patient.headers)) == (
         404, "not_found", NO_DEVICE,
     )  # fmt: skip
@@ -183,3 +185,50 @@ def test_ledger_kinds_for_devices() -> None:
     ):
         with pytest.raises(InvalidTransaction):
             check_chat_key_revoke(bad)
+
+
+def sign_in(client: FlaskClient, who: Person) -> dict[str, str]:
+    """Another sign-in of `who` (as on another device): its Authorization header."""
+    answer = client.post("/api/v1/auth/token", json={"username": who.username, "password": who.password})
+    assert answer.status_code == 200, answer.json
+    return {"Authorization": f"Bearer {answer.json['token']}"}
+
+
+def test_removing_a_device_ends_its_sign_ins_and_keeps_it_off_the_chat(
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person
+) -> None:
+    conversation = connect(client, patient, other_patient)
+    tablet_headers = sign_in(client, patient)
+    tablet_token = tablet_headers["Authorization"].removeprefix("Bearer ")
+    register(client, patient, p256(), PHONE)
+    answer = client.put("/api/v1/chat/key", json={"key": p256(), "device": TABLET}, headers=tablet_headers)
+    assert answer.status_code == 200, answer.json
+    tablet_socket = socketio.test_client(app, namespace=NS, auth={"token": tablet_token, "device": TABLET})
+    phone_socket = socketio.test_client(app, namespace=NS, auth={"token": patient.token, "device": PHONE})
+    assert tablet_socket.is_connected(NS) and phone_socket.is_connected(NS)
+    assert call(tablet_socket, "join", {"conversation": conversation})["ok"] is True
+
+    # A sign-in runs on one device: the phone's cannot pose as the tablet, nor remove itself.
+    wrong = socketio.test_client(app, namespace=NS, auth={"token": patient.token, "device": TABLET})
+    assert not wrong.is_connected(NS)
+    assert error(client.delete(f"/api/v1/chat/devices/{PHONE}", headers=patient.headers)) == (
+        409, "conflict", "This is the device you are using: remove it from another one.",
+    )  # fmt: skip
+
+    assert client.delete(f"/api/v1/chat/devices/{TABLET}", headers=patient.headers).status_code == 200
+    assert not tablet_socket.is_connected(NS)  # closed at once
+    assert phone_socket.is_connected(NS)
+    assert client.get("/api/v1/chat/devices", headers=tablet_headers).status_code == 401  # its sign-in ended
+    # Signed in again (the password was on the lost tablet too?), it still cannot use the chat.
+    again = sign_in(client, patient)
+    again_token = again["Authorization"].removeprefix("Bearer ")
+    refused = socketio.test_client(app, namespace=NS, auth={"token": again_token, "device": TABLET})
+    assert not refused.is_connected(NS)
+    key = client.put("/api/v1/chat/key", json={"key": p256(), "device": TABLET},
+                     headers=again)  # fmt: skip
+    assert error(key) == (
+        403,
+        "forbidden",
+        "This device was removed from your account: it cannot use the chat any more.",
+    )
+    assert call(phone_socket, "join", {"conversation": conversation})["ok"] is True
