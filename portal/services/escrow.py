@@ -53,7 +53,7 @@ from portal.models import (
     User,
     epoch_ms,
 )
-from portal.services import accounts, ledger
+from portal.services import accounts, federation, ledger
 from portal.services.errors import Conflict, Forbidden, NotFound, ServiceError, Unauthorized, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -250,8 +250,6 @@ def status(user: User) -> dict[str, Any]:
         state = "waiting"  # made at the next sign-in, or when a second member hospital exists
     else:
         state = "delivering" if row.pending is not None else "held"
-    from portal.services import federation
-
     holder = row.holder if row is not None and enabled else None
     return {
         "enabled": enabled,
