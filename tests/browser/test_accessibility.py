@@ -67,6 +67,8 @@ PORTAL_PAGES = [
     ("emergencies", "admin", "/admin/emergencies"),
     ("consensus", "admin", "/admin/consensus"),
     ("archive", "admin", "/admin/archive"),
+    ("recoveries", "admin", "/admin/recoveries"),
+    ("recovery-open", "admin", "/admin/recoveries/new/{alice}"),
     ("blocks", "admin", "/chain/"),
     ("block", "admin", "/chain/blocks/1"),
     ("two-factor", "dr.osei", "/account/two-factor"),
