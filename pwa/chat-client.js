@@ -318,6 +318,7 @@ function conversation(id) {
       pin: null,
       session: null,
       retired: null,
+      joinedAt: null,
       handshake: null,
       phase: PHASES.starting,
       problem: null,
@@ -350,6 +351,8 @@ function snapshot(conv) {
     phase,
     problem: phase === PHASES.unsupported ? PROBLEMS.unsupported : conv.problem,
     keyWarning: conv.keyWarning,
+    // This device came to a conversation that had messages: it shows them from this time on.
+    joinedAt: conv.joinedAt,
     // Set only once the key was found in its ledger transaction (checkOnLedger).
     fingerprint: conv.peerKey?.fingerprint ?? null,
     canSend: phase === PHASES.ready && !conv.keyWarning,
@@ -409,7 +412,7 @@ async function openConversation(conv) {
       flushLater(conv);
     } else if (conv.handshake) {
       conv.phase = PHASES.handshaking;
-    } else if (conv.role === ROLE_INITIATOR || await lostSession(conv)) {
+    } else if (await joinedLate(conv) || conv.role === ROLE_INITIATOR) {
       await startHandshake(conv);
     } else {
       conv.phase = PHASES.handshaking;
@@ -434,11 +437,12 @@ async function loadLocal(conv) {
     return;
   }
   const userId = chat.userId;
-  const [rows, outbox, session, retired, handshake, acked, pin] = await Promise.all([
+  const [rows, outbox, session, retired, joinedAt, handshake, acked, pin] = await Promise.all([
     store.messagesOf(userId, conv.id),
     store.outboxOf(userId, conv.id),
     store.sessionOf(userId, conv.id),
     store.retiredOf(userId, conv.id),
+    store.joinedOf(userId, conv.id),
     store.handshakeOf(userId, conv.id),
     store.cursorOf(userId, conv.id),
     store.pinOf(userId, conv.id),
@@ -450,6 +454,7 @@ async function loadLocal(conv) {
   conv.ackSent = Math.max(conv.ackSent, acked);
   conv.session = conv.session ?? session;
   conv.retired = conv.session ? null : conv.retired ?? retired;
+  conv.joinedAt = conv.joinedAt ?? joinedAt ?? null;
   conv.handshake = conv.handshake ?? handshake;
   setPin(conv, pin);
   conv.loaded = true;
@@ -549,10 +554,17 @@ async function subjectOf(salt, pseudonym) {
 // ---- handshakes
 
 // The patient who accepted starts a handshake only to replace a session this
-// device no longer has: one was confirmed, or used, in this conversation before.
-async function lostSession(conv) {
+// device does not have: one was confirmed, or used, in this conversation before
+// (this device lost it, or never had it: a new device). A device with nothing of
+// the conversation yet notes when it joined: it shows the conversation from then on.
+async function joinedLate(conv) {
   const { messages } = await request('history', { conversation: conv.id, before: null, limit: HISTORY_LIMIT });
-  return messages.some((item) => item.kind === 'message' || item.body?.type === 'confirm');
+  const earlier = messages.some((item) => item.kind === 'message' || item.body?.type === 'confirm');
+  if (earlier && !conv.messages.size && !conv.joinedAt) {
+    conv.joinedAt = new Date().toISOString();
+    await store.saveJoined(chat.userId, conv.id, conv.joinedAt);
+  }
+  return earlier;
 }
 
 async function startHandshake(conv) {

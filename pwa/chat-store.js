@@ -41,6 +41,7 @@ const DEVICE_BYTES = 16;
 // A session given up (a hole that could not be filled) waits under this key until the
 // new handshake completes: the new session then keeps its receiving half.
 const RETIRED = '#retired';
+const JOINED = '#joined';
 const PRIVATE_STORES = [SESSIONS, HANDSHAKES, MESSAGES, OUTBOX, CURSORS];
 
 const open = new Map();
@@ -94,6 +95,16 @@ export async function retireSession(userId, conversation, session) {
 
 export function retiredOf(userId, conversation) {
   return read(userId, SESSIONS, conversation + RETIRED);
+}
+
+// When this device joined a conversation that had messages before (ISO time): it reads
+// from then on; the earlier ones stay on the devices that received them. Wiped at logout.
+export function joinedOf(userId, conversation) {
+  return read(userId, SESSIONS, conversation + JOINED);
+}
+
+export function saveJoined(userId, conversation, at) {
+  return write(userId, SESSIONS, conversation + JOINED, at);
 }
 
 export function handshakeOf(userId, conversation) {

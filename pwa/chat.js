@@ -50,6 +50,7 @@ export function chatView(ctx, conversationId) {
     problem: h('div', { class: 'chat-problem', hidden: true }),
     blocking: h('div', { class: 'chat-block' }),
     errors: h('ul', { class: 'chat-errors', 'aria-label': 'Problems with received messages' }),
+    joined: h('p', { class: 'notice notice-info joined-note', hidden: true }),
     list: h('ol', { class: 'message-list', 'aria-label': 'Messages', 'aria-live': 'polite', tabindex: '-1' }),
     older: h('button', { type: 'button', class: 'button older-messages', hidden: true }, 'Show older messages'),
     // Focusable, so the keyboard scrolls it too.
@@ -78,7 +79,7 @@ export function chatView(ctx, conversationId) {
       hideJump(page);
     }
   }, { passive: true });
-  page.scroller.append(page.older, page.list);
+  page.scroller.append(page.joined, page.older, page.list);
   // The space for messages changes as the screen is laid out, a banner comes or goes,
   // the keyboard opens or the composer grows: the end stays in view for a reader there.
   const resized = new ResizeObserver(() => {
@@ -124,11 +125,21 @@ function render(page, view) {
   renderWarning(page, view);
   renderProblem(page, view);
   renderErrors(page, view);
+  renderJoined(page, view);
   renderMessages(page, view);
   renderBlock(page, view);
   page.composer.input.disabled = !view.canSend;
   page.composer.send.disabled = !view.canSend || page.composer.busy;
   page.composer.hint.hidden = !(view.phase === PHASES.ready && view.keyWarning);
+}
+
+// Messages from before this device joined stay on the devices that received them.
+function renderJoined(page, view) {
+  page.joined.hidden = !view.joinedAt;
+  if (view.joinedAt) {
+    page.joined.textContent = `This device joined the conversation on ${formatDateTime(view.joinedAt)}: it shows `
+      + 'messages from then on. Earlier ones stay on the devices that received them.';
+  }
 }
 
 function statusText(view) {

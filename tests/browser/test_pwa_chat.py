@@ -389,6 +389,10 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
         log_in(new.page, bob)
         new.page.goto(f"/app/#/chat/{conversation}")
         chat_ready(new.page, alice_seen_as)
+        # The new phone shows the conversation from the time it joined, and says so.
+        expect(new.page.locator(".joined-note")).to_contain_text("This device joined the conversation on")
+        expect(new.page.locator(".message-text")).to_have_count(0)
+        expect(a.locator(".joined-note")).to_be_hidden()
         warning = a.locator(".key-warning")
         expect(warning).to_contain_text(f"{bob_seen_as}\u2019s chat key has changed")
         expect(a.locator(".chat-status")).to_contain_text("end-to-end encrypted")
