@@ -34,7 +34,8 @@
 
 import { getBlock, getChatKey, registerChatKey } from './api.js';
 import {
-  ChatError, ERROR_TEXT, b64d, b64e, fingerprint, generateIdentity, keyChange, onConfirm, onReply, openText,
+  ChatError, ERROR_TEXT, b64d, b64e, deviceChanges, fingerprint, generateIdentity, keyChange, onConfirm, onReply,
+  openText,
   publicKeyB64, replaceSession, sealMessage, sessionIdOf, startInitiator, startResponder,
 } from './chat-crypto.js';
 import * as store from './chat-store.js';
@@ -319,6 +320,7 @@ function conversation(id) {
       session: null,
       retired: null,
       joinedAt: null,
+      newDevices: [],
       handshake: null,
       phase: PHASES.starting,
       problem: null,
@@ -353,6 +355,8 @@ function snapshot(conv) {
     keyWarning: conv.keyWarning,
     // This device came to a conversation that had messages: it shows them from this time on.
     joinedAt: conv.joinedAt,
+    // Fingerprints of devices the peer started using since the patient last looked.
+    newDevices: [...conv.newDevices],
     // Set only once the key was found in its ledger transaction (checkOnLedger).
     fingerprint: conv.peerKey?.fingerprint ?? null,
     canSend: phase === PHASES.ready && !conv.keyWarning,
@@ -485,7 +489,44 @@ async function verifyPeerKey(conv) {
   }
   setPin(conv, updated);
   conv.peerKey = answer;
+  await noticeNewDevices(conv, answer);
   changed(conv);
+}
+
+// The new-device notice: a device of the peer's that was not there when this device
+// last looked, found in its ledger transaction, is listed until the patient says OK.
+// The first look only takes note.
+async function noticeNewDevices(conv, answer) {
+  const entries = (answer.devices ?? []).filter((entry) => entry?.height !== null && entry?.height !== undefined);
+  const current = Object.fromEntries(entries.map((entry) => [entry.device ?? '', entry.fingerprint]));
+  const saved = await store.devicesOf(chat.userId, conv.id);
+  let added = saved?.added ?? [];
+  if (saved?.known) {
+    let changes;
+    try {
+      changes = deviceChanges(saved.known, current);
+    } catch {
+      return; // a malformed answer: told nothing, noted nothing
+    }
+    for (const id of changes.added) {
+      const entry = entries.find((item) => (item.device ?? '') === id);
+      await checkOnLedger(entry, conv.peer);
+      added = [...added, entry.fingerprint];
+    }
+  }
+  await store.saveDevices(chat.userId, conv.id, { known: current, added });
+  conv.newDevices = added;
+}
+
+// The patient read the new-device notice.
+export function acknowledgeNewDevices(id) {
+  const conv = conversation(String(id));
+  return enqueue(conv, async () => {
+    const saved = await store.devicesOf(chat.userId, conv.id);
+    await store.saveDevices(chat.userId, conv.id, { known: saved?.known ?? {}, added: [] });
+    conv.newDevices = [];
+    changed(conv);
+  });
 }
 
 function setPin(conv, pin) {
@@ -527,6 +568,7 @@ async function checkOnLedger(answer, pseudonym) {
   const tx = (block?.transactions ?? []).find((item) => item?.hash === answer.tx);
   const payload = tx?.payload;
   const matches = tx?.kind === CHAT_KEY_KIND
+    && (payload?.device ?? '') === (answer.device ?? '')
     && typeof payload?.key === 'string' && payload.key === answer.key
     && typeof payload.salt === 'string' && typeof payload.subject === 'string'
     && payload.subject === await subjectOf(payload.salt, pseudonym)

@@ -42,6 +42,7 @@ const DEVICE_BYTES = 16;
 // new handshake completes: the new session then keeps its receiving half.
 const RETIRED = '#retired';
 const JOINED = '#joined';
+const DEVICES = '#devices';
 const PRIVATE_STORES = [SESSIONS, HANDSHAKES, MESSAGES, OUTBOX, CURSORS];
 
 const open = new Map();
@@ -75,6 +76,16 @@ export function pinOf(userId, conversation) {
 
 export function savePin(userId, conversation, pin) {
   return write(userId, PEERS, conversation, pin);
+}
+
+// The peer's devices seen here, {known: {device id: fingerprint}, added: [fingerprints
+// not acknowledged yet]}: public keys only, kept like the pin.
+export function devicesOf(userId, conversation) {
+  return read(userId, PEERS, conversation + DEVICES);
+}
+
+export function saveDevices(userId, conversation, devices) {
+  return write(userId, PEERS, conversation + DEVICES, devices);
 }
 
 export function sessionOf(userId, conversation) {

@@ -10,7 +10,7 @@
 
 import { blockPeer } from './api.js';
 import {
-  MAX_MESSAGE_CHARS, PHASES, retryConversation, sendText, trustNewKey, watchConversation,
+  MAX_MESSAGE_CHARS, PHASES, acknowledgeNewDevices, retryConversation, sendText, trustNewKey, watchConversation,
 } from './chat-client.js';
 import { h, mount } from './dom.js';
 import { formatClock, formatDateTime } from './format.js';
@@ -51,6 +51,7 @@ export function chatView(ctx, conversationId) {
     blocking: h('div', { class: 'chat-block' }),
     errors: h('ul', { class: 'chat-errors', 'aria-label': 'Problems with received messages' }),
     joined: h('p', { class: 'notice notice-info joined-note', hidden: true }),
+    devices: h('div', { class: 'notice notice-info device-notice', role: 'status', hidden: true }),
     list: h('ol', { class: 'message-list', 'aria-label': 'Messages', 'aria-live': 'polite', tabindex: '-1' }),
     older: h('button', { type: 'button', class: 'button older-messages', hidden: true }, 'Show older messages'),
     // Focusable, so the keyboard scrolls it too.
@@ -101,6 +102,7 @@ export function chatView(ctx, conversationId) {
       page.title,
       page.status),
     page.warning,
+    page.devices,
     page.problem,
     page.errors,
     h('div', { class: 'chat-body' }, page.scroller, page.jump),
@@ -123,6 +125,7 @@ function render(page, view) {
   page.status.textContent = statusText(view);
   page.status.dataset.phase = view.phase;
   renderWarning(page, view);
+  renderDevices(page, view);
   renderProblem(page, view);
   renderErrors(page, view);
   renderJoined(page, view);
@@ -194,6 +197,35 @@ function renderWarning(page, view) {
       h('dt', {}, warning.since ? `New key (registered ${formatDateTime(warning.since)})` : 'New key'),
       h('dd', { class: 'hash fingerprint-current' }, groupedFingerprint(warning.current))),
     trust);
+}
+
+// The peer started using another device: said once, with its key's fingerprint.
+function renderDevices(page, view) {
+  const prints = view.newDevices ?? [];
+  const shown = prints.join(' ');
+  page.devices.hidden = !prints.length;
+  if (page.devices.dataset.shown === shown) {
+    return;
+  }
+  page.devices.dataset.shown = shown;
+  if (!prints.length) {
+    mount(page.devices);
+    return;
+  }
+  const ok = h('button', { type: 'button', class: 'button' }, 'OK');
+  ok.addEventListener('click', () => {
+    ok.disabled = true;
+    acknowledgeNewDevices(page.id).catch(() => {
+      ok.disabled = false;
+    });
+  });
+  const who = view.peer ?? 'Your contact';
+  mount(page.devices,
+    h('p', {}, prints.length === 1 ? `${who} started using the chat on another device.`
+      : `${who} started using the chat on ${prints.length} other devices.`),
+    h('ul', { class: 'device-prints' },
+      ...prints.map((print) => h('li', { class: 'hash' }, groupedFingerprint(print)))),
+    ok);
 }
 
 function groupedFingerprint(fingerprint) {

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 from core.chat import IdentityKey
 from core.encoding import b64e
 from tests.browser.support import HTTP_TIMEOUT, Node, Phone, bearer, heading, open_phone
-from tests.browser.test_pwa_chat import HANDSHAKE_TIMEOUT, log_in, matched_pair, open_chat_on_both, send
+from tests.browser.test_pwa_chat import HANDSHAKE_TIMEOUT, grouped, log_in, matched_pair, open_chat_on_both, send
 
 TERMS = ["HP:0001945", "HP:0002018"]  # Fever, Nausea: this module's own match
 REMOVED = "This device was removed from your account: it cannot use the chat any more."
@@ -131,5 +131,24 @@ def test_a_removed_device_is_cut_off_and_the_other_one_chats_on(
     expect(other_phone.page.locator(".message-theirs .message-text").last).to_have_text(text)
     send(other_phone.page, "Good to hear")
     expect(phone.page.locator(".message-theirs .message-text").last).to_have_text("Good to hear")
+
+    # Bob's app tells him, once, that Alice uses a device it had not seen (found on the ledger).
+    for _ in range(HANDSHAKE_TIMEOUT // 100):
+        seen = requests.get(node.api(f"/chat/keys/{alice_seen_as}"), headers=bearer(pair.tokens["answering"]),
+                            timeout=HTTP_TIMEOUT).json()["key"]  # fmt: skip
+        if all(d["height"] is not None for d in seen["devices"]):
+            break
+        other_phone.page.wait_for_timeout(100)
+    [phone_key] = seen["devices"]
+    other_phone.page.reload()
+    notice = other_phone.page.locator(".device-notice")
+    expect(notice).to_contain_text(f"{alice_seen_as} started using the chat on another device.")
+    expect(notice.locator("li")).to_have_text([grouped(phone_key["fingerprint"])])
+    notice.get_by_role("button", name="OK").click()
+    expect(notice).to_be_hidden()
+    other_phone.page.reload()
+    expect(heading(other_phone.page)).to_have_text(f"Chat with {alice_seen_as}")
+    expect(other_phone.page.locator(".chat-status")).to_contain_text("matches the ledger", timeout=HANDSHAKE_TIMEOUT)
+    expect(notice).to_be_hidden()
     for device in (phone, other_phone):
         device.assert_clean()

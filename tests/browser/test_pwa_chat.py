@@ -314,13 +314,14 @@ def test_two_patients_match_connect_and_chat(node: Node, phone: Phone, other_pho
         else:
             assert stored["type"] in ("hello", "reply", "confirm"), stored
 
-    # Logging out deletes the conversation and its keys from the device; the identity key and the
-    # device id stay for this user's next login (pwa/chat-store.js).
+    # Logging out deletes the conversation and its keys from the device; the identity key, the
+    # device id and the peer's public keys (pin, devices) stay for this user's next login
+    # (pwa/chat-store.js).
     assert chat_storage(a, alice_id)["messages"] == 3
     a.get_by_role("button", name="Log out").click()
     expect(heading(a)).to_have_text("Log in")
     assert chat_storage(a, alice_id, until_empty=True) == {
-        "identity": 2, "peers": 1, "sessions": 0, "handshakes": 0, "messages": 0, "outbox": 0, "cursors": 0,
+        "identity": 2, "peers": 2, "sessions": 0, "handshakes": 0, "messages": 0, "outbox": 0, "cursors": 0,
     }  # fmt: skip
 
     for device in (phone, other_phone):
@@ -737,7 +738,7 @@ def test_a_lost_message_is_fetched_again_and_a_hole_starts_a_new_session(
     b.reload()
     expect(heading(b)).to_have_text("Log in")
     assert chat_storage(b, bob_id, until_empty=True) == {
-        "identity": 2, "peers": 1, "sessions": 0, "handshakes": 0, "messages": 0, "outbox": 0, "cursors": 0,
+        "identity": 2, "peers": 2, "sessions": 0, "handshakes": 0, "messages": 0, "outbox": 0, "cursors": 0,
     }  # fmt: skip
     assert b.evaluate("() => localStorage.getItem('medledger-chat-users')") is None
     for device in (phone, other_phone):
