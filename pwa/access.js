@@ -14,6 +14,7 @@ import { h, mount } from './dom.js';
 import {
   authorLine, capitalise, categoryLabel, daysText, formatDateTime, formatFromNow, personWithHospital, scopeText,
 } from './format.js';
+import { accountEventCard } from './recovery.js';
 import {
   SEARCH_MIN_CHARS, dateTime, definitionList, errorNotice, errorText, flashNotice, formField, hideNotice, isStale,
   loadingIndicator, mergeById, pageControls, searchAsYouType, setBusy, showNotice, viewHeading,
@@ -965,6 +966,9 @@ function logEntries(entries, titles) {
 }
 
 function logEntry(entry, titles) {
+  if (!entry.record) {
+    return accountEventCard(entry); // about the account itself: a password reset
+  }
   const mode = READ_MODES[entry.mode] ?? { label: `Read (${entry.mode})`, chip: 'chip-author' };
   const record = entry.record ?? {};
   const title = titles.get(record.id) ?? `Record of ${formatDateTime(record.created_at)}`;

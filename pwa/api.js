@@ -99,6 +99,26 @@ export async function turnOffTwoFactor(code, { signal } = {}) {
   await send('DELETE', '/me/two-factor', { body: { code }, signal });
 }
 
+// ---- the recovery key (docs/recovery.md)
+
+export async function getRecoveryKey({ signal } = {}) {
+  return readJson(await send('GET', '/account/recovery-key', { signal }));
+}
+
+export async function beginRecoveryKey(password, { signal } = {}) {
+  return readJson(await send('POST', '/account/recovery-key', { body: { password }, signal }));
+}
+
+export async function confirmRecoveryKey(words, { signal } = {}) {
+  return readJson(await send('POST', '/account/recovery-key/confirm', { body: { words }, signal }));
+}
+
+// Signed out: its 401 is the answer about the words, not the end of a session.
+export async function recoverAccount({ username, recoveryKey, newPassword }, { signal } = {}) {
+  const body = { username, recovery_key: recoveryKey, new_password: newPassword };
+  await send('POST', '/auth/recover', { body, token: null, signal });
+}
+
 // Any call with the token counts as activity: this one is the idle warning's "Stay signed in".
 export async function getMe({ signal } = {}) {
   const response = await send('GET', '/me', { signal });

@@ -18,6 +18,7 @@ import { matchesView } from './matches.js';
 import { myIdView } from './my-id.js';
 import { securityView } from './security.js';
 import { profileView } from './profile.js';
+import { forgotPasswordView, noticesText, recoveryKeyView } from './recovery.js';
 import {
   clearSession, currentToken, currentUser, extendSession, hasExpired, isSignedIn, loadSession, saveSession,
   watchOtherTabs,
@@ -43,6 +44,7 @@ const SIGNED_IN_CLASS = 'signed-in';
 const ROUTES = [
   { pattern: /^#\/login$/, access: 'guest', view: loginView },
   { pattern: /^#\/register$/, access: 'guest', view: registerView },
+  { pattern: /^#\/forgot-password$/, access: 'guest', view: forgotPasswordView },
   { pattern: /^#\/records$/, access: 'user', view: recordsView },
   { pattern: /^#\/records\/([^/]+)$/, access: 'user', view: recordView },
   { pattern: /^#\/access$/, access: 'user', view: accessView },
@@ -52,6 +54,7 @@ const ROUTES = [
   { pattern: /^#\/chat\/([^/]+)$/, access: 'user', view: chatView, fill: true },
   { pattern: /^#\/my-id$/, access: 'user', view: myIdView },
   { pattern: /^#\/security$/, access: 'user', view: securityView },
+  { pattern: /^#\/recovery-key$/, access: 'user', view: recoveryKeyView },
 ];
 
 const NAV_LINKS = [
@@ -227,9 +230,12 @@ function homeHash() {
   return isSignedIn() ? HOME_SIGNED_IN : HOME_SIGNED_OUT;
 }
 
-function signIn(session) {
+// `next`: where to go (registration goes on to the recovery key). What the server tells once
+// (a password reset without the password, failed sign-ins) shows there.
+function signIn(session, { next = HOME_SIGNED_IN } = {}) {
   saveSession(session);
-  navigate(HOME_SIGNED_IN, { flash: failedAttemptsNotice(session.failed_attempts) });
+  const told = [noticesText(session.notices), failedAttemptsNotice(session.failed_attempts)].filter(Boolean);
+  navigate(next, { flash: told.join(' ') || null });
 }
 
 // Failed sign-ins on the account since the previous one (throttled by the server, docs/security.md).

@@ -64,6 +64,8 @@ const FIELD_MESSAGES = {
   doctor_id: 'Please search for the doctor again and choose them from the list.',
   username: 'Please check your username: 3 to 40 characters, lowercase letters, digits, dot, underscore or hyphen.',
   password: 'Please check your password: at least 10 characters.',
+  new_password: 'Please check your new password: at least 10 characters.',
+  recovery_key: 'Please type the 12 words of your recovery key.',
   display_name: 'Please check your name.',
   date_of_birth: 'Please check your date of birth.',
   otp: 'Please check the code from your authenticator app.',

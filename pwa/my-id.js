@@ -36,6 +36,7 @@ export function myIdView(ctx) {
       qrSvg(id),
       idText,
       h('div', { class: 'my-id-actions' }, copy, status)),
+    h('p', {}, h('a', { href: '#/recovery-key' }, 'Recovery key'), ': in case you forget your password'),
     h('p', {}, h('a', { href: '#/security' }, 'Sign-in security: two-factor sign-in')));
 }
 

@@ -5,7 +5,7 @@
 // respondWith() and go to the network untouched.
 // Bump CACHE_VERSION whenever a file in SHELL_URLS changes.
 
-const CACHE_VERSION = 'v18';
+const CACHE_VERSION = 'v19';
 const CACHE_PREFIX = 'medledger-shell-';
 const CACHE_NAME = `${CACHE_PREFIX}${CACHE_VERSION}`;
 const APP_ROOT = '/app/';
@@ -28,6 +28,7 @@ const SHELL_URLS = [
   '/app/messages.js',
   '/app/my-id.js',
   '/app/profile.js',
+  '/app/recovery.js',
   '/app/security.js',
   '/app/session.js',
   '/app/socket.js',
@@ -37,6 +38,7 @@ const SHELL_URLS = [
   '/app/vendor/socket.io.esm.min.js',
   '/app/styles.css',
   '/app/code-picker.css',
+  '/app/recovery.css',
   '/app/manifest.webmanifest',
   '/app/icons/icon-192.png',
   '/app/icons/icon-512.png',

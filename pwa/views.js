@@ -7,6 +7,7 @@
 import { createToken, getAttachment, getRecord, listRecords, register } from './api.js';
 import { h, mount } from './dom.js';
 import { objectUrl, revokeObjectUrls, saveBlob } from './files.js';
+import { FORGOT_PASSWORD_HASH, RECOVERY_KEY_HASH } from './recovery.js';
 import { authorLine, categoryLabel, formatBytes, isOnLedger, ledgerStatus, shortenHash } from './format.js';
 import {
   dateTime, definitionList, errorNotice, errorText, fieldWrappers, flashNotice, formField, hideNotice, isStale,
@@ -69,6 +70,7 @@ export function loginView(ctx) {
     h('p', { class: 'lead' }, 'See your medical records, wherever you are.'),
     ctx.flash && flashNotice(ctx.flash),
     form,
+    h('p', { class: 'switch-link' }, h('a', { href: FORGOT_PASSWORD_HASH }, 'Forgot password?')),
     h('p', { class: 'switch-link' }, 'New to MedLedger? ', h('a', { href: REGISTER_HASH }, 'Create an account')));
 }
 
@@ -204,7 +206,7 @@ async function submitRegistration(ctx, { fields, status, button }) {
     return;
   }
   try {
-    ctx.signIn(await createToken(values, { signal: ctx.signal }));
+    ctx.signIn(await createToken(values, { signal: ctx.signal }), { next: RECOVERY_KEY_HASH });
   } catch (error) {
     if (!isStale(ctx, error)) {
       ctx.navigate(LOGIN_HASH, { flash: ACCOUNT_CREATED_MESSAGE });

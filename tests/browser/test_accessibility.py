@@ -79,6 +79,7 @@ PORTAL_PAGES = [
 APP_SCREENS = [
     ("login", None, "#/login"),
     ("register", None, "#/register"),
+    ("forgot-password", None, "#/forgot-password"),
     ("records", "alice", "#/records"),
     ("record", "alice", "#/records/{record}"),
     ("access", "alice", "#/access"),
@@ -88,6 +89,7 @@ APP_SCREENS = [
     ("chat", "alice", "#/chat/{conversation}"),
     ("my-id", "alice", "#/my-id"),
     ("security", "alice", "#/security"),
+    ("recovery-key", "alice", "#/recovery-key"),
 ]
 
 # Whether the focused element shows where focus is: an outline or a box-shadow while :focus-visible.

@@ -105,7 +105,10 @@ def test_patient_registers_reads_a_record_and_logs_out(node: Node, phone: Phone)
     page.fill("#register-confirm", PATIENT_PASSWORD)
     page.get_by_role("button", name="Create account").click()
 
-    # Signed in, on "My records", with nothing there yet.
+    # Signed in and offered a recovery key first (tests/browser/test_recovery.py makes one); "Not now"
+    # goes on to "My records", with nothing there yet.
+    expect(page).to_have_url(re.compile(r"/app/#/recovery-key$"), timeout=UI_TIMEOUT)
+    page.get_by_role("link", name="Not now").click()
     expect(page).to_have_url(re.compile(r"/app/#/records$"), timeout=UI_TIMEOUT)
     expect(heading(page)).to_have_text("My records")
     expect(page.locator("#app .empty-state")).to_contain_text("No records yet")

@@ -44,7 +44,7 @@ def test_patient_registers_with_a_date_of_birth(node: Node, phone: Phone) -> Non
 
     field.fill("1991-09-30")
     create.click()
-    expect(page).to_have_url(re.compile(r"/app/#/records$"), timeout=UI_TIMEOUT)
+    expect(page).to_have_url(re.compile(r"/app/#/recovery-key$"), timeout=UI_TIMEOUT)  # signed in, next step
     expect(error).to_be_hidden()
 
     found = requests.get(
