@@ -896,7 +896,8 @@ export function accessLogView(ctx) {
   loadAccessLog(page);
   return h('section', { class: 'view' },
     h('div', { class: 'view-header' }, viewHeading('Access log'), page.refresh),
-    h('p', { class: 'lead' }, 'Every time someone other than you opened one of your records, newest first.'),
+    h('p', { class: 'lead' }, 'Every time someone other than you opened one of your records, and every reset '
+      + 'of your password, newest first.'),
     ctx.flash && flashNotice(ctx.flash),
     page.list,
     page.controls.element);
