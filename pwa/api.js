@@ -119,6 +119,21 @@ export async function recoverAccount({ username, recoveryKey, newPassword }, { s
   await send('POST', '/auth/recover', { body, token: null, signal });
 }
 
+// ---- hospital-assisted recovery (docs/recovery.md, escrow)
+
+export async function getEscrow({ signal } = {}) {
+  return readJson(await send('GET', '/account/escrow', { signal }));
+}
+
+export async function setEscrow(enabled, { signal } = {}) {
+  return readJson(await send('PUT', '/account/escrow', { body: { enabled }, signal }));
+}
+
+export async function recoverWithCode({ username, code, newPassword }, { signal } = {}) {
+  const body = { username, hospital_code: code, new_password: newPassword };
+  await send('POST', '/auth/recover-with-code', { body, token: null, signal });
+}
+
 // Any call with the token counts as activity: this one is the idle warning's "Stay signed in".
 export async function getMe({ signal } = {}) {
   const response = await send('GET', '/me', { signal });

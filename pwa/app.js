@@ -19,6 +19,7 @@ import { myIdView } from './my-id.js';
 import { securityView } from './security.js';
 import { profileView } from './profile.js';
 import { forgotPasswordView, noticesText, recoveryKeyView } from './recovery.js';
+import { escrowView, recoverWithCodeView } from './escrow.js';
 import {
   clearSession, currentToken, currentUser, extendSession, hasExpired, isSignedIn, loadSession, saveSession,
   watchOtherTabs,
@@ -45,6 +46,7 @@ const ROUTES = [
   { pattern: /^#\/login$/, access: 'guest', view: loginView },
   { pattern: /^#\/register$/, access: 'guest', view: registerView },
   { pattern: /^#\/forgot-password$/, access: 'guest', view: forgotPasswordView },
+  { pattern: /^#\/recover-with-code$/, access: 'guest', view: recoverWithCodeView },
   { pattern: /^#\/records$/, access: 'user', view: recordsView },
   { pattern: /^#\/records\/([^/]+)$/, access: 'user', view: recordView },
   { pattern: /^#\/access$/, access: 'user', view: accessView },
@@ -55,6 +57,7 @@ const ROUTES = [
   { pattern: /^#\/my-id$/, access: 'user', view: myIdView },
   { pattern: /^#\/security$/, access: 'user', view: securityView },
   { pattern: /^#\/recovery-key$/, access: 'user', view: recoveryKeyView },
+  { pattern: /^#\/escrow$/, access: 'user', view: escrowView },
 ];
 
 const NAV_LINKS = [

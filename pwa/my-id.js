@@ -37,6 +37,7 @@ export function myIdView(ctx) {
       idText,
       h('div', { class: 'my-id-actions' }, copy, status)),
     h('p', {}, h('a', { href: '#/recovery-key' }, 'Recovery key'), ': in case you forget your password'),
+    h('p', {}, h('a', { href: '#/escrow' }, 'Help from your hospital'), ': if you lose both'),
     h('p', {}, h('a', { href: '#/security' }, 'Sign-in security: two-factor sign-in')));
 }
 

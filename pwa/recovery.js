@@ -212,7 +212,8 @@ export function forgotPasswordView(ctx) {
     h('p', { class: 'lead' }, 'Set a new password with the 12 words of your recovery key. Your records and '
       + 'the access you gave doctors stay as they are.'),
     form,
-    h('p', { class: 'switch-link' }, 'No recovery key? Your hospital’s front desk can help you. ',
+    h('p', { class: 'switch-link' }, 'No recovery key? Your hospital’s front desk can help you: ',
+      h('a', { href: '#/recover-with-code' }, 'I have a code from the front desk'), '. ',
       h('a', { href: LOGIN_HASH }, 'Back to log in')));
 }
 

@@ -5,7 +5,7 @@
 // respondWith() and go to the network untouched.
 // Bump CACHE_VERSION whenever a file in SHELL_URLS changes.
 
-const CACHE_VERSION = 'v20';
+const CACHE_VERSION = 'v21';
 const CACHE_PREFIX = 'medledger-shell-';
 const CACHE_NAME = `${CACHE_PREFIX}${CACHE_VERSION}`;
 const APP_ROOT = '/app/';
@@ -29,6 +29,7 @@ const SHELL_URLS = [
   '/app/my-id.js',
   '/app/profile.js',
   '/app/recovery.js',
+  '/app/escrow.js',
   '/app/security.js',
   '/app/session.js',
   '/app/socket.js',
