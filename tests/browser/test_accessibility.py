@@ -90,6 +90,8 @@ APP_SCREENS = [
     ("my-id", "alice", "#/my-id"),
     ("security", "alice", "#/security"),
     ("recovery-key", "alice", "#/recovery-key"),
+    ("escrow", "alice", "#/escrow"),
+    ("recover-with-code", None, "#/recover-with-code"),
 ]
 
 # Whether the focused element shows where focus is: an outline or a box-shadow while :focus-visible.
