@@ -90,7 +90,7 @@ def test_doctor_picks_a_diagnosis_with_the_keyboard(doctor_page: Page, patient_i
 
     symptoms = page.get_by_role("combobox", name="Symptoms")
     symptoms.press_sequentially("short of breath", delay=TYPING_DELAY)
-    option = page.locator("#symptoms-input-listbox").get_by_role("option", name="Dyspnea")
+    option = page.locator("#symptoms-input-listbox").get_by_role("option", name="HP:0002094 Dyspnea")
     expect(option).to_contain_text("short of breath")
     option.click()
     expect(page.locator("[data-code-picker=symptoms] .chip")).to_contain_text("Dyspnea")
