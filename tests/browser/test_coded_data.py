@@ -7,21 +7,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import requests
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.support import (
     DOCTOR_PASSWORD,
     DOCTOR_USERNAME,
+    HTTP_TIMEOUT,
     UI_TIMEOUT,
     Node,
     Phone,
+    bearer,
     doctor_token,
     find_patient,
     heading,
     register_patient,
+    token_for,
 )
 
 PATIENT, PASSWORD, NAME = "coded.patient", "coded-data-password-1", "Coded Data Patient"
+PICKER_PATIENT, PICKER_NAME = "diagnosis.picker", "Diagnosis Picker Patient"
 TYPING_DELAY = 40  # milliseconds between keys
 FIRST_SEARCH_TIMEOUT = 30_000  # the node builds its ICD-10-CM index on the first search
 
@@ -144,4 +149,66 @@ def test_app_finds_everyday_words(phone: Phone, node: Node, patient_id: str) -> 
     page.get_by_role("button", name="Save").click()
     expect(page.locator("#app .view > .notice-info[role=status]")).to_contain_text("Saved.")
     expect(page.locator(".term-chip-name", has_text="Asthma (J45)")).to_be_visible()
+    phone.assert_clean()
+
+
+def test_app_diagnosis_picker_lists_the_nodes_icd10_answer_and_saves_the_pick(phone: Phone, node: Node) -> None:
+    """The Symptoms screen's diagnosis picker asks the node (searchDiagnoses), lists exactly what the
+    node's ICD-10-CM search answers, and the code picked is the one the profile keeps."""
+    register_patient(node, PICKER_PATIENT, PASSWORD, PICKER_NAME)
+    token = token_for(node, PICKER_PATIENT, PASSWORD)
+    page = phone.page
+    page.goto("/app/#/login")
+    page.fill("#login-username", PICKER_PATIENT)
+    page.fill("#login-password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(heading(page)).to_have_text("My records")
+    page.get_by_role("link", name="Symptoms", exact=True).click()
+    expect(page.locator(".term-chips[aria-label='Your diagnosis']")).to_contain_text("No diagnosis chosen.")
+
+    # A profile needs a symptom before it can be saved.
+    symptom = page.get_by_role("combobox", name="Add a symptom")
+    symptom.press_sequentially("headache", delay=TYPING_DELAY)
+    page.locator("#symptom-search-listbox").get_by_role("option", name="Headache HP:0002315").click()
+    expect(page.locator(".term-chip-name", has_text="Headache")).to_be_visible()
+
+    diagnosis = page.get_by_role("combobox", name="Diagnosis (optional)")
+    listbox = page.locator("#profile-diagnosis-listbox")
+    note = page.locator(".diagnosis-search-note")
+    diagnosis.press_sequentially("xyzzyq", delay=TYPING_DELAY)
+    expect(note).to_have_text("No diagnosis matches “xyzzyq”. Try other words.", timeout=FIRST_SEARCH_TIMEOUT)
+    expect(listbox.get_by_role("option")).to_have_count(0)
+    expect(diagnosis).to_have_attribute("aria-expanded", "false")
+    diagnosis.fill("")
+
+    # The list is the node's own answer, in its order: ten ICD-10-CM codes (the app's limit).
+    query = "migraine aura"
+    answer = requests.get(
+        node.api("/diagnoses"), params={"q": query, "limit": 10}, headers=bearer(token), timeout=HTTP_TIMEOUT
+    )
+    assert answer.status_code == 200, answer.text
+    expected = answer.json()["diagnoses"]
+    assert len(expected) == 10
+    assert {"code": "G43.1", "description": "Migraine with aura"} in expected
+    diagnosis.press_sequentially(query, delay=TYPING_DELAY)
+    options = listbox.get_by_role("option")
+    expect(options).to_have_text([f"{d['description']}{d['code']}" for d in expected])
+    expect(note).to_have_text("10 found: use the arrow keys and Enter, or tap one.")
+    expect(diagnosis).to_have_attribute("aria-expanded", "true")
+
+    listbox.get_by_role("option", name="Migraine with aura G43.1", exact=True).click()
+    chip = page.locator(".term-chips[aria-label='Your diagnosis'] .term-chip-name")
+    expect(chip).to_have_text("Migraine with aura (G43.1)")
+    expect(diagnosis).to_have_value("")
+    expect(listbox.get_by_role("option")).to_have_count(0)
+
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#app .view > .notice-info[role=status]")).to_contain_text("Saved.")
+    saved = requests.get(node.api("/profile"), headers=bearer(token), timeout=HTTP_TIMEOUT)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["profile"]["diagnosis"] == {"code": "G43.1", "description": "Migraine with aura"}
+
+    # Opened again, the screen shows the kept diagnosis from the node.
+    page.reload()
+    expect(chip).to_have_text("Migraine with aura (G43.1)")
     phone.assert_clean()
