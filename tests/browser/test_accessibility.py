@@ -34,6 +34,7 @@ from tests.browser.support import (
     find_patient,
     flask_cli,
     node_env,
+    register_patient,
     serving,
     token_for,
 )
@@ -306,6 +307,54 @@ def test_app_screen_has_no_serious_violations(
     browser: Browser, demo: Demo, name: str, who: str | None, route: str, size: str
 ) -> None:
     check_page(browser, demo, "app", size, who, f"/app/{route}", name)
+
+
+def check_step(page: Page, name: str, size: str) -> None:
+    """axe on a screen that a flow reached, as check_page does for a screen opened by its address."""
+    settle(page)
+    save_screenshot(page, f"app-{name}-{size}")
+    violations = blocking_violations(page)
+    assert not violations, f"app {name} at {size} size, serious or critical:\n{report(violations)}"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_recovery_key_steps_have_no_serious_violations(browser: Browser, demo: Demo, size: str) -> None:
+    """The recovery key's later steps, which no address opens: the 12 words with their QR code, the
+    page as printed, and the two words typed back (also with their errors shown). A patient of its
+    own, so the demo's keep no pending key."""
+    username = f"a11y.recovery.{size}"
+    register_patient(demo.node, username, DEMO_PASSWORD, f"Recovery Key {size.title()}")
+    context = new_context(browser, demo.node, size)
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        app_login(page, username)
+        page.goto("/app/#/recovery-key")
+        page.get_by_label("Your password").fill(DEMO_PASSWORD)
+        page.get_by_role("button", name="Make my recovery key").click()
+
+        expect(page.get_by_role("heading", name="Your 12 words")).to_be_focused()
+        expect(page.locator(".recovery-words li")).to_have_count(12)
+        expect(page.get_by_role("img", name="QR code of your 12 recovery words")).to_be_visible()
+        assert page.evaluate("() => document.querySelector('.recovery-qr').naturalWidth") > 0
+        check_step(page, "recovery-key-words", size)
+
+        page.emulate_media(media="print")
+        expect(page.locator(".recovery-print-title")).to_have_text("MedLedger recovery key")
+        expect(page.locator(".recovery-actions")).to_be_hidden()
+        check_step(page, "recovery-key-print", size)
+        page.emulate_media(media="screen")
+
+        page.get_by_role("button", name="I have written them down").click()
+        expect(page.get_by_role("heading", name="Check your copy")).to_be_focused()
+        check_step(page, "recovery-key-confirm", size)
+        page.get_by_role("button", name="Confirm").click()
+        expect(page.locator(".recovery .field-error:visible")).to_have_count(2)
+        check_step(page, "recovery-key-confirm-errors", size)
+        assert errors == [], "uncaught errors in the page"
+    finally:
+        context.close()
 
 
 # ---- the keyboard alone
