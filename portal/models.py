@@ -385,14 +385,22 @@ class ChatMessage(db.Model):
         Index("ix_chat_messages_recipient_delivered", "recipient_id", "delivered_at", "id"),
         Index("ix_chat_messages_sender_sent", "sender_id", "sent_at"),
         Index("ix_chat_messages_connection_order", "connection_id", "id"),
-        # A client's message id: a resent "send" is answered from the first one (NULLs never clash).
-        UniqueConstraint("connection_id", "sender_id", "cid", name="uq_chat_messages_cid"),
+        # A client's message id, per copy (one per recipient device): a resent "send" is answered
+        # from the first one (NULLs never clash).
+        UniqueConstraint(
+            "connection_id", "sender_id", "recipient_id", "recipient_device", "cid", name="uq_chat_messages_cid"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
     sender_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     recipient_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The devices it goes between (chat device ids): "" is any of the sender's devices, or every
+    # device of the recipient. The recipient is the peer, or the sender (a copy for their other
+    # device).
+    sender_device: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    recipient_device: Mapped[str] = mapped_column(String(32), default="", server_default="")
     kind: Mapped[str] = mapped_column(String(16))  # handshake, message
     body: Mapped[str] = mapped_column(Text)
     cid: Mapped[str | None] = mapped_column(String(64))

@@ -42,6 +42,7 @@ class Client:
 
     token: str
     user_id: int
+    device: str = ""  # the chat device the app named at connect ("" for none)
     sent_up_to: dict[int, int] = field(default_factory=dict)  # per conversation: highest id sent here
     joined: set[int] = field(default_factory=set)
 
@@ -54,8 +55,10 @@ def user_room(user_id: int) -> str:
     return f"user:{user_id}"
 
 
-def conversation_room(conversation_id: int, user_id: int) -> str:
-    return f"conversation:{conversation_id}:user:{user_id}"
+def conversation_room(conversation_id: int, user_id: int, device: str = "") -> str:
+    """Every connection of the user in the conversation (device ""), or those of one device."""
+    room = f"conversation:{conversation_id}:user:{user_id}"
+    return f"{room}:device:{device}" if device else room
 
 
 def _error(exc: ServiceError) -> dict[str, Any]:
@@ -67,6 +70,9 @@ def _item(message: ChatMessage, sender: str) -> tuple[str, dict[str, Any]]:
         "conversation": str(message.connection_id),
         "id": message.id,
         "from": sender,
+        "from_device": message.sender_device,
+        "to_device": message.recipient_device,
+        "own": message.sender_id == message.recipient_id,
         "sent_at": iso(message.sent_at),
     }
     data["message" if message.kind == "handshake" else "envelope"] = chat.body_of(message)
@@ -91,15 +97,17 @@ def _send_backlog(client: Client, user: User, connection_id: int, budget: int, r
     after what this connection was sent), at most `budget`; once the whole backlog went out,
     join the live room and send what was stored in between. Returns (items sent, more wait)."""
     after = 0 if resend else client.sent_up_to.get(connection_id, 0)
-    items = chat.undelivered(user, connection_id, after, budget + 1)
+    items = chat.undelivered(user, connection_id, after, budget + 1, client.device)
     _deliver(client, items[:budget])
     if len(items) > budget:
         return budget, True
     if connection_id not in client.joined:
         join_room(conversation_room(connection_id, user.id))
+        if client.device:
+            join_room(conversation_room(connection_id, user.id, client.device))
         client.joined.add(connection_id)
         # Stored after the query above and relayed before the join: not seen live, so sent now.
-        late = chat.undelivered(user, connection_id, client.sent_up_to.get(connection_id, 0), budget)
+        late = chat.undelivered(user, connection_id, client.sent_up_to.get(connection_id, 0), budget, client.device)
         _deliver(client, late)
         return len(items) + len(late), False
     return len(items), False
@@ -151,12 +159,13 @@ def _authenticate(auth: object) -> accounts.Actor:
     return actor
 
 
-def _bind_device(actor: accounts.Actor, auth: object) -> None:
+def _bind_device(actor: accounts.Actor, auth: object) -> str:
     """The app names its device when it connects: a removed device, or a sign-in of another
-    device, is refused."""
+    device, is refused. Answers the device id ("" when none was named)."""
     try:
-        chat.bind_device(actor, auth.get("device") if isinstance(auth, dict) else None)
+        device = chat.bind_device(actor, auth.get("device") if isinstance(auth, dict) else None)
         db.session.commit()
+        return device
     except ServiceError as exc:
         db.session.rollback()
         raise ConnectionRefusedError(exc.message) from None
@@ -165,9 +174,9 @@ def _bind_device(actor: accounts.Actor, auth: object) -> None:
 @socketio.on("connect", namespace=NAMESPACE)
 def on_connect(auth: object = None) -> None:
     actor = _authenticate(auth)
-    _bind_device(actor, auth)
+    device = _bind_device(actor, auth)
     try:
-        _welcome(actor)
+        _welcome(actor, device)
     except Exception:
         db.session.rollback()
         with _clients_lock:
@@ -177,11 +186,11 @@ def on_connect(auth: object = None) -> None:
         raise ConnectionRefusedError("The chat is unavailable right now; try again.") from None
 
 
-def _welcome(actor: accounts.Actor) -> None:
+def _welcome(actor: accounts.Actor, device: str) -> None:
     """Register the connection, send what waits for it (each conversation's backlog before
     its live room is joined), then the unread counts."""
     user = actor.user
-    client = Client(token=actor.token, user_id=user.id)
+    client = Client(token=actor.token, user_id=user.id, device=device)
     with _clients_lock:
         _clients[request.sid] = client
     chat.socket_opened(request.sid, actor, now=utcnow())
@@ -272,7 +281,9 @@ def on_join(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _relay(user: User, data: dict[str, Any], kind: str, field_name: str, cid: object = None) -> dict[str, Any]:
+def _relay(
+    user: User, client: Client, data: dict[str, Any], kind: str, field_name: str, cid: object = None
+) -> dict[str, Any]:
     stored = chat.store(
         user,
         data.get("conversation"),
@@ -281,11 +292,15 @@ def _relay(user: User, data: dict[str, Any], kind: str, field_name: str, cid: ob
         limits=runtime.chat_limits(),
         now=utcnow(),
         cid=cid,
+        device=client.device,
+        to_device=data.get("to_device"),
+        to_own=data.get("to_own", False),
     )
     message, connection = stored.message, stored.connection
     if not stored.duplicate:
         event, payload = _item(message, matching.pseudonym_of(user, runtime.pseudonym_key()))
-        socketio.emit(event, payload, to=conversation_room(connection.id, message.recipient_id), namespace=NAMESPACE)
+        room = conversation_room(connection.id, message.recipient_id, message.recipient_device)
+        socketio.emit(event, payload, to=room, namespace=NAMESPACE)
         recipient = db.session.get(User, message.recipient_id)
         if recipient is not None and kind == "message":
             _unread(recipient, connection.id)
@@ -294,21 +309,23 @@ def _relay(user: User, data: dict[str, Any], kind: str, field_name: str, cid: ob
 
 @handler("handshake")
 def on_handshake(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
-    answer = _relay(user, data, "handshake", "message")
+    answer = _relay(user, client, data, "handshake", "message")
     del answer["duplicate"]
     return answer
 
 
 @handler("send")
 def on_send(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
-    return _relay(user, data, "message", "envelope", data.get("cid"))
+    return _relay(user, client, data, "message", "envelope", data.get("cid"))
 
 
 @handler("stored")
 def on_stored(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
     """Whether the node holds the caller's message with this `cid` (and its id): asked before
     an outbox item is sealed again under a new session."""
-    message = chat.stored_by_cid(user, data.get("conversation"), data.get("cid"))
+    message = chat.stored_by_cid(
+        user, data.get("conversation"), data.get("cid"), data.get("to_device"), data.get("to_own", False)
+    )
     if message is None:
         return {"stored": False}
     return {"stored": True, "id": message.id, "sent_at": iso(message.sent_at)}
@@ -316,7 +333,15 @@ def on_stored(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any
 
 @handler("ack")
 def on_ack(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
-    chat.acknowledge(user, data.get("conversation"), data.get("up_to"), now=utcnow())
+    chat.acknowledge(
+        user,
+        data.get("conversation"),
+        data.get("up_to"),
+        now=utcnow(),
+        device=client.device,
+        from_device=data.get("from_device"),
+        own=data.get("own", False),
+    )
     connection = chat.conversation(user, data.get("conversation"))
     _unread(user, connection.id)
     return {}
@@ -325,7 +350,14 @@ def on_ack(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
 @handler("history")
 def on_history(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
     messages, more = chat.history(
-        user, data.get("conversation"), data.get("before"), data.get("limit"), data.get("after")
+        user,
+        data.get("conversation"),
+        data.get("before"),
+        data.get("limit"),
+        data.get("after"),
+        device=client.device,
+        from_device=data.get("from_device"),
+        own=data.get("own", False),
     )
     names = {user.id: matching.pseudonym_of(user, runtime.pseudonym_key())}
     for message in messages:
@@ -337,6 +369,9 @@ def on_history(user: User, client: Client, data: dict[str, Any]) -> dict[str, An
             {
                 "id": m.id,
                 "from": names[m.sender_id],
+                "from_device": m.sender_device,
+                "to_device": m.recipient_device,
+                "own": m.sender_id == m.recipient_id,
                 "kind": m.kind,
                 "body": chat.body_of(m),
                 "sent_at": iso(m.sent_at),

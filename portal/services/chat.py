@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import String, cast, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core.chat import PublicIdentity
@@ -382,12 +382,71 @@ def _body(kind: object, body: object, limits: ChatLimits) -> str:
     return text
 
 
-def _same_cid(connection: Connection, user: User, cid: str) -> ChatMessage | None:
+@dataclass(frozen=True)
+class Lane:
+    """Where an item goes between two devices: the recipient (the peer, or the sender for a copy
+    to their own other device) and the recipient's device ("" for every device of theirs)."""
+
+    recipient_id: int
+    device: str
+
+
+class DeviceRemoved(ServiceError):
+    status = 410
+    code = "device_removed"
+
+
+def _lane(user: User, connection: Connection, to_device: object, to_own: object) -> Lane:
+    """The lane a client addresses: the peer's device `to_device`, or with `to_own` one of the
+    sender's own other devices; no device (None) is every device of the peer, as before devices.
+    A removed device is gone for good (410); a device that is no one's current one is refused."""
+    if not isinstance(to_own, bool):
+        raise ValidationFailed("`to_own` must be true or false.")
+    recipient_id = user.id if to_own else peer_of(connection, user)
+    device = _parse_device(to_device) if to_device is not None else ""
+    if to_own and device == "":
+        raise ValidationFailed("A copy for your own device must name `to_device`.")
+    if device == "":
+        return Lane(recipient_id, "")
+    rows = db.session.execute(
+        select(ChatKey.current_user_id, ChatKey.revoked_at).where(
+            ChatKey.user_id == recipient_id, ChatKey.device == device
+        )
+    ).all()
+    if any(current is not None for current, _ in rows):
+        return Lane(recipient_id, device)
+    if any(revoked is not None for _, revoked in rows):
+        raise DeviceRemoved("That device was removed: nothing is sent to it any more.")
+    raise ValidationFailed("`to_device` is not a device of this conversation.")
+
+
+def _same_cid(connection: Connection, user: User, lane: Lane, cid: str) -> ChatMessage | None:
     return db.session.scalar(
         select(ChatMessage).where(
-            ChatMessage.connection_id == connection.id, ChatMessage.sender_id == user.id, ChatMessage.cid == cid
+            ChatMessage.connection_id == connection.id,
+            ChatMessage.sender_id == user.id,
+            ChatMessage.recipient_id == lane.recipient_id,
+            ChatMessage.recipient_device == lane.device,
+            ChatMessage.cid == cid,
         )
     )
+
+
+def _check_cid(cid: object) -> str:
+    if not isinstance(cid, str) or not CID_RE.fullmatch(cid):
+        raise ValidationFailed("`cid` must be 1-64 characters: letters, digits, _ or -.")
+    return cid
+
+
+def _sent_last_minute(user: User, now: datetime) -> int:
+    """Messages the user sent in the last minute: the copies of one message for several devices
+    (one client message id) count once."""
+    since = (ChatMessage.sender_id == user.id) & (ChatMessage.sent_at > now - timedelta(minutes=1))
+    with_cid = db.session.scalar(
+        select(func.count(func.distinct(ChatMessage.cid))).where(since, ChatMessage.cid.is_not(None))
+    )
+    without = db.session.scalar(select(func.count(ChatMessage.id)).where(since, ChatMessage.cid.is_(None)))
+    return (with_cid or 0) + (without or 0)
 
 
 def store(
@@ -399,30 +458,29 @@ def store(
     limits: ChatLimits,
     now: datetime,
     cid: object = None,
+    device: str = "",
+    to_device: object = None,
+    to_own: object = False,
 ) -> Stored:
-    """Store a handshake message or an envelope for the peer (to relay now or deliver later).
-    With a client message id `cid`, a second store of the same (conversation, sender, cid)
-    stores nothing and returns the first item, marked duplicate. Refused when the peer has
-    `limits.max_undelivered` items waiting in this conversation."""
+    """Store a handshake message or an envelope from the sender's `device` for one device of the
+    peer's, or of the sender's own (`to_device`, `to_own`), or for every device of the peer (no
+    `to_device`), to relay now or deliver later. With a client message id `cid`, a second store
+    of the same (conversation, sender, recipient device, cid) stores nothing and returns the first
+    item, marked duplicate. Refused when that device has `limits.max_undelivered` items waiting in
+    this conversation, and (410) for a removed device."""
     connection = conversation(user, conversation_id)
-    if cid is not None and (not isinstance(cid, str) or not CID_RE.fullmatch(cid)):
-        raise ValidationFailed("`cid` must be 1-64 characters: letters, digits, _ or -.")
+    lane = _lane(user, connection, to_device, to_own)
     if cid is not None:
-        earlier = _same_cid(connection, user, cid)
+        earlier = _same_cid(connection, user, lane, _check_cid(cid))
         if earlier is not None:
             return Stored(earlier, connection, True)
     text = _body(kind, body, limits)
-    recent = db.session.scalar(
-        select(func.count(ChatMessage.id)).where(
-            ChatMessage.sender_id == user.id, ChatMessage.sent_at > now - timedelta(minutes=1)
-        )
-    )
-    if (recent or 0) >= limits.send_rate_per_minute:
+    if _sent_last_minute(user, now) >= limits.send_rate_per_minute:
         raise RateLimited(f"You can send {limits.send_rate_per_minute} messages a minute; wait a moment.")
-    recipient_id = peer_of(connection, user)
     waiting = db.session.scalar(
         select(func.count(ChatMessage.id)).where(
-            ChatMessage.recipient_id == recipient_id,
+            ChatMessage.recipient_id == lane.recipient_id,
+            ChatMessage.recipient_device == lane.device,
             ChatMessage.delivered_at.is_(None),
             ChatMessage.connection_id == connection.id,
         )
@@ -432,7 +490,9 @@ def store(
     message = ChatMessage(
         connection_id=connection.id,
         sender_id=user.id,
-        recipient_id=recipient_id,
+        recipient_id=lane.recipient_id,
+        sender_device=device,
+        recipient_device=lane.device,
         kind=kind,
         body=text,
         cid=cid,
@@ -443,21 +503,26 @@ def store(
         db.session.commit()
     except IntegrityError:  # the same cid, sent twice at once: answer from the first
         db.session.rollback()
-        earlier = _same_cid(connection, user, cid) if isinstance(cid, str) else None
+        earlier = _same_cid(connection, user, lane, cid) if isinstance(cid, str) else None
         if earlier is None:
             raise
         return Stored(earlier, connection, True)
     return Stored(message, connection, False)
 
 
-def stored_by_cid(user: User, conversation_id: object, cid: object) -> ChatMessage | None:
-    """The item `user` sent in the conversation with client message id `cid`, or None. A client
-    asks before sealing a message again under a new session, so that only one of the two
-    envelopes is ever stored."""
+def stored_by_cid(
+    user: User, conversation_id: object, cid: object, to_device: object = None, to_own: object = False
+) -> ChatMessage | None:
+    """The item `user` sent in the conversation to that device with client message id `cid`, or
+    None. A client asks before sealing a message again under a new session, so that only one of
+    the two envelopes is ever stored."""
     connection = conversation(user, conversation_id)
-    if not isinstance(cid, str) or not CID_RE.fullmatch(cid):
-        raise ValidationFailed("`cid` must be 1-64 characters: letters, digits, _ or -.")
-    return _same_cid(connection, user, cid)
+    cid = _check_cid(cid)
+    try:
+        lane = _lane(user, connection, to_device, to_own)
+    except DeviceRemoved:
+        return None
+    return _same_cid(connection, user, lane, cid)
 
 
 def message_id(value: object, name: str) -> int:
@@ -467,33 +532,55 @@ def message_id(value: object, name: str) -> int:
     return value
 
 
-def acknowledge(user: User, conversation_id: object, up_to: object, *, now: datetime) -> int:
-    """Mark everything for `user` in the conversation with id <= up_to delivered; returns how
-    many were newly marked. Delivered items are never sent again."""
+def _for_device(user: User, device: str) -> Any:
+    """Items for this device of the user's: addressed to it, or to every device of theirs."""
+    return (ChatMessage.recipient_id == user.id) & ChatMessage.recipient_device.in_(("", device))
+
+
+def _from_lane(user: User, connection: Connection, from_device: object, own: object) -> Any:
+    """Items from one device: the peer's, or with `own` the user's own other device."""
+    if not isinstance(own, bool):
+        raise ValidationFailed("`own` must be true or false.")
+    sender_id = user.id if own else peer_of(connection, user)
+    return (ChatMessage.sender_id == sender_id) & (ChatMessage.sender_device == _parse_device(from_device))
+
+
+def acknowledge(
+    user: User,
+    conversation_id: object,
+    up_to: object,
+    *,
+    now: datetime,
+    device: str = "",
+    from_device: object = None,
+    own: object = False,
+) -> int:
+    """Mark everything for this device of `user` in the conversation with id <= up_to delivered
+    (only what came from one device, with `from_device`, since each device pair keeps its own
+    order); returns how many were newly marked. Delivered items are never sent again."""
     connection = conversation(user, conversation_id)
     up_to = message_id(up_to, "up_to")
-    result = db.session.execute(
-        update(ChatMessage)
-        .where(
-            ChatMessage.connection_id == connection.id,
-            ChatMessage.recipient_id == user.id,
-            ChatMessage.id <= id_value(up_to),
-            ChatMessage.delivered_at.is_(None),
-        )
-        .values(delivered_at=now)
-    )
+    where = [
+        ChatMessage.connection_id == connection.id,
+        _for_device(user, device),
+        ChatMessage.id <= id_value(up_to),
+        ChatMessage.delivered_at.is_(None),
+    ]
+    if from_device is not None or own is not False:
+        where.append(_from_lane(user, connection, from_device, own))
+    result = db.session.execute(update(ChatMessage).where(*where).values(delivered_at=now))
     db.session.commit()
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def undelivered(user: User, conversation_id: int, after: int, limit: int) -> list[ChatMessage]:
-    """Items for `user` in one conversation (the caller checked it is open) not yet
-    acknowledged, with id > `after`, oldest first, at most `limit`."""
+def undelivered(user: User, conversation_id: int, after: int, limit: int, device: str = "") -> list[ChatMessage]:
+    """Items for this device of `user` in one conversation (the caller checked it is open) not
+    yet acknowledged, with id > `after`, oldest first, at most `limit`."""
     return list(
         db.session.scalars(
             select(ChatMessage)
             .where(
-                ChatMessage.recipient_id == user.id,
+                _for_device(user, device),
                 ChatMessage.connection_id == conversation_id,
                 ChatMessage.delivered_at.is_(None),
                 ChatMessage.id > after,
@@ -504,26 +591,30 @@ def undelivered(user: User, conversation_id: int, after: int, limit: int) -> lis
     )
 
 
+def _unread() -> Any:
+    """Count of unread messages: the peer's copies of one message for several devices once."""
+    return func.count(func.distinct(func.coalesce(ChatMessage.cid, cast(ChatMessage.id, String))))
+
+
+def _unread_where(user: User) -> Any:
+    return (
+        (ChatMessage.recipient_id == user.id)
+        & (ChatMessage.sender_id != user.id)
+        & ChatMessage.delivered_at.is_(None)
+        & (ChatMessage.kind == "message")
+    )
+
+
 def unread_count(user: User, connection_id: int) -> int:
     return (
-        db.session.scalar(
-            select(func.count(ChatMessage.id)).where(
-                ChatMessage.connection_id == connection_id,
-                ChatMessage.recipient_id == user.id,
-                ChatMessage.delivered_at.is_(None),
-                ChatMessage.kind == "message",
-            )
-        )
-        or 0
+        db.session.scalar(select(_unread()).where(ChatMessage.connection_id == connection_id, _unread_where(user))) or 0
     )
 
 
 def unread_counts(user: User) -> dict[int, int]:
     """Unacknowledged chat messages per conversation."""
     rows = db.session.execute(
-        select(ChatMessage.connection_id, func.count(ChatMessage.id))
-        .where(ChatMessage.recipient_id == user.id, ChatMessage.delivered_at.is_(None), ChatMessage.kind == "message")
-        .group_by(ChatMessage.connection_id)
+        select(ChatMessage.connection_id, _unread()).where(_unread_where(user)).group_by(ChatMessage.connection_id)
     )
     return {connection_id: count for connection_id, count in rows}
 
@@ -537,12 +628,21 @@ def _optional_id(value: object, name: str) -> int | None:
 
 
 def history(
-    user: User, conversation_id: object, before: object, limit: object, after: object = None
+    user: User,
+    conversation_id: object,
+    before: object,
+    limit: object,
+    after: object = None,
+    *,
+    device: str = "",
+    from_device: object = None,
+    own: object = False,
 ) -> tuple[list[ChatMessage], bool]:
-    """A page of the conversation (both directions), oldest first, and whether more remain in
-    the direction paged: with `after`, the first items with a greater id (more = newer ones
-    remain); otherwise the last items before message id `before` (None: the newest; more =
-    older ones remain)."""
+    """A page of the conversation (both directions, every device's copy), oldest first, and
+    whether more remain in the direction paged: with `after`, the first items with a greater id
+    (more = newer ones remain); otherwise the last items before message id `before` (None: the
+    newest; more = older ones remain). With `from_device` (or `own`), only what that device sent
+    to this `device` of the user's."""
     connection = conversation(user, conversation_id)
     before, after = _optional_id(before, "before"), _optional_id(after, "after")
     if before is not None and after is not None:
@@ -552,6 +652,8 @@ def history(
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_HISTORY_PAGE:
         raise ValidationFailed(f"`limit` must be 1-{MAX_HISTORY_PAGE}.")
     query = select(ChatMessage).where(ChatMessage.connection_id == connection.id)
+    if from_device is not None or own is not False:
+        query = query.where(_for_device(user, device), _from_lane(user, connection, from_device, own))
     if after is not None:
         forward = query.where(ChatMessage.id > id_value(after)).order_by(ChatMessage.id).limit(limit + 1)
         rows = list(db.session.scalars(forward))

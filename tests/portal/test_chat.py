@@ -281,8 +281,8 @@ def test_relay_live_and_deliver_offline_items_once_in_order(
     assert sent["ok"] is True
     live = received(bob, "handshake")
     assert live == [
-        {"conversation": conversation, "id": sent["id"], "from": pseudonym(patient), "message": hello,
-         "sent_at": sent["sent_at"]}
+        {"conversation": conversation, "id": sent["id"], "from": pseudonym(patient), "from_device": "",
+         "to_device": "", "own": False, "message": hello, "sent_at": sent["sent_at"]}
     ]  # fmt: skip
     assert received(alice, "handshake", "message") == []  # nothing echoed to the sender
     assert call(bob, "ack", {"conversation": conversation, "up_to": sent["id"]}) == {"ok": True}

@@ -10,6 +10,7 @@ import os
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from core.encoding import b64d, b64e
 from core.errors import InvalidTransaction
@@ -17,10 +18,10 @@ from core.ledger import decode_transaction
 from core.ledger.kinds import check_chat_key, check_chat_key_revoke
 from portal import runtime
 from portal.extensions import db, socketio
-from portal.models import ChatKey, LedgerTransaction
-from portal.services import ledger
+from portal.models import ChatKey, ChatMessage, LedgerTransaction, User
+from portal.services import chat, ledger
 from tests.conftest import Person, make_person, produce
-from tests.portal.test_chat import NS, call, connect, p256
+from tests.portal.test_chat import NS, call, connect, envelope, p256, received
 from tests.portal.test_matching import error, pseudonym
 
 PHONE, TABLET = b64e(os.urandom(16)), b64e(os.urandom(16))
@@ -232,3 +233,119 @@ def test_removing_a_device_ends_its_sign_ins_and_keeps_it_off_the_chat(
         "This device was removed from your account: it cannot use the chat any more.",
     )
     assert call(phone_socket, "join", {"conversation": conversation})["ok"] is True
+
+
+# -- one message sealed for every device ------------------------------------------------------
+
+LAPTOP = b64e(os.urandom(16))
+
+
+def device_socket(app: Flask, client: FlaskClient, who: Person, device: str, first: bool = False):
+    """A sign-in of `who` on `device` with its own chat key, and its /chat connection."""
+    headers = who.headers if first else sign_in(client, who)
+    answer = client.put("/api/v1/chat/key", json={"key": p256(), "device": device}, headers=headers)
+    assert answer.status_code == 200, answer.json
+    token = headers["Authorization"].removeprefix("Bearer ")
+    socket = socketio.test_client(app, namespace=NS, auth={"token": token, "device": device})
+    assert socket.is_connected(NS)
+    return socket
+
+
+def items(socket, conversation: str) -> list[tuple[int, str, bool, dict]]:
+    """(id, from_device, own, envelope) of each envelope received in the conversation."""
+    return [
+        (item["id"], item["from_device"], item["own"], item["envelope"])
+        for item in received(socket, "message")
+        if item["conversation"] == conversation
+    ]
+
+
+def test_each_copy_reaches_only_its_device_and_each_pair_is_acknowledged_apart(
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person
+) -> None:
+    conversation = connect(client, patient, other_patient)
+    phone = device_socket(app, client, patient, PHONE, first=True)
+    tablet = device_socket(app, client, patient, TABLET)
+    laptop = device_socket(app, client, other_patient, LAPTOP, first=True)
+    for socket in (phone, tablet, laptop):
+        assert call(socket, "join", {"conversation": conversation})["ok"] is True
+        socket.get_received(NS)
+
+    # The peer seals one message for each of the patient's two devices, under one cid.
+    for device, n in ((PHONE, 1), (TABLET, 2)):
+        sent = call(laptop, "send", {"conversation": conversation, "envelope": envelope(n), "cid": "m1",
+                                     "to_device": device})  # fmt: skip
+        assert sent["ok"] is True and sent["duplicate"] is False, sent
+    again = call(laptop, "send", {"conversation": conversation, "envelope": envelope(1), "cid": "m1",
+                                  "to_device": PHONE})  # fmt: skip
+    assert again["duplicate"] is True
+    on_phone, on_tablet = items(phone, conversation), items(tablet, conversation)
+    assert [(f, o, e) for _, f, o, e in on_phone] == [(LAPTOP, False, envelope(1))]
+    assert [(f, o, e) for _, f, o, e in on_tablet] == [(LAPTOP, False, envelope(2))]
+    # One message, two copies: counted once as unread.
+    user = db.session.scalar(select(User).where(User.username == patient.username))
+    assert chat.unread_count(user, int(conversation)) == 1
+
+    # The phone's copy for the patient's own tablet: marked as the patient's own, from the phone.
+    own = call(phone, "send", {"conversation": conversation, "envelope": envelope(3), "cid": "m2",
+                               "to_device": TABLET, "to_own": True})  # fmt: skip
+    assert own["ok"] is True, own
+    assert [(f, o, e) for _, f, o, e in items(tablet, conversation)] == [(PHONE, True, envelope(3))]
+    assert items(laptop, conversation) == [] and items(phone, conversation) == []
+    assert chat.unread_count(user, int(conversation)) == 1  # one's own copy is never unread
+
+    # The phone acknowledges what the laptop sent it: the tablet's copies still wait for the tablet.
+    up_to = on_tablet[0][0]
+    assert call(phone, "ack", {"conversation": conversation, "up_to": up_to, "from_device": LAPTOP})["ok"] is True
+    phone.disconnect(NS)
+    tablet.disconnect(NS)
+    tablet_again = socketio.test_client(
+        app, namespace=NS, auth={"token": _token_of(client, patient, TABLET), "device": TABLET}
+    )
+    assert tablet_again.is_connected(NS)
+    backlog = items(tablet_again, conversation)
+    assert [(f, o, e) for _, f, o, e in backlog] == [(LAPTOP, False, envelope(2)), (PHONE, True, envelope(3))]
+    # Acknowledging one lane leaves the other waiting.
+    assert call(tablet_again, "ack", {"conversation": conversation, "up_to": backlog[-1][0],
+                                      "from_device": PHONE, "own": True})["ok"] is True  # fmt: skip
+    assert call(tablet_again, "sync", {})["ok"] is True
+    assert [(f, e) for _, f, _, e in items(tablet_again, conversation)] == [(LAPTOP, envelope(2))]
+    # The lane's history: only what the laptop sent to this device.
+    page = call(tablet_again, "history", {"conversation": conversation, "before": None, "from_device": LAPTOP})
+    assert [(m["from_device"], m["to_device"], m["body"]) for m in page["messages"]] == [(LAPTOP, TABLET, envelope(2))]
+
+
+def _token_of(client: FlaskClient, who: Person, device: str) -> str:
+    """A fresh sign-in of `who` for `device` (a reconnecting device signs in again)."""
+    return sign_in(client, who)["Authorization"].removeprefix("Bearer ")
+
+
+def test_a_removed_device_is_sent_nothing_and_bad_lanes_are_refused(
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person
+) -> None:
+    conversation = connect(client, patient, other_patient)
+    phone = device_socket(app, client, patient, PHONE, first=True)
+    device_socket(app, client, patient, TABLET)
+    laptop = device_socket(app, client, other_patient, LAPTOP, first=True)
+    assert call(laptop, "join", {"conversation": conversation})["ok"] is True
+    assert client.delete(f"/api/v1/chat/devices/{TABLET}", headers=patient.headers).status_code == 200
+
+    refused = call(laptop, "send", {"conversation": conversation, "envelope": envelope(1), "cid": "x",
+                                    "to_device": TABLET})  # fmt: skip
+    assert refused["error"] == {"code": "device_removed",
+                                "message": "That device was removed: nothing is sent to it any more."}  # fmt: skip
+    stored = call(laptop, "stored", {"conversation": conversation, "cid": "x", "to_device": TABLET})
+    assert stored == {"ok": True, "stored": False}
+    for bad, text in (
+        ({"to_device": b64e(os.urandom(16))}, "`to_device` is not a device of this conversation."),
+        ({"to_device": "short"}, BAD_DEVICE),
+        ({"to_own": True}, "A copy for your own device must name `to_device`."),
+        ({"to_device": PHONE, "to_own": "yes"}, "`to_own` must be true or false."),
+        ({"to_device": LAPTOP}, "`to_device` is not a device of this conversation."),  # its own device, as the peer's
+    ):
+        answer = call(laptop, "send", {"conversation": conversation, "envelope": envelope(1), "cid": "y", **bad})
+        assert answer["error"]["message"] == text, (bad, answer)
+    assert call(phone, "ack", {"conversation": conversation, "up_to": 1, "own": "no"})["error"]["message"] == (
+        "`own` must be true or false."
+    )
+    assert db.session.query(ChatMessage).count() == 0
