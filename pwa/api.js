@@ -290,9 +290,22 @@ export async function unblockPeer(pseudonym, { signal } = {}) {
   await send('DELETE', `/blocks/${encodeURIComponent(pseudonym)}`, { signal });
 }
 
-export async function registerChatKey(key, { signal } = {}) {
-  const response = await send('PUT', '/chat/key', { body: { key }, signal });
+// `device`: this device's id (chat-store.js deviceOf): each device has its own key.
+export async function registerChatKey(key, device, { signal } = {}) {
+  const response = await send('PUT', '/chat/key', { body: { key, device }, signal });
   return (await readJson(response)).key;
+}
+
+// The caller's devices: the current chat key of each, newest first.
+export async function listChatDevices({ signal } = {}) {
+  const response = await send('GET', '/chat/devices', { signal });
+  return (await readJson(response)).devices;
+}
+
+// Removes one of the caller's other devices (a lost phone): its key is revoked on the ledger.
+export async function removeChatDevice(device, { signal } = {}) {
+  const response = await send('DELETE', `/chat/devices/${encodeURIComponent(device)}`, { signal });
+  return (await readJson(response)).device;
 }
 
 export async function getChatKey(pseudonym, { signal } = {}) {

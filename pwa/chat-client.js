@@ -236,9 +236,11 @@ async function prepareIdentity(userId) {
     await store.saveIdentity(userId, saved);
   }
   const key = publicKeyB64(saved);
-  if (saved.registered !== key) {
-    await registerChatKey(key);
-    saved = { ...saved, registered: key };
+  const device = await store.deviceOf(userId);
+  // Registered with this device's id (a key from before device ids is registered again with it).
+  if (saved.registered !== key || saved.device !== device) {
+    await registerChatKey(key, device);
+    saved = { ...saved, registered: key, device };
     await store.saveIdentity(userId, saved);
   }
   return saved;
