@@ -18,10 +18,7 @@ from portal.openapi import NODE_SIGNATURE
 from portal.services import escrow
 
 SEALED = "Sealed to the receiving node's box key (X25519 + AES-256-GCM), unpadded base64url."
-APPROVER = {
-    "description": "An admin: {account, name, signature, at}: `signature` (base64url) is their own key's signature "
-    "over this case's approval statement (docs/federation.md), made at `at` (epoch ms); without it: 403."
-}
+APPROVER = {"description": "An admin: {account, name}."}
 
 
 class NodeEscrowDeposit(Schema):
