@@ -532,6 +532,9 @@ class RecoveryCase(db.Model):
     opened_by_account: Mapped[str] = mapped_column(String(36))
     opened_by_name: Mapped[str] = mapped_column(String(120))
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The opener's RSA-PSS signature, with their own key, over the case's approval statement
+    # (services/escrow.py, approval_statement): the holder checks it before it releases a share.
+    opened_signature: Mapped[bytes | None] = mapped_column(LargeBinary(512))
     approved_by_node: Mapped[str | None] = mapped_column(String(64))
     approved_by_account: Mapped[str | None] = mapped_column(String(36))
     approved_by_name: Mapped[str | None] = mapped_column(String(120))

@@ -33,8 +33,10 @@ def recoveries() -> tuple[str, int]:
 @bp.route("/recoveries/new/<account_id>", methods=["GET", "POST"])
 @role_required("admin")
 def open_recovery(account_id: str) -> Response | tuple[str, int]:
-    """Open a case for an account of this hospital after checking the person's identity in person."""
-    admin = page_actor().user
+    """Open a case for an account of this hospital after checking the person's identity in person,
+    signed with the admin's own key (opened from their session for this request only)."""
+    actor = page_actor()
+    admin = actor.user
     try:
         account = accounts.get_user(account_id)
     except ServiceError as exc:
@@ -47,7 +49,7 @@ def open_recovery(account_id: str) -> Response | tuple[str, int]:
         flash("Tick the box to confirm that you checked the person's identity document in person.", "error")
         return _desk(422, opening=account, form=form)
     try:
-        case = escrow.open_case(admin, account_id, form.get("identity_check"), utcnow())
+        case = escrow.open_case(admin, account_id, form.get("identity_check"), utcnow(), actor.keys())
     except ServiceError as exc:
         flash(exc.message, "error")
         return _desk(exc.status, opening=account, form=form)
@@ -56,10 +58,11 @@ def open_recovery(account_id: str) -> Response | tuple[str, int]:
 
 
 def _act(case_id: str, action: str) -> Response | tuple[str, int]:
-    admin = page_actor().user
+    actor = page_actor()
+    admin = actor.user
     try:
-        if action == "approve":
-            escrow.approve(admin, case_id, utcnow())
+        if action == "approve":  # signed with the admin's own key, opened for this request only
+            escrow.approve(admin, case_id, utcnow(), actor.keys())
             flash("Approved: the other share is here (or on its way to the home hospital).", "info")
         elif action == "announce":
             sent = escrow.announce(admin, case_id)

@@ -17,6 +17,12 @@ joins the shares, checks that they open the account's sealed keys, and wraps the
 under a one-time recovery code for the person, kept only as a hash, valid for CODE_TTL.
 With the code the person sets a new password: the same user key, so every record, grant and
 key stays theirs. Each recovery is an `escrow_recovery` transaction signed by the home node.
+
+Each admin's step is signed with that admin's own user key (unlocked only by their signed-in
+session) over a canonical statement naming the case, the account, both nodes, the step and the
+time (`approval_statement`); the node asked to release a share checks both signatures against
+the keys its own ledger registered for those admins, so a node's key and database alone cannot
+forge an approval.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -37,8 +43,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app
 from sqlalchemy import delete, select
 
-from core.crypto import BoxKey, KdfParams, NodeKey, aead, open_user_keys, seal_to_node
-from core.encoding import b64d, b64e
+from core.crypto import BoxKey, KdfParams, NodeKey, UserKeys, aead, open_user_keys, seal_to_node
+from core.encoding import b64d, b64e, canonical
 from core.errors import CoreError, DecryptionError, EncodingError
 from core.ledger import sign_transaction
 from portal.extensions import db
@@ -70,6 +76,13 @@ RELEASE_AAD = b"medledger/escrow/release/v1\n"
 CODE_AAD = b"medledger/escrow/code/v1\n"
 ESCROW_KEY_INFO = b"medledger/escrow-key/v1"
 CODE_KEY_INFO = b"medledger/escrow-code/v1"
+APPROVAL_STATEMENT = b"medledger/escrow/approval/v1\n"
+IN_PERSON = "identity_in_person"  # the opener: saw the person with an identity document
+SECOND_APPROVAL = "second_approval"  # the other admin, at the home or the holder hospital
+APPROVAL_FRESH = timedelta(minutes=10)  # a second approval is signed just before it is sent
+OPENED_MAX_AGE = timedelta(days=7)  # an opener's signature older than this: open a new case
+CLOCK_SKEW = timedelta(minutes=2)
+MAX_SIGNATURE = 1024  # characters of base64url: RSA-4096 and below
 OPTED_OUT = (
     "This patient turned hospital-assisted recovery off, so no hospital holds their key and no recovery "
     "case can be opened: only their own recovery key can restore the account's history."
@@ -147,6 +160,31 @@ def _normal_code(code: object) -> str | None:
 def _new_code() -> str:
     text = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_GROUPS * CODE_GROUP_LEN))
     return "-".join(text[i : i + CODE_GROUP_LEN] for i in range(0, len(text), CODE_GROUP_LEN))
+
+
+def approval_statement(case: str, account: str, home: str, holder: str, admin: str, check: str, at: int) -> bytes:
+    """What an admin signs for one step of a recovery case (`check`: IN_PERSON for the admin who
+    saw the person and opened it, SECOND_APPROVAL for the other), at `at` (epoch ms): canonical
+    JSON, so the home node and the holder build the same bytes."""
+    fields = {"case": case, "account": account, "home": home, "holder": holder, "admin": admin, "check": check}
+    return APPROVAL_STATEMENT + canonical({**fields, "at": at})
+
+
+def _signed_by(admin: User, keys: UserKeys | None, statement: bytes) -> str:
+    """The admin's signature over `statement` with their own key, which only their signed-in
+    session unlocks (`keys`, for this request only)."""
+    if keys is None or keys.key_id != admin.key_id:
+        raise Unauthorized("Sign in again: each approval is signed with your own key, which only your session opens.")
+    return b64e(keys.sign(statement))
+
+
+def _from_ms(at: int) -> datetime:
+    return datetime.fromtimestamp(at / 1000, UTC).replace(tzinfo=None)
+
+
+def _ms_floor(moment: datetime) -> datetime:
+    """`moment` to the millisecond, as signed statements carry it."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _box_key_of(node_id: str) -> bytes | None:
@@ -384,16 +422,56 @@ def _name(value: object, field: str) -> str:
     return value
 
 
-def _approver(value: object, field: str) -> dict[str, str]:
+def _approver(value: object, field: str) -> dict[str, Any]:
+    """An admin named in a node request: {account, name} and, when given, their `signature`
+    (base64url) and the time `at` (epoch ms) of the statement they signed; checked by `_verify`."""
     if not isinstance(value, dict):
         raise ValidationFailed(f"`{field}` must name an admin (account, name).")
-    return {"account": _checked_account(value.get("account")), "name": _name(value.get("name"), f"{field}.name")}
+    signature, at = value.get("signature"), value.get("at")
+    return {
+        "account": _checked_account(value.get("account")),
+        "name": _name(value.get("name"), f"{field}.name"),
+        "signature": signature if isinstance(signature, str) and 0 < len(signature) <= MAX_SIGNATURE else None,
+        "at": at if isinstance(at, int) and not isinstance(at, bool) and 0 < at < 2**53 else None,
+    }
 
 
 def _peer_admin(account: str, node: str) -> bool:
     """Whether the ledger knows `account` as an admin endorsed by `node`."""
     user = db.session.scalar(select(User).where(User.public_id == account))
     return user is not None and user.role == "admin" and user.home_node == node
+
+
+def _refuse(peer: str, case: str, why: str, message: str) -> Forbidden:
+    log.warning("refused escrow request of node %s for case %s: %s", peer, case[:8], why)
+    return Forbidden(message)
+
+
+def _verify(
+    peer: str, admin: dict[str, Any], node: str, statement: dict[str, str], now: datetime, max_age: timedelta
+) -> int:
+    """Check that `admin` (an admin of `node` on this node's ledger) signed the statement of
+    this case and step, with the key their `key` transaction registered on this node's ledger,
+    at a time not older than `max_age`. Returns that time (epoch ms); Forbidden (logged) for a
+    missing, stale or invalid signature."""
+    case, step = statement["case"], statement["check"]
+    name = "opener's" if step == IN_PERSON else "second approver's"
+    user = db.session.scalar(select(User).where(User.public_id == admin["account"]))
+    if user is None or user.role != "admin" or user.home_node != node:
+        raise _refuse(peer, case, f"{step} not by an admin of {node}", f"The {name} account is not an admin of {node}.")
+    if admin["signature"] is None or admin["at"] is None:
+        raise _refuse(peer, case, f"{step} unsigned", f"The {name} approval is not signed with their own key.")
+    at = admin["at"]
+    if not epoch_ms(now - max_age) <= at <= epoch_ms(now + CLOCK_SKEW):
+        raise _refuse(peer, case, f"{step} signed at a stale time", f"The {name} signature is too old: sign again.")
+    message = approval_statement(**statement, admin=admin["account"], at=at)
+    try:
+        accounts.published_keys(user).verifier().verify(b64d(admin["signature"]), message)
+    except (CoreError, accounts.KeysMismatch):
+        raise _refuse(
+            peer, case, f"{step} signature invalid", f"The {name} signature does not verify with their registered key."
+        ) from None
+    return at
 
 
 def _case_id(value: object) -> str:
@@ -414,12 +492,15 @@ def take_case(peer: str, data: dict[str, Any], now: datetime) -> RecoveryCase:
     _held(account, peer)
     if not _peer_admin(opener["account"], peer):
         raise Forbidden("The case was not opened by an admin of its home node.")
+    me = here()
+    statement = {"case": case_id, "account": account, "home": peer, "holder": me.node_id, "check": IN_PERSON}
+    opened_at = _verify(peer, opener, peer, statement, now, OPENED_MAX_AGE)
     case = db.session.get(RecoveryCase, case_id)
     if case is None:
         case = RecoveryCase(
-            id=case_id, account=account, home_node=peer, holder_node=here().node_id, status="waiting",
+            id=case_id, account=account, home_node=peer, holder_node=me.node_id, status="waiting",
             identity_check=check, opened_by_node=peer, opened_by_account=opener["account"],
-            opened_by_name=opener["name"], opened_at=now,
+            opened_by_name=opener["name"], opened_at=_from_ms(opened_at), opened_signature=b64d(opener["signature"]),
         )  # fmt: skip
         db.session.add(case)
     elif case.home_node != peer or case.account != account:
@@ -431,13 +512,20 @@ def take_case(peer: str, data: dict[str, Any], now: datetime) -> RecoveryCase:
 def release_to_home(peer: str, data: dict[str, Any], me: Here, now: datetime) -> str:
     """Two admins of the home node (`peer`) approved a case: release the held share to it,
     sealed to its box key for this case. Both must be admins the ledger knows as endorsed by
-    that node, and different people. Recorded here as a released case."""
+    that node, different people, and each must have signed this case's statement with their own
+    registered key (the opener within OPENED_MAX_AGE, the approver within APPROVAL_FRESH), so
+    the home node's key and database alone cannot forge them. Recorded here as a released case."""
     case_id, account = _case_id(data.get("case")), _checked_account(data.get("account"))
     opener, approver = _approver(data.get("opened_by"), "opened_by"), _approver(data.get("approved_by"), "approved_by")
     if opener["account"] == approver["account"]:
-        raise Forbidden("A recovery needs two different admins.")
+        raise _refuse(peer, case_id, "one admin twice", "A recovery needs two different admins.")
     if not (_peer_admin(opener["account"], peer) and _peer_admin(approver["account"], peer)):
-        raise Forbidden("Both approvals must come from admins of the account's home node.")
+        raise _refuse(
+            peer, case_id, "approval by a non-admin", "Both approvals must come from admins of the account's home node."
+        )
+    statement = {"case": case_id, "account": account, "home": peer, "holder": me.node_id}
+    _verify(peer, opener, peer, {**statement, "check": IN_PERSON}, now, OPENED_MAX_AGE)
+    _verify(peer, approver, peer, {**statement, "check": SECOND_APPROVAL}, now, APPROVAL_FRESH)
     row = _held(account, peer)
     case = db.session.get(RecoveryCase, case_id)
     if case is not None and (case.home_node != peer or case.account != account or case.status == "released"):
@@ -446,7 +534,8 @@ def release_to_home(peer: str, data: dict[str, Any], me: Here, now: datetime) ->
     if case is None:
         case = RecoveryCase(
             id=case_id, account=account, home_node=peer, holder_node=me.node_id, identity_check="checked at home",
-            opened_by_node=peer, opened_by_account=opener["account"], opened_by_name=opener["name"], opened_at=now,
+            opened_by_node=peer, opened_by_account=opener["account"], opened_by_name=opener["name"],
+            opened_at=_from_ms(opener["at"]), opened_signature=b64d(opener["signature"]),
         )  # fmt: skip
         db.session.add(case)
     case.status, case.approved_at = "released", now
@@ -464,11 +553,14 @@ def _desk_admin(admin: User) -> None:
         raise Forbidden("Only a hospital administrator can handle account recoveries.")
 
 
-def open_case(admin: User, account: object, identity_check: object, now: datetime) -> RecoveryCase:
+def open_case(
+    admin: User, account: object, identity_check: object, now: datetime, keys: UserKeys | None = None
+) -> RecoveryCase:
     """The front desk of an account's home hospital has checked the person's identity in person
-    and opens a recovery case; the holder of the other share is told, for its admins' desk.
-    Forbidden for anyone but an admin of the account's home hospital (and for their own
-    account), Conflict for an account without escrow or with a case under way."""
+    and opens a recovery case, signed with the admin's own key (`keys`, from their session);
+    the holder of the other share is told, for its admins' desk. Forbidden for anyone but an
+    admin of the account's home hospital (and for their own account), Conflict for an account
+    without escrow or with a case under way, Unauthorized without the admin's keys."""
     _desk_admin(admin)
     user = accounts.get_user(account)
     if user.id == admin.id:
@@ -497,10 +589,13 @@ def open_case(admin: User, account: object, identity_check: object, now: datetim
     if under_way is not None:
         raise Conflict("A recovery of this account is already under way: finish or cancel it first.")
     me = here()
+    case_id, now = str(uuid.uuid4()), _ms_floor(now)
+    statement = (case_id, user.public_id, me.node_id, row.holder, admin.public_id, IN_PERSON, epoch_ms(now))
+    signature = b64d(_signed_by(admin, keys, approval_statement(*statement)))
     case = RecoveryCase(
-        id=str(uuid.uuid4()), account=user.public_id, home_node=me.node_id, holder_node=row.holder, status="open",
+        id=case_id, account=user.public_id, home_node=me.node_id, holder_node=row.holder, status="open",
         identity_check=check, opened_by_node=me.node_id, opened_by_account=admin.public_id,
-        opened_by_name=admin.display_name, opened_at=now,
+        opened_by_name=admin.display_name, opened_at=now, opened_signature=signature,
     )  # fmt: skip
     db.session.add(case)
     db.session.commit()
@@ -508,8 +603,18 @@ def open_case(admin: User, account: object, identity_check: object, now: datetim
     return case
 
 
+def _opener(case: RecoveryCase) -> dict[str, Any]:
+    """The opener as node requests name them: with their signature over the case's statement."""
+    if case.opened_signature is None:
+        raise Conflict("This case was opened before approvals were signed: cancel it and open a new one.")
+    return {
+        "account": case.opened_by_account, "name": case.opened_by_name,
+        "signature": b64e(case.opened_signature), "at": epoch_ms(case.opened_at),
+    }  # fmt: skip
+
+
 def _announce(case: RecoveryCase, me: Here) -> bool:
-    opener = {"account": case.opened_by_account, "name": case.opened_by_name}
+    opener = _opener(case)
     body = {"case": case.id, "account": case.account, "identity_check": case.identity_check, "opened_by": opener}
     answer = _post(me, case.holder_node, "/node/v1/escrow/cases", body)
     return isinstance(answer, dict) and answer.get("status") == "waiting"
@@ -538,30 +643,39 @@ def _post(me: Here, peer: str, path: str, body: dict[str, Any]) -> Any:
     return me.peers.post(peer, path, body) if me.peers is not None else None
 
 
-def approve(admin: User, case_id: object, now: datetime) -> RecoveryCase:
-    """The second approval. At the home node: another admin than the one who opened it; the
-    holder is asked to release its share. At the holder: an admin there releases the share to
-    the home node. Forbidden for the opener, Conflict for a case not waiting for approval,
-    PeerUnavailable when the other node does not answer."""
+def approve(admin: User, case_id: object, now: datetime, keys: UserKeys | None = None) -> RecoveryCase:
+    """The second approval, signed with the admin's own key (`keys`, from their session). At the
+    home node: another admin than the one who opened it; the holder is asked to release its
+    share (and checks both admins' signatures). At the holder: an admin there releases the share
+    to the home node (which checks their signature). Forbidden for the opener, Conflict for a
+    case not waiting for approval, PeerUnavailable when the other node does not answer (or
+    refuses: its log says why)."""
     case = _home_case(admin, case_id)
     me = here()
-    approver = {"account": admin.public_id, "name": admin.display_name}
+    at = epoch_ms(now)
+    approver: dict[str, Any] = {"account": admin.public_id, "name": admin.display_name, "at": at}
+    statement = (case.id, case.account, case.home_node, case.holder_node, admin.public_id, SECOND_APPROVAL, at)
     if case.home_node == me.node_id:
         if case.status != "open":
             raise Conflict("This case is not waiting for a second approval.")
         if case.opened_by_account == admin.public_id:
             raise Forbidden("The second approval must come from another admin than the one who opened the case.")
-        opener = {"account": case.opened_by_account, "name": case.opened_by_name}
+        opener = _opener(case)
+        approver["signature"] = _signed_by(admin, keys, approval_statement(*statement))
         body = {"case": case.id, "account": case.account, "approved_by": approver, "opened_by": opener}
         answer = _post(me, case.holder_node, "/node/v1/escrow/release", body)
         share = answer.get("share") if isinstance(answer, dict) else None
         if not isinstance(share, str):
-            raise PeerUnavailable("The hospital holding the other share did not release it; try again later.")
+            raise PeerUnavailable(
+                "The hospital holding the other share did not release it (it did not answer, or refused the "
+                "approvals); try again later."
+            )
         _take_share(case, share, me.node_id, approver, now)
         db.session.commit()
         return case
     if case.status != "waiting":
         raise Conflict("This case is not waiting for an approval here.")
+    approver["signature"] = _signed_by(admin, keys, approval_statement(*statement))
     sealed = _release(_held(case.account, case.home_node), case.id, me)
     body = {"account": case.account, "share": sealed, "approved_by": approver}
     answer = _post(me, case.home_node, f"/node/v1/escrow/cases/{case.id}/approval", body)
@@ -577,7 +691,7 @@ def approve(admin: User, case_id: object, now: datetime) -> RecoveryCase:
     return case
 
 
-def _take_share(case: RecoveryCase, share: str, node: str, approver: dict[str, str], now: datetime) -> None:
+def _take_share(case: RecoveryCase, share: str, node: str, approver: dict[str, Any], now: datetime) -> None:
     case.peer_share = _sealed(share, "share")
     case.status, case.approved_at = "approved", now
     case.approved_by_node, case.approved_by_account, case.approved_by_name = node, approver["account"], approver["name"]
@@ -597,6 +711,8 @@ def take_approval(peer: str, case_id: object, data: dict[str, Any], now: datetim
     approver = _approver(data.get("approved_by"), "approved_by")
     if not _peer_admin(approver["account"], peer):
         raise Forbidden("The approval does not come from an admin of that node.")
+    statement = {"case": case.id, "account": case.account, "home": me.node_id, "holder": peer}
+    _verify(peer, approver, peer, {**statement, "check": SECOND_APPROVAL}, now, APPROVAL_FRESH)
     _take_share(case, data.get("share"), peer, approver, now)  # type: ignore[arg-type]
     db.session.commit()
     return case
