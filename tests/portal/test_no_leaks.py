@@ -165,8 +165,8 @@ def test_a_database_copy_and_one_escrow_share_reveal_no_private_key(
     account = home.add("patient", "alice", "Alice Moreau")
     share_keys({"node-1": home, "node-2": holder})
     with home.ctx():
-        case = escrow.open_case(home.user("admin"), account, "passport", utcnow()).id
-        escrow.approve(home.user("admin2"), case, utcnow())
+        case = escrow.open_case(home.user("admin"), account, "passport", utcnow(), home.keys("admin")).id
+        escrow.approve(home.user("admin2"), case, utcnow(), home.keys("admin2"))
         _, code = escrow.issue_code(home.user("admin"), case, utcnow())
         user = home.user("alice")
         row = db.session.get(Escrow, user.id)
