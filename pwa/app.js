@@ -16,6 +16,7 @@ import { revokeAllObjectUrls } from './files.js';
 import { attachIdleWarning, setIdleWarningSeconds, stopIdleWatch, watchIdle } from './idle.js';
 import { matchesView } from './matches.js';
 import { myIdView } from './my-id.js';
+import { devicesView } from './devices.js';
 import { securityView } from './security.js';
 import { profileView } from './profile.js';
 import { forgotPasswordView, noticesText, recoveryKeyView } from './recovery.js';
@@ -56,6 +57,7 @@ const ROUTES = [
   { pattern: /^#\/chat\/([^/]+)$/, access: 'user', view: chatView, fill: true },
   { pattern: /^#\/my-id$/, access: 'user', view: myIdView },
   { pattern: /^#\/security$/, access: 'user', view: securityView },
+  { pattern: /^#\/devices$/, access: 'user', view: devicesView },
   { pattern: /^#\/recovery-key$/, access: 'user', view: recoveryKeyView },
   { pattern: /^#\/escrow$/, access: 'user', view: escrowView },
 ];

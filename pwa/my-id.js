@@ -38,7 +38,8 @@ export function myIdView(ctx) {
       h('div', { class: 'my-id-actions' }, copy, status)),
     h('p', {}, h('a', { href: '#/recovery-key' }, 'Recovery key'), ': in case you forget your password'),
     h('p', {}, h('a', { href: '#/escrow' }, 'Help from your hospital'), ': if you lose both'),
-    h('p', {}, h('a', { href: '#/security' }, 'Sign-in security: two-factor sign-in')));
+    h('p', {}, h('a', { href: '#/security' }, 'Sign-in security: two-factor sign-in')),
+    h('p', {}, h('a', { href: '#/devices' }, 'Your devices'), ': where you use the chat, and removing a lost one'));
 }
 
 async function copyId(id, idText, status) {
