@@ -90,6 +90,7 @@ APP_SCREENS = [
     ("chat", "alice", "#/chat/{conversation}"),
     ("my-id", "alice", "#/my-id"),
     ("security", "alice", "#/security"),
+    ("devices", "alice", "#/devices"),
     ("recovery-key", "alice", "#/recovery-key"),
     ("escrow", "alice", "#/escrow"),
     ("recover-with-code", None, "#/recover-with-code"),
