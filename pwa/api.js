@@ -113,9 +113,11 @@ export async function confirmRecoveryKey(words, { signal } = {}) {
   return readJson(await send('POST', '/account/recovery-key/confirm', { body: { words }, signal }));
 }
 
-// Signed out: its 401 is the answer about the words, not the end of a session.
-export async function recoverAccount({ username, recoveryKey, newPassword }, { signal } = {}) {
-  const body = { username, recovery_key: recoveryKey, new_password: newPassword };
+// Forgot password, with one proof: the recovery key's 12 words (recoveryKey) or the front desk's
+// one-time code (deskCode). Signed out: its 401 is the answer about the proof, not the end of a session.
+export async function recoverAccount({ username, recoveryKey, deskCode, newPassword }, { signal } = {}) {
+  const proof = deskCode === undefined ? { recovery_key: recoveryKey } : { desk_code: deskCode };
+  const body = { username, ...proof, new_password: newPassword };
   await send('POST', '/auth/recover', { body, token: null, signal });
 }
 
@@ -127,11 +129,6 @@ export async function getEscrow({ signal } = {}) {
 
 export async function setEscrow(enabled, { signal } = {}) {
   return readJson(await send('PUT', '/account/escrow', { body: { enabled }, signal }));
-}
-
-export async function recoverWithCode({ username, code, newPassword }, { signal } = {}) {
-  const body = { username, hospital_code: code, new_password: newPassword };
-  await send('POST', '/auth/recover-with-code', { body, token: null, signal });
 }
 
 // Any call with the token counts as activity: this one is the idle warning's "Stay signed in".

@@ -6,7 +6,7 @@
 // lists past recoveries. "Code from the front desk" (#/recover-with-code, signed out) sets a new
 // password with the one-time code the hospital handed over in person.
 
-import { getEscrow, recoverWithCode, setEscrow } from './api.js';
+import { getEscrow, recoverAccount, setEscrow } from './api.js';
 import { h, mount } from './dom.js';
 import {
   dateTime, errorNotice, errorText, fieldWrappers, flashNotice, formField, hideNotice, isStale, loadingIndicator,
@@ -177,8 +177,8 @@ async function submit(ctx, { fields, notice, button }) {
   }
   setBusy(button, true, 'Setting your new password…');
   try {
-    await recoverWithCode({
-      username: values.username, code: values.code, newPassword: values.password,
+    await recoverAccount({
+      username: values.username, deskCode: values.code, newPassword: values.password,
     }, { signal: ctx.signal });
     ctx.navigate(LOGIN_HASH, { flash: RESET_DONE_MESSAGE });
   } catch (error) {

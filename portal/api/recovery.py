@@ -1,22 +1,26 @@
-"""API for a patient's recovery key and "Forgot password" with it (docs/recovery.md)."""
+"""API for a patient's recovery key, and "Forgot password": one route that takes one of two
+proofs, the recovery key's 12 words or the one-time code of the home hospital's front desk
+(docs/recovery.md)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Integer, List, String
+from apiflask.schema_adapters.marshmallow import parser
 from flask import current_app, request
+from sqlalchemy import select
 
 from portal import runtime
-from portal.api import api_actor, bp, iso
-from portal.api.schemas import Text, answer
-from portal.models import utcnow
-from portal.services import recovery, throttle
-
-
-def _errors(answers: dict[int, str]) -> dict[int, dict[str, Any]]:
-    return {status: answer(text) for status, text in answers.items()}
+from portal.api import api_actor, bp, iso, json_body
+from portal.api.schemas import SIGNED_OUT, THROTTLED, Text, error_answers
+from portal.extensions import db
+from portal.models import AuthSession, ChatSocket, User, utcnow
+from portal.services import accounts, escrow, recovery, throttle
+from portal.services.errors import Unauthorized, ValidationFailed
 
 
 def _text(name: str, **kwargs: Any) -> Text:
@@ -53,13 +57,41 @@ class RecoveryConfirm(Schema):
     )
 
 
-class Recover(Schema):
+class RecoverWithKey(Schema):
+    """Forgot password, with the patient's recovery key."""
+
     username = _text("username", required=True, metadata={"example": "dana.k"})
     recovery_key = _text("recovery_key", required=True, metadata={"description": "The 12 words, space-separated."})
     new_password = _text("new_password", required=True, metadata={"description": "As at registration."})
 
 
-SIGNED_OUT = {401: "No token, or the token is invalid or has expired."}
+class RecoverWithCode(Schema):
+    """Forgot password, with the one-time code the home hospital's front desk handed over (escrow)."""
+
+    username = _text("username", required=True, metadata={"example": "dana.k"})
+    desk_code = _text(
+        "desk_code",
+        required=True,
+        metadata={
+            "description": "The front desk's one-time code: 20 letters and digits (dashes, spaces and case do not "
+            "matter), valid once, for one hour.",
+            "example": "ABCD-EFGH-JKLM-NPQR-STUV",
+        },
+    )
+    new_password = _text("new_password", required=True, metadata={"description": "As at registration."})
+
+
+# The body names its proof: the schema of that one validates it.
+PROOFS: dict[str, type[Schema]] = {"recovery_key": RecoverWithKey, "desk_code": RecoverWithCode}
+NO_PROOF = "Send one proof: `recovery_key` (the 12 words) or `desk_code` (the front desk's one-time code)."
+TWO_PROOFS = "Send one proof only: `recovery_key` or `desk_code`, not both."
+# One answer for every failed proof, whichever it was and whatever was wrong (the account, the
+# words, the code, a used or expired code), so nobody learns which part was wrong or whether the
+# account exists.
+NO_MATCH = (
+    "That username and recovery key or front-desk code do not match (a code works once, for one hour). "
+    "Check them and try again."
+)
 PATIENTS_ONLY = {403: "Only patients of this hospital have a recovery key."}
 
 
@@ -69,7 +101,7 @@ def _status(user_status: recovery.Status) -> dict[str, Any]:
 
 @bp.get("/account/recovery-key")
 @bp.output(RecoveryStatus)
-@bp.doc(operation_id="getRecoveryKey", security="BearerAuth", responses=_errors({**SIGNED_OUT, **PATIENTS_ONLY}))
+@bp.doc(operation_id="getRecoveryKey", security="BearerAuth", responses=error_answers({**SIGNED_OUT, **PATIENTS_ONLY}))
 def recovery_status() -> dict[str, Any]:
     return _status(recovery.status(api_actor()))
 
@@ -80,12 +112,12 @@ def recovery_status() -> dict[str, Any]:
 @bp.doc(
     operation_id="beginRecoveryKey",
     security="BearerAuth",
-    responses=_errors(
+    responses=error_answers(
         {
             **SIGNED_OUT,
             **PATIENTS_ONLY,
-            422: "The password is missing or not right.",
-            429: "Too many wrong passwords; wait.",
+            422: "The password is missing or not right (counted like a failed sign-in).",
+            **THROTTLED,
         }
     ),
 )
@@ -107,7 +139,7 @@ def recovery_begin(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
 @bp.doc(
     operation_id="confirmRecoveryKey",
     security="BearerAuth",
-    responses=_errors(
+    responses=error_answers(
         {
             **SIGNED_OUT,
             **PATIENTS_ONLY,
@@ -122,31 +154,87 @@ def recovery_confirm(data: dict[str, Any]) -> dict[str, Any]:
     return _status(recovery.status(actor))
 
 
+def _recover_body(view: Callable[..., Any]) -> Callable[..., Any]:
+    """The body of a reset, as `data`: it must carry exactly one proof, and the schema of that
+    proof validates it (both are documented, as a oneOf)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = [name for name in PROOFS if name in json_body()]
+        if len(given) != 1:
+            raise ValidationFailed(TWO_PROOFS if given else NO_PROOF)
+        return view(*args, data=parser.parse(PROOFS[given[0]](), request, location="json"), **kwargs)
+
+    return wrapper
+
+
+def _chat_sockets(username: str) -> list[str]:
+    """The /chat connections of every session of the account: read before a reset ends the
+    sessions (their rows go with them), closed after it, as at a password change."""
+    sessions = select(AuthSession.id).join(User, AuthSession.user_id == User.id).where(User.username == username)
+    return list(db.session.scalars(select(ChatSocket.sid).where(ChatSocket.session_id.in_(sessions))))
+
+
+def _with_desk_code(data: dict[str, Any], *, address: str | None, policy: throttle.Policy) -> list[str]:
+    """The desk's code sets the new password (services/escrow.py), checked and throttled as the
+    recovery key is: a weak new password is refused before the code is tried, and a wrong code
+    counts like a failed sign-in. Answers the chat connections of the sessions it ended."""
+    username, now = data["username"], utcnow()
+    accounts.check_password(data["new_password"], [username])
+    throttle.check(username, address, policy, now)
+    sockets = _chat_sockets(username)
+    try:
+        escrow.recover_with_code(username, data["desk_code"], data["new_password"], runtime.kdf(), now)
+    except Unauthorized:
+        db.session.rollback()
+        throttle.failed(username, address, policy, now)
+        raise
+    throttle.succeeded(username)
+    db.session.commit()
+    return sockets
+
+
 @bp.post("/auth/recover")
-@bp.input(Recover, location="json", arg_name="data")
+@_recover_body
 @bp.output({}, status_code=204)
 @bp.doc(
     operation_id="recoverAccount",
-    responses=_errors(
+    responses=error_answers(
         {
-            401: "The username and recovery key do not match (the same answer whichever is wrong).",
-            422: "A field is missing, or the new password is too short or easy to guess.",
-            429: "Too many attempts; wait.",
+            401: "The username and the proof do not match: one answer whatever was wrong (the account, the words, "
+            "the code, or a code used or expired).",
+            422: "Neither or both of `recovery_key` and `desk_code`, a field missing or not text, or a new password "
+            "too short or easy to guess (refused before the proof is tried).",
+            **THROTTLED,
         }
     ),
+    extensions={
+        "requestBody": {
+            "content": {"application/json": {"schema": {"oneOf": [RecoverWithKey, RecoverWithCode]}}},
+        }
+    },
 )
 def recover(data: dict[str, Any]) -> str:
-    """Forgot password: set a new one with the recovery key. Every session of the account ends."""
+    """Forgot password: set a new one with the recovery key or the front desk's one-time code.
+    The same keys, records and grants; every session of the account ends, its chat connections
+    close, and the next sign-in says it happened."""
     from portal.chat.events import close_sockets
 
-    done = recovery.recover(
-        data["username"],
-        data["recovery_key"],
-        data["new_password"],
-        kdf=runtime.kdf(),
-        now=utcnow(),
-        address=request.remote_addr,
-        policy=throttle.policy_from(current_app.config),
-    )
-    close_sockets(done.sockets)
+    address, policy = request.remote_addr, throttle.policy_from(current_app.config)
+    try:
+        if "recovery_key" in data:
+            sockets = recovery.recover(
+                data["username"],
+                data["recovery_key"],
+                data["new_password"],
+                kdf=runtime.kdf(),
+                now=utcnow(),
+                address=address,
+                policy=policy,
+            ).sockets
+        else:
+            sockets = _with_desk_code(data, address=address, policy=policy)
+    except Unauthorized:
+        raise Unauthorized(NO_MATCH) from None
+    close_sockets(sockets)  # their sessions have just ended
     return ""

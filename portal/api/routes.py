@@ -16,7 +16,18 @@ from marshmallow import ValidationError
 
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso
-from portal.api.schemas import Page, Paged, QueryWhole, RecordSummary, Text, User, answer, listed
+from portal.api.schemas import (
+    SIGNED_OUT,
+    THROTTLED,
+    Page,
+    Paged,
+    QueryWhole,
+    RecordSummary,
+    Text,
+    User,
+    listed,
+)
+from portal.api.schemas import error_answers as _errors
 from portal.attachments import send_attachment
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
@@ -61,13 +72,6 @@ class TextList(List):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValidationError(self.message)
         return super()._deserialize(value, attr, data, **kwargs)
-
-
-def _errors(answers: dict[int, str]) -> dict[int, dict[str, Any]]:
-    return {status: answer(text) for status, text in answers.items()}
-
-
-SIGNED_OUT = {401: "No token, or the token is invalid or has expired."}
 
 
 class BirthDate(Text):
@@ -457,6 +461,7 @@ def register(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
             401: "Wrong username or password, or a two-factor code is needed (`two_factor_required`) or wrong.",
             403: "The account must set up two-factor sign-in first (`two_factor_setup_required`).",
             422: "A field is missing or not text.",
+            **THROTTLED,
         }
     ),
 )

@@ -84,6 +84,19 @@ def answer(description: str, schema: type[Schema] = Error) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def error_answers(answers: dict[int, str]) -> dict[int, dict[str, Any]]:
+    """An operation's documented error answers, {status: sentence}, each in the Error shape."""
+    return {status: answer(text) for status, text in answers.items()}
+
+
+# Error answers several operations share.
+SIGNED_OUT = {401: "No token, or the token is invalid or has expired."}
+THROTTLED = {
+    429: "Too many failed attempts for this account name or from this address (sign-in and password "
+    "resets count together); wait as long as `Retry-After` says."
+}
+
+
 class Page(Schema):
     """Paging of a list (services/paging.py): `limit` (DEFAULT_LIMIT if absent) and `offset`."""
 

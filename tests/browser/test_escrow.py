@@ -50,4 +50,4 @@ def test_a_wrong_front_desk_code_gets_a_clear_answer(node: Node, phone: Phone) -
     page.fill("#code-password", "violet-canyon-orbit-lantern")
     page.fill("#code-confirm", "violet-canyon-orbit-lantern")
     page.get_by_role("button", name="Set new password").click()
-    expect(page.locator("#app .notice-error")).to_contain_text("recovery code is wrong")
+    expect(page.locator("#app .notice-error")).to_contain_text("recovery key or front-desk code do not match")

@@ -123,7 +123,8 @@ def test_recovery_key_then_forgot_password_keeps_the_records(node: Node, phone: 
     page.get_by_label("Recovery key").fill(" ".join(swapped))
     page.get_by_role("button", name="Set new password").click()
     expect(page.get_by_role("alert")).to_have_text(
-        "That username and recovery key do not match. Check each of the 12 words and try again."
+        "That username and recovery key or front-desk code do not match (a code works once, for one hour). "
+        "Check them and try again."
     )
     page.get_by_label("Recovery key").fill("\n".join(f"{n}. {w}" for n, w in enumerate(words, start=1)))
     page.get_by_role("button", name="Set new password").click()

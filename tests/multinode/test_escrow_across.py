@@ -92,9 +92,9 @@ def test_the_holding_hospitals_admin_approves_a_recovery(hospitals: list[LocalNo
     assert issued.status_code == 200
     code = re.search(r"<strong>([A-Z0-9-]{24})</strong>", issued.text).group(1)
 
-    body = {"username": "ines", "hospital_code": code, "new_password": NEW_PASSWORD}
-    status, answer = api(home, "POST", "/auth/recover-with-code", body)
-    assert status == 200, answer
+    body = {"username": "ines", "desk_code": code, "new_password": NEW_PASSWORD}
+    status, answer = api(home, "POST", "/auth/recover", body)
+    assert status == 204, answer
     assert api(home, "POST", "/auth/token", {"username": "ines", "password": PASSWORD})[0] == 401
     assert escrow_state(home, "ines", NEW_PASSWORD) == "held"
     token, _ = sign_in(home, "ines", NEW_PASSWORD)

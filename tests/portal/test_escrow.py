@@ -191,7 +191,7 @@ def _open(home: Hospital, account: str, admin: str = "admin") -> str:
 
 def _recover(home: Hospital, username: str, code: str, password: str = NEW_PASSWORD) -> Any:
     return home.client.post(
-        "/api/v1/auth/recover-with-code", json={"username": username, "hospital_code": code, "new_password": password}
+        "/api/v1/auth/recover", json={"username": username, "desk_code": code, "new_password": password}
     )
 
 
@@ -266,7 +266,7 @@ def test_two_admins_of_the_home_hospital_recover_a_patient_at_the_desk(
 
     assert _recover(home, "alice", code, "password").status_code == 422  # too easy: the code is not spent
     answer = _recover(home, "alice", code.lower().replace("-", " "))
-    assert answer.status_code == 200, answer.json
+    assert answer.status_code == 204, answer.json
     with home.ctx():
         user = home.user("alice")
         assert (user.recovered_method, user.recovered_notice) == ("escrow", True)  # told at the next sign-in
@@ -315,7 +315,7 @@ def test_the_holders_admin_approves_and_a_doctor_keeps_their_keys(hospitals: tup
         approved = db.session.get(RecoveryCase, case_id)
         assert approved.status == "approved" and approved.approved_by_node == "node-2"
         _, code = escrow.issue_code(home.user("admin"), case_id, utcnow())
-    assert _recover(home, "dr.osei", code).status_code == 200
+    assert _recover(home, "dr.osei", code).status_code == 204
     client = home.client
     client.post("/login", data={"username": "dr.osei", "password": NEW_PASSWORD, "csrf_token": csrf(client, "/login")})
     assert "Your password was reset without your old one" in client.get("/doctor/patients").get_data(as_text=True)
@@ -434,7 +434,7 @@ def test_invalid_node_requests_are_refused(hospitals: tuple[Hospital, Hospital],
 def test_invalid_recovery_inputs_get_clear_answers(hospitals: tuple[Hospital, Hospital], alice: str) -> None:
     home, _ = hospitals
     assert _recover(home, "nobody", "ABCD-EFGH-JKLM-NPQR-STUV").status_code == 401
-    assert home.client.post("/api/v1/auth/recover-with-code", json={"username": "alice"}).status_code == 422
+    assert home.client.post("/api/v1/auth/recover", json={"username": "alice"}).status_code == 422
     with home.ctx():
         with pytest.raises(NotFound):
             escrow.open_case(home.user("admin"), "not-an-id", "passport", utcnow())

@@ -1,7 +1,10 @@
 """A patient's recovery key and "Forgot password" with it: the key is shown once and confirmed
 with two of its words; a reset keeps the same user key (every record and grant still opens), ends
-every session, is on the ledger signed by the patient's own key and in their access log, and is
-told once at the next sign-in; any failure is one answer that changes nothing and is throttled."""
+every session and closes its chat connections, is on the ledger signed by the patient's own key
+and in their access log, and is told once at the next sign-in; any failure is one answer that
+changes nothing and is throttled. The same route takes the front desk's one-time code instead of
+the words (its success: tests/portal/test_escrow.py); a body with both proofs, or neither, is
+refused."""
 
 from __future__ import annotations
 
@@ -14,14 +17,15 @@ from mnemonic import Mnemonic
 from sqlalchemy import func, select
 
 from core.ledger import decode_transaction
+from portal.api import recovery as recovery_api
 from portal.extensions import db
 from portal.models import AccessEntry, LedgerTransaction, User
-from portal.services import recovery
 from tests.conftest import PASSWORD, RECORD, Person, produce
 from tests.portal.test_front_door import Clock
 
 NEW_PASSWORD = "violet-lantern-orchard-47"
-NO_MATCH = {"code": "unauthorized", "message": recovery.NO_MATCH}
+NO_MATCH = {"code": "unauthorized", "message": recovery_api.NO_MATCH}
+DESK_CODE = "ABCD-EFGH-JKLM-NPQR-STUV"  # well formed; no front desk issued it
 ADDRESS = "198.51.100.7"
 
 
@@ -52,6 +56,11 @@ def recover(
     phrase = words if isinstance(words, str) else " ".join(words)
     body = {"username": username, "recovery_key": phrase, "new_password": password}
     return client.post("/api/v1/auth/recover", json=body, environ_base={"REMOTE_ADDR": address or ADDRESS})
+
+
+def recover_with_code(client: FlaskClient, username: str, code: str = DESK_CODE, password: str = NEW_PASSWORD) -> Any:
+    body = {"username": username, "desk_code": code, "new_password": password}
+    return client.post("/api/v1/auth/recover", json=body, environ_base={"REMOTE_ADDR": ADDRESS})
 
 
 def sign_in(client: FlaskClient, username: str, password: str) -> Any:
@@ -252,6 +261,70 @@ def test_recovery_is_throttled_per_address_too(client: FlaskClient, clock: Clock
         assert recover(client, f"someone.{n}", key, address="203.0.113.41").status_code == 401
     refused = recover(client, "someone.else", Mnemonic("english").generate(128), address="203.0.113.41")
     assert refused.status_code == 429 and "your network address" in refused.json["error"]["message"]
+
+
+@pytest.mark.parametrize("case", ["unknown_name", "no_case", "malformed", "patient_with_a_key"])
+def test_a_wrong_desk_code_is_the_same_answer_and_changes_nothing(
+    client: FlaskClient, patient: Person, case: str
+) -> None:
+    username, code = patient.username, DESK_CODE
+    if case == "unknown_name":
+        username = "nobody.here"
+    elif case == "malformed":
+        code = "not a code"
+    elif case == "patient_with_a_key":
+        make_key(client, patient)
+    before = {u.username: u.wrapped_user_key for u in db.session.scalars(select(User))}
+    refused = recover_with_code(client, username, code)
+    assert refused.status_code == 401 and refused.json["error"] == NO_MATCH
+    db.session.expire_all()
+    assert {u.username: u.wrapped_user_key for u in db.session.scalars(select(User))} == before
+    assert client.get("/api/v1/me", headers=patient.headers).status_code == 200
+
+
+def test_a_weak_password_is_refused_before_the_desk_code_is_tried(client: FlaskClient, patient: Person) -> None:
+    for _ in range(6):  # not counted as failures
+        weak = recover_with_code(client, patient.username, password="password123")
+        assert weak.status_code == 422 and "too easy to guess" in weak.json["error"]["message"]
+    assert sign_in(client, patient.username, PASSWORD).status_code == 200
+
+
+def test_desk_codes_are_throttled_with_sign_in_and_recovery_keys(
+    client: FlaskClient, patient: Person, clock: Clock
+) -> None:
+    words = make_key(client, patient)
+    for _ in range(4):  # 3 answered at once, then the 4th sets a 1 s wait
+        assert recover_with_code(client, patient.username).status_code == 401
+    waiting = recover_with_code(client, patient.username)
+    assert waiting.status_code == 429 and waiting.headers["Retry-After"] == "1"
+    assert recover(client, patient.username, words, address="203.0.113.40").status_code == 429  # one count
+    assert sign_in(client, patient.username, PASSWORD).status_code == 429  # for every door
+    clock.advance(1)
+    assert recover(client, patient.username, words).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("proofs", "message"),
+    [
+        ({}, recovery_api.NO_PROOF),
+        ({"recovery_key": "apple " * 12, "desk_code": DESK_CODE}, recovery_api.TWO_PROOFS),
+        ({"recovery_key": None, "desk_code": None}, recovery_api.TWO_PROOFS),
+        ({"desk_code": 7}, "`desk_code` must be text."),
+        ({"recovery_key": ["apple"]}, "`recovery_key` must be text."),
+    ],
+)
+def test_a_reset_takes_exactly_one_proof(
+    client: FlaskClient, patient: Person, proofs: dict[str, Any], message: str
+) -> None:
+    body = {"username": patient.username, "new_password": NEW_PASSWORD, **proofs}
+    refused = client.post("/api/v1/auth/recover", json=body)
+    assert refused.status_code == 422 and refused.json["error"]["message"] == message
+    missing = client.post("/api/v1/auth/recover", json={"username": patient.username, "desk_code": DESK_CODE})
+    assert missing.status_code == 422 and missing.json["error"]["fields"] == {
+        "new_password": "`new_password` is required."
+    }
+    assert client.get("/api/v1/me", headers=patient.headers).status_code == 200
+    assert sign_in(client, patient.username, PASSWORD).status_code == 200
 
 
 @pytest.mark.parametrize(
