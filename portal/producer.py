@@ -28,7 +28,7 @@ from portal import runtime
 from portal.extensions import db
 from portal.ftp import ArchiveStore
 from portal.models import utcnow
-from portal.services import archive, federation, health, ledger, network
+from portal.services import archive, escrow, federation, health, ledger, network
 from portal.services.network import Peers
 
 log = logging.getLogger(__name__)
@@ -252,3 +252,4 @@ def _sync(peers: Peers, gossiped: set[str]) -> None:
     network.gossip(peers, [e for _, e in fresh])
     gossiped.update(h for h, _ in fresh)
     federation.resolve_unnamed(peers)
+    escrow.deliver_pending(utcnow())  # escrow shares whose holder was down when they were made

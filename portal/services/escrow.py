@@ -192,17 +192,36 @@ def _box_key_of(node_id: str) -> bytes | None:
     return row.box_key if row is not None else None
 
 
+def members(me: Here) -> list[str]:
+    """The other member nodes that can hold a share: a box key on the ledger and a URL to reach."""
+    found = [row.node_id for row in db.session.scalars(select(MemberNode)) if row.node_id != me.node_id]
+    if me.peers is not None and hasattr(me.peers, "urls"):
+        found = [m for m in found if m in me.peers.urls]
+    return found
+
+
+def _has_left(node: str, me: Here) -> bool:
+    """Whether a holder is no longer a member: its box key is gone from this node's ledger
+    tables, or no address of it is known any more (neither in the genesis file nor admitted)."""
+    if db.session.get(MemberNode, node) is None:
+        return True
+    if me.peers is None or not hasattr(me.peers, "urls") or node in me.peers.urls:
+        return False
+    try:
+        return node not in ledger.consensus_state().urls
+    except ServiceError:
+        return False
+
+
 def choose_holder(account: str, me: Here) -> str | None:
     """The member node that holds an account's second share: of the members that published a
     box key on the ledger (and that this node can reach), the one with the highest
     SHA-256(account || "/" || node id). Deterministic, spread evenly, and it moves only for the
     accounts of a node that leaves. None when this node has no other member."""
-    members = [row.node_id for row in db.session.scalars(select(MemberNode)) if row.node_id != me.node_id]
-    if me.peers is not None and hasattr(me.peers, "urls"):
-        members = [m for m in members if m in me.peers.urls]
-    if not members:
+    others = members(me)
+    if not others:
         return None
-    return max(members, key=lambda node: hashlib.sha256(f"{account}/{node}".encode()).digest())
+    return max(others, key=lambda node: hashlib.sha256(f"{account}/{node}".encode()).digest())
 
 
 # -- making and keeping shares (home node) -------------------------------------------------------
@@ -258,13 +277,17 @@ def _withdraw(user: User, row: Escrow, me: Here) -> None:
 
 def on_sign_in(user: User, user_key: bytes, now: datetime) -> None:
     """At each sign-in (the password has just unwrapped the user key): make the shares of an
-    account that has none yet, hand a held share its holder did not take, or tell the holder of
-    an opted-out account to delete its share. Never stops a sign-in: failures are logged."""
+    account that has none yet (it was made while this node had no other member), split the key
+    afresh for an account whose holder has left the consortium, hand a held share its holder did
+    not take, or tell the holder of an opted-out account to delete its share. Never stops a
+    sign-in: failures are logged."""
     if user.role not in ESCROWED_ROLES or not user.is_local:
         return
     try:
         me = here()
         row = _escrow(user)
+        if row is not None and row.enabled and row.holder is not None and _has_left(row.holder, me):
+            _forget_holder(user, row, now)
         if row is None or (row.enabled and row.share is None):
             deposit(user, user_key, me, now)
         elif row.enabled:
@@ -273,6 +296,53 @@ def on_sign_in(user: User, user_key: bytes, now: datetime) -> None:
             _withdraw(user, row, me)
     except (CoreError, ValueError, OSError) as exc:
         log.warning("escrow at sign-in of account %s failed: %s", user.public_id[:8], type(exc).__name__)
+
+
+def _forget_holder(user: User, row: Escrow, now: datetime) -> None:
+    """The node holding the account's other share is no longer a member: delete the home share
+    (so the share the old holder keeps is useless: the next split is a fresh one, and its home
+    share differs) and end any case under way with it. The caller splits the key again, for a
+    member still here, or waits for a second hospital."""
+    log.info("holder %s of account %s left the consortium: splitting its key again", row.holder, user.public_id[:8])
+    row.share, row.pending, row.holder, row.updated_at = None, None, None, now
+    _end_cases(user, "cancelled")
+
+
+def _end_cases(user: User, status: str) -> None:
+    for case in db.session.scalars(
+        select(RecoveryCase).where(
+            RecoveryCase.account == user.public_id, RecoveryCase.status.in_(("open", "approved", "issued"))
+        )
+    ):
+        case.status, case.peer_share, case.wrapped_key = status, None, None
+
+
+def deliver_pending(now: datetime, limit: int = 100) -> int:
+    """Hand each held share still waiting at home (its holder was down or slow when it was made)
+    to its holder: sealed to the holder's box key, it needs no user key, so the node's periodic
+    work (the producer's sync step) calls this. One try per holder that does not answer, so a
+    holder that is down costs one request per call. Returns the number of shares delivered."""
+    me = here()
+    if me.peers is None:
+        return 0
+    here_now, failed, delivered = set(members(me)), set(), 0
+    rows = db.session.scalars(
+        select(Escrow).where(Escrow.pending.is_not(None), Escrow.enabled.is_(True)).order_by(Escrow.updated_at)
+    ).all()
+    for row in rows[:limit]:
+        if row.holder is None or row.holder in failed or row.holder not in here_now:
+            continue  # a holder that left: the share is split again at the account's next sign-in
+        user = db.session.get(User, row.user_id)
+        if user is None:
+            continue
+        _deliver(user, row, me)
+        if row.pending is None:
+            row.updated_at, delivered = now, delivered + 1
+            log.info("escrow share of account %s delivered to %s", user.public_id[:8], row.holder)
+        else:
+            failed.add(row.holder)
+    db.session.commit()
+    return delivered
 
 
 def status(user: User) -> dict[str, Any]:
@@ -285,7 +355,7 @@ def status(user: User) -> dict[str, Any]:
     elif not enabled:
         state = "off"
     elif row is None or row.share is None:
-        state = "waiting"  # made at the next sign-in, or when a second member hospital exists
+        state = "waiting"  # for a second hospital: made at the first sign-in after one has joined
     else:
         state = "delivering" if row.pending is not None else "held"
     holder = row.holder if row is not None and enabled else None
@@ -329,12 +399,7 @@ def set_enabled(actor: accounts.Actor, enabled: object, now: datetime) -> dict[s
             row = Escrow(user_id=user.id)
             db.session.add(row)
         row.enabled, row.share, row.pending, row.updated_at = False, None, None, now
-        for case in db.session.scalars(
-            select(RecoveryCase).where(
-                RecoveryCase.account == user.public_id, RecoveryCase.status.in_(("open", "approved", "issued"))
-            )
-        ):
-            case.status, case.peer_share, case.wrapped_key = "cancelled", None, None
+        _end_cases(user, "cancelled")
         _withdraw(user, row, me)
     db.session.commit()
     return status(user)
@@ -575,9 +640,20 @@ def open_case(
     row = _escrow(user)
     if row is not None and not row.enabled:
         raise Conflict(OPTED_OUT)
+    me = here()
     if row is None or row.share is None or row.holder is None:
+        if choose_holder(user.public_id, me) is None:
+            raise Conflict(
+                "This account has no escrowed key: this hospital is waiting for a second member hospital to hold "
+                "the other half, and the key is split at the person's first sign-in after one has joined."
+            )
         raise Conflict(
             "This account has no escrowed key yet (it is made when they next sign in), so it cannot be recovered."
+        )
+    if _has_left(row.holder, me):
+        raise Conflict(
+            "The hospital that held the other half of this key has left the consortium: the key is split again "
+            "at the person's next sign-in, and cannot be recovered until then."
         )
     under_way = db.session.scalar(
         select(RecoveryCase.id).where(
@@ -588,7 +664,6 @@ def open_case(
     )
     if under_way is not None:
         raise Conflict("A recovery of this account is already under way: finish or cancel it first.")
-    me = here()
     case_id, now = str(uuid.uuid4()), _ms_floor(now)
     statement = (case_id, user.public_id, me.node_id, row.holder, admin.public_id, IN_PERSON, epoch_ms(now))
     signature = b64d(_signed_by(admin, keys, approval_statement(*statement)))
