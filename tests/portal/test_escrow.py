@@ -26,7 +26,7 @@ from core.crypto import BoxKey, NodeKey, UserKeys, aead, open_user_keys
 from core.errors import DecryptionError
 from core.ledger import decode_transaction
 from portal import consortium, create_app, runtime
-from portal.extensions import db
+from portal.extensions import db, socketio
 from portal.models import (
     AccessEntry,
     Escrow,
@@ -295,6 +295,25 @@ def test_two_admins_of_the_home_hospital_recover_a_patient_at_the_desk(
         assert b"Alice" not in tx.encoded and b"passport" not in tx.encoded
     with holder.ctx():
         assert db.session.get(RecoveryCase, case_id).status == "released"
+
+
+def test_a_reset_with_the_desk_code_closes_the_accounts_chat_connections(
+    hospitals: tuple[Hospital, Hospital], alice: str
+) -> None:
+    home, _ = hospitals
+    sockets = [
+        socketio.test_client(home.app, namespace="/chat", auth={"token": home.token("alice").json["token"]})
+        for _ in range(2)  # two sessions, say a phone and a laptop
+    ]
+    assert all(socket.is_connected("/chat") for socket in sockets)
+    case_id = _open(home, alice)
+    with home.ctx():
+        escrow.approve(home.user("admin2"), case_id, utcnow(), home.keys("admin2"))
+        _, code = escrow.issue_code(home.user("admin"), case_id, utcnow())
+    assert _recover(home, "alice", "ABCD-EFGH-JKLM-NPQR-STUV").status_code == 401
+    assert all(socket.is_connected("/chat") for socket in sockets)  # a wrong code ends nothing
+    assert _recover(home, "alice", code).status_code == 204
+    assert not any(socket.is_connected("/chat") for socket in sockets)  # at once: their sessions have ended
 
 
 def test_the_holders_admin_approves_and_a_doctor_keeps_their_keys(hospitals: tuple[Hospital, Hospital]) -> None:

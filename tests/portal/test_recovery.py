@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from core.ledger import decode_transaction
 from portal.api import recovery as recovery_api
-from portal.extensions import db
+from portal.extensions import db, socketio
 from portal.models import AccessEntry, LedgerTransaction, User
 from tests.conftest import PASSWORD, RECORD, Person, produce
 from tests.portal.test_front_door import Clock
@@ -26,6 +26,7 @@ from tests.portal.test_front_door import Clock
 NEW_PASSWORD = "violet-lantern-orchard-47"
 NO_MATCH = {"code": "unauthorized", "message": recovery_api.NO_MATCH}
 DESK_CODE = "ABCD-EFGH-JKLM-NPQR-STUV"  # well formed; no front desk issued it
+NS = "/chat"
 ADDRESS = "198.51.100.7"
 
 
@@ -167,6 +168,22 @@ def test_reset_keeps_records_and_grants_ends_sessions_and_is_logged(
     user = db.session.scalar(select(User).where(User.username == patient.username))
     assert tx.signer == user.key_id
     assert tx.payload == {"account": patient.id, "method": "recovery_key", "at": tx.payload["at"]}
+
+
+def test_a_reset_closes_the_accounts_chat_connections(
+    app: Flask, client: FlaskClient, patient: Person, other_patient: Person
+) -> None:
+    words = make_key(client, patient)
+    second_session = sign_in(client, patient.username, PASSWORD).json["token"]
+    sockets = [socketio.test_client(app, namespace=NS, auth={"token": t}) for t in (patient.token, second_session)]
+    bystander = socketio.test_client(app, namespace=NS, auth={"token": other_patient.token})
+    assert all(socket.is_connected(NS) for socket in [*sockets, bystander])
+    assert recover(client, patient.username, Mnemonic("english").generate(128)).status_code == 401
+    assert recover_with_code(client, patient.username).status_code == 401
+    assert all(socket.is_connected(NS) for socket in sockets)  # a refused proof ends nothing
+    assert recover(client, patient.username, words).status_code == 204
+    assert not any(socket.is_connected(NS) for socket in sockets)  # at once: their sessions have ended
+    assert bystander.is_connected(NS)
 
 
 @pytest.mark.parametrize(
