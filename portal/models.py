@@ -525,7 +525,7 @@ class RecoveryCase(db.Model):
     account: Mapped[str] = mapped_column(String(36), index=True)
     home_node: Mapped[str] = mapped_column(String(64))
     holder_node: Mapped[str] = mapped_column(String(64))
-    # At the home node: open, approved, issued, completed, cancelled. At the holder: waiting, released.
+    # At the home node: open, approved, issued, expired, completed, cancelled. At the holder: waiting, released.
     status: Mapped[str] = mapped_column(String(16), index=True)
     identity_check: Mapped[str] = mapped_column(String(200))
     opened_by_node: Mapped[str] = mapped_column(String(64))

@@ -109,12 +109,14 @@ def cancel_recovery(case_id: str) -> Response | tuple[str, int]:
 
 
 def case_label(case: RecoveryCase) -> str:
+    """A case's state in words; an issued code past its time shows as expired (services/escrow.py)."""
     return {
         "open": "waiting for a second approval",
         "approved": "approved: issue the code",
         "issued": "code issued",
+        "expired": "code expired: cancel this case and open a new one",
         "waiting": "waiting for your approval",
-    }.get(case.status, case.status)
+    }.get(escrow.case_state(case, utcnow()), case.status)
 
 
 bp.add_app_template_filter(case_label, "recovery_state")

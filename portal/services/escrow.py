@@ -655,6 +655,7 @@ def open_case(
             "The hospital that held the other half of this key has left the consortium: the key is split again "
             "at the person's next sign-in, and cannot be recovered until then."
         )
+    _expire(user.public_id, now)
     under_way = db.session.scalar(
         select(RecoveryCase.id).where(
             RecoveryCase.account == user.public_id,
@@ -837,6 +838,23 @@ def issue_code(admin: User, case_id: object, now: datetime) -> tuple[RecoveryCas
     return case, code
 
 
+def case_state(case: RecoveryCase, now: datetime) -> str:
+    """A case's state as the desk shows it: `expired` for an issued code past its time (it no
+    longer works, and a new case may be opened), else its stored status."""
+    if case.status == "issued" and (case.code_expires_at is None or case.code_expires_at <= now):
+        return "expired"
+    return case.status
+
+
+def _expire(account: str, now: datetime) -> None:
+    """Store `expired` for the account's issued codes past their time, and drop what they wrap."""
+    for case in db.session.scalars(
+        select(RecoveryCase).where(RecoveryCase.account == account, RecoveryCase.status == "issued")
+    ):
+        if case_state(case, now) == "expired":
+            case.status, case.wrapped_key = "expired", None
+
+
 def cancel(admin: User, case_id: object) -> RecoveryCase:
     """An admin of the home hospital ends a case that is under way (its code stops working)."""
     case = _home_case(admin, case_id)
@@ -889,8 +907,8 @@ def recover_with_code(username: object, code: object, new_password: object, kdf:
     )
     if case is None or not hmac.compare_digest(case.code_hash or "", _code_hash(normal)):
         raise wrong
-    if case.code_expires_at is None or case.code_expires_at <= now:
-        case.status, case.wrapped_key = "cancelled", None
+    if case_state(case, now) == "expired":
+        case.status, case.wrapped_key = "expired", None
         db.session.commit()
         raise wrong
     password = accounts.check_password(new_password, [user.username or "", user.display_name])
