@@ -4,6 +4,7 @@ service checks that the signer is the node the share or case belongs to."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from apiflask import Schema
@@ -18,7 +19,11 @@ from portal.openapi import NODE_SIGNATURE
 from portal.services import escrow
 
 SEALED = "Sealed to the receiving node's box key (X25519 + AES-256-GCM), unpadded base64url."
-APPROVER = {"description": "An admin: {account, name}."}
+APPROVER = {
+    "description": "An admin: {account, name, signature, at}. `signature` (base64url) is the admin's own RSA-PSS "
+    "signature, with the key their `key` transaction registered, over the case's approval statement made at `at` "
+    "(epoch ms): docs/recovery.md, *Signed approvals*. Without a valid one the request is refused (403)."
+}
 
 
 class NodeEscrowDeposit(Schema):
@@ -66,72 +71,57 @@ class NodeEscrowApproval(Schema):
 REFUSED = answer("The signer may not do this for this account or case (the message says why).")
 UNKNOWN = answer("No share or case of that account here.")
 TAKEN = answer("The case is not in a state for this (released, approved or cancelled already).")
+ABOUT_A_CASE = {"403": REFUSED, "404": UNKNOWN, "409": TAKEN}
+
+View = Callable[..., dict[str, Any]]
 
 
-@bp.post("/escrow/deposit")
-@bp.input(NodeEscrowDeposit, location="json", arg_name="data")
-@bp.output(NodeEscrowHeld)
-@bp.doc(
-    operation_id="nodeEscrowDeposit",
-    summary="Hold an escrow share of the signer's account",
-    security=NODE_SIGNATURE,
-    responses={"401": UNSIGNED, "422": INVALID},
-)
+def signed_post(
+    path: str, body: type[Schema], reply: type[Schema], operation_id: str, summary: str, refusals: dict[str, Any]
+) -> Callable[[View], View]:
+    """Register a node-to-node POST signed by a member node, as every such route is on the
+    contract: its JSON body (`data`) and answer schemas, and its entry in the node document with
+    the answers all signed routes share (401 unsigned, 422 invalid) around its own `refusals`."""
+
+    def register(view: View) -> View:
+        responses = {"401": UNSIGNED, **refusals, "422": INVALID}
+        view = bp.doc(operation_id=operation_id, summary=summary, security=NODE_SIGNATURE, responses=responses)(view)
+        view = bp.output(reply)(view)
+        view = bp.input(body, location="json", arg_name="data")(view)
+        return bp.post(path)(view)
+
+    return register
+
+
+@signed_post("/escrow/deposit", NodeEscrowDeposit, NodeEscrowHeld, "nodeEscrowDeposit",
+             "Hold an escrow share of the signer's account", {})  # fmt: skip
 def deposit(data: dict[str, Any]) -> dict[str, Any]:
     escrow.hold(g.peer, data["account"], data["share"], escrow.here(), utcnow())
     return {"held": True}
 
 
-@bp.post("/escrow/withdraw")
-@bp.input(NodeEscrowAccount, location="json", arg_name="data")
-@bp.output(NodeEscrowHeld)
-@bp.doc(
-    operation_id="nodeEscrowWithdraw",
-    summary="Delete the escrow share of the signer's account",
-    security=NODE_SIGNATURE,
-    responses={"401": UNSIGNED, "422": INVALID},
-)
+@signed_post("/escrow/withdraw", NodeEscrowAccount, NodeEscrowHeld, "nodeEscrowWithdraw",
+             "Delete the escrow share of the signer's account", {})  # fmt: skip
 def withdraw(data: dict[str, Any]) -> dict[str, Any]:
     escrow.withdraw(g.peer, data["account"])
     return {"held": False}
 
 
-@bp.post("/escrow/cases")
-@bp.input(NodeEscrowCase, location="json", arg_name="data")
-@bp.output(NodeEscrowCaseState)
-@bp.doc(
-    operation_id="nodeEscrowCase",
-    summary="A recovery case for this node's admins to approve",
-    security=NODE_SIGNATURE,
-    responses={"401": UNSIGNED, "403": REFUSED, "404": UNKNOWN, "409": TAKEN, "422": INVALID},
-)
+@signed_post("/escrow/cases", NodeEscrowCase, NodeEscrowCaseState, "nodeEscrowCase",
+             "A recovery case for this node's admins to approve", ABOUT_A_CASE)  # fmt: skip
 def case(data: dict[str, Any]) -> dict[str, Any]:
     taken = escrow.take_case(g.peer, data, utcnow())
     return {"case": taken.id, "status": taken.status}
 
 
-@bp.post("/escrow/release")
-@bp.input(NodeEscrowRelease, location="json", arg_name="data")
-@bp.output(NodeEscrowShare)
-@bp.doc(
-    operation_id="nodeEscrowRelease",
-    summary="Release a held share for a case two home admins approved",
-    security=NODE_SIGNATURE,
-    responses={"401": UNSIGNED, "403": REFUSED, "404": UNKNOWN, "409": TAKEN, "422": INVALID},
-)
+@signed_post("/escrow/release", NodeEscrowRelease, NodeEscrowShare, "nodeEscrowRelease",
+             "Release a held share for a case two home admins approved", ABOUT_A_CASE)  # fmt: skip
 def release(data: dict[str, Any]) -> dict[str, Any]:
     return {"share": escrow.release_to_home(g.peer, data, escrow.here(), utcnow())}
 
 
-@bp.post("/escrow/cases/<case_id>/approval")
-@bp.input(NodeEscrowApproval, location="json", arg_name="data")
-@bp.output(NodeEscrowCaseState)
-@bp.doc(
-    operation_id="nodeEscrowApproval",
-    summary="The holder's admin approved a case: its share, for the home node",
-    security=NODE_SIGNATURE,
-    responses={"401": UNSIGNED, "403": REFUSED, "404": UNKNOWN, "409": TAKEN, "422": INVALID},
-)
+@signed_post("/escrow/cases/<case_id>/approval", NodeEscrowApproval, NodeEscrowCaseState, "nodeEscrowApproval",
+             "The holder's admin approved a case: its share, for the home node", ABOUT_A_CASE)  # fmt: skip
 def approval(case_id: str, data: dict[str, Any]) -> dict[str, Any]:
     taken = escrow.take_approval(g.peer, case_id, data, utcnow())
     return {"case": taken.id, "status": taken.status}
