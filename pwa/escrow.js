@@ -6,17 +6,16 @@
 // lists past recoveries. "Code from the front desk" (#/recover-with-code, signed out) sets a new
 // password with the one-time code the hospital handed over in person.
 
-import { getEscrow, recoverAccount, setEscrow } from './api.js';
+import { getEscrow, setEscrow } from './api.js';
 import { h, mount } from './dom.js';
+import { newPasswordView } from './recovery.js';
 import {
-  dateTime, errorNotice, errorText, fieldWrappers, flashNotice, formField, hideNotice, isStale, loadingIndicator,
-  setBusy, showNotice, showProblems, viewHeading,
+  dateTime, errorNotice, errorText, flashNotice, formField, hideNotice, isStale, loadingIndicator, setBusy,
+  showNotice, viewHeading,
 } from './ui.js';
 
 export const ESCROW_HASH = '#/escrow';
 export const RECOVER_WITH_CODE_HASH = '#/recover-with-code';
-const LOGIN_HASH = '#/login';
-const PASSWORD_MIN_LENGTH = 10;
 const CODE_LENGTH = 20; // letters and digits, without the dashes
 const EXPLANATION = 'If you lose both your password and your recovery key, your hospital can still get you '
   + 'back in: after checking your identity in person, and with the approval of a second administrator, it gives '
@@ -32,8 +31,6 @@ const STATE_TEXT = {
   off: 'Off: no hospital keeps your key. Only your recovery key can help you if you forget your password.',
   not_offered: 'Not available for this account.',
 };
-const RESET_DONE_MESSAGE = 'Your password was changed, and you were signed out everywhere. '
-  + 'Log in with your new password.';
 
 // ---- the patient's choice
 
@@ -129,75 +126,27 @@ function recoveriesCard(recoveries) {
 // ---- setting a new password with the front desk's code
 
 export function recoverWithCodeView(ctx) {
-  ctx.setTitle('Code from the front desk');
-  const fields = {
-    username: formField({
-      id: 'code-username', label: 'Username', autocomplete: 'username', autocapitalize: 'none',
-      spellcheck: 'false', required: true,
-    }),
-    code: formField({
-      id: 'code-code', label: 'Code from the front desk', autocomplete: 'one-time-code', autocapitalize: 'characters',
-      spellcheck: 'false', required: true, hint: 'As written on the slip, for example ABCD-EFGH-JKLM-NPQR-STUV.',
-    }),
-    password: formField({
-      id: 'code-password', label: 'New password', type: 'password', autocomplete: 'new-password',
-      required: true, minlength: PASSWORD_MIN_LENGTH, hint: `At least ${PASSWORD_MIN_LENGTH} characters.`,
-    }),
-    confirm: formField({
-      id: 'code-confirm', label: 'Repeat the new password', type: 'password', autocomplete: 'new-password',
-      required: true,
-    }),
-  };
-  const notice = errorNotice();
-  const button = h('button', { type: 'submit', class: 'button button-primary button-block' }, 'Set new password');
-  const form = h('form', { class: 'card form', novalidate: true }, notice, fieldWrappers(fields), button);
-  form.addEventListener('submit', (event) => {
-    event.preventDefault();
-    submit(ctx, { fields, notice, button });
+  return newPasswordView(ctx, {
+    title: 'Code from the front desk',
+    lead: 'Your hospital checked your identity and gave you a one-time code. Set a new password with it; your '
+      + 'records and the access you gave doctors stay as they are. The code works once, for one hour.',
+    idPrefix: 'code',
+    proof: {
+      field: formField({
+        id: 'code-code', label: 'Code from the front desk', autocomplete: 'one-time-code',
+        autocapitalize: 'characters', spellcheck: 'false', required: true,
+        hint: 'As written on the slip, for example ABCD-EFGH-JKLM-NPQR-STUV.',
+      }),
+      read: (text) => text.trim(),
+      problem: codeProblem,
+      sent: (code) => ({ deskCode: code }),
+    },
   });
-  return h('section', { class: 'view view-narrow' },
-    viewHeading('Code from the front desk'),
-    h('p', { class: 'lead' }, 'Your hospital checked your identity and gave you a one-time code. Set a new '
-      + 'password with it; your records and the access you gave doctors stay as they are. The code works once, '
-      + 'for one hour.'),
-    form,
-    h('p', { class: 'switch-link' }, h('a', { href: LOGIN_HASH }, 'Back to log in')));
 }
 
-async function submit(ctx, { fields, notice, button }) {
-  const values = {
-    username: fields.username.input.value.trim(),
-    code: fields.code.input.value.trim(),
-    password: fields.password.input.value,
-    confirm: fields.confirm.input.value,
-  };
-  hideNotice(notice);
-  if (showProblems(fields, problems(values))) {
-    return;
-  }
-  setBusy(button, true, 'Setting your new password…');
-  try {
-    await recoverAccount({
-      username: values.username, deskCode: values.code, newPassword: values.password,
-    }, { signal: ctx.signal });
-    ctx.navigate(LOGIN_HASH, { flash: RESET_DONE_MESSAGE });
-  } catch (error) {
-    if (!isStale(ctx, error)) {
-      showNotice(notice, errorText(error));
-      fields.code.input.focus();
-      setBusy(button, false);
-    }
-  }
-}
-
-function problems({ username, code, password, confirm }) {
+function codeProblem(code) {
   const letters = code.replace(/[\s-]/g, '');
-  return {
-    username: username ? null : 'Please enter your username.',
-    code: letters.length === CODE_LENGTH
-      ? null
-      : `The code has ${CODE_LENGTH} letters and digits (you typed ${letters.length}).`,
-    password: password.length >= PASSWORD_MIN_LENGTH ? null : `Use at least ${PASSWORD_MIN_LENGTH} characters.`,
-    confirm: confirm === password ? null : 'The two passwords do not match.',
-  };
+  return letters.length === CODE_LENGTH
+    ? null
+    : `The code has ${CODE_LENGTH} letters and digits (you typed ${letters.length}).`;
 }

@@ -184,37 +184,22 @@ function svgDataUrl(svg) {
 // ---- forgot password
 
 export function forgotPasswordView(ctx) {
-  ctx.setTitle('Forgot password');
-  const fields = {
-    username: formField({
-      id: 'forgot-username', label: 'Username', autocomplete: 'username',
-      autocapitalize: 'none', spellcheck: 'false', required: true,
-    }),
-    words: wordsArea(),
-    password: formField({
-      id: 'forgot-password', label: 'New password', type: 'password', autocomplete: 'new-password',
-      required: true, minlength: PASSWORD_MIN_LENGTH, hint: `At least ${PASSWORD_MIN_LENGTH} characters.`,
-    }),
-    confirm: formField({
-      id: 'forgot-confirm', label: 'Repeat the new password', type: 'password', autocomplete: 'new-password',
-      required: true,
-    }),
-  };
-  const notice = errorNotice();
-  const button = h('button', { type: 'submit', class: 'button button-primary button-block' }, 'Set new password');
-  const form = h('form', { class: 'card form', novalidate: true }, notice, fieldWrappers(fields), button);
-  form.addEventListener('submit', (event) => {
-    event.preventDefault();
-    submitRecovery(ctx, { fields, notice, button });
+  return newPasswordView(ctx, {
+    title: 'Forgot password',
+    lead: 'Set a new password with the 12 words of your recovery key. Your records and '
+      + 'the access you gave doctors stay as they are.',
+    idPrefix: 'forgot',
+    proof: {
+      field: wordsArea(),
+      read: splitWords,
+      problem: (words) => (words.length === WORD_COUNT
+        ? null
+        : `Please type all ${WORD_COUNT} words of your recovery key (you typed ${words.length}).`),
+      sent: (words) => ({ recoveryKey: words.join(' ') }),
+    },
+    links: ['No recovery key? Your hospital’s front desk can help you: ',
+      h('a', { href: '#/recover-with-code' }, 'I have a code from the front desk'), '. '],
   });
-  return h('section', { class: 'view view-narrow' },
-    viewHeading('Forgot password'),
-    h('p', { class: 'lead' }, 'Set a new password with the 12 words of your recovery key. Your records and '
-      + 'the access you gave doctors stay as they are.'),
-    form,
-    h('p', { class: 'switch-link' }, 'No recovery key? Your hospital’s front desk can help you: ',
-      h('a', { href: '#/recover-with-code' }, 'I have a code from the front desk'), '. ',
-      h('a', { href: LOGIN_HASH }, 'Back to log in')));
 }
 
 // A multi-line field built like ui.js formField, for the 12 words.
@@ -238,46 +223,74 @@ function wordsArea() {
   return { wrapper, input, setError };
 }
 
-async function submitRecovery(ctx, { fields, notice, button }) {
-  const values = {
-    username: fields.username.input.value.trim(),
-    words: splitWords(fields.words.input.value),
-    password: fields.password.input.value,
-    confirm: fields.confirm.input.value,
-  };
-  hideNotice(notice);
-  if (showProblems(fields, recoveryProblems(values))) {
-    return;
-  }
-  setBusy(button, true, 'Setting your new password…');
-  try {
-    await recoverAccount({
-      username: values.username, recoveryKey: values.words.join(' '), newPassword: values.password,
-    }, { signal: ctx.signal });
-    ctx.navigate(LOGIN_HASH, { flash: RESET_DONE_MESSAGE });
-  } catch (error) {
-    if (!isStale(ctx, error)) {
-      showNotice(notice, errorText(error));
-      fields.words.input.focus();
-      setBusy(button, false);
-    }
-  }
-}
-
 // Words as written on paper: any case, numbered or not, spaces, commas or new lines between.
 function splitWords(text) {
   return text.toLowerCase().split(/[\s,]+/).filter((word) => word && !/^\d+[.)]?$/.test(word));
 }
 
-function recoveryProblems({ username, words, password, confirm }) {
-  return {
-    username: username ? null : 'Please enter your username.',
-    words: words.length === WORD_COUNT
-      ? null
-      : `Please type all ${WORD_COUNT} words of your recovery key (you typed ${words.length}).`,
-    password: password.length >= PASSWORD_MIN_LENGTH ? null : `Use at least ${PASSWORD_MIN_LENGTH} characters.`,
-    confirm: confirm === password ? null : 'The two passwords do not match.',
+// ---- a new password with a proof instead of the old password
+
+// The screen of Forgot password (the recovery key's words, above) and of Code from the front desk
+// (escrow.js): the username, the proof, the new password twice. `proof` holds its field, how to
+// read what was typed (`read`), what is wrong with it (`problem`: a sentence, or null) and how it
+// is sent (`sent`: { recoveryKey } or { deskCode }); `links` come before "Back to log in". Once
+// the password is set, the app goes to log in, which says so.
+export function newPasswordView(ctx, { title, lead, idPrefix, proof, links = [] }) {
+  ctx.setTitle(title);
+  const fields = {
+    username: formField({
+      id: `${idPrefix}-username`, label: 'Username', autocomplete: 'username',
+      autocapitalize: 'none', spellcheck: 'false', required: true,
+    }),
+    proof: proof.field,
+    password: formField({
+      id: `${idPrefix}-password`, label: 'New password', type: 'password', autocomplete: 'new-password',
+      required: true, minlength: PASSWORD_MIN_LENGTH, hint: `At least ${PASSWORD_MIN_LENGTH} characters.`,
+    }),
+    confirm: formField({
+      id: `${idPrefix}-confirm`, label: 'Repeat the new password', type: 'password', autocomplete: 'new-password',
+      required: true,
+    }),
   };
+  const notice = errorNotice();
+  const button = h('button', { type: 'submit', class: 'button button-primary button-block' }, 'Set new password');
+  const form = h('form', { class: 'card form', novalidate: true }, notice, fieldWrappers(fields), button);
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    submitNewPassword(ctx, { fields, proof, notice, button });
+  });
+  return h('section', { class: 'view view-narrow' },
+    viewHeading(title),
+    h('p', { class: 'lead' }, lead),
+    form,
+    h('p', { class: 'switch-link' }, ...links, h('a', { href: LOGIN_HASH }, 'Back to log in')));
+}
+
+async function submitNewPassword(ctx, { fields, proof, notice, button }) {
+  const username = fields.username.input.value.trim();
+  const typed = proof.read(fields.proof.input.value);
+  const password = fields.password.input.value;
+  hideNotice(notice);
+  const problems = {
+    username: username ? null : 'Please enter your username.',
+    proof: proof.problem(typed),
+    password: password.length >= PASSWORD_MIN_LENGTH ? null : `Use at least ${PASSWORD_MIN_LENGTH} characters.`,
+    confirm: fields.confirm.input.value === password ? null : 'The two passwords do not match.',
+  };
+  if (showProblems(fields, problems)) {
+    return;
+  }
+  setBusy(button, true, 'Setting your new password…');
+  try {
+    await recoverAccount({ username, ...proof.sent(typed), newPassword: password }, { signal: ctx.signal });
+    ctx.navigate(LOGIN_HASH, { flash: RESET_DONE_MESSAGE });
+  } catch (error) {
+    if (!isStale(ctx, error)) {
+      showNotice(notice, errorText(error));
+      fields.proof.input.focus();
+      setBusy(button, false);
+    }
+  }
 }
 
 // ---- telling the patient
