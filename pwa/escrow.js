@@ -27,7 +27,8 @@ const OFF_MEANS = 'If you turn this off, both halves are deleted. Then, if you e
 const STATE_TEXT = {
   held: 'On: your hospital and {holder} each keep one half.',
   delivering: 'On: your hospital keeps its half; {holder} receives the other half when it is reachable.',
-  waiting: 'On: the two halves are made the next time you log in (or once a second hospital has joined).',
+  waiting: 'On: waiting for a second hospital. Your key can only be split once another member hospital has '
+    + 'joined; the two halves are then made automatically the next time you log in.',
   off: 'Off: no hospital keeps your key. Only your recovery key can help you if you forget your password.',
   not_offered: 'Not available for this account.',
 };

@@ -31,7 +31,9 @@ class EscrowStatus(Schema):
         metadata={
             "enum": ["held", "delivering", "waiting", "off", "not_offered"],
             "description": "held: both shares kept; delivering: the second hospital has not taken its share "
-            "yet; waiting: made at the next sign-in (or once a second hospital has joined); off: opted out.",
+            "yet; waiting: waiting for a second hospital (no other member hospital to hold the second share yet, "
+            "or the one that held it left): made automatically at the first sign-in after one has joined; "
+            "off: opted out.",
         },
     )
     holder = String(required=True, allow_none=True, metadata={"description": "The node holding the other share."})
