@@ -143,17 +143,9 @@ function confirmCard(ctx, body, key) {
     if (showProblems(fields, problems)) {
       return;
     }
-    setBusy(button, true, 'Checking…');
-    try {
-      await confirmRecoveryKey({ [first]: values.first, [second]: values.second }, { signal: ctx.signal });
-      ctx.navigate(RECORDS_HASH, { flash: CONFIRMED_MESSAGE });
-    } catch (error) {
-      if (!isStale(ctx, error)) {
-        showNotice(notice, errorText(error));
-        fields.first.input.focus();
-        setBusy(button, false);
-      }
-    }
+    await sendThenGo(ctx, { button, busyLabel: 'Checking…', notice, retry: fields.first.input },
+      () => confirmRecoveryKey({ [first]: values.first, [second]: values.second }, { signal: ctx.signal }),
+      RECORDS_HASH, CONFIRMED_MESSAGE);
   });
   return h('div', { class: 'card' },
     stepHeading('Check your copy'),
@@ -175,6 +167,22 @@ function stepHeading(text) {
 function showStep(body, card) {
   mount(body, card);
   card.querySelector('h2')?.focus();
+}
+
+// A form's request with its button busy: done, the app goes to `hash`, which shows `flash`;
+// refused, the form says why and the focus goes back to `retry`.
+async function sendThenGo(ctx, { button, busyLabel, notice, retry }, send, hash, flash) {
+  setBusy(button, true, busyLabel);
+  try {
+    await send();
+    ctx.navigate(hash, { flash });
+  } catch (error) {
+    if (!isStale(ctx, error)) {
+      showNotice(notice, errorText(error));
+      retry.focus();
+      setBusy(button, false);
+    }
+  }
 }
 
 function svgDataUrl(svg) {
@@ -280,17 +288,9 @@ async function submitNewPassword(ctx, { fields, proof, notice, button }) {
   if (showProblems(fields, problems)) {
     return;
   }
-  setBusy(button, true, 'Setting your new password…');
-  try {
-    await recoverAccount({ username, ...proof.sent(typed), newPassword: password }, { signal: ctx.signal });
-    ctx.navigate(LOGIN_HASH, { flash: RESET_DONE_MESSAGE });
-  } catch (error) {
-    if (!isStale(ctx, error)) {
-      showNotice(notice, errorText(error));
-      fields.proof.input.focus();
-      setBusy(button, false);
-    }
-  }
+  await sendThenGo(ctx, { button, busyLabel: 'Setting your new password…', notice, retry: fields.proof.input },
+    () => recoverAccount({ username, ...proof.sent(typed), newPassword: password }, { signal: ctx.signal }),
+    LOGIN_HASH, RESET_DONE_MESSAGE);
 }
 
 // ---- telling the patient
