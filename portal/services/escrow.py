@@ -528,7 +528,8 @@ def _verify(
         raise _refuse(peer, case, f"{step} unsigned", f"The {name} approval is not signed with their own key.")
     at = admin["at"]
     if not epoch_ms(now - max_age) <= at <= epoch_ms(now + CLOCK_SKEW):
-        raise _refuse(peer, case, f"{step} signed at a stale time", f"The {name} signature is too old: sign again.")
+        stale = f"The {name} signature is too old (or dated ahead): sign again."
+        raise _refuse(peer, case, f"{step} signed at a stale time", stale)
     message = approval_statement(**statement, admin=admin["account"], at=at)
     try:
         accounts.published_keys(user).verifier().verify(b64d(admin["signature"]), message)
@@ -736,6 +737,8 @@ def approve(admin: User, case_id: object, now: datetime, keys: UserKeys | None =
             raise Conflict("This case is not waiting for a second approval.")
         if case.opened_by_account == admin.public_id:
             raise Forbidden("The second approval must come from another admin than the one who opened the case.")
+        if case.opened_at < now - OPENED_MAX_AGE:
+            raise Conflict("This case was opened more than 7 days ago: cancel it and open a new one.")
         opener = _opener(case)
         approver["signature"] = _signed_by(admin, keys, approval_statement(*statement))
         body = {"case": case.id, "account": case.account, "approved_by": approver, "opened_by": opener}
@@ -751,6 +754,8 @@ def approve(admin: User, case_id: object, now: datetime, keys: UserKeys | None =
         return case
     if case.status != "waiting":
         raise Conflict("This case is not waiting for an approval here.")
+    if case.opened_at < now - OPENED_MAX_AGE:
+        raise Conflict("This case was opened more than 7 days ago: the home hospital must open a new one.")
     approver["signature"] = _signed_by(admin, keys, approval_statement(*statement))
     sealed = _release(_held(case.account, case.home_node), case.id, me)
     body = {"account": case.account, "share": sealed, "approved_by": approver}

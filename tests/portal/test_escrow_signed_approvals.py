@@ -150,3 +150,26 @@ def test_an_approval_needs_the_admins_own_keys(hospitals: tuple[Hospital, Hospit
         assert db.session.get(RecoveryCase, case).status == "open"
         escrow.approve(home.user("admin2"), case, utcnow(), home.keys("admin2"))
         assert db.session.get(RecoveryCase, case).status == "approved"
+
+
+def test_a_case_older_than_a_week_needs_a_new_opening(hospitals: tuple[Hospital, Hospital], alice: str) -> None:
+    home, holder = hospitals
+    case = _open(home, alice)
+    week_ago = utcnow() - escrow.OPENED_MAX_AGE - timedelta(minutes=1)
+    for hospital in (home, holder):
+        with hospital.ctx():
+            db.session.get(RecoveryCase, case).opened_at = week_ago
+            db.session.commit()
+    with home.ctx(), pytest.raises(escrow.Conflict, match="more than 7 days ago"):
+        escrow.approve(home.user("admin2"), case, utcnow(), home.keys("admin2"))
+    with holder.ctx():
+        with pytest.raises(escrow.Conflict, match="more than 7 days ago"):
+            escrow.approve(holder.user("admin.b"), case, utcnow(), holder.keys("admin.b"))
+        assert db.session.get(RecoveryCase, case).status == "waiting"
+    with home.ctx():  # and what the home node's key could send instead is refused by the holder
+        opened = db.session.get(RecoveryCase, case)
+        opener = escrow._opener(opened)
+    second = _signed(home, "admin2", case, alice, escrow.SECOND_APPROVAL, epoch_ms(utcnow()))
+    body = {"case": case, "account": alice, "opened_by": opener, "approved_by": second}
+    answer = _from_home(home, holder, RELEASE, body)
+    assert answer.status_code == 403 and "opener's signature is too old" in answer.json["error"]["message"]
