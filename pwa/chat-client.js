@@ -6,33 +6,44 @@
 // decrypted conversation kept on this device (chat-store.js). Screens watch it
 // and never touch keys.
 //
-// Handshakes: the patient who asked to connect (the "initiator" role from "join")
-// starts one when they have no session. The other patient starts one only when
-// they lost a session they had (they logged out, see chat-store.js); the other
-// side answers it. When both start at once, the hello of the patient who asked
-// to connect wins. Every handshake runs against the peer's key as found on the
-// public ledger (checked here, not taken from the node's word).
+// Devices and lanes: each device of a patient has its own identity key on the
+// ledger. A conversation runs one "lane" per other device it reaches: one for each
+// of the peer's devices and one for each of this patient's own other devices. Each
+// lane has its own handshake, session, order and cursor, exactly as one
+// conversation had before devices; a message is sealed once per lane, so every
+// device of both patients reads it and none can read another's copy. The node
+// addresses each item to one device (to_device, to_own) and says where it came
+// from (from_device, own).
 //
-// Receiving: what arrives is buffered per conversation by server id and handled
-// strictly in id order, one item at a time. The node is told (ack) only up to the
-// highest id handled without a hole. A message ahead of its counter (out_of_order)
-// is never acknowledged: the missing items are fetched ("history" after the
-// cursor); when they cannot be found, the session is given up, a fresh handshake
-// starts and the patient is told that some messages could not be read. An item
-// that can never be read (tampered, replayed) is reported once and skipped.
-// Envelopes name their session: a new session keeps the receiving half of the one it
-// replaced (chat-crypto.js replaceSession), so what the peer sealed before a reset is
-// read, in order, once. One sealed for a session this device never held is reported.
+// Handshakes: a device starts one in every lane where it has no session (a new
+// device, or one that lost its session: it logged out). When both ends start at
+// once, the hello of the lane's lead wins: the device of the patient who asked to
+// connect, or between one's own devices the one with the smaller id. Every
+// handshake runs against the other device's key as found on the public ledger
+// (checked here, not taken from the node's word).
 //
-// Sending: a message is sealed and put in the outbox together with the advanced
-// session (one IndexedDB transaction) before the first attempt, and every attempt
-// carries the outbox item's "cid", which the node dedupes on: a send whose answer
-// was lost is simply sent again. An item sealed under a replaced session is first
-// looked up on the node by its cid ("stored"): if the node has it, the peer reads it
-// with the old session; if not, it is sealed again under the new one with the same
-// cid. Either way it reaches the peer once.
+// Receiving: what arrives is buffered per lane by server id and handled strictly
+// in id order, one item at a time. The node is told (ack) only up to the highest
+// id handled without a hole. A message ahead of its counter (out_of_order) is
+// never acknowledged: the missing items are fetched ("history" of the lane after
+// the cursor); when they cannot be found, the session is given up, a fresh
+// handshake starts and the patient is told that some messages could not be read.
+// An item that can never be read (tampered, replayed) is reported once and skipped.
+// Envelopes name their session: a new session keeps the receiving half of the one
+// it replaced (chat-crypto.js replaceSession), so what the other device sealed
+// before a reset is read, in order, once. One sealed for a session this device
+// never held is reported.
+//
+// Sending: a message is sealed for every lane with a session, and each copy is put
+// in the lane's outbox together with the advanced session (one IndexedDB
+// transaction) before the first attempt; every attempt carries the copy's "cid",
+// which the node dedupes on: a send whose answer was lost is simply sent again. A
+// copy sealed under a replaced session is first looked up on the node by its cid
+// ("stored"): if the node has it, the other device reads it with the old session;
+// if not, it is sealed again under the new one with the same cid. Either way it
+// arrives once. A device removed meanwhile gets nothing more: its lane is closed.
 
-import { getBlock, getChatKey, registerChatKey } from './api.js';
+import { getBlock, getChatKey, listChatDevices, registerChatKey } from './api.js';
 import {
   ChatError, ERROR_TEXT, b64d, b64e, deviceChanges, fingerprint, generateIdentity, keyChange, onConfirm, onReply,
   openText,
@@ -56,6 +67,7 @@ export const PHASES = {
 };
 export const MAX_MESSAGE_CHARS = 4000;
 const ROLE_INITIATOR = 'initiator';
+const OPEN = 'open'; // the lanes are set up: the screen's phase follows them
 const ID_DIGITS = 15;
 const NOT_FOUND = 404;
 const NO_KEY_RETRY_MS = 5_000;
@@ -75,6 +87,7 @@ const LATER = 'later';
 const DRAIN_RETRY_MS = 5_000;
 const BACKLOG_ROUNDS = 50; // sync rounds after one connect; each round is bounded by the node
 const BACKLOG_PAUSE_MS = 1_000;
+const DEVICE_REMOVED = 'device_removed';
 // Refusals worth sending again as they are; any other one would be refused again.
 const PASSING_SEND_ERRORS = new Set(['timeout', 'offline', 'rate_limited', 'internal', 'not_connected']);
 const PROBLEMS = {
@@ -95,6 +108,7 @@ const PROBLEMS = {
   unsupported: 'This browser cannot run the chat safely: it lacks Web Locks (navigator.locks), which keep '
     + 'two tabs from encrypting with the same counter. Please use an up-to-date browser.',
   stopped: 'The chat was closed.',
+  unknownDevice: 'A device that is not on the public ledger wrote in this conversation; it was ignored.',
 };
 
 const chat = {
@@ -171,8 +185,6 @@ function claimDevice(userId, token) {
 
 function begin(userId, token) {
   store.rememberUser(userId);
-  chat.identityReady = prepareIdentity(userId);
-  chat.identityReady.catch(() => {});
   // The link names this device, read from IndexedDB first; conversations wait for it.
   chat.linkReady = store.deviceOf(userId).then((device) => {
     if (chat.userId === userId) {
@@ -180,11 +192,13 @@ function begin(userId, token) {
       openChatLink(token, device);
     }
   }, () => openChatLink(token));
-  chat.conversations.forEach((conv) => {
-    if (conv.listeners.size) {
-      enqueue(conv, () => openConversation(conv));
+  chat.identityReady = chat.linkReady.then(() => prepareIdentity(userId));
+  chat.identityReady.catch(() => {});
+  chat.conversations.forEach((room) => {
+    if (room.listeners.size) {
+      enqueue(room, () => openConversation(room));
     }
-    drainLater(conv);
+    room.lanes.forEach(drainLater);
   });
 }
 
@@ -227,8 +241,8 @@ function notifyConnections() {
 
 // ---- the identity key
 
-// Made once per user on this device (non-extractable), registered with the node,
-// which puts its public key on the ledger.
+// Made once per user on this device (non-extractable), registered with the node
+// under this device's id; the node puts its public key on the ledger.
 async function prepareIdentity(userId) {
   let saved = await store.identityOf(userId);
   if (!saved) {
@@ -264,50 +278,56 @@ async function identity() {
 // Calls `listener(view)` now and on every change; answers the function that stops it.
 export function watchConversation(id, listener) {
   startChat();
-  const conv = conversation(String(id));
-  conv.listeners.add(listener);
-  listener(snapshot(conv));
-  markSeen(conv);
-  if (!conv.opened) {
-    conv.opened = true;
-    enqueue(conv, () => openConversation(conv));
+  const room = conversation(String(id));
+  room.listeners.add(listener);
+  listener(snapshot(room));
+  markSeen(room);
+  if (!room.opened) {
+    room.opened = true;
+    enqueue(room, () => openConversation(room));
   }
-  return () => conv.listeners.delete(listener);
+  return () => room.listeners.delete(listener);
 }
 
 export function sendText(id, text) {
-  const conv = conversation(String(id));
+  const room = conversation(String(id));
   if (text.length > MAX_MESSAGE_CHARS) {
     return Promise.reject(new Error(PROBLEMS.tooLong));
   }
-  return enqueue(conv, () => sealAndSend(conv, text));
+  return enqueue(room, () => sealAndSend(room, text));
 }
 
 // Starts again after a failure: a network problem, a peer without a key yet, a lost handshake.
 export function retryConversation(id) {
-  const conv = conversation(String(id));
-  Object.assign(conv, { phase: PHASES.starting, problem: null, handshake: null, peerKey: null });
-  changed(conv);
-  enqueue(conv, async () => {
-    await store.dropHandshake(chat.userId, conv.id).catch(() => {});
-    await openConversation(conv);
+  const room = conversation(String(id));
+  Object.assign(room, { phase: PHASES.starting, problem: null });
+  changed(room);
+  enqueue(room, async () => {
+    for (const lane of room.lanes.values()) {
+      if (!lane.session) {
+        lane.handshake = null;
+        await store.dropHandshake(chat.userId, lane.key).catch(() => {});
+      }
+    }
+    await openConversation(room);
   });
 }
 
-// The patient confirmed the peer's new key ("I trust the new key"): it becomes the
-// pinned one, and sending is allowed again.
+// The patient confirmed the new key of the peer's device ("I trust the new key"): it becomes
+// the pinned one, and sending is allowed again.
 export function trustNewKey(id) {
-  const conv = conversation(String(id));
-  return enqueue(conv, async () => {
-    const change = conv.pin?.change;
-    if (!change) {
-      return;
+  const room = conversation(String(id));
+  return enqueue(room, async () => {
+    for (const lane of room.lanes.values()) {
+      const change = lane.pin?.change;
+      if (change) {
+        const pin = { key: change.key, fingerprint: change.fingerprint, change: null };
+        await store.savePin(chat.userId, lane.key, pin);
+        setPin(lane, pin);
+      }
     }
-    const pin = { key: change.key, fingerprint: change.fingerprint, change: null };
-    await store.savePin(chat.userId, conv.id, pin);
-    Object.assign(conv, { pin, keyWarning: null });
-    changed(conv);
-    flushLater(conv);
+    changed(room);
+    room.lanes.forEach(flushLater);
   });
 }
 
@@ -316,28 +336,15 @@ function conversation(id) {
     chat.conversations.set(id, {
       id,
       peer: null,
+      self: null,
       role: null,
-      peerKey: null,
-      pin: null,
-      session: null,
-      retired: null,
+      lanes: new Map(),
       joinedAt: null,
       newDevices: [],
-      handshake: null,
       phase: PHASES.starting,
       problem: null,
-      keyWarning: null,
       errors: [],
       messages: new Map(),
-      outbox: [],
-      retryTimer: null,
-      inbox: new Map(),
-      draining: false,
-      drainTimer: null,
-      unsentConfirm: null,
-      acked: 0,
-      ackSent: 0,
-      recovering: false,
       opened: false,
       loaded: false,
       queue: Promise.resolve(),
@@ -347,161 +354,324 @@ function conversation(id) {
   return chat.conversations.get(id);
 }
 
-function snapshot(conv) {
-  const phase = chat.unsupported ? PHASES.unsupported : conv.phase;
+// One lane: this device and one other device in the conversation (the peer's, or with
+// `own` one of this patient's), keyed so its data never mixes with another lane's.
+function laneOf(room, own, device) {
+  const key = `${room.id}|${own ? 'own' : 'peer'}|${device}`;
+  if (!room.lanes.has(key)) {
+    room.lanes.set(key, {
+      key,
+      room,
+      own,
+      device,
+      peerKey: null,
+      pin: null,
+      keyWarning: null,
+      session: null,
+      retired: null,
+      handshake: null,
+      outbox: [],
+      retryTimer: null,
+      inbox: new Map(),
+      draining: false,
+      drainTimer: null,
+      unsentConfirm: null,
+      acked: 0,
+      ackSent: 0,
+      recovering: false,
+      loaded: false,
+      closed: false,
+      queue: Promise.resolve(),
+    });
+  }
+  return room.lanes.get(key);
+}
+
+function peerLanes(room) {
+  return [...room.lanes.values()].filter((lane) => !lane.own && !lane.closed);
+}
+
+// Whose hello wins when both ends of a lane start at once.
+function leads(lane) {
+  return lane.own ? String(chat.device ?? '') < lane.device : lane.room.role === ROLE_INITIATOR;
+}
+
+function roomPhase(room) {
+  if (room.phase !== OPEN) {
+    return room.phase;
+  }
+  return peerLanes(room).some((lane) => lane.session) ? PHASES.ready : PHASES.handshaking;
+}
+
+function snapshot(room) {
+  const phase = chat.unsupported ? PHASES.unsupported : roomPhase(room);
+  const lanes = peerLanes(room);
+  const keyWarning = lanes.find((lane) => lane.keyWarning)?.keyWarning ?? null;
   return {
-    id: conv.id,
-    peer: conv.peer,
+    id: room.id,
+    peer: room.peer,
     phase,
-    problem: phase === PHASES.unsupported ? PROBLEMS.unsupported : conv.problem,
-    keyWarning: conv.keyWarning,
+    problem: phase === PHASES.unsupported ? PROBLEMS.unsupported : room.problem,
+    keyWarning,
     // This device came to a conversation that had messages: it shows them from this time on.
-    joinedAt: conv.joinedAt,
+    joinedAt: room.joinedAt,
     // Fingerprints of devices the peer started using since the patient last looked.
-    newDevices: [...conv.newDevices],
-    // Set only once the key was found in its ledger transaction (checkOnLedger).
-    fingerprint: conv.peerKey?.fingerprint ?? null,
-    canSend: phase === PHASES.ready && !conv.keyWarning,
-    errors: [...conv.errors],
-    messages: [...conv.messages.values()].sort((a, b) => a.key.localeCompare(b.key)),
+    newDevices: [...room.newDevices],
+    // Set only once a key was found in its ledger transaction (checkOnLedger).
+    fingerprint: (lanes.find((lane) => lane.session) ?? lanes[0])?.peerKey?.fingerprint ?? null,
+    canSend: phase === PHASES.ready && !keyWarning,
+    errors: [...room.errors],
+    messages: [...room.messages.values()].sort((a, b) => a.key.localeCompare(b.key)),
     link: linkState(),
   };
 }
 
-function changed(conv) {
-  const view = snapshot(conv);
-  conv.listeners.forEach((listener) => listener(view));
+function changed(room) {
+  const view = snapshot(room);
+  room.listeners.forEach((listener) => listener(view));
 }
 
 function linkChanged({ state }) {
-  chat.conversations.forEach((conv) => {
-    changed(conv);
+  chat.conversations.forEach((room) => {
+    changed(room);
     if (state === LINK_STATES.online) {
-      resendConfirmLater(conv);
-      flushLater(conv);
+      room.lanes.forEach((lane) => {
+        resendConfirmLater(lane);
+        flushLater(lane);
+      });
     }
   });
 }
 
-// One task at a time per conversation, in arrival order; a failed task does not stop the next.
-function enqueue(conv, task) {
-  const run = conv.queue.then(task);
-  conv.queue = run.catch(() => {});
+// One task at a time per conversation (or lane), in arrival order; a failed task does not
+// stop the next.
+function enqueue(holder, task) {
+  const run = holder.queue.then(task);
+  holder.queue = run.catch(() => {});
   return run;
 }
 
-function isCurrent(conv) {
-  return chat.conversations.get(conv.id) === conv;
+function isCurrent(room) {
+  return chat.conversations.get(room.id) === room;
+}
+
+function isOpen(lane) {
+  return isCurrent(lane.room) && lane.room.lanes.get(lane.key) === lane && !lane.closed;
 }
 
 // ---- opening a conversation
 
-async function openConversation(conv) {
+async function openConversation(room) {
   if (chat.unsupported) {
-    changed(conv);
+    changed(room);
     return;
   }
   if (chat.waiting) {
-    conv.phase = PHASES.elsewhere;
-    changed(conv);
+    room.phase = PHASES.elsewhere;
+    changed(room);
     return;
   }
   try {
     await chat.linkReady;
-    await loadLocal(conv);
-    await join(conv);
-    conv.phase = PHASES.verifying;
-    changed(conv);
-    await verifyPeerKey(conv);
-    if (conv.session) {
-      conv.phase = PHASES.ready;
-      flushLater(conv);
-    } else if (conv.handshake) {
-      conv.phase = PHASES.handshaking;
-    } else if (await joinedLate(conv) || conv.role === ROLE_INITIATOR) {
-      await startHandshake(conv);
-    } else {
-      conv.phase = PHASES.handshaking;
-    }
-    changed(conv);
+    await loadRoom(room);
+    await join(room);
+    room.phase = PHASES.verifying;
+    changed(room);
+    await joinedLate(room);
+    const lanes = await findLanes(room);
+    Object.assign(room, { phase: OPEN, problem: null });
+    changed(room);
+    await Promise.all(lanes.map((lane) => enqueue(lane, () => openLane(lane).catch((error) => laneFailed(lane, error)))));
   } catch (error) {
-    fail(conv, error);
+    fail(room, error);
   }
-  drainLater(conv);
+  room.lanes.forEach(drainLater);
 }
 
-async function join(conv) {
-  const joined = await request('join', { conversation: conv.id });
-  Object.assign(conv, { peer: joined.peer, role: joined.role });
+async function join(room) {
+  const joined = await request('join', { conversation: room.id });
+  Object.assign(room, { peer: joined.peer, self: joined.self ?? null, role: joined.role });
 }
 
-// The session, a handshake under way, the cursor, the pinned key (and a key change
-// not confirmed yet), the outbox and the transcript this device kept (they survive
-// a reload, not a logout).
-async function loadLocal(conv) {
-  if (conv.loaded) {
+// The transcript this device kept and when it joined (they survive a reload, not a logout).
+async function loadRoom(room) {
+  if (room.loaded) {
+    return;
+  }
+  const [rows, joinedAt] = await Promise.all([
+    store.messagesOf(chat.userId, room.id),
+    store.joinedOf(chat.userId, room.id),
+  ]);
+  rows.forEach((row) => room.messages.set(row.key, row));
+  room.joinedAt = room.joinedAt ?? joinedAt ?? null;
+  room.loaded = true;
+  changed(room);
+}
+
+// A lane's session, a handshake under way, the cursor, the pinned key (and a key change
+// not confirmed yet) and the outbox.
+async function loadLane(lane) {
+  if (lane.loaded) {
     return;
   }
   const userId = chat.userId;
-  const [rows, outbox, session, retired, joinedAt, handshake, acked, pin] = await Promise.all([
-    store.messagesOf(userId, conv.id),
-    store.outboxOf(userId, conv.id),
-    store.sessionOf(userId, conv.id),
-    store.retiredOf(userId, conv.id),
-    store.joinedOf(userId, conv.id),
-    store.handshakeOf(userId, conv.id),
-    store.cursorOf(userId, conv.id),
-    store.pinOf(userId, conv.id),
+  const [outbox, session, retired, handshake, acked, pin] = await Promise.all([
+    store.outboxOf(userId, lane.key),
+    store.sessionOf(userId, lane.key),
+    store.retiredOf(userId, lane.key),
+    store.handshakeOf(userId, lane.key),
+    store.cursorOf(userId, lane.key),
+    store.pinOf(userId, lane.key),
   ]);
-  rows.forEach((row) => conv.messages.set(row.key, row));
-  conv.outbox = outbox;
-  outbox.forEach((item) => showPending(conv, item));
-  conv.acked = Math.max(conv.acked, acked);
-  conv.ackSent = Math.max(conv.ackSent, acked);
-  conv.session = conv.session ?? session;
-  conv.retired = conv.session ? null : conv.retired ?? retired;
-  conv.joinedAt = conv.joinedAt ?? joinedAt ?? null;
-  conv.handshake = conv.handshake ?? handshake;
-  setPin(conv, pin);
-  conv.loaded = true;
-  changed(conv);
+  lane.outbox = outbox;
+  outbox.forEach((item) => showPending(lane.room, item));
+  lane.acked = Math.max(lane.acked, acked);
+  lane.ackSent = Math.max(lane.ackSent, acked);
+  lane.session = lane.session ?? session;
+  lane.retired = lane.session ? null : lane.retired ?? retired;
+  lane.handshake = lane.handshake ?? handshake;
+  if (!lane.peerKey) {
+    setPin(lane, pin);
+  }
+  lane.loaded = true;
+  changed(lane.room);
 }
 
-// ---- the peer's key: the ledger, and the changed-key rule
+// A lane with no session starts a handshake, unless the other device's hello already
+// waits to be answered (it came with the backlog when the link opened).
+async function openLane(lane) {
+  await loadLane(lane);
+  const helloWaits = [...lane.inbox.values()].some((entry) => entry.item?.message?.type === 'hello');
+  if (lane.session) {
+    flushLater(lane);
+  } else if (!lane.handshake && !helloWaits) {
+    await startHandshake(lane);
+  }
+  changed(lane.room);
+}
 
-// The peer's identity key as registered on the ledger, checked in its ledger
-// transaction. A key other than the one pinned for them (the last one a handshake
-// succeeded with, or one the patient confirmed) raises the changed-key warning,
-// which stays until the patient confirms the new key.
-async function verifyPeerKey(conv) {
-  const answer = await ledgerKey(conv);
-  const pin = await store.pinOf(chat.userId, conv.id);
-  const change = keyChange(pin?.key ?? null, answer.key);
+function laneFailed(lane, error) {
+  if (error?.code === DEVICE_REMOVED) {
+    return closeLane(lane);
+  }
+  if (!lane.own && !peerLanes(lane.room).some((other) => other.session)) {
+    fail(lane.room, error);
+  }
+  return undefined;
+}
+
+// A removed device: nothing is sealed for it any more, and what waited for it goes.
+async function closeLane(lane) {
+  lane.closed = true;
+  const waiting = lane.outbox;
+  lane.outbox = [];
+  for (const item of waiting) {
+    await store.commitSent(chat.userId, item.cid, null).catch(() => {});
+    dropPendingIfDone(lane.room, item);
+  }
+  changed(lane.room);
+}
+
+async function findLanes(room) {
+  const answer = await ledgerKeys(room);
+  const lanes = [];
+  for (const entry of devicesIn(answer).filter(onLedger)) {
+    await checkOnLedger(entry, room.peer);
+    const lane = laneOf(room, false, entry.device ?? '');
+    await loadLane(lane);
+    await verifyLaneKey(lane, entry);
+    lanes.push(lane);
+  }
+  await noticeNewDevices(room, answer);
+  for (const entry of await ownDevices(room)) {
+    const lane = laneOf(room, true, entry.device);
+    await loadLane(lane);
+    await verifyLaneKey(lane, entry);
+    lanes.push(lane);
+  }
+  return lanes;
+}
+
+function devicesIn(answer) {
+  return Array.isArray(answer?.devices) ? answer.devices : [answer];
+}
+
+function onLedger(entry) {
+  return entry?.height !== null && entry?.height !== undefined;
+}
+
+// This patient's other devices whose keys are in a block, each checked on the ledger.
+// None when the list cannot be had: the copies for them wait for the next opening.
+async function ownDevices(room) {
+  let devices;
+  try {
+    devices = await listChatDevices();
+  } catch {
+    return [];
+  }
+  const others = (devices ?? []).filter((entry) => entry?.device && entry.device !== chat.device && onLedger(entry));
+  for (const entry of others) {
+    await checkOnLedger(entry, room.self);
+  }
+  return others;
+}
+
+// ---- the other devices' keys: the ledger, and the changed-key rule
+
+// The key of the lane's device as registered on the ledger (checked by the caller). A key
+// of the peer's other than the one pinned for that device (the last one a handshake
+// succeeded with, or one the patient confirmed) raises the changed-key warning, which stays
+// until the patient confirms the new key. One's own devices need no confirmation.
+async function verifyLaneKey(lane, entry) {
+  const pin = await store.pinOf(chat.userId, lane.key);
+  const change = keyChange(pin?.key ?? null, entry.key);
   let updated = pin;
-  if (change === 'changed' && pin.change?.key !== answer.key) {
+  if (change === 'changed' && lane.own) {
+    updated = { key: entry.key, fingerprint: entry.fingerprint, change: null };
+  } else if (change === 'changed' && pin.change?.key !== entry.key) {
     updated = {
       ...pin,
-      change: { key: answer.key, fingerprint: answer.fingerprint, since: answer.registered_at ?? null },
+      change: { key: entry.key, fingerprint: entry.fingerprint, since: entry.registered_at ?? null },
     };
   } else if (change === 'same' && pin.change) {
     updated = { ...pin, change: null };
   }
   if (updated !== pin) {
-    await store.savePin(chat.userId, conv.id, updated);
+    await store.savePin(chat.userId, lane.key, updated);
   }
-  setPin(conv, updated);
-  conv.peerKey = answer;
-  await noticeNewDevices(conv, answer);
-  changed(conv);
+  setPin(lane, updated);
+  lane.peerKey = entry;
+  changed(lane.room);
+}
+
+// A lane opened by an item from a device not seen yet (a new device's hello): its key is
+// found on the ledger first; one not in a block yet is looked for again later.
+async function findLaneKey(lane) {
+  const room = lane.room;
+  const answer = lane.own ? null : await getChatKey(room.peer);
+  const entries = lane.own ? await listChatDevices() : devicesIn(answer);
+  const entry = (entries ?? []).find((item) => (item?.device ?? '') === lane.device);
+  if (!entry) {
+    throw Object.assign(new Error(PROBLEMS.unknownDevice), { final: true });
+  }
+  if (!onLedger(entry)) {
+    throw new Error(PROBLEMS.notReady); // a passing reason: the item is handled later
+  }
+  await checkOnLedger(entry, lane.own ? room.self : room.peer);
+  await loadLane(lane);
+  await verifyLaneKey(lane, entry);
+  if (answer) {
+    await noticeNewDevices(room, answer);
+  }
 }
 
 // The new-device notice: a device of the peer's that was not there when this device
 // last looked, found in its ledger transaction, is listed until the patient says OK.
 // The first look only takes note.
-async function noticeNewDevices(conv, answer) {
-  const entries = (answer.devices ?? []).filter((entry) => entry?.height !== null && entry?.height !== undefined);
+async function noticeNewDevices(room, answer) {
+  const entries = devicesIn(answer).filter(onLedger);
   const current = Object.fromEntries(entries.map((entry) => [entry.device ?? '', entry.fingerprint]));
-  const saved = await store.devicesOf(chat.userId, conv.id);
+  const saved = await store.devicesOf(chat.userId, room.id);
   let added = saved?.added ?? [];
   if (saved?.known) {
     let changes;
@@ -512,59 +682,59 @@ async function noticeNewDevices(conv, answer) {
     }
     for (const id of changes.added) {
       const entry = entries.find((item) => (item.device ?? '') === id);
-      await checkOnLedger(entry, conv.peer);
+      await checkOnLedger(entry, room.peer);
       added = [...added, entry.fingerprint];
     }
   }
-  await store.saveDevices(chat.userId, conv.id, { known: current, added });
-  conv.newDevices = added;
+  await store.saveDevices(chat.userId, room.id, { known: current, added });
+  room.newDevices = added;
+  changed(room);
 }
 
 // The patient read the new-device notice.
 export function acknowledgeNewDevices(id) {
-  const conv = conversation(String(id));
-  return enqueue(conv, async () => {
-    const saved = await store.devicesOf(chat.userId, conv.id);
-    await store.saveDevices(chat.userId, conv.id, { known: saved?.known ?? {}, added: [] });
-    conv.newDevices = [];
-    changed(conv);
+  const room = conversation(String(id));
+  return enqueue(room, async () => {
+    const saved = await store.devicesOf(chat.userId, room.id);
+    await store.saveDevices(chat.userId, room.id, { known: saved?.known ?? {}, added: [] });
+    room.newDevices = [];
+    changed(room);
   });
 }
 
-function setPin(conv, pin) {
-  conv.pin = pin ?? null;
+function setPin(lane, pin) {
+  lane.pin = pin ?? null;
   const change = pin?.change;
-  conv.keyWarning = change ? { previous: pin.fingerprint, current: change.fingerprint, since: change.since } : null;
+  lane.keyWarning = change ? { previous: pin.fingerprint, current: change.fingerprint, since: change.since } : null;
 }
 
-// Fetches the key; one registered too recently to be in a block yet is fetched
-// again every LEDGER_POLL_MS until it is, and trusted only then.
-async function ledgerKey(conv) {
+// Fetches the peer's keys; while none is in a block yet they are fetched again every
+// LEDGER_POLL_MS, and trusted only then.
+async function ledgerKeys(room) {
   for (;;) {
     let answer;
     try {
-      answer = await getChatKey(conv.peer);
+      answer = await getChatKey(room.peer);
     } catch (error) {
       throw error?.status === NOT_FOUND ? Object.assign(new Error(PROBLEMS.noKey), { retry: true }) : error;
     }
-    if (answer.height !== null && answer.height !== undefined) {
-      await checkOnLedger(answer, conv.peer);
+    if (devicesIn(answer).some(onLedger)) {
       return answer;
     }
-    conv.phase = PHASES.ledger;
-    changed(conv);
+    room.phase = PHASES.ledger;
+    changed(room);
     await new Promise((resolve) => {
       setTimeout(resolve, LEDGER_POLL_MS);
     });
-    if (!isCurrent(conv)) {
+    if (!isCurrent(room)) {
       throw new Error(PROBLEMS.stopped);
     }
   }
 }
 
 // The node's answer must be what the public ledger holds: the transaction it names,
-// in the block it names, is a chat_key transaction for this key whose subject is
-// SHA-256(salt || pseudonym) for the pseudonym this conversation is with.
+// in the block it names, is a chat_key transaction for this key and device whose subject
+// is SHA-256(salt || pseudonym) for the patient it is said to be of.
 async function checkOnLedger(answer, pseudonym) {
   const block = await getBlock(answer.height);
   const tx = (block?.transactions ?? []).find((item) => item?.hash === answer.tx);
@@ -597,48 +767,52 @@ async function subjectOf(salt, pseudonym) {
 
 // ---- handshakes
 
-// The patient who accepted starts a handshake only to replace a session this
-// device does not have: one was confirmed, or used, in this conversation before
-// (this device lost it, or never had it: a new device). A device with nothing of
-// the conversation yet notes when it joined: it shows the conversation from then on.
-async function joinedLate(conv) {
-  const { messages } = await request('history', { conversation: conv.id, before: null, limit: HISTORY_LIMIT });
-  const earlier = messages.some((item) => item.kind === 'message' || item.body?.type === 'confirm');
-  if (earlier && !conv.messages.size && !conv.joinedAt) {
-    conv.joinedAt = new Date().toISOString();
-    await store.saveJoined(chat.userId, conv.id, conv.joinedAt);
+// A device with nothing of a conversation that had messages notes when it joined: it
+// shows the conversation from then on (the earlier messages stay on the devices that
+// received them).
+async function joinedLate(room) {
+  if (room.messages.size || room.joinedAt) {
+    return;
   }
-  return earlier;
+  const { messages } = await request('history', { conversation: room.id, before: null, limit: HISTORY_LIMIT });
+  if (messages.some((item) => item.kind === 'message' || item.body?.type === 'confirm')) {
+    room.joinedAt = new Date().toISOString();
+    await store.saveJoined(chat.userId, room.id, room.joinedAt);
+  }
 }
 
-async function startHandshake(conv) {
+// Where the node delivers what this lane sends: the other device.
+function target(lane) {
+  return { conversation: lane.room.id, to_device: lane.device || null, to_own: lane.own };
+}
+
+async function startHandshake(lane) {
   const { state, message } = await startInitiator({
-    identity: await identity(), peerKey: conv.peerKey.key, conversation: conv.id,
+    identity: await identity(), peerKey: lane.peerKey.key, conversation: lane.room.id,
   });
-  await keepHandshake(conv, state);
-  await request('handshake', { conversation: conv.id, message });
+  await keepHandshake(lane, state);
+  await request('handshake', { ...target(lane), message });
 }
 
-async function keepHandshake(conv, state) {
-  conv.handshake = state;
-  conv.phase = conv.session ? conv.phase : PHASES.handshaking;
-  await store.saveHandshake(chat.userId, conv.id, state);
-  changed(conv);
+async function keepHandshake(lane, state) {
+  lane.handshake = state;
+  await store.saveHandshake(chat.userId, lane.key, state);
+  changed(lane.room);
 }
 
-function fail(conv, error) {
-  conv.phase = PHASES.failed;
-  conv.problem = describe(error, PROBLEMS.handshake);
-  changed(conv);
-  if (error?.retry && conv.listeners.size) {
-    setTimeout(() => retryIfStillFailed(conv), NO_KEY_RETRY_MS);
+function fail(room, error) {
+  room.phase = PHASES.failed;
+  room.problem = describe(error, PROBLEMS.handshake);
+  changed(room);
+  if (error?.retry && room.listeners.size) {
+    setTimeout(() => retryIfStillFailed(room), NO_KEY_RETRY_MS);
   }
 }
 
 // The peer has no key yet: look again while the conversation is on screen.
-function retryIfStillFailed(conv) {
-  if (isCurrent(conv) && conv.phase === PHASES.failed && conv.listeners.size) {
-    retryConversation(conv.id);
+function retryIfStillFailed(room) {
+  if (isCurrent(room) && room.phase === PHASES.failed && room.listeners.size) {
+    retryConversation(room.id);
   }
 }
 
@@ -650,140 +824,142 @@ function describe(error, fallback) {
   return error?.message || fallback;
 }
 
-// ---- receiving, strictly in id order
+// ---- receiving, strictly in id order per lane
 
 function receive(item, kind) {
   if (item?.conversation === undefined || item.conversation === null) {
     return;
   }
   const id = Number(item.id);
-  const conv = conversation(String(item.conversation));
-  if (!Number.isSafeInteger(id) || id <= 0 || id <= conv.acked || conv.inbox.has(id)) {
+  const room = conversation(String(item.conversation));
+  const lane = laneOf(room, item.own === true, typeof item.from_device === 'string' ? item.from_device : '');
+  if (lane.closed || !Number.isSafeInteger(id) || id <= 0 || id <= lane.acked || lane.inbox.has(id)) {
     return;
   }
-  conv.inbox.set(id, { id, kind, item });
-  drainLater(conv);
+  lane.inbox.set(id, { id, kind, item });
+  drainLater(lane);
 }
 
 // Items that arrive while a drain runs are taken by it or by the next one; a drain
 // that stopped for a passing failure waits for its timer (drainSoon).
-function drainLater(conv) {
-  if (!conv.inbox.size || conv.draining || conv.drainTimer || chat.waiting || chat.unsupported) {
+function drainLater(lane) {
+  if (!lane.inbox.size || lane.draining || lane.drainTimer || chat.waiting || chat.unsupported) {
     return;
   }
-  conv.draining = true;
-  enqueue(conv, () => drain(conv)).catch(() => drainSoon(conv)).finally(() => {
-    conv.draining = false;
-    drainLater(conv);
+  lane.draining = true;
+  enqueue(lane, () => drain(lane)).catch(() => drainSoon(lane)).finally(() => {
+    lane.draining = false;
+    drainLater(lane);
   });
 }
 
 // Handles buffered items lowest id first; stops at one that is ahead of its
 // counter and cannot be completed, and acknowledges what was handled.
-async function drain(conv) {
+async function drain(lane) {
   try {
-    await loadLocal(conv);
-    while (conv.inbox.size) {
-      const id = Math.min(...conv.inbox.keys());
-      const entry = conv.inbox.get(id);
-      if (id <= conv.acked) {
-        conv.inbox.delete(id);
+    await loadRoom(lane.room);
+    await loadLane(lane);
+    while (lane.inbox.size) {
+      const id = Math.min(...lane.inbox.keys());
+      const entry = lane.inbox.get(id);
+      if (id <= lane.acked) {
+        lane.inbox.delete(id);
         continue;
       }
-      const outcome = await handleItem(conv, entry);
+      const outcome = await handleItem(lane, entry);
       if (outcome === LATER) {
-        drainSoon(conv);
+        drainSoon(lane);
         break;
       }
-      if (outcome === STUCK && !await fillGap(conv, id)) {
-        await giveUpSession(conv, id, entry);
-      } else if (outcome === HANDLED && conv.inbox.has(id)) {
-        await handled(conv, id);
+      if (outcome === STUCK && !await fillGap(lane, id)) {
+        await giveUpSession(lane, id, entry);
+      } else if (outcome === HANDLED && lane.inbox.has(id)) {
+        await handled(lane, id);
       }
     }
   } finally {
-    await acknowledge(conv);
+    await acknowledge(lane);
   }
 }
 
 // The item could not be handled for a passing reason (no network, the node busy):
 // it stays first in line, not acknowledged, and is tried again a little later.
-function drainSoon(conv) {
-  if (conv.drainTimer) {
+function drainSoon(lane) {
+  if (lane.drainTimer) {
     return;
   }
-  conv.drainTimer = setTimeout(() => {
-    conv.drainTimer = null;
-    if (isCurrent(conv)) {
-      drainLater(conv);
+  lane.drainTimer = setTimeout(() => {
+    lane.drainTimer = null;
+    if (isOpen(lane)) {
+      drainLater(lane);
     }
   }, DRAIN_RETRY_MS);
 }
 
 // HANDLED (read, or reported and to be skipped), STUCK (an earlier item is missing) or
-// LATER (a passing failure: not a protocol error, nor a final verdict on the peer's key).
-async function handleItem(conv, { id, kind, item }) {
+// LATER (a passing failure: not a protocol error, nor a final verdict on a key).
+async function handleItem(lane, { id, kind, item }) {
   try {
     if (kind === 'handshake') {
-      await handleHandshake(conv, item.message, id);
+      await handleHandshake(lane, item.message, id);
     } else {
-      await handleMessage(conv, item, id);
+      await handleMessage(lane, item, id);
     }
     return HANDLED;
   } catch (error) {
     const code = error instanceof ChatError ? error.code : null;
-    if (code === null && !error?.final && conv.inbox.has(id)) {
+    if (code === null && !error?.final && lane.inbox.has(id)) {
       return LATER;
     }
     if (code === 'out_of_order') {
       return STUCK;
     }
-    reportError(conv, id, error, kind);
-    await handled(conv, id);
+    reportError(lane, id, error, kind);
+    await handled(lane, id);
     return HANDLED;
   }
 }
 
 // The cursor moves past an item that needed no other change (a message's moves with it).
-async function handled(conv, id) {
-  conv.inbox.delete(id);
-  conv.acked = Math.max(conv.acked, id);
-  await store.saveCursor(chat.userId, conv.id, conv.acked);
+async function handled(lane, id) {
+  lane.inbox.delete(id);
+  lane.acked = Math.max(lane.acked, id);
+  await store.saveCursor(chat.userId, lane.key, lane.acked);
 }
 
-async function acknowledge(conv) {
-  if (conv.acked <= conv.ackSent) {
+async function acknowledge(lane) {
+  if (lane.acked <= lane.ackSent) {
     return;
   }
-  const upTo = conv.acked;
+  const upTo = lane.acked;
   try {
-    await request('ack', { conversation: conv.id, up_to: upTo });
-    conv.ackSent = Math.max(conv.ackSent, upTo);
+    await request('ack', { conversation: lane.room.id, up_to: upTo, from_device: lane.device, own: lane.own });
+    lane.ackSent = Math.max(lane.ackSent, upTo);
   } catch {
     // The node sends those items again later; they are skipped then.
   }
 }
 
-// Fetches what the node holds for this conversation after the cursor and before
-// the stuck item; answers whether anything of the peer's was missing here.
-async function fillGap(conv, stuckId) {
-  if (!conv.peer) {
-    await join(conv);
-  }
-  let after = conv.acked;
+// Fetches what the node holds for this lane after the cursor and before the stuck item;
+// answers whether anything of the other device's was missing here.
+async function fillGap(lane, stuckId) {
+  const room = lane.room;
+  let after = lane.acked;
   let found = false;
   for (let page = 0; page < MAX_GAP_PAGES; page += 1) {
     let answer;
     try {
-      answer = await request('history', { conversation: conv.id, after, before: null, limit: HISTORY_LIMIT });
+      answer = await request('history', {
+        conversation: room.id, after, before: null, limit: HISTORY_LIMIT, from_device: lane.device, own: lane.own,
+      });
     } catch {
       return found;
     }
     const items = (answer.messages ?? []).filter((item) => Number(item.id) > after).sort((x, y) => x.id - y.id);
-    items.filter((item) => item.from === conv.peer && item.id < stuckId && !conv.inbox.has(item.id))
+    items.filter((item) => item.id < stuckId && !lane.inbox.has(item.id) && (item.from_device ?? '') === lane.device)
       .forEach((item) => {
         found = true;
-        conv.inbox.set(item.id, { id: item.id, kind: item.kind, item: fromHistory(conv, item) });
+        lane.inbox.set(item.id, { id: item.id, kind: item.kind, item: fromHistory(room, item) });
       });
     if (!answer.more || !items.length || items.at(-1).id >= stuckId) {
       return found;
@@ -793,92 +969,99 @@ async function fillGap(conv, stuckId) {
   return found;
 }
 
-function fromHistory(conv, item) {
+function fromHistory(room, item) {
   const body = item.kind === 'handshake' ? { message: item.body } : { envelope: item.body };
-  return { conversation: conv.id, id: item.id, from: item.from, sent_at: item.sent_at, ...body };
+  return { conversation: room.id, id: item.id, from: item.from, sent_at: item.sent_at, ...body };
 }
 
 // A hole that cannot be filled: the rest of this session cannot be read. The item is
 // skipped, the patient told once, and a fresh handshake replaces the session. A hole in
 // a session already replaced only costs that item (the patient is told).
-async function giveUpSession(conv, id, entry) {
-  await handled(conv, id);
+async function giveUpSession(lane, id, entry) {
+  await handled(lane, id);
   const sid = entry?.item?.envelope?.sid;
-  if (conv.session && sid && sid !== await sessionIdOf(conv.session)) {
-    conv.errors = [...conv.errors, { id, kind: 'message', code: 'lost', text: PROBLEMS.lostEarlier }];
-    changed(conv);
+  if (lane.session && sid && sid !== await sessionIdOf(lane.session)) {
+    addError(lane.room, { id, kind: 'message', code: 'lost', text: PROBLEMS.lostEarlier });
     return;
   }
-  await restartSession(conv, id);
+  await restartSession(lane, id);
 }
 
-async function restartSession(conv, id) {
-  if (!conv.recovering) {
-    conv.errors = [...conv.errors, { id, kind: 'message', text: PROBLEMS.lost }];
+async function restartSession(lane, id) {
+  if (!lane.recovering) {
+    addError(lane.room, { id, kind: 'message', text: PROBLEMS.lost });
   }
-  const retired = conv.session ?? conv.retired;
-  Object.assign(conv, { session: null, retired, phase: PHASES.handshaking, recovering: true });
-  await store.retireSession(chat.userId, conv.id, retired);
-  changed(conv);
-  // A handshake under way (ours, or an answer to the peer's) already brings a new session.
-  if (!conv.handshake || conv.handshake.step === 'done') {
+  const retired = lane.session ?? lane.retired;
+  Object.assign(lane, { session: null, retired, recovering: true });
+  await store.retireSession(chat.userId, lane.key, retired);
+  changed(lane.room);
+  // A handshake under way (ours, or an answer to theirs) already brings a new session.
+  if (!lane.handshake || lane.handshake.step === 'done') {
     try {
-      await ensurePeer(conv);
-      await startHandshake(conv);
+      await ensureLaneKey(lane);
+      await startHandshake(lane);
     } catch (error) {
-      fail(conv, error);
+      laneFailed(lane, error);
     }
   }
 }
 
-async function handleHandshake(conv, message, id) {
-  await ensurePeer(conv);
+function addError(room, error) {
+  room.errors = [...room.errors, error];
+  changed(room);
+}
+
+async function handleHandshake(lane, message, id) {
+  await ensureLaneKey(lane);
   if (message?.type === 'hello') {
-    await answerHello(conv, message);
-    await handled(conv, id);
-  } else if (message?.type === 'reply' && conv.handshake?.role === 'initiator') {
-    const { session, message: confirm } = await onReply(conv.handshake, message);
+    await answerHello(lane, message);
+    await handled(lane, id);
+  } else if (message?.type === 'reply' && lane.handshake?.role === 'initiator') {
+    const { session, message: confirm } = await onReply(lane.handshake, message);
     // Kept first: the reply is acknowledged, so it never comes back to finish this later.
-    await useSession(conv, session, id);
-    await sendConfirm(conv, confirm);
-  } else if (message?.type === 'confirm' && conv.handshake?.role === 'responder') {
-    await useSession(conv, await onConfirm(conv.handshake, message), id);
+    await useSession(lane, session, id);
+    await sendConfirm(lane, confirm);
+  } else if (message?.type === 'confirm' && lane.handshake?.role === 'responder') {
+    await useSession(lane, await onConfirm(lane.handshake, message), id);
   } else {
     throw new ChatError('unexpected_message', PROBLEMS.unexpected);
   }
 }
 
-// The peer cannot finish without it: one that did not go out is sent again once online.
-async function sendConfirm(conv, confirm) {
-  conv.unsentConfirm = confirm;
+// The other device cannot finish without it: one that did not go out is sent again once online.
+async function sendConfirm(lane, confirm) {
+  lane.unsentConfirm = confirm;
   try {
-    await request('handshake', { conversation: conv.id, message: confirm });
-    if (conv.unsentConfirm === confirm) {
-      conv.unsentConfirm = null;
+    await request('handshake', { ...target(lane), message: confirm });
+    if (lane.unsentConfirm === confirm) {
+      lane.unsentConfirm = null;
     }
   } catch {
-    resendConfirmLater(conv);
+    resendConfirmLater(lane);
   }
 }
 
-function resendConfirmLater(conv) {
-  const confirm = conv.unsentConfirm;
+function resendConfirmLater(lane) {
+  const confirm = lane.unsentConfirm;
   if (confirm && linkState().state === LINK_STATES.online) {
     setTimeout(() => {
-      if (isCurrent(conv) && conv.unsentConfirm === confirm) {
-        enqueue(conv, () => sendConfirm(conv, confirm));
+      if (isOpen(lane) && lane.unsentConfirm === confirm) {
+        enqueue(lane, () => sendConfirm(lane, confirm));
       }
     }, DRAIN_RETRY_MS);
   }
 }
 
-async function answerHello(conv, hello) {
-  // Both sides started at once: the hello of the patient who asked to connect wins.
-  if (conv.handshake?.role === 'initiator' && conv.handshake.step !== 'done' && conv.role === ROLE_INITIATOR) {
+async function answerHello(lane, hello) {
+  // Both ends started at once: the lead's hello wins.
+  if (lane.handshake?.role === 'initiator' && lane.handshake.step !== 'done' && leads(lane)) {
     return;
   }
   const own = await identity();
-  const respond = () => startResponder({ identity: own, peerKey: conv.peerKey.key, conversation: conv.id }, hello);
+  const respond = () => startResponder(
+    { identity: own, peerKey: lane.peerKey.key, conversation: lane.room.id },
+    hello,
+  );
   let answer;
   try {
     answer = await respond();
@@ -887,208 +1070,273 @@ async function answerHello(conv, hello) {
     if (!(error instanceof ChatError) || !KEY_ERRORS.has(error.code)) {
       throw error;
     }
-    await verifyPeerKey(conv);
+    await findLaneKey(lane);
     answer = await respond();
   }
-  await keepHandshake(conv, answer.state);
-  await request('handshake', { conversation: conv.id, message: answer.message });
+  await keepHandshake(lane, answer.state);
+  await request('handshake', { ...target(lane), message: answer.message });
 }
 
-// A conversation this page has not opened yet (its first hello came in the background).
-async function ensurePeer(conv) {
-  if (!conv.peer) {
-    await join(conv);
+// A lane this page has not opened yet (its first item came in the background).
+async function ensureLaneKey(lane) {
+  if (!lane.room.peer) {
+    await join(lane.room);
   }
-  if (!conv.peerKey) {
-    await verifyPeerKey(conv);
+  if (!lane.peerKey) {
+    await findLaneKey(lane);
   }
 }
 
 // The new session replaces the old one and keeps its receiving half; messages waiting
 // in the outbox go out in order before anything newer (deliver seals them again if needed).
-async function useSession(conv, session, id) {
-  const previous = conv.session ?? conv.retired;
+async function useSession(lane, session, id) {
+  const previous = lane.session ?? lane.retired;
   if (previous && previous.conversation === session.conversation) {
     await replaceSession(session, previous);
   }
-  await store.commitSession(chat.userId, conv.id, { session, acked: Math.max(conv.acked, id) });
-  conv.inbox.delete(id);
-  conv.acked = Math.max(conv.acked, id);
-  Object.assign(conv, { session, retired: null, handshake: null, phase: PHASES.ready, problem: null });
-  if (!conv.pin) {
-    const pin = { key: conv.peerKey.key, fingerprint: conv.peerKey.fingerprint, change: null };
-    await store.savePin(chat.userId, conv.id, pin);
-    setPin(conv, pin);
+  await store.commitSession(chat.userId, lane.key, { session, acked: Math.max(lane.acked, id) });
+  lane.inbox.delete(id);
+  lane.acked = Math.max(lane.acked, id);
+  Object.assign(lane, { session, retired: null, handshake: null });
+  if (lane.room.phase === PHASES.failed && !lane.own) {
+    Object.assign(lane.room, { phase: OPEN, problem: null });
   }
-  changed(conv);
-  flushLater(conv);
+  if (!lane.pin) {
+    const pin = { key: lane.peerKey.key, fingerprint: lane.peerKey.fingerprint, change: null };
+    await store.savePin(chat.userId, lane.key, pin);
+    setPin(lane, pin);
+  }
+  changed(lane.room);
+  flushLater(lane);
 }
 
-async function handleMessage(conv, item, id) {
-  const holder = conv.session ?? conv.retired;
+async function handleMessage(lane, item, id) {
+  const room = lane.room;
+  const holder = lane.session ?? lane.retired;
   if (!holder) {
-    // The peer writes under a session this device does not have (a logout, a reset).
-    await handled(conv, id);
-    await restartSession(conv, id);
+    // The other device writes under a session this device does not have (a logout, a reset).
+    await handled(lane, id);
+    await restartSession(lane, id);
     return;
   }
   const text = await openText(holder, item.envelope);
-  const row = messageRow(conv, { id, mine: false, text, sentAt: item.sent_at ?? null });
-  await store.commitReceived(chat.userId, conv.id, {
-    session: holder, row, acked: Math.max(conv.acked, id), retired: holder !== conv.session,
+  const row = messageRow(room, { id, mine: lane.own, text, sentAt: item.sent_at ?? null });
+  await store.commitReceived(chat.userId, lane.key, {
+    session: holder, row, acked: Math.max(lane.acked, id), retired: holder !== lane.session,
   });
-  conv.inbox.delete(id);
-  conv.acked = Math.max(conv.acked, id);
-  conv.recovering = conv.recovering && holder !== conv.session;
-  conv.messages.set(row.key, row);
-  changed(conv);
+  lane.inbox.delete(id);
+  lane.acked = Math.max(lane.acked, id);
+  lane.recovering = lane.recovering && holder !== lane.session;
+  room.messages.set(row.key, row);
+  changed(room);
   notifyConnections();
 }
 
 // The conversation is on screen: what it received counts as seen.
-function markSeen(conv) {
-  conv.messages.forEach((row) => {
+function markSeen(room) {
+  room.messages.forEach((row) => {
     row.seen = true;
   });
-  store.markSeen(chat.userId, conv.id).catch(() => {});
+  store.markSeen(chat.userId, room.id).catch(() => {});
 }
 
-// A handshake that fails (a bad signature, a key not matching the ledger, a failed
-// confirmation) stops the conversation; anything else is listed for the patient.
-function reportError(conv, id, error, kind) {
+// A handshake with one of the peer's devices that fails (a bad signature, a key not
+// matching the ledger, a failed confirmation) stops the conversation; anything else is
+// listed for the patient.
+function reportError(lane, id, error, kind) {
+  const room = lane.room;
   const code = error instanceof ChatError ? error.code : null;
-  if (kind === 'handshake' && !conv.session && code !== 'unexpected_message') {
-    fail(conv, error);
+  if (kind === 'handshake' && !lane.session && !lane.own && code !== 'unexpected_message') {
+    fail(room, error);
     return;
   }
   // Several envelopes of a session this device never held: one notice says it.
-  if (code === 'other_session' && conv.errors.at(-1)?.code === code) {
+  if (code === 'other_session' && room.errors.at(-1)?.code === code) {
     return;
   }
-  conv.errors = [...conv.errors, { id, kind, code, text: describe(error, PROBLEMS.handshake) }];
-  changed(conv);
+  addError(room, { id, kind, code, text: describe(error, PROBLEMS.handshake) });
 }
 
 // ---- sending
 
-// Answers {sent: true}, or {sent: false, problem} when the message is kept in the
-// outbox to be sent once the link is back; throws when nothing could be kept.
-async function sealAndSend(conv, text) {
-  if (conv.keyWarning) {
+// Seals the message for every device the conversation reaches with a session: the peer's
+// and this patient's other ones. Answers {sent: true}, or {sent: false, problem} when a copy
+// for the peer is kept in its outbox to be sent once the link is back; throws when nothing
+// could be kept.
+async function sealAndSend(room, text) {
+  const lanes = [...room.lanes.values()].filter((lane) => !lane.closed && lane.session);
+  if (peerLanes(room).some((lane) => lane.keyWarning)) {
     throw new Error(PROBLEMS.confirmKey);
   }
-  if (!conv.session) {
+  if (!lanes.some((lane) => !lane.own)) {
     throw new Error(PROBLEMS.notReady);
   }
-  const last = conv.outbox.at(-1)?.order ?? 0;
-  const item = {
-    cid: b64e(crypto.getRandomValues(new Uint8Array(CID_BYTES))), conversation: conv.id,
-    order: Math.max(Date.now(), last + 1), text, envelope: null, th: null,
-  };
-  await seal(conv, item);
-  conv.outbox = [...conv.outbox, item];
-  showPending(conv, item);
-  changed(conv);
-  try {
-    await flushOutbox(conv);
-  } catch (error) {
-    retryOutboxSoon(conv, error);
-    return { sent: false, problem: describe(error, PROBLEMS.notSent) };
+  const base = b64e(crypto.getRandomValues(new Uint8Array(CID_BYTES)));
+  const last = Math.max(0, ...lanes.map((lane) => lane.outbox.at(-1)?.order ?? 0));
+  const order = Math.max(Date.now(), last + 1);
+  const sealed = [];
+  for (const lane of lanes) {
+    const item = {
+      cid: `${base}-${lane.own ? 'o' : 'p'}${lane.device}`, base, conversation: lane.key, room: room.id, order,
+      text, envelope: null, th: null,
+    };
+    await enqueue(lane, async () => {
+      if (lane.session && !lane.closed) {
+        await seal(lane, item);
+        lane.outbox = [...lane.outbox, item];
+        sealed.push(lane);
+      }
+    });
   }
-  return { sent: true };
+  if (!sealed.some((lane) => !lane.own)) {
+    throw new Error(PROBLEMS.notReady);
+  }
+  showPending(room, { base, order, text, cid: base });
+  changed(room);
+  const results = await Promise.allSettled(sealed.map((lane) => enqueue(lane, () => flushOutbox(lane))));
+  let problem = null;
+  results.forEach((result, index) => {
+    if (result.status === 'rejected') {
+      retryOutboxSoon(sealed[index], result.reason);
+      problem = sealed[index].own ? problem : result.reason;
+    }
+  });
+  return problem ? { sent: false, problem: describe(problem, PROBLEMS.notSent) } : { sent: true };
 }
 
-// Seals (again) under the current session: the envelope and the advanced session
-// are stored in one transaction, or neither is and the counter goes back to what
-// is stored, so the peer never sees a counter skipped.
-async function seal(conv, item) {
-  const envelope = await sealMessage(conv.session, item.text);
-  Object.assign(item, { envelope, th: conv.session.th });
+// Seals (again) under the lane's session: the envelope and the advanced session are
+// stored in one transaction, or neither is and the counter goes back to what is stored,
+// so the other device never sees a counter skipped.
+async function seal(lane, item) {
+  const envelope = await sealMessage(lane.session, item.text);
+  Object.assign(item, { envelope, th: lane.session.th });
   try {
-    await store.commitSealed(chat.userId, conv.id, { session: conv.session, item });
+    await store.commitSealed(chat.userId, lane.key, { session: lane.session, item });
   } catch (error) {
     Object.assign(item, { envelope: null, th: null });
-    conv.session = await store.sessionOf(chat.userId, conv.id);
+    lane.session = await store.sessionOf(chat.userId, lane.key);
     throw error;
   }
 }
 
 // Sealed under a session since replaced: the node may hold it already (an answer was
-// lost), and then the peer reads it with that session; otherwise it is sealed again
-// under the current one, with the same cid, so at most one of the two is ever stored.
-// Answers the node's record of it, or null.
-async function sealedAnew(conv, item) {
-  if (item.envelope?.sid === await sessionIdOf(conv.session)) {
+// lost), and then the other device reads it with that session; otherwise it is sealed
+// again under the current one, with the same cid, so at most one of the two is ever
+// stored. Answers the node's record of it, or null.
+async function sealedAnew(lane, item) {
+  if (item.envelope?.sid === await sessionIdOf(lane.session)) {
     return null;
   }
-  const found = await request('stored', { conversation: conv.id, cid: item.cid }, { buffer: false });
+  const found = await request('stored', { ...target(lane), cid: item.cid }, { buffer: false });
   if (found.stored) {
     return found;
   }
-  await seal(conv, item);
+  await seal(lane, item);
   return null;
 }
 
-function showPending(conv, item) {
-  const key = `${conv.id}:${PENDING_MARK}${String(item.order).padStart(ID_DIGITS, '0')}`;
-  conv.messages.set(key, {
-    key, conversation: conv.id, id: null, mine: true, text: item.text, sent_at: null, seen: true, pending: true,
-    cid: item.cid,
+// One row per message, however many copies it was sealed in: pending until a copy is sent.
+function showPending(room, item) {
+  if ([...room.messages.values()].some((row) => sameMessage(row, item))) {
+    return;
+  }
+  const key = `${room.id}:${PENDING_MARK}${String(item.order).padStart(ID_DIGITS, '0')}`;
+  room.messages.set(key, {
+    key, conversation: room.id, id: null, mine: true, text: item.text, sent_at: null, seen: true, pending: true,
+    cid: item.cid, base: item.base ?? item.cid,
   });
+}
+
+function sameMessage(row, item) {
+  return !row.pending && row.base !== undefined && row.base === (item.base ?? item.cid);
+}
+
+// The last copy of a message left its outbox without a sent row (its device was removed):
+// the pending row goes too.
+function dropPendingIfDone(room, item) {
+  const base = item.base ?? item.cid;
+  const waiting = [...room.lanes.values()].some((lane) => lane.outbox.some((other) => other.base === base));
+  if (!waiting) {
+    room.messages.forEach((row, key) => {
+      if (row.pending && row.base === base) {
+        room.messages.delete(key);
+      }
+    });
+  }
 }
 
 // In order; stops at the first one that cannot go (offline, no answer, refused).
-async function flushOutbox(conv) {
-  while (conv.outbox.length) {
-    if (conv.keyWarning) {
+async function flushOutbox(lane) {
+  while (lane.outbox.length && !lane.closed) {
+    if (lane.keyWarning) {
       throw new Error(PROBLEMS.confirmKey);
     }
-    await deliver(conv, conv.outbox[0]);
+    await deliver(lane, lane.outbox[0]);
   }
 }
 
-async function deliver(conv, item) {
-  if (!conv.session) {
+async function deliver(lane, item) {
+  if (!lane.session) {
     throw new Error(PROBLEMS.notReady);
   }
-  const answer = await sealedAnew(conv, item)
-    ?? await request('send', { conversation: conv.id, envelope: item.envelope, cid: item.cid }, { buffer: false });
-  const row = messageRow(conv, { id: Number(answer.id), mine: true, text: item.text, sentAt: answer.sent_at ?? null });
-  await store.commitSent(chat.userId, item.cid, row);
-  conv.outbox = conv.outbox.filter((other) => other.cid !== item.cid);
-  conv.messages.forEach((shown, key) => {
-    if (shown.pending && shown.cid === item.cid) {
-      conv.messages.delete(key);
+  let answer;
+  try {
+    answer = await sealedAnew(lane, item)
+      ?? await request('send', { ...target(lane), envelope: item.envelope, cid: item.cid }, { buffer: false });
+  } catch (error) {
+    if (error?.code === DEVICE_REMOVED) {
+      await closeLane(lane);
+      return;
     }
-  });
-  conv.messages.set(row.key, row);
-  changed(conv);
+    throw error;
+  }
+  const room = lane.room;
+  const first = ![...room.messages.values()].some((row) => sameMessage(row, item));
+  const row = first
+    ? messageRow(room, { id: Number(answer.id), mine: true, text: item.text, sentAt: answer.sent_at ?? null })
+    : null;
+  if (row) {
+    row.base = item.base ?? item.cid;
+    room.messages.set(row.key, row);
+  }
+  lane.outbox = lane.outbox.filter((other) => other.cid !== item.cid);
+  await store.commitSent(chat.userId, item.cid, row);
+  if (row) {
+    room.messages.forEach((shown, key) => {
+      if (shown.pending && shown.base === row.base) {
+        room.messages.delete(key);
+      }
+    });
+  } else {
+    dropPendingIfDone(room, item);
+  }
+  changed(room);
 }
 
 // Back online, the conversation ready again, or a new key confirmed: the outbox goes out.
-function flushLater(conv) {
-  if (conv.session && conv.outbox.length && !conv.keyWarning) {
-    enqueue(conv, () => flushOutbox(conv).catch((error) => retryOutboxSoon(conv, error)));
+function flushLater(lane) {
+  if (lane.session && lane.outbox.length && !lane.keyWarning && !lane.closed) {
+    enqueue(lane, () => flushOutbox(lane).catch((error) => retryOutboxSoon(lane, error)));
   }
 }
 
 // Online but not answered (or refused for now): try again a little later, with the same
 // cid, so a message the node did store is not stored twice. Offline, reconnecting does it.
-function retryOutboxSoon(conv, error) {
-  if (conv.retryTimer || linkState().state !== LINK_STATES.online || !PASSING_SEND_ERRORS.has(error?.code)) {
+function retryOutboxSoon(lane, error) {
+  if (lane.retryTimer || linkState().state !== LINK_STATES.online || !PASSING_SEND_ERRORS.has(error?.code)) {
     return;
   }
-  conv.retryTimer = setTimeout(() => {
-    conv.retryTimer = null;
-    if (isCurrent(conv)) {
-      flushLater(conv);
+  lane.retryTimer = setTimeout(() => {
+    lane.retryTimer = null;
+    if (isOpen(lane)) {
+      flushLater(lane);
     }
   }, OUTBOX_RETRY_MS);
 }
 
-function messageRow(conv, { id, mine, text, sentAt }) {
+function messageRow(room, { id, mine, text, sentAt }) {
   return {
-    key: `${conv.id}:${String(id).padStart(ID_DIGITS, '0')}`, conversation: conv.id, id, mine, text, sent_at: sentAt,
-    seen: mine || conv.listeners.size > 0,
+    key: `${room.id}:${String(id).padStart(ID_DIGITS, '0')}`, conversation: room.id, id, mine, text, sent_at: sentAt,
+    seen: mine || room.listeners.size > 0,
   };
 }

@@ -8,7 +8,12 @@
 //   logging in again on this device keeps their key (their peers see no
 //   changed-key warning), and a key nobody can read or export reveals nothing
 //   about the conversations, which are deleted.
-// - peers: per conversation, the peer key pinned after a handshake and a key
+// Keys: what belongs to the conversation as a whole (its messages, when this device
+// joined, the peer's devices seen) is kept under the conversation id; what belongs to one
+// lane, this device and one other device (chat-client.js), under the lane's key
+// "<conversation>|peer|<device>" or "<conversation>|own|<device>": its session,
+// handshake, cursor, pinned key and outbox.
+// - peers: per lane, the other device's key pinned after a handshake and a key
 //   change the patient has not confirmed yet (public keys only). Kept too, so a
 //   key that changes later is noticed, and the warning survives a reload.
 // - sessions, handshakes, messages, outbox, cursors: session keys, handshakes
@@ -164,9 +169,10 @@ export async function commitSession(userId, conversation, { session, acked }) {
   await finished(tx);
 }
 
-// Outbox items: {cid, conversation, order, text, envelope, th}; envelope and th are null
-// until it is sealed. `cid` is the id the node dedupes a resent message on; it stays
-// the same when the item is sealed again under a new session.
+// Outbox items: {cid, base, conversation (the lane's key), room, order, text, envelope, th};
+// envelope and th are null until it is sealed. One message has one item per lane, all with
+// the same `base`. `cid` is the id the node dedupes a resent copy on; it stays the same when
+// the item is sealed again under a new session.
 export async function outboxOf(userId, conversation) {
   const db = await database(userId);
   const items = await done(db.transaction(OUTBOX).objectStore(OUTBOX).index(BY_CONVERSATION).getAll(conversation));
@@ -184,12 +190,15 @@ export async function commitSealed(userId, conversation, { session, item }) {
   await finished(tx);
 }
 
-// The node took it: the outbox item becomes a sent message row.
+// The node took it: the outbox item becomes a sent message row (null: the message has its
+// row already, from the copy for another device, or the copy's device was removed).
 export async function commitSent(userId, cid, row) {
   const db = await database(userId);
   const tx = db.transaction([OUTBOX, MESSAGES], 'readwrite');
   tx.objectStore(OUTBOX).delete(cid);
-  tx.objectStore(MESSAGES).put(row);
+  if (row) {
+    tx.objectStore(MESSAGES).put(row);
+  }
   await finished(tx);
 }
 

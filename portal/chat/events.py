@@ -276,6 +276,7 @@ def on_join(user: User, client: Client, data: dict[str, Any]) -> dict[str, Any]:
     return {
         "conversation": str(connection.id),
         "peer": matching.pseudonym_of(peer, runtime.pseudonym_key()) if peer else None,
+        "self": matching.pseudonym_of(user, runtime.pseudonym_key()),
         "role": "initiator" if connection.requester_id == user.id else "responder",
         "more": more,
     }

@@ -542,7 +542,8 @@ def _from_lane(user: User, connection: Connection, from_device: object, own: obj
     if not isinstance(own, bool):
         raise ValidationFailed("`own` must be true or false.")
     sender_id = user.id if own else peer_of(connection, user)
-    return (ChatMessage.sender_id == sender_id) & (ChatMessage.sender_device == _parse_device(from_device))
+    device = "" if from_device == "" else _parse_device(from_device)  # "": a device from before device ids
+    return (ChatMessage.sender_id == sender_id) & (ChatMessage.sender_device == device)
 
 
 def acknowledge(

@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import requests
 import socketio
 from playwright.sync_api import Browser, Page, Route, WebSocketRoute, expect
 
+from core.chat import IdentityKey
 from tests.browser.support import (
     HTTP_TIMEOUT,
     UI_TIMEOUT,
@@ -174,13 +176,50 @@ def peer_in_heading(page: Page) -> str:
 
 
 @contextmanager
-def chat_client(node: Node, token: str) -> Iterator[socketio.Client]:
+def chat_client(node: Node, token: str, device: str | None = None) -> Iterator[socketio.Client]:
+    """A Python Socket.IO client of the chat, signed in with `token` (on `device`, if named)."""
     client = socketio.Client()
-    client.connect(node.url, namespaces=[NAMESPACE], auth={"token": token}, transports=["websocket"], wait_timeout=10)
+    auth = {"token": token, "device": device} if device else {"token": token}
+    client.connect(node.url, namespaces=[NAMESPACE], auth=auth, transports=["websocket"], wait_timeout=10)
     try:
         yield client
     finally:
         client.disconnect()
+
+
+DEVICE_OF = """async (userId) => {
+  const db = await new Promise((resolve, reject) => {
+    const opening = indexedDB.open(`medledger-chat-${userId}`);
+    opening.onsuccess = () => resolve(opening.result);
+    opening.onerror = () => reject(opening.error);
+  });
+  const device = await new Promise((resolve) => {
+    const reading = db.transaction('identity').objectStore('identity').get('device');
+    reading.onsuccess = () => resolve(reading.result ?? null);
+  });
+  db.close();
+  return device;
+}"""
+
+
+def device_id(page: Page, user_id: object) -> str:
+    """The id the app made for this device, once its chat has started."""
+    for _ in range(HANDSHAKE_TIMEOUT // STORAGE_POLL_MS):
+        device = page.evaluate(DEVICE_OF, str(user_id))
+        if device:
+            return device
+        page.wait_for_timeout(STORAGE_POLL_MS)
+    pytest.fail("the app never made a device id")
+
+
+def wait_until_in_a_block(node: Node, token: str, pseudonym: str) -> None:
+    """Until every current chat key of `pseudonym`'s devices is in a block."""
+    for _ in range(HANDSHAKE_TIMEOUT // STORAGE_POLL_MS):
+        keys = requests.get(node.api(f"/chat/keys/{pseudonym}"), headers=bearer(token), timeout=HTTP_TIMEOUT)
+        if keys.status_code == 200 and all(d["height"] is not None for d in keys.json()["key"]["devices"]):
+            return
+        time.sleep(STORAGE_POLL_MS / 1000)
+    pytest.fail("the chat keys never reached a block")
 
 
 def chat_storage(page: Page, user_id: object, *, until_empty: bool = False) -> dict[str, int]:
@@ -337,9 +376,9 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
     the browsers run a new handshake, and Alice is warned that his key changed."""
     suffix = secrets.token_hex(3)
     alice, bob = f"pat.keys.a{suffix}", f"pat.keys.b{suffix}"
-    tokens = {}
+    tokens, ids = {}, {}
     for username in (alice, bob):
-        register_patient(node, username, PASSWORD, username)
+        ids[username] = register_patient(node, username, PASSWORD, username)
         tokens[username] = token_for(node, username, PASSWORD)
         saved = requests.put(
             node.api("/profile"),
@@ -363,9 +402,11 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
     _, rows = database_dump(node, conversation)
     envelope = json.loads(next(body for kind, body in rows if kind == "message"))
     tampered = {**envelope, "seq": 1, "ct": flip_a_bit(envelope["ct"])}
-    with chat_client(node, tokens[alice]) as client:
+    alice_device, bob_device = device_id(a, ids[alice]), device_id(b, ids[bob])
+    with chat_client(node, tokens[alice], alice_device) as client:  # as if from Alice's phone
         for bad in (tampered, envelope):
-            sent = client.call("send", {"conversation": conversation, "envelope": bad}, namespace=NAMESPACE)
+            sent = client.call("send", {"conversation": conversation, "envelope": bad, "to_device": bob_device},
+                               namespace=NAMESPACE)  # fmt: skip
             assert sent.get("ok") is True, sent
     errors = b.locator(".chat-errors li")
     expect(errors).to_have_text([TAMPERED_TEXT, REPLAYED_TEXT])
@@ -384,7 +425,7 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
     expect(b.locator(".message-theirs .message-text")).to_have_text([first, second, offline], timeout=HANDSHAKE_TIMEOUT)
     expect(a.locator(".message-pending")).to_have_count(0)
 
-    # Bob's old phone is gone; on a new one he has a new identity key, registered on the ledger.
+    # Bob's old phone is gone; on a new one he has a new device, with its own key on the ledger.
     b.goto("about:blank")
     with open_phone(browser, node) as new:
         log_in(new.page, bob)
@@ -394,17 +435,27 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
         expect(new.page.locator(".joined-note")).to_contain_text("This device joined the conversation on")
         expect(new.page.locator(".message-text")).to_have_count(0)
         expect(a.locator(".joined-note")).to_be_hidden()
-        warning = a.locator(".key-warning")
-        expect(warning).to_contain_text(f"{bob_seen_as}\u2019s chat key has changed")
-        expect(a.locator(".chat-status")).to_contain_text("end-to-end encrypted")
         send(new.page, from_new_phone)
         expect(a.locator(".message-theirs .message-text").last).to_have_text(from_new_phone)
-        # Both fingerprints in full, to compare with Bob another way; nothing can be sent meanwhile.
+        # The same device with another key (its key store was lost, or someone swapped it): Alice's
+        # app warns, shows both fingerprints in full to compare with Bob another way, and nothing
+        # can be sent meanwhile.
+        new_device = device_id(new.page, ids[bob])
+        new_token = new.page.evaluate("() => localStorage.getItem('medledger.token')")
+        swapped = requests.put(node.api("/chat/key"), json={"key": IdentityKey.generate().public.b64,
+                               "device": new_device}, headers=bearer(new_token), timeout=HTTP_TIMEOUT)  # fmt: skip
+        assert swapped.status_code == 200, swapped.text
         keys = requests.get(
             node.api(f"/chat/keys/{bob_seen_as}"), headers=bearer(tokens[alice]), timeout=HTTP_TIMEOUT
         ).json()["key"]
-        expect(warning.locator(".fingerprint-previous")).to_have_text(grouped(keys["previous"][0]["fingerprint"]))
-        expect(warning.locator(".fingerprint-current")).to_have_text(grouped(keys["fingerprint"]))
+        previous = next(k for k in keys["previous"] if k["device"] == new_device)
+        current = next(k for k in keys["devices"] if k["device"] == new_device)
+        wait_until_in_a_block(node, tokens[alice], bob_seen_as)
+        a.reload()
+        warning = a.locator(".key-warning")
+        expect(warning).to_contain_text(f"{bob_seen_as}\u2019s chat key has changed", timeout=HANDSHAKE_TIMEOUT)
+        expect(warning.locator(".fingerprint-previous")).to_have_text(grouped(previous["fingerprint"]))
+        expect(warning.locator(".fingerprint-current")).to_have_text(grouped(current["fingerprint"]))
         expect(a.locator("#chat-message")).to_be_disabled()
         assert fits_the_phone(a)
         a.screenshot(path=str(KEY_WARNING_SCREENSHOT), full_page=True)
@@ -429,6 +480,7 @@ def test_bad_messages_are_refused_and_a_new_device_key_warns_the_peer(
 
     keys = requests.get(node.api(f"/chat/keys/{bob_seen_as}"), headers=bearer(tokens[alice]), timeout=HTTP_TIMEOUT)
     assert keys.status_code == 200 and len(keys.json()["key"]["previous"]) == 1, keys.text
+    assert len(keys.json()["key"]["devices"]) == 2, keys.text  # the old phone and the new one
     for device in (phone, other_phone):
         device.assert_clean()
 
@@ -562,7 +614,10 @@ OUTBOX_AND_SESSION = """async ([userId, conversation]) => {
     request.onsuccess = () => resolve(request.result);
   });
   const outbox = await read('outbox', (store) => store.getAll());
-  const session = await read('sessions', (store) => store.get(conversation));
+  // The session of the lane with the peer's (one) device.
+  const keys = await read('sessions', (store) => store.getAllKeys());
+  const lane = keys.find((key) => String(key).startsWith(`${conversation}|peer|`) && !String(key).includes('#'));
+  const session = lane ? await read('sessions', (store) => store.get(lane)) : null;
   db.close();
   return {
     outbox: outbox.map((item) => ({ cid: item.cid, seq: item.envelope?.seq ?? null })),
@@ -575,9 +630,21 @@ CURSOR_OF = """async ([userId, conversation]) => {
     opening.onsuccess = () => resolve(opening.result);
     opening.onerror = () => reject(opening.error);
   });
+  // The cursor of the lane with the peer's (one) device.
   const cursor = await new Promise((resolve) => {
-    const reading = db.transaction('cursors').objectStore('cursors').get(conversation);
-    reading.onsuccess = () => resolve(reading.result ?? 0);
+    const reading = db.transaction('cursors').objectStore('cursors').openCursor();
+    let found = 0;
+    reading.onsuccess = () => {
+      const at = reading.result;
+      if (!at) {
+        resolve(found);
+        return;
+      }
+      if (String(at.key).startsWith(`${conversation}|peer|`)) {
+        found = at.value;
+      }
+      at.continue();
+    };
   });
   db.close();
   return cursor;
@@ -860,7 +927,8 @@ def test_the_peers_key_is_checked_on_the_public_ledger(node: Node, phone: Phone,
             return
         not_in_a_block["left"] -= 1
         body = answer.json()
-        body["key"]["height"] = None
+        for key in (body["key"], *body["key"]["devices"]):
+            key["height"] = None
         route.fulfill(response=answer, json=body)
 
     def another_subject(route: Route) -> None:

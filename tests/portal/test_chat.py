@@ -229,6 +229,7 @@ def test_join_answers_peer_and_role(app: Flask, patient: Person, other_patient: 
         "ok": True,
         "conversation": conversation,
         "peer": pseudonym(other_patient),
+        "self": pseudonym(patient),
         "role": "initiator",
         "more": False,
     }

@@ -237,7 +237,8 @@ def test_two_clients_over_a_real_server(server: Node, tmp: Path) -> None:
     a, b = ChatClient(url, alice.token), ChatClient(url, bob.token)
     try:
         assert a.call("join", {"conversation": conversation}) == {
-            "ok": True, "conversation": conversation, "peer": bob_name, "role": "initiator", "more": False,
+            "ok": True, "conversation": conversation, "peer": bob_name, "self": alice_name, "role": "initiator",
+            "more": False,
         }  # fmt: skip
         assert b.call("join", {"conversation": conversation})["role"] == "responder"
 
