@@ -580,7 +580,9 @@ def release_to_home(peer: str, data: dict[str, Any], me: Here, now: datetime) ->
     sealed to its box key for this case. Both must be admins the ledger knows as endorsed by
     that node, different people, and each must have signed this case's statement with their own
     registered key (the opener within OPENED_MAX_AGE, the approver within APPROVAL_FRESH), so
-    the home node's key and database alone cannot forge them. Recorded here as a released case."""
+    the home node's key and database alone cannot forge them. Recorded here as a released case;
+    asked again for a released case (the home node did not get the answer), the same share is
+    sent again on fresh signatures."""
     case_id, account = _case_id(data.get("case")), _checked_account(data.get("account"))
     opener, approver = _approver(data.get("opened_by"), "opened_by"), _approver(data.get("approved_by"), "approved_by")
     if opener["account"] == approver["account"]:
@@ -594,9 +596,12 @@ def release_to_home(peer: str, data: dict[str, Any], me: Here, now: datetime) ->
     _verify(peer, approver, peer, {**statement, "check": SECOND_APPROVAL}, now, APPROVAL_FRESH)
     row = _held(account, peer)
     case = db.session.get(RecoveryCase, case_id)
-    if case is not None and (case.home_node != peer or case.account != account or case.status == "released"):
-        raise Conflict("That case was released or belongs to another account.")
+    if case is not None and (case.home_node != peer or case.account != account):
+        raise Conflict("That case belongs to another account.")
     sealed = _release(row, case_id, me)
+    if case is not None and case.status == "released":  # the answer was lost on its way: the same share again
+        log.info("released escrow share of case %s to its home node %s again", case_id[:8], peer)
+        return sealed
     if case is None:
         case = RecoveryCase(
             id=case_id, account=account, home_node=peer, holder_node=me.node_id, identity_check="checked at home",
@@ -780,20 +785,24 @@ def _take_share(case: RecoveryCase, share: str, node: str, approver: dict[str, A
 
 def take_approval(peer: str, case_id: object, data: dict[str, Any], now: datetime) -> RecoveryCase:
     """The holder of a case's other share (`peer`) says its admin approved, and sends the share
-    sealed to this node: only the holder named in the case, only for an open case."""
+    sealed to this node: only the holder named in the case, only for an open case, with the
+    admin's valid signature. Sent again after the holder missed the answer: answered as taken."""
     case = db.session.get(RecoveryCase, case_id) if isinstance(case_id, str) else None
     me = here()
     if case is None or case.home_node != me.node_id:
         raise NotFound("No such recovery case here.")
     if case.holder_node != peer or case.account != _checked_account(data.get("account")):
         raise Forbidden("Only the node holding this case's share may approve it.")
-    if case.status != "open":
+    retaken = case.status == "approved" and case.approved_by_node == peer  # the holder did not get our answer
+    if case.status != "open" and not retaken:
         raise Conflict("This case is not waiting for a second approval.")
     approver = _approver(data.get("approved_by"), "approved_by")
     if not _peer_admin(approver["account"], peer):
         raise Forbidden("The approval does not come from an admin of that node.")
     statement = {"case": case.id, "account": case.account, "home": me.node_id, "holder": peer}
     _verify(peer, approver, peer, {**statement, "check": SECOND_APPROVAL}, now, APPROVAL_FRESH)
+    if retaken:
+        return case
     _take_share(case, data.get("share"), peer, approver, now)  # type: ignore[arg-type]
     db.session.commit()
     return case
