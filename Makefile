@@ -76,5 +76,11 @@ screenshots: setup browser
 bench: setup
 	MEDLEDGER_CONFIG=testing $(BIN)/python bench/ledger.py
 
+# Locust load test of a real node (bench/load.py; needs Redis); LOAD_ARGS="--users 50 --duration 60" shortens it.
+.PHONY: bench-load
+bench-load: setup
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python bench/load.py $(LOAD_ARGS)
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache
