@@ -49,6 +49,7 @@ import psycopg
 import redis
 import requests
 import socketio
+from geventhttpclient.response import HTTPConnectionClosed
 from locust import FastHttpUser, User, between, task
 from locust.env import Environment
 from locust.stats import print_error_report, print_percentile_stats, print_stats
@@ -83,6 +84,7 @@ DOCTOR_SHARE = 0.25
 USERS_PER_PATIENT = 3  # reading users per patient account
 USERS_PER_DOCTOR = 8  # doctor users per doctor account
 RECORDS_EACH = 3  # records written for each reading patient before the run
+RETRIED = "RETRIED (connection closed before an answer)"
 WAIT = (1.0, 3.0)  # seconds each user thinks between two actions
 LIST_LIMIT = 20
 SETUP_THREADS = 8
@@ -131,6 +133,7 @@ class World:
     chat_slots: list[ChatSlot] = field(default_factory=list)
     sent: int = 0
     delivered: int = 0
+    retried: int = 0
     over: bool = False  # the run has ended: sockets closing now are no failure
     chatters: list[ChatUser] = field(default_factory=list)
 
@@ -161,38 +164,55 @@ class ChatFailure(Exception):
 # --- the users -------------------------------------------------------------------------------
 
 
-class PatientUser(FastHttpUser):
-    """A patient reading: the records list, one record, the access log."""
+class NodeUser(FastHttpUser):
+    """An HTTP user whose request is sent once more when the connection closed before any answer.
 
+    gunicorn closes a connection after 2 s idle (its `keepalive`); a request sent at that very
+    moment meets the close and gets no answer. The app then sends it again, a write with the same
+    Idempotency-Key (docs/api.md, *Retries*). Such a first attempt shows in the statistics under
+    the action's name plus RETRIED, and the run counts them; the second attempt counts as usual."""
+
+    abstract = True
     wait_time = between(*WAIT)
+    me: Account
+
+    def call(self, method: str, path: str, name: str, **kwargs: Any) -> Any:
+        headers = dict(self.me.headers)
+        if method == "POST":
+            headers["Idempotency-Key"] = str(uuid.uuid4())
+        with self.client.request(method, path, name=name, headers=headers, catch_response=True, **kwargs) as first:
+            if first.status_code or not isinstance(first.error, HTTPConnectionClosed):
+                return first.json() if first.status_code < 300 else None
+            first.request_meta["name"] = f"{name} {RETRIED}"
+            first.success()
+        WORLD.retried += 1
+        with self.client.request(method, path, name=name, headers=headers, catch_response=True, **kwargs) as again:
+            return again.json() if again.status_code and again.status_code < 300 else None
+
+
+class PatientUser(NodeUser):
+    """A patient reading: the records list, one record, the access log."""
 
     def on_start(self) -> None:
         self.me = WORLD.patients[next(_patients) % len(WORLD.patients)]
 
     @task(3)
     def list_records(self) -> None:
-        with self.client.get(
-            f"/api/v1/records?limit={LIST_LIMIT}", headers=self.me.headers, name="patient: list records",
-            catch_response=True,
-        ) as response:  # fmt: skip
-            if response.status_code == 200:
-                ids = [r["id"] for r in response.json()["records"]]
-                self.me.record_ids = sorted(set(self.me.record_ids) | set(ids))
+        listed = self.call("GET", f"/api/v1/records?limit={LIST_LIMIT}", "patient: list records")
+        if listed is not None:
+            self.me.record_ids = sorted(set(self.me.record_ids) | {r["id"] for r in listed["records"]})
 
     @task(3)
     def read_record(self) -> None:
-        record = random.choice(self.me.record_ids)
-        self.client.get(f"/api/v1/records/{record}", headers=self.me.headers, name="patient: read a record")
+        self.call("GET", f"/api/v1/records/{random.choice(self.me.record_ids)}", "patient: read a record")
 
     @task(2)
     def access_log(self) -> None:
-        self.client.get("/api/v1/access-log?limit=50", headers=self.me.headers, name="patient: access log")
+        self.call("GET", "/api/v1/access-log?limit=50", "patient: access log")
 
 
-class DoctorUser(FastHttpUser):
+class DoctorUser(NodeUser):
     """A doctor: writes records for granted patients, lists and opens what others wrote under the grant."""
-
-    wait_time = between(*WAIT)
 
     def on_start(self) -> None:
         self.me = WORLD.doctors[next(_doctors) % len(WORLD.doctors)]
@@ -203,32 +223,24 @@ class DoctorUser(FastHttpUser):
 
     @task(1)
     def write_record(self) -> None:
-        patient = self.patient()
-        self.client.post(
-            f"/api/v1/patients/{patient.id}/records", json=record_json(next(_records)), headers=self.me.headers,
-            name="doctor: write a record",
-        )  # fmt: skip
+        url = f"/api/v1/patients/{self.patient().id}/records"
+        self.call("POST", url, "doctor: write a record", json=record_json(next(_records)))
 
     @task(2)
     def list_records(self) -> None:
         patient = self.patient()
-        with self.client.get(
-            f"/api/v1/patients/{patient.id}/records?limit={LIST_LIMIT}", headers=self.me.headers,
-            name="doctor: list a patient's records (grant)", catch_response=True,
-        ) as response:  # fmt: skip
-            if response.status_code == 200:
-                records = response.json()["records"]
-                self.granted[patient.id] = [r["id"] for r in records if r["author"]["id"] != self.me.id]
+        url = f"/api/v1/patients/{patient.id}/records?limit={LIST_LIMIT}"
+        listed = self.call("GET", url, "doctor: list a patient's records (grant)")
+        if listed is not None:
+            self.granted[patient.id] = [r["id"] for r in listed["records"] if r["author"]["id"] != self.me.id]
 
     @task(3)
     def read_record(self) -> None:
-        known = [(p, ids) for p, ids in self.granted.items() if ids]
+        known = [ids for ids in self.granted.values() if ids]
         if not known:
             self.list_records()
             return
-        _, ids = random.choice(known)
-        self.client.get(f"/api/v1/records/{random.choice(ids)}", headers=self.me.headers,
-                        name="doctor: read a record (grant)")  # fmt: skip
+        self.call("GET", f"/api/v1/records/{random.choice(random.choice(known))}", "doctor: read a record (grant)")
 
 
 class ChatUser(User):
@@ -570,6 +582,7 @@ def main() -> int:
     summary(environment, elapsed)
     exceptions = sum(e["count"] for e in environment.runner.exceptions.values())
     print(f"\nchat messages sent {WORLD.sent}, delivered and opened {WORLD.delivered}")
+    print(f"HTTP requests sent again after the node closed the connection before answering: {WORLD.retried}")
     print(f"exceptions in users: {exceptions}; node log: " + ", ".join(f"{k} {v}" for k, v in problems.items()))
     for error in environment.runner.exceptions.values():
         print(f"  {error['count']} x {error['msg']}\n{error['traceback']}")
