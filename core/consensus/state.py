@@ -27,7 +27,6 @@ Integers only (reliability in thousandths), so every node computes the same.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ FULL = 1000  # also the whole vote of one hospital: every member has the same sa
 RECOVERY = 100
 BAN_EPOCHS = 2  # removed in epoch e: not electable in e + 1
 MAX_REPLAYED_GAP = 10_000  # missed slots replayed one by one; past that, only the outcome matters
+_CONTAINERS = (dict, list, set)  # what `copy` copies; every value inside one is immutable
 
 
 def shuffle(members: Sequence[str], seed: bytes) -> list[str]:
@@ -101,7 +101,15 @@ class ConsensusState:
         return state
 
     def copy(self) -> ConsensusState:
-        return copy.deepcopy(self)
+        """An independent state (a trial that a rejected block leaves no trace of). What the
+        containers hold is immutable, but for the admission sets, so copying the containers is
+        enough; a deep copy cost more than all the other checks of a block together."""
+        clone = object.__new__(ConsensusState)
+        clone.__dict__.update(
+            {name: value.copy() if type(value) in _CONTAINERS else value for name, value in vars(self).items()}
+        )
+        clone.admissions = {key: set(members) for key, members in self.admissions.items()}
+        return clone
 
     # -- election and order -----------------------------------------------------------------
 
@@ -138,6 +146,8 @@ class ConsensusState:
     def active(self) -> list[str]:
         """This epoch's delegates still serving, refilled from the ranking after removals."""
         serving = [n for n in self.elected if n not in self.removed]
+        if len(serving) >= self.params.delegates:
+            return serving
         for candidate in self.ranking():
             if len(serving) >= self.params.delegates:
                 break

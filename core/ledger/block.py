@@ -19,7 +19,7 @@ from typing import Any
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.errors import EncodingError
 from core.ledger.merkle import merkle_root
-from core.ledger.transaction import Signer, Transaction
+from core.ledger.transaction import Signer, Transaction, without_signature
 
 VERSION = 1
 SIGNING_DOMAIN = b"medledger/block/v1\n"
@@ -40,12 +40,16 @@ class BlockHeader:
     signature: bytes
     encoded: bytes = field(repr=False, compare=False)
     hash: str = field(compare=False)
+    # canonical(self.unsigned()), set only where `encoded` is known to hold these very fields.
+    unsigned_encoding: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def unsigned(self) -> dict[str, Any]:
         return _unsigned(self.height, self.timestamp, self.prev_hash, self.merkle_root, self.nonce, self.producer)
 
     def signing_bytes(self) -> bytes:
-        return SIGNING_DOMAIN + canonical(self.unsigned())
+        """What the producer signs: cut from the encoding of a decoded or built header (see
+        `without_signature`), encoded afresh for one made by `dataclasses.replace`."""
+        return SIGNING_DOMAIN + (self.unsigned_encoding or canonical(self.unsigned()))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with `hash` added for readers (not part of the encoding)."""
@@ -68,17 +72,24 @@ def _unsigned(height: int, ts: int, prev: str, root: str, nonce: str, producer: 
 
 def _build(unsigned: dict[str, Any], signature: bytes) -> BlockHeader:
     encoded = canonical({**unsigned, "sig": b64e(signature)})
-    return BlockHeader(
-        height=unsigned["height"],
-        timestamp=unsigned["ts"],
-        prev_hash=unsigned["prev"],
-        merkle_root=unsigned["root"],
-        nonce=unsigned["nonce"],
-        producer=unsigned["producer"],
-        signature=signature,
-        encoded=encoded,
-        hash=hashlib.sha256(encoded).hexdigest(),
+    return _sealed(
+        BlockHeader(
+            height=unsigned["height"],
+            timestamp=unsigned["ts"],
+            prev_hash=unsigned["prev"],
+            merkle_root=unsigned["root"],
+            nonce=unsigned["nonce"],
+            producer=unsigned["producer"],
+            signature=signature,
+            encoded=encoded,
+            hash=hashlib.sha256(encoded).hexdigest(),
+        )
     )
+
+
+def _sealed(header: BlockHeader) -> BlockHeader:
+    object.__setattr__(header, "unsigned_encoding", without_signature(header.encoded))
+    return header
 
 
 def make_block(
@@ -114,10 +125,11 @@ def decode_header(data: bytes) -> BlockHeader:
         raise EncodingError("bad nonce")
     if not isinstance(value["producer"], str) or not value["producer"]:
         raise EncodingError("bad producer")
-    header = _build(
-        _unsigned(value["height"], value["ts"], value["prev"], value["root"], value["nonce"], value["producer"]),
-        b64d(value["sig"]),
-    )
-    if header.encoded != data:
+    signature = b64d(value["sig"])
+    if isinstance(value["v"], bool):
         raise EncodingError("header is not in canonical form")
-    return header
+    # `data` is canonical and holds exactly these values, so it is the encoding _build would give.
+    return _sealed(BlockHeader(
+        value["height"], value["ts"], value["prev"], value["root"], value["nonce"], value["producer"], signature,
+        data, hashlib.sha256(data).hexdigest(),
+    ))  # fmt: skip

@@ -46,16 +46,31 @@ class Transaction:
     signature: bytes
     encoded: bytes = field(repr=False, compare=False)
     hash: str = field(compare=False)
+    # canonical(self.unsigned()), set only where `encoded` is known to hold these very fields
+    # (not copied by dataclasses.replace, which leaves `encoded` stale).
+    unsigned_encoding: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def unsigned(self) -> dict[str, Any]:
         return _unsigned(self.kind, self.signer, self.timestamp, self.nonce, self.payload)
 
     def signing_bytes(self) -> bytes:
-        return SIGNING_DOMAIN + canonical(self.unsigned())
+        """What the signature covers: cut from the encoding of a decoded or built transaction
+        (see `without_signature`), encoded afresh for one made by `dataclasses.replace`."""
+        return SIGNING_DOMAIN + (self.unsigned_encoding or canonical(self.unsigned()))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with `hash` added for readers (not part of the encoding)."""
         return {**self.unsigned(), "sig": b64e(self.signature), "hash": self.hash}
+
+
+def without_signature(encoded: bytes) -> bytes:
+    """Canonical bytes of an envelope less its top-level "sig" member. Only the fixed-shape
+    members that sort after "sig" follow it (header: ts, v; transaction: signer, ts, v), so
+    the last '"sig":"' in the bytes is the top-level one; its value is base64url, without
+    quotes or escapes."""
+    start = encoded.rindex(b',"sig":"')
+    end = encoded.index(b'"', start + 8) + 1
+    return encoded[:start] + encoded[end:]
 
 
 def _unsigned(kind: str, signer: str, timestamp: int, nonce: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -64,16 +79,23 @@ def _unsigned(kind: str, signer: str, timestamp: int, nonce: str, payload: dict[
 
 def _build(unsigned: dict[str, Any], signature: bytes) -> Transaction:
     encoded = canonical({**unsigned, "sig": b64e(signature)})
-    return Transaction(
-        kind=unsigned["kind"],
-        signer=unsigned["signer"],
-        timestamp=unsigned["ts"],
-        nonce=unsigned["nonce"],
-        payload=unsigned["payload"],
-        signature=signature,
-        encoded=encoded,
-        hash=hashlib.sha256(encoded).hexdigest(),
+    return _sealed(
+        Transaction(
+            kind=unsigned["kind"],
+            signer=unsigned["signer"],
+            timestamp=unsigned["ts"],
+            nonce=unsigned["nonce"],
+            payload=unsigned["payload"],
+            signature=signature,
+            encoded=encoded,
+            hash=hashlib.sha256(encoded).hexdigest(),
+        )
     )
+
+
+def _sealed(tx: Transaction) -> Transaction:
+    object.__setattr__(tx, "unsigned_encoding", without_signature(tx.encoded))
+    return tx
 
 
 def sign_transaction(
@@ -114,7 +136,7 @@ def decode_transaction(data: bytes) -> Transaction:
         signature = b64d(value["sig"])
     except EncodingError as exc:
         raise InvalidTransaction("bad signature encoding") from exc
-    tx = _build(_unsigned(kind, signer, ts, nonce, payload), signature)
-    if tx.encoded != data:
+    if isinstance(value["v"], bool):
         raise EncodingError("transaction is not in canonical form")
-    return tx
+    # `data` is canonical and holds exactly these values, so it is the encoding _build would give.
+    return _sealed(Transaction(kind, signer, ts, nonce, payload, signature, data, hashlib.sha256(data).hexdigest()))
