@@ -88,6 +88,8 @@ RETRIED = "RETRIED (connection closed before an answer)"
 WAIT = (1.0, 3.0)  # seconds each user thinks between two actions
 LIST_LIMIT = 20
 SETUP_THREADS = 8
+REGISTER_THREADS = 4  # each registration is Argon2 (64 MiB) and an RSA-3072 key: CPU-bound on the node
+SETUP_TIMEOUT = 180.0  # per set-up request: a registration takes 10 s and more on a busy machine
 CALL_TIMEOUT = 30.0  # a chat event unanswered for this long is an error
 HANDSHAKE_WAIT = 120.0  # how long one side of a pair waits for the other's handshake message
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -378,8 +380,8 @@ class Mix:
         return cls(users - chatters - doctors, doctors, chatters)
 
 
-def parallel(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-    with ThreadPoolExecutor(SETUP_THREADS) as pool:
+def parallel(fn: Callable[[Any], Any], items: Iterable[Any], threads: int = SETUP_THREADS) -> list[Any]:
+    with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(fn, items))
 
 
@@ -448,7 +450,7 @@ def set_up(base: str, env: dict[str, str], mix: Mix) -> None:
     WORLD.doctors = make_doctors(base, env, doctor_accounts)
     log(f"set-up: {patient_accounts} reading patients and {mix.chatters} chatting patients (API)")
     names = [f"load.patient{n}" for n in range(patient_accounts)] + [f"load.chat{n}" for n in range(mix.chatters)]
-    accounts = parallel(lambda name: new_patient(base, name), names)
+    accounts = parallel(lambda name: new_patient(base, name), names, REGISTER_THREADS)
     WORLD.patients, chatters = accounts[:patient_accounts], accounts[patient_accounts:]
     log(f"set-up: {patient_accounts * doctor_accounts} grants and {patient_accounts * RECORDS_EACH} records")
     parallel(lambda n: grant_and_fill(base, WORLD.patients[n], WORLD.doctors, n), range(patient_accounts))
@@ -536,6 +538,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     harness.SERVER_START_TIMEOUT = max(harness.SERVER_START_TIMEOUT, SERVER_START_TIMEOUT)
+    harness.REQUEST_TIMEOUT = max(harness.REQUEST_TIMEOUT, SETUP_TIMEOUT)  # the set-up's calls, not the run's
     mix = Mix.of(args.users)
     threads = args.threads or mix.chatters + 8
     redis.Redis.from_url(args.redis).ping()  # fails at once without the message queue
