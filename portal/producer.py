@@ -1,10 +1,13 @@
 """The block producer: one per node, whatever the number of web workers, with its helper threads
 (the archiver, the chain watcher and, in a consortium, the syncer).
 
-It holds `producer.lock` in the instance folder for as long as it runs (services/health.py): a
-second producer on the same node waits instead of producing competing blocks, and the node's
-`/healthz` sees it gone the moment it dies. The archiver holds `archiver.lock` the same way. A
-helper thread that dies is restarted; gunicorn.conf.py restarts the process.
+Every server of a node starts one; once ready, each tries to lead (services/locks.py: a
+PostgreSQL advisory lock held by its own connection, or `producer.lock` in the instance folder
+on SQLite) and only the leader produces, the others try again every LEADER_RETRY_SECONDS. The
+leader's death (SIGKILL included) drops its lock, so another server's producer takes over, and
+the node's `/healthz` sees it gone the moment it dies. The archiver leads the same way. A leader
+that finds it no longer holds its lock (its database connection was lost) exits, and is started
+again as a follower. A helper thread that dies is restarted; gunicorn.conf.py restarts the process.
 
 Before it says it is ready (`ready`), it checks what it needs and raises StartError with a
 message that says what to do: a node that cannot seal blocks must not accept records.
@@ -57,18 +60,21 @@ def run(app: Flask, stop: threading.Event | None = None, ready: Callable[[], Non
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     instance = Path(app.instance_path)
-    with health.hold(instance, "producer"):
-        key, connect = _preflight()
-        genesis_path = app.config["GENESIS_PATH"]
-        if not genesis_path or Path(genesis_path).exists():
-            _ensure_chain()
-        if ready is not None:
-            ready()
-        while genesis_path and not Path(genesis_path).exists() and not stop.wait(0.2):
-            pass  # a consortium being founded: its genesis file comes once every node is up
-        if stop.is_set():
-            return
-        runtime.ensure_chain(utcnow())
+    key, connect = _preflight()
+    genesis_path = app.config["GENESIS_PATH"]
+    if not genesis_path or Path(genesis_path).exists():
+        _ensure_chain()
+    if ready is not None:
+        ready()
+    while genesis_path and not Path(genesis_path).exists() and not stop.wait(0.2):
+        pass  # a consortium being founded: its genesis file comes once every node is up
+    if stop.is_set():
+        return
+    with health.hold(instance, "producer", stop) as leading:
+        if leading is None:
+            return  # stopped while another server of this node led
+        with ledger.chain_lock.hold():
+            runtime.ensure_chain(utcnow())
         genesis, peers = runtime.genesis_file(), runtime.peers()
         log.info("block producer for node %s started (%s)", key.node_id, "consortium" if peers else "single node")
         watch = Watch(instance, connect, peers)
@@ -87,12 +93,20 @@ def run(app: Flask, stop: threading.Event | None = None, ready: Callable[[], Non
             gossiped: set[str] = set()
             helpers.add("syncer", genesis.params.slot_ms / 2000, lambda: _sync(peers, gossiped))
 
+        lost = threading.Event()
+
         def step() -> None:
+            if not leading.held():
+                log.error("this server no longer leads the block producer (its database connection was lost): stopping")
+                lost.set()
+                return
             helpers.revive()
             if not watch.holding():
                 produce()
 
-        _loop(app, stop, tick, step)
+        _loop(app, stop, tick, step, lost)
+        if lost.is_set():
+            stop.set()  # the helpers too; the process exits, its supervisor starts it again as a follower
         helpers.join(timeout=10)
         log.info("block producer stopped")
 
@@ -122,7 +136,8 @@ def _preflight() -> tuple[NodeKey, Callable[[], ArchiveStore] | None]:
 
 def _ensure_chain() -> None:
     try:
-        runtime.ensure_chain(utcnow())
+        with ledger.chain_lock.hold():  # every producer of the node may be starting at once
+            runtime.ensure_chain(utcnow())
     except (RuntimeError, ValueError, SQLAlchemyError) as exc:
         db.session.rollback()
         raise StartError(f"cannot install the genesis block: {exc}") from None
@@ -183,11 +198,22 @@ class Helpers:
         interval, step, locked = self.specs[name]
 
         def body() -> None:
-            if locked:
-                with health.hold(self.instance, name):
-                    _loop(self.app, self.stop, interval, step)
-            else:
+            if not locked:
                 _loop(self.app, self.stop, interval, step)
+                return
+            with self.app.app_context(), health.hold(self.instance, name, self.stop) as leading:
+                if leading is None:
+                    return
+                lost = threading.Event()
+
+                def guarded() -> None:
+                    if not leading.held():
+                        log.error("the %s lost its lock (its database connection was lost)", name)
+                        lost.set()  # the thread ends; `revive` starts it again, to lead or wait
+                    else:
+                        step()
+
+                _loop(self.app, self.stop, interval, guarded, lost)
 
         self.threads[name] = threading.Thread(target=body, daemon=True, name=name)
         self.threads[name].start()
@@ -218,9 +244,12 @@ def exit_with_parent(parent: int, stop: threading.Event) -> None:
     threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
 
 
-def _loop(app: Flask, stop: threading.Event, interval: float, step: Callable[[], None]) -> None:
+def _loop(
+    app: Flask, stop: threading.Event, interval: float, step: Callable[[], None], done: threading.Event | None = None
+) -> None:
+    """Run `step` every `interval` seconds until `stop` (or `done`, set by a step) is set."""
     with app.app_context():
-        while not stop.wait(interval):
+        while not stop.wait(interval) and not (done is not None and done.is_set()):
             try:
                 step()
             except Exception:

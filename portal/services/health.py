@@ -1,11 +1,12 @@
 """A node's health: which of its parts run, and whether its chain is shorter than what is final elsewhere.
 
-Liveness of a background part (the block producer, the archiver) is a lock it holds for as
-long as it runs: `hold` takes an exclusive `flock` on `<part>.lock` in the instance folder
-and `running` tries a shared one without waiting. The kernel drops the lock when the part's
-thread ends or its process dies (SIGKILL included), so there is no heartbeat to tune and
-no stale pid to trust; every process of one node shares the instance folder already (the
-chain lock lives there too).
+Liveness of a background part (the block producer, the archiver) is its leadership
+(services/locks.py): the part leads while it runs, and only the leader runs. On SQLite that is
+an exclusive `flock` on `<part>.lock` in the instance folder; on PostgreSQL, where a node's
+servers may run on several hosts, a session-level advisory lock held by the leader's own
+connection. Either is dropped when the part's thread ends or its process dies (SIGKILL
+included), so there is no heartbeat to tune and no stale pid to trust; `report` probes it
+without waiting, and on PostgreSQL names the server that leads.
 
 What only the producer process learns, by asking peers and the archive, it writes to
 `health.json` in the instance folder (`save`); `report` reads it, so a health check costs
@@ -14,10 +15,10 @@ two lock probes, one small file and one query.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ from core.ledger import FinalElsewhere, TruncationReport, check_truncation
 from portal.extensions import db
 from portal.ftp import ArchiveStore, TransportError
 from portal.models import LedgerBlock
+from portal.services import locks
 from portal.services.network import Peers
 
 log = logging.getLogger(__name__)
@@ -43,32 +45,18 @@ PARTS = ("database", "producer", "archiver", "peers", "chain")
 
 
 @contextmanager
-def hold(instance: Path, part: str) -> Iterator[None]:
-    """Mark `part` as running while the block runs; waits while another holder runs (a second
-    producer of the same node waits here instead of producing competing blocks)."""
-    instance.mkdir(parents=True, exist_ok=True)
-    with open(instance / f"{part}.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("another %s of this node is running (it holds %s.lock): waiting for it", part, part)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+def hold(instance: Path, part: str, stop: threading.Event) -> Iterator[locks.Lead | None]:
+    """Lead `part` while the block runs: waits while another process or server of this node
+    leads it (a second producer follows instead of producing competing blocks), trying every
+    LEADER_RETRY_SECONDS. Yields the leadership (`held()` says whether it still is), or None if
+    `stop` was set before this process could lead."""
+    with locks.lead(instance, part, stop) as leading:
+        yield leading
 
 
 def running(instance: Path, part: str) -> bool:
-    """Whether some thread or process holds `part`'s lock right now (never waits)."""
-    try:
-        fd = os.open(instance / f"{part}.lock", os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops the shared lock, if we got it
-    return False
+    """Whether some thread, process or server of this node runs `part` right now (never waits)."""
+    return locks.holder(instance, part) is not None
 
 
 @dataclass
@@ -176,6 +164,19 @@ def load(instance: Path) -> References | None:
         return None
 
 
+def _leader(instance: Path, part: str) -> dict[str, Any] | None:
+    """Who runs `part`: None when nobody does; on PostgreSQL {"leader": server name, "here":
+    whether this server leads}, on SQLite {} (one host)."""
+    try:
+        found = locks.holder(instance, part)
+    except SQLAlchemyError:
+        db.session.rollback()
+        return None
+    if not found:
+        return found
+    return {"leader": found["server"], "here": found["here"]}
+
+
 def report(instance: Path, archiving: bool, consortium: bool) -> dict[str, Any]:
     """Each part's state ("ok", or "down", "short", "differs" when it fails; "off", "none" or
     "unknown" otherwise) and `failing`, the parts that fail. Says nothing secret: no URL, path,
@@ -188,9 +189,14 @@ def report(instance: Path, archiving: bool, consortium: bool) -> dict[str, Any]:
         db.session.rollback()
         tip = None
         parts["database"] = {"state": "down"}
-    producing = running(instance, "producer")
-    parts["producer"] = {"state": "ok" if producing else "down"}
-    parts["archiver"] = {"state": ("ok" if running(instance, "archiver") else "down") if archiving else "off"}
+    leader = _leader(instance, "producer")
+    producing = leader is not None
+    parts["producer"] = {"state": "ok", **leader} if leader is not None else {"state": "down"}
+    if archiving:
+        archiver = _leader(instance, "archiver")
+        parts["archiver"] = {"state": "ok", **archiver} if archiver is not None else {"state": "down"}
+    else:
+        parts["archiver"] = {"state": "off"}
     known = load(instance)
     age = round(time.time() - known.checked_at, 1) if known else None
     if not consortium:

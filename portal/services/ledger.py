@@ -6,7 +6,6 @@ bytes, so validation always runs over exactly what is stored.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
 import time
@@ -40,7 +39,7 @@ from core.ledger import (
 from core.ledger.validate import ChainValidator
 from portal.extensions import db
 from portal.models import LedgerBlock, LedgerTransaction, User, epoch_ms, utcnow
-from portal.services import federation
+from portal.services import federation, locks
 from portal.services.errors import NotFound, ValidationFailed
 from portal.services.inputs import whole_number
 
@@ -69,13 +68,15 @@ _cache = _Cache()
 
 
 class _ChainLock:
-    """One writer of the chain per node at a time, across threads *and* processes.
+    """One writer of the chain per node at a time, across threads, processes *and* servers.
 
     A node's chain is written by its web workers (blocks and transactions pushed by peers)
     and by its producer process (own blocks, catching up, switching branches). Every
     read-validate-write of the chain runs under this lock: a thread lock inside the process
-    and an exclusive `flock` on `ledger.lock` in the instance folder between processes (all
-    processes of one node share that folder). It is re-entrant within a thread."""
+    and, between processes, `locks.chain_write`: a PostgreSQL advisory lock on a key derived
+    from the node id (every server of the node shares the database), or on SQLite an exclusive
+    `flock` on `ledger.lock` in the instance folder (all processes of one node share that
+    folder). It is re-entrant within a thread."""
 
     def __init__(self) -> None:
         self._thread = threading.RLock()
@@ -86,24 +87,25 @@ class _ChainLock:
         with self._thread:
             depth = getattr(self._local, "depth", 0)
             if depth == 0:
-                path = Path(current_app.instance_path) / "ledger.lock"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(path, "a+b")  # noqa: SIM115 (held across the yield)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                self._local.handle = handle
-                # End any read transaction begun before the lock: SQLite would keep reading
-                # the snapshot it started with, missing what the previous holder wrote.
-                db.session.commit()
+                held = locks.chain_write(Path(current_app.instance_path))
+                held.__enter__()
+                self._local.held = held
+                try:
+                    # End any read transaction begun before the lock: SQLite would keep reading
+                    # the snapshot it started with, missing what the previous holder wrote.
+                    db.session.commit()
+                except BaseException:
+                    self._local.held = None
+                    held.__exit__(None, None, None)
+                    raise
             self._local.depth = depth + 1
             try:
                 yield
             finally:
                 self._local.depth -= 1
                 if self._local.depth == 0:
-                    handle = self._local.handle
-                    self._local.handle = None
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-                    handle.close()
+                    held, self._local.held = self._local.held, None
+                    held.__exit__(None, None, None)
 
 
 chain_lock = _ChainLock()

@@ -20,7 +20,7 @@ from core.ledger.validate import ChainValidator
 from portal import runtime
 from portal.extensions import db
 from portal.models import LedgerBlock, LedgerTransaction, User, utcnow
-from portal.services import ledger
+from portal.services import ledger, locks
 from portal.services.errors import ValidationFailed
 from tests.conftest import RECORD, Person, produce
 
@@ -28,6 +28,14 @@ HOLDER = """
 import fcntl, sys
 with open(sys.argv[1], "a+b") as handle:
     fcntl.flock(handle, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+# On PostgreSQL the chain lock is an advisory lock (portal/services/locks.py), held by another session here.
+PG_HOLDER = """
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (int(sys.argv[2]), int(sys.argv[3])))
     print("locked", flush=True)
     sys.stdin.readline()
 """
@@ -48,10 +56,13 @@ def test_a_chain_write_waits_while_another_process_holds_the_chain(
     app: Flask, client: FlaskClient, doctor: Person, patient: Person
 ) -> None:
     write_record(client, doctor, patient, "waits")
-    lock_file = Path(app.instance_path) / "ledger.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(lock_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    if locks.on_postgresql():
+        url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        key = locks.lock_key(app.config["NODE_ID"], "chain")
+        args = ["-c", PG_HOLDER, url, str(locks.NAMESPACE), str(key)]
+    else:
+        args = ["-c", HOLDER, str(Path(app.instance_path) / "ledger.lock")]
+    holder = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         produced: list[int | None] = []
