@@ -50,6 +50,9 @@ class Config:
     # How often the producer asks the archive and the peers what is final, to see a chain that
     # lost its newest blocks (docs/ledger.md "A chain shorter than what is final").
     CHAIN_CHECK_SECONDS = float(os.environ.get("CHAIN_CHECK_SECONDS", 30))
+    # How often a producer that follows tries to lead its node's producer and archiver (docs/ledger.md,
+    # "One node, several servers"): the longest a node goes without a producer once the leader died.
+    LEADER_RETRY_SECONDS = float(os.environ.get("LEADER_RETRY_SECONDS", 1))
 
     EMERGENCY_KEY_PATH = os.environ.get("EMERGENCY_KEY_PATH", str(INSTANCE / "emergency.key"))
     # Proxy re-encryption across the member nodes (docs/federation.md): a grant's key fragments go
