@@ -1,12 +1,16 @@
 """The front door's limits (docs/security.md, *Abuse limits*): request rates per client address
-with Flask-Limiter (Redis when REDIS_URL is set, so every server of a node counts together;
-memory otherwise), and body sizes per route: small JSON and forms get SMALL_BODY_BYTES, only
-record uploads get the attachment limit, node-to-node calls NODE_MAX_BODY_BYTES.
+with Flask-Limiter (Redis when REDIS_URL is set, else the Redis of SOCKETIO_MESSAGE_QUEUE, so
+that every server of a node counts together; memory otherwise), and body sizes per route: small
+JSON and forms get SMALL_BODY_BYTES, only record uploads get the attachment limit, node-to-node
+calls NODE_MAX_BODY_BYTES.
 
 Sign-in throttling per account and address is not here but in the service layer
 (portal/services/throttle.py), since it must see which account an attempt was for."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
@@ -51,9 +55,16 @@ def _no_nul() -> None:
         raise ValidationFailed("The request holds a NUL character.")
 
 
+def shared_storage(config: Mapping[str, Any]) -> str | None:
+    """Where every server of the node counts together: REDIS_URL, else the chat's Redis message
+    queue (a node with several servers or workers has one), else nowhere (each process counts)."""
+    queue = str(config.get("SOCKETIO_MESSAGE_QUEUE") or "")
+    return config.get("REDIS_URL") or (queue if queue.startswith(("redis://", "rediss://")) else None)
+
+
 def init_app(app: Flask) -> None:
     if not app.config.get("RATELIMIT_STORAGE_URI"):
-        app.config["RATELIMIT_STORAGE_URI"] = app.config.get("REDIS_URL") or "memory://"
+        app.config["RATELIMIT_STORAGE_URI"] = shared_storage(app.config) or "memory://"
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     app.config.setdefault("RATELIMIT_STRATEGY", "moving-window")
     limiter.init_app(app)

@@ -397,3 +397,13 @@ def test_a_leader_whose_connection_drops_gives_way(tmp_path: Path, database: str
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
+
+
+def test_rate_limits_count_where_every_server_sees_them() -> None:
+    from portal.limits import shared_storage
+
+    assert shared_storage({"REDIS_URL": "redis://r:6379/1", "SOCKETIO_MESSAGE_QUEUE": "redis://q:6379/2"}) == (
+        "redis://r:6379/1"
+    )
+    assert shared_storage({"REDIS_URL": "", "SOCKETIO_MESSAGE_QUEUE": "redis://q:6379/2"}) == "redis://q:6379/2"
+    assert shared_storage({"REDIS_URL": "", "SOCKETIO_MESSAGE_QUEUE": ""}) is None
