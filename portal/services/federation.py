@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import current_app
+from flask import current_app, has_request_context, request
 from sqlalchemy import delete, select, update
 
 from core.crypto import BoxKey, seal_to_node
@@ -331,11 +331,16 @@ def emergency_key_of(node_id: str | None) -> bytes | None:
 
 
 def hospital_of(node_id: str | None) -> str | None:
-    """The hospital name a member node published, or its node id."""
+    """The hospital name a member node published, or its node id. Within a request each node is
+    looked up once: a list of people (the access log) would otherwise ask again for every row
+    whose node has no row (the session's identity map keeps only the rows found)."""
     if node_id is None:
         return None
-    row = db.session.get(MemberNode, node_id)
-    return row.hospital if row else node_id
+    names = request.environ.setdefault("medledger.hospitals", {}) if has_request_context() else {}
+    if node_id not in names:
+        row = db.session.get(MemberNode, node_id)
+        names[node_id] = row.hospital if row else node_id
+    return names[node_id]
 
 
 def fetch_blob(sha256: str, peers: Any) -> bytes | None:

@@ -477,7 +477,8 @@ def list_records(actor: Actor, limit: int = paging.DEFAULT_LIMIT, offset: int = 
         select(Record)
         .where(column == actor.user.id)
         .order_by(Record.created_at.desc(), Record.id.desc())
-        .options(selectinload(Record.transaction)),
+        # `metadata` names each record's author and patient: loaded with the page, not one by one.
+        .options(selectinload(Record.transaction), selectinload(Record.author), selectinload(Record.patient)),
         limit,
         offset,
     )
