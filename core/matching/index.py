@@ -18,6 +18,11 @@ together too little information for a profile that shares only those to reach th
 to beat the worst of the best `limit` found so far (size and prefix filtering with a rising
 threshold; docs/matching.md). Every bound is safe, so the answer is exactly that of scoring every
 profile (`score_all`), ties included, only faster.
+
+Memory: each term token is a small integer inside the index (its place in the tokenizer's IC
+table); a profile keeps its closure as a sorted array of those (2 bytes each), and the postings are
+arrays of profile ids (8 bytes each) rather than sets. Attribute tokens, which few profiles differ
+in, are kept once (interned). About 1 KB per profile in all (bench/matching.py measures it).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from __future__ import annotations
 import heapq
 import math
 import threading
+from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from core.matching.tokens import Tokenizer, TokenProfile
 
@@ -36,7 +43,8 @@ SIZE_RATIO = 1.25  # profiles are indexed by size class: closure IC within a fac
 _SAFETY = 1e-9  # relative margin that keeps float rounding from dropping a token the bound needs
 
 _LOG_RATIO = math.log(SIZE_RATIO)
-_NONE: frozenset[int] = frozenset()
+_IDS = "q"  # array type of profile ids: signed 64-bit, as database ids are
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,8 @@ class Match:
 
 
 class _Entry:
-    """A stored profile: its fields, with the index's own copy of each token string."""
+    """A stored profile: its closure as sorted term numbers, its terms and attribute tokens as the
+    index's own (shared) strings."""
 
     __slots__ = (
         "age_band",
@@ -82,15 +91,31 @@ class _Entry:
         "terms",
     )
 
-    def __init__(self, tp: TokenProfile, canonical: dict[str, str], ic: dict[str, int]) -> None:
-        self.closure = frozenset(canonical[t] for t in tp.closure)
-        self.terms = frozenset(canonical[t] for t in tp.terms)
-        self.symptom_set = tp.symptom_set
-        self.diagnosis, self.category = tp.diagnosis, tp.diagnosis_category
-        self.age_band, self.age_near, self.sex = tp.age_band, tp.age_near, tp.sex
-        self.attributes = (tp.diagnosis, tp.diagnosis_category, tp.age_band, tp.sex)  # age_near follows the band
+    def __init__(self, tp: TokenProfile, number: dict[str, int], ic: list[int], names: list[str], keep: _Keep) -> None:
+        self.closure = array(_TERMS_TYPE, sorted(number[t] for t in tp.closure))
+        self.terms = tuple(names[number[t]] for t in tp.terms)
+        self.symptom_set = keep(tp.symptom_set)
+        self.diagnosis, self.category = keep(tp.diagnosis), keep(tp.diagnosis_category)
+        self.age_band, self.age_near, self.sex = keep(tp.age_band), keep(tp.age_near), keep(tp.sex)
+        # age_near follows the band
+        self.attributes = keep((self.diagnosis, self.category, self.age_band, self.sex))
         self.ic = sum(ic[t] for t in self.closure)  # IC of the whole closure
         self.size = math.floor(math.log(self.ic) / _LOG_RATIO)  # size class
+
+
+_TERMS_TYPE = "H"  # array type of term numbers: the HPO has fewer than 65,536 terms (checked below)
+
+
+class _Keep:
+    """One copy of each equal value (attribute tokens, their tuples): few profiles differ in them."""
+
+    def __init__(self) -> None:
+        self._kept: dict[object, object] = {}
+
+    def __call__(self, value: _T) -> _T:
+        if value is None:
+            return value
+        return self._kept.setdefault(value, value)  # type: ignore[return-value]
 
 
 class MatchIndex:
@@ -102,13 +127,18 @@ class MatchIndex:
 
     def __init__(self, tokenizer: Tokenizer, weights: Weights = WEIGHTS) -> None:
         self._tokenizer = tokenizer
-        self._ic = dict(tokenizer.information_content)
-        # The tokenizer's own strings, so that profiles loaded from JSON share one copy of each token.
-        self._canonical = {token: token for token in self._ic}
+        # Term token -> its number; number -> the tokenizer's own string (profiles loaded from JSON
+        # share it) and its IC.
+        self._names = list(tokenizer.information_content)
+        if len(self._names) > 2 ** (8 * array(_TERMS_TYPE).itemsize):
+            raise ValueError("too many terms for the index's term numbers")
+        self._number = {token: n for n, token in enumerate(self._names)}
+        self._ic = [tokenizer.information_content[token] for token in self._names]
+        self._keep = _Keep()
         self._weights = weights
         self._entries: dict[int, _Entry] = {}
-        self._postings: dict[int, dict[str, set[int]]] = {}  # size class -> token -> ids
-        self._by_set: dict[str, set[int]] = {}
+        self._postings: dict[int, dict[int, array[int]]] = {}  # size class -> term number -> ids
+        self._by_set: dict[str, array[int]] = {}
         self._lock = threading.RLock()
 
     def __len__(self) -> int:
@@ -125,14 +155,17 @@ class MatchIndex:
     def put(self, profile_id: int, tp: TokenProfile) -> None:
         """Add or replace the profile `profile_id`; raises InvalidProfile if another key made `tp`."""
         self._tokenizer.check(tp)
-        entry = _Entry(tp, self._canonical, self._ic)
         with self._lock:
+            entry = self._entry(tp)
             self._discard(profile_id)
             self._entries[profile_id] = entry
             postings = self._postings.setdefault(entry.size, {})
-            for token in entry.closure:
-                postings.setdefault(token, set()).add(profile_id)
-            self._by_set.setdefault(entry.symptom_set, set()).add(profile_id)
+            for term in entry.closure:
+                postings.setdefault(term, array(_IDS)).append(profile_id)
+            self._by_set.setdefault(entry.symptom_set, array(_IDS)).append(profile_id)
+
+    def _entry(self, tp: TokenProfile) -> _Entry:
+        return _Entry(tp, self._number, self._ic, self._names, self._keep)
 
     def remove(self, profile_id: int) -> bool:
         """Take the profile out at once; True if it was there."""
@@ -144,8 +177,8 @@ class MatchIndex:
         if entry is None:
             return False
         postings = self._postings[entry.size]
-        for token in entry.closure:
-            _drop(postings, token, profile_id)
+        for term in entry.closure:
+            _drop(postings, term, profile_id)
         if not postings:
             del self._postings[entry.size]
         _drop(self._by_set, entry.symptom_set, profile_id)
@@ -158,7 +191,7 @@ class MatchIndex:
         self._tokenizer.check(tp)
         with self._lock:
             ids = sorted(i for i in self._by_set.get(tp.symptom_set, ()) if i not in exclude)[:limit]
-            return [Match(i, 1.0, self._entries[i].terms) for i in ids]
+            return [Match(i, 1.0, frozenset(self._entries[i].terms)) for i in ids]
 
     def ranked(self, tp: TokenProfile, threshold: float, limit: int, *, exclude: Collection[int] = ()) -> list[Match]:
         """The `limit` best profiles scoring at least `threshold`, best first, ties by lower id;
@@ -187,7 +220,7 @@ class MatchIndex:
         another key made either."""
         self._tokenizer.check(a)
         self._tokenizer.check(b)
-        return self._scorer(a)(_Entry(b, self._canonical, self._ic))
+        return self._scorer(a)(self._entry(b))
 
     def work(self, tp: TokenProfile, threshold: float, limit: int) -> tuple[int, int]:
         """How many profiles `ranked` looks at for this query, and how many of those it scores in
@@ -202,8 +235,12 @@ class MatchIndex:
     # --- ranked search ---------------------------------------------------------------------
 
     def _closure_ic(self, tp: TokenProfile) -> int:
-        ic = self._ic
-        return sum(ic[t] for t in tp.closure)
+        ic, number = self._ic, self._number
+        return sum(ic[number[t]] for t in tp.closure)
+
+    def _numbers(self, tp: TokenProfile) -> frozenset[int]:
+        number = self._number
+        return frozenset(number[t] for t in tp.closure)
 
     def _symptoms_needed(self, tp: TokenProfile, threshold: float) -> float:
         """The symptom similarity below which no profile can score `threshold` against `tp`.
@@ -236,6 +273,7 @@ class MatchIndex:
         only a profile whose bound reaches the worst score kept is scored in full."""
         ic = self._ic
         q_ic = self._closure_ic(tp)
+        q_terms = self._numbers(tp)
         q_size = math.log(q_ic) / _LOG_RATIO
         attributes = self._attribute_scorer(tp)
         score = self._scorer(tp)
@@ -251,16 +289,17 @@ class MatchIndex:
             if high < needed * q_ic or low * needed > q_ic:
                 continue
             postings = self._postings[size]
-            order = sorted(tp.closure, key=lambda t: (len(postings.get(t, ())), t))
+            order = sorted(q_terms, key=lambda t: (len(postings.get(t, ())), t))
             rest = sum(ic[t] for t in order)  # IC of the query's tokens not yet walked in this class
             seen: set[int] = set()
-            for token in order:
+            for term in order:
                 if rest < needed * (q_ic + low) / (1 + needed) * (1 - _SAFETY):
                     break
                 # A profile first met at this token has none of the rarer ones: it shares at most `rest`.
-                met = postings.get(token, _NONE) - seen
-                seen |= met
-                for pid in met:
+                for pid in postings.get(term, ()):
+                    if pid in seen:
+                        continue
+                    seen.add(pid)
                     if pid in exclude:
                         continue
                     entry = entries[pid]
@@ -285,12 +324,12 @@ class MatchIndex:
                     if len(kept) == limit and kept[0][0] > floor:
                         floor = kept[0][0]
                         needed = self._symptoms_needed(tp, floor)
-                rest -= ic[token]
+                rest -= ic[term]
             looked += len(seen)
         if work is not None:
             work += [looked, full]
         best = sorted(kept, reverse=True)
-        return [Match(-negative, s, tp.terms & entries[-negative].terms) for s, negative in best]
+        return [Match(-negative, s, _shared(tp, entries[-negative])) for s, negative in best]
 
     def _best(
         self,
@@ -303,7 +342,7 @@ class MatchIndex:
         score = self._scorer(tp)
         scored = ((s, i, e) for i, e in pool if i not in exclude and (s := score(e)) >= threshold)
         best = heapq.nsmallest(limit, scored, key=lambda item: (-item[0], item[1]))
-        return [Match(i, s, tp.terms & e.terms) for s, i, e in best]
+        return [Match(i, s, _shared(tp, e)) for s, i, e in best]
 
     def _attribute_scorer(self, q: TokenProfile) -> Callable[[_Entry], tuple[float, float]]:
         """For a stored profile against `q`: what the attributes earn and the total weight, the
@@ -336,22 +375,28 @@ class MatchIndex:
     def _scorer(self, q: TokenProfile) -> Callable[[_Entry], float]:
         """The ranked score of any stored profile against `q` (formula in the module docstring)."""
         ws = self._weights.symptoms
-        ic_of = self._ic.__getitem__
-        q_closure, q_ic = q.closure, self._closure_ic(q)
+        ic = self._ic
+        # The query's terms with their IC: a stored term looks itself up (None when not shared).
+        q_ic_of = {t: ic[t] for t in self._numbers(q)}.get
+        q_ic = self._closure_ic(q)
         attributes = self._attribute_scorer(q)
 
         def score(c: _Entry) -> float:
-            shared = sum(map(ic_of, q_closure & c.closure))
+            shared = sum(filter(None, map(q_ic_of, c.closure)))
             credit, weight = attributes(c)
             return (ws * shared / (q_ic + c.ic - shared) + credit) / weight
 
         return score
 
 
-def _drop(table: dict[str, set[int]], key: str, profile_id: int) -> None:
+def _shared(tp: TokenProfile, entry: _Entry) -> frozenset[str]:
+    return frozenset(t for t in entry.terms if t in tp.terms)
+
+
+def _drop(table: dict[_T, array[int]], key: _T, profile_id: int) -> None:
     members = table.get(key)
     if members is not None:
-        members.discard(profile_id)
+        members.remove(profile_id)  # a profile is in each of its lists once
         if not members:
             del table[key]
 
