@@ -256,23 +256,15 @@ class ChatUser(User):
         self.slot = WORLD.chat_slots[next(_slots) % len(WORLD.chat_slots)]
         self.inbox: queue.Queue[tuple[str, dict[str, Any], float]] = queue.Queue()
         self.session: Session | None = None
+        self.early: list[tuple[str, dict[str, Any], float]] = []  # arrived while a handshake was awaited
+        self.processed: set[int] = set()  # an item may arrive twice (docs/api.md): each id is handled once
         self.sio = socketio.Client(reconnection=False)
         for name in ("handshake", "message"):
             self.sio.on(name, handler=self._arrived(name), namespace=NS)
         self.sio.on("disconnect", handler=self._disconnected, namespace=NS)
         self.stopping = False
         WORLD.chatters.append(self)
-        start = time.perf_counter()
-        try:
-            self.sio.connect(
-                self.host, namespaces=[NS], auth={"token": self.slot.account.token}, transports=["websocket"],
-                wait_timeout=CALL_TIMEOUT,
-            )  # fmt: skip
-        except Exception as exc:
-            fire(self, "chat: connect", start, exc)
-            raise
-        fire(self, "chat: connect", start)
-        role = self.call("chat: join", "join", {"conversation": self.slot.conversation})["role"]
+        role = self.connect("chat: connect")
         start = time.perf_counter()
         try:
             self.session = self.handshake(role)
@@ -280,6 +272,20 @@ class ChatUser(User):
             fire(self, f"chat: handshake ({role})", start, exc)
             raise
         fire(self, f"chat: handshake ({role})", start)
+
+    def connect(self, name: str) -> str:
+        """Connect and join the pair's conversation; returns this side's role."""
+        start = time.perf_counter()
+        try:
+            self.sio.connect(
+                self.host, namespaces=[NS], auth={"token": self.slot.account.token}, transports=["websocket"],
+                wait_timeout=CALL_TIMEOUT,
+            )  # fmt: skip
+        except Exception as exc:
+            fire(self, name, start, exc)
+            raise
+        fire(self, name, start)
+        return self.call("chat: join", "join", {"conversation": self.slot.conversation})["role"]
 
     def _arrived(self, name: str) -> Callable[[dict[str, Any]], None]:
         return lambda data: self.inbox.put((name, data, time.time()))
@@ -302,14 +308,20 @@ class ChatUser(User):
         return answer
 
     def next_handshake(self) -> dict[str, Any]:
+        """The peer's next handshake message; whatever else arrived meanwhile is kept, in order, for receive()."""
         deadline = time.monotonic() + HANDSHAKE_WAIT
         while True:
             try:
-                name, data, _ = self.inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+                item = self.inbox.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 raise ChatFailure(f"no handshake message from the peer within {HANDSHAKE_WAIT:.0f} s") from None
+            name, data, _ = item
+            if data["id"] in self.processed:
+                continue
             if name == "handshake" and data["conversation"] == self.slot.conversation:
+                self.processed.add(data["id"])
                 return data["message"]
+            self.early.append(item)
 
     def handshake(self, role: str) -> Session:
         conversation = self.slot.conversation
@@ -327,6 +339,12 @@ class ChatUser(User):
 
     @task
     def chat(self) -> None:
+        if not self.sio.connected:  # the loss was counted as an error; the app connects again, so does this
+            self.sio = socketio.Client(reconnection=False)
+            for name in ("handshake", "message"):
+                self.sio.on(name, handler=self._arrived(name), namespace=NS)
+            self.sio.on("disconnect", handler=self._disconnected, namespace=NS)
+            self.connect("chat: reconnect")
         self.receive()
         plaintext = json.dumps({"t": time.time(), "text": f"How is the new inhaler {uuid.uuid4().hex[:8]}?"})
         envelope = self.session.seal(plaintext.encode())
@@ -338,11 +356,12 @@ class ChatUser(User):
         up_to = 0
         while True:
             try:
-                name, data, arrived = self.inbox.get_nowait()
+                name, data, arrived = self.early.pop(0) if self.early else self.inbox.get_nowait()
             except queue.Empty:
                 break
-            if name != "message":
+            if name != "message" or data["id"] in self.processed:
                 continue
+            self.processed.add(data["id"])
             start = time.perf_counter()
             try:
                 sent_at = json.loads(self.session.open(data["envelope"]))["t"]
