@@ -345,7 +345,10 @@ def test_two_patients_match_connect_and_chat(node: Node, phone: Phone, other_pho
     for secret in (hello, answer, later, *SYMPTOMS, *(name for _, name in SYMPTOMS.values())):
         assert secret not in dump
     kinds = [kind for kind, _ in rows]
-    assert kinds.count("message") == 3 and kinds.count("handshake") == 3, kinds
+    # hello, reply, confirm; and a second hello when both apps opened at the same moment (the
+    # hello of the patient who asked to connect wins: docs/chat-protocol.md, "Several devices").
+    assert kinds.count("message") == 3 and kinds.count("handshake") in (3, 4), kinds
+    assert kinds[: kinds.count("handshake")] == ["handshake"] * kinds.count("handshake"), kinds
     for kind, body in rows:
         stored = json.loads(body)
         if kind == "message":

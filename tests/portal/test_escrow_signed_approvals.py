@@ -56,7 +56,20 @@ def test_the_holder_refuses_forged_unsigned_stale_or_doubled_approvals(
     hospitals: tuple[Hospital, Hospital], alice: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     home, holder = hospitals
-    caplog.set_level(logging.WARNING, logger="portal.services.escrow")
+    # The handler on the logger itself, enabled: whatever other tests did to propagation or to the
+    # existing loggers (Alembic's logging set-up disables them).
+    refused_log = logging.getLogger("portal.services.escrow")
+    disabled, refused_log.disabled = refused_log.disabled, False
+    refused_log.addHandler(caplog.handler)
+    try:
+        caplog.set_level(logging.WARNING, logger=refused_log.name)
+        _refusals_then_release(home, holder, alice, caplog)
+    finally:
+        refused_log.removeHandler(caplog.handler)
+        refused_log.disabled = disabled
+
+
+def _refusals_then_release(home: Hospital, holder: Hospital, alice: str, caplog: pytest.LogCaptureFixture) -> None:
     case = _open(home, alice)
     with home.ctx():
         opened = db.session.get(RecoveryCase, case)
