@@ -5,9 +5,13 @@ asked) a preview shown in the page. Access is decided and the read logged before
 from __future__ import annotations
 
 import io
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, send_file
+
+from core.fhir import MEDIA_TYPE
 
 # The types a browser shows by itself; anything else is always a download.
 PREVIEWABLE = {"application/pdf", "image/png", "image/jpeg", "image/webp"}
@@ -16,6 +20,21 @@ PREVIEWABLE = {"application/pdf", "image/png", "image/jpeg", "image/webp"}
 # same to browsers without `frame-ancestors`). `sandbox` keeps a hostile PDF from running anything
 # with the site's rights; Chromium's PDF viewer shows a sandboxed PDF all the same.
 PREVIEW_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'; sandbox"
+
+
+def send_document(body: str | bytes, mimetype: str, filename: str) -> Response:
+    """A copy for the caller to save (a FHIR Bundle, a CSV log): a download, never cached."""
+    data = body.encode() if isinstance(body, str) else body
+    response = send_file(io.BytesIO(data), mimetype=mimetype, as_attachment=True, download_name=filename)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def send_fhir(bundle: dict[str, Any], name: str) -> Response:
+    """A FHIR Bundle as a download named `<name>-<date>.json` (docs/fhir.md)."""
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    return send_document(json.dumps(bundle, ensure_ascii=False, indent=1), MEDIA_TYPE, f"{name}-{day}.json")
 
 
 def send_attachment(meta: dict[str, Any], data: bytes, *, inline: bool) -> Response:

@@ -10,13 +10,16 @@ from apiflask.fields import Boolean, Integer, List, Nested, String
 from apiflask.validators import OneOf
 from marshmallow import ValidationError, pre_dump, validates_schema
 
+from core.fhir import MEDIA_TYPE
 from portal import models, runtime
 from portal.api import api_actor, bp, iso
 from portal.api.schemas import Flag, Page, Paged, Person, RecordMetadata, Text, Whole, answer, listed
+from portal.attachments import send_document, send_fhir
 from portal.idempotency import idempotent
 from portal.models import utcnow
-from portal.services import access_log, accounts, federation, grants, paging, records
+from portal.services import access_log, accounts, federation, fhir, grants, paging, records
 from portal.services.accounts import Actor
+from portal.services.errors import ValidationFailed
 from portal.services.records import CATEGORIES
 
 # -- shapes -------------------------------------------------------------------------------------
@@ -270,12 +273,6 @@ class ReadRecord(Schema):
     created_at = String(required=True, metadata={"format": "date-time"})
 
 
-ACCOUNT_EVENTS = {
-    "recovery_key": "Password reset with your recovery key",
-    "escrow": "Password reset at your hospital's front desk (identity checked in person, two approvals)",
-}
-
-
 class AccessEntry(Schema):
     """One read of a patient's record by someone else, as the access log shows it; or an event on
     the patient's own account (no record, `event` says what)."""
@@ -283,8 +280,8 @@ class AccessEntry(Schema):
     id = String(required=True)
     record = Nested(ReadRecord, required=True, allow_none=True, metadata={"description": "Null for an event."})
     reader = Nested(Person, required=True)
-    mode = String(required=True, metadata={"enum": ["author", "grant", "emergency", *ACCOUNT_EVENTS]})
-    event = String(required=True, allow_none=True, metadata={"example": ACCOUNT_EVENTS["recovery_key"]})
+    mode = String(required=True, metadata={"enum": ["author", "grant", "emergency", *access_log.ACCOUNT_EVENTS]})
+    event = String(required=True, allow_none=True, metadata={"example": access_log.ACCOUNT_EVENTS["recovery_key"]})
     grant_id = String(required=True, allow_none=True)
     part = String(required=True, metadata={"description": '"record" or "attachment N".', "example": "record"})
     at = String(required=True, metadata={"format": "date-time"})
@@ -295,11 +292,11 @@ class AccessEntry(Schema):
         return {
             "id": entry.id,
             "record": {"id": entry.record_id, "created_at": iso(entry.record.created_at)} if entry.record else None,
-            "event": ACCOUNT_EVENTS.get(entry.mode) if entry.record is None else None,
+            "event": access_log.ACCOUNT_EVENTS.get(entry.mode) if entry.record is None else None,
             "reader": person(entry.reader),
             "mode": entry.mode,
             "grant_id": entry.grant_id,
-            "part": "record" if entry.part < 0 else f"attachment {entry.part + 1}",
+            "part": access_log.part_label(entry.part),
             "at": iso(entry.at),
             "tx_hash": entry.tx_hash,
         }
@@ -521,17 +518,45 @@ def find_doctors(query: dict[str, Any]) -> dict[str, Any]:
     return {"doctors": [person(d) for d in federation.find_doctors(text, local, runtime.peers())]}
 
 
+class AccessLogQuery(Page):
+    format = String(
+        validate=OneOf(["json", "fhir", "csv"]),
+        metadata={
+            "description": "`fhir`: the whole log as a FHIR R4 Bundle of AuditEvent resources; `csv`: the whole "
+            "log as CSV; both downloads, `limit` and `offset` not allowed. `json` (if absent): a page of it."
+        },
+    )
+
+
 @bp.get("/access-log")
-@bp.input(Page, location="query", arg_name="query")
-@bp.output(AccessLog)
+@bp.input(AccessLogQuery, location="query", arg_name="query")
+@bp.output(
+    AccessLog,
+    description="A page of the log; with `format=fhir` a FHIR Bundle (application/fhir+json), with `format=csv` "
+    "CSV (text/csv), as downloads.",
+)
 @bp.doc(
     operation_id="getAccessLog",
     security="BearerAuth",
-    responses={401: UNAUTHORIZED, 403: _error("Only patients have an access log."), 422: OUT_OF_RANGE},
+    responses={
+        401: UNAUTHORIZED,
+        403: _error("Only patients have an access log."),
+        422: _error("`limit` or `offset` out of range, or given with `format=fhir` or `csv`."),
+        200: {"content": {MEDIA_TYPE: {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}},
+    },
 )
-def access_log_view(query: dict[str, Any]) -> dict[str, Any]:
+def access_log_view(query: dict[str, Any]) -> Any:
     actor = api_actor("patient")
-    return listed("entries", access_log.for_patient(actor, *paging.bounds(query["limit"], query["offset"])))
+    wanted = query.get("format", "json")
+    if wanted != "json" and (query.get("limit") is not None or query.get("offset") is not None):
+        raise ValidationFailed("`limit` and `offset` page the JSON log; the FHIR and CSV copies hold all of it.")
+    if wanted == "fhir":
+        bundle = fhir.access_log_bundle(actor, now=utcnow())
+        return send_fhir(bundle, "medledger-access-log")
+    if wanted == "csv":
+        day = utcnow().strftime("%Y-%m-%d")
+        return send_document(fhir.access_log_csv(actor), "text/csv; charset=utf-8", f"medledger-access-log-{day}.csv")
+    return listed("entries", access_log.for_patient(actor, *paging.bounds(query.get("limit"), query.get("offset"))))
 
 
 @bp.get("/emergency-access")

@@ -14,6 +14,7 @@ from apiflask.validators import Length
 from flask import Response, current_app, request
 from marshmallow import ValidationError
 
+from core.fhir import MEDIA_TYPE
 from portal import runtime
 from portal.api import api_actor, bearer_token, bp, iso
 from portal.api.schemas import (
@@ -28,7 +29,7 @@ from portal.api.schemas import (
     listed,
 )
 from portal.api.schemas import error_answers as _errors
-from portal.attachments import send_attachment
+from portal.attachments import send_attachment, send_fhir
 from portal.idempotency import idempotent
 from portal.limits import limiter, registration_limit
 from portal.models import User as UserRow
@@ -37,6 +38,7 @@ from portal.services import (
     accounts,
     chat,
     federation,
+    fhir,
     ledger,
     paging,
     records,
@@ -48,6 +50,8 @@ from portal.services import (
 from portal.services.errors import Conflict, ValidationFailed
 from portal.services.inputs import MAX_OFFSET
 from portal.services.records import NewAttachment
+
+FHIR_JSON = MEDIA_TYPE
 
 # -- shapes ------------------------------------------------------------------------------------
 
@@ -636,6 +640,8 @@ def _record_body(view: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if request.mimetype == "multipart/form-data":
             data = parser.parse(RecordForm(), request, location="form_and_files")
+        elif request.mimetype == FHIR_JSON:
+            data = {}  # the Bundle is read by the FHIR import (fhir.import_bundle), not by a schema
         else:
             data = parser.parse(RecordIn(), request, location="json")
         return view(*args, data=data, **kwargs)
@@ -674,28 +680,33 @@ def _record_input(data: dict[str, Any]) -> tuple[dict[str, Any], list[NewAttachm
             404: "No such patient.",
             409: "The patient's keys do not match the ledger, or the Idempotency-Key's answer was lost.",
             413: "An attachment, or the body, is too large.",
-            422: "A field is missing or not valid (codes, category, attachments), or the Idempotency-Key is reused.",
+            422: "A field is missing or not valid (codes, category, attachments), the Idempotency-Key is reused, "
+            "or a FHIR Bundle cannot be imported (`fhir_rejected`: `fields` names each resource and its problem).",
         }
     ),
     extensions={
         "requestBody": {
-            "content": {"application/json": {"schema": RecordIn}, "multipart/form-data": {"schema": RecordForm}},
+            "content": {
+                "application/json": {"schema": RecordIn},
+                "multipart/form-data": {"schema": RecordForm},
+                FHIR_JSON: {
+                    "schema": {
+                        "type": "object",
+                        "description": "A FHIR R4 Bundle from another EHR, imported as one record (docs/fhir.md).",
+                    }
+                },
+            },
         }
     },
 )
 def create_record(patient_id: str, data: dict[str, Any]) -> tuple[dict[str, Any], int]:
     actor = api_actor("doctor")
-    fields, files = _record_input(data)
-    record = records.create_record(
-        actor,
-        patient_id,
-        fields,
-        files,
-        vocabulary=runtime.vocabulary(),
-        limits=runtime.limits(),
-        node=runtime.node(),
-        now=utcnow(),
-    )
+    context = {"vocabulary": runtime.vocabulary(), "limits": runtime.limits(), "node": runtime.node(), "now": utcnow()}
+    if request.mimetype == FHIR_JSON:
+        record = fhir.import_bundle(actor, patient_id, request.get_data(), **context)
+    else:
+        fields, files = _record_input(data)
+        record = records.create_record(actor, patient_id, fields, files, **context)
     return {"id": record.id, "tx_hash": record.tx_hash}, 201
 
 
@@ -710,6 +721,36 @@ def create_record(patient_id: str, data: dict[str, Any]) -> tuple[dict[str, Any]
 def list_records(query: dict[str, Any]) -> dict[str, Any]:
     actor = api_actor()
     return listed("records", records.list_records(actor, *paging.bounds(query["limit"], query["offset"])))
+
+
+FHIR_BUNDLE = "A FHIR R4 Bundle of type `collection` (docs/fhir.md), as a download."
+
+
+@bp.get("/records/fhir")
+@bp.output({}, content_type=FHIR_JSON, description=FHIR_BUNDLE)
+@bp.doc(
+    operation_id="exportOwnRecordFhir",
+    security="BearerAuth",
+    responses=_errors({**SIGNED_OUT, 403: "Only a patient exports their own record."}),
+)
+def export_own_fhir() -> Response:
+    """The patient's whole record as one FHIR R4 Bundle (docs/fhir.md)."""
+    bundle = fhir.export_own(api_actor("patient"), node=runtime.node(), now=utcnow())
+    return send_fhir(bundle, "medledger-record")
+
+
+@bp.get("/patients/<patient_id>/fhir")
+@bp.output({}, content_type=FHIR_JSON, description=FHIR_BUNDLE)
+@bp.doc(
+    operation_id="exportPatientFhir",
+    security="BearerAuth",
+    responses=_errors({**SIGNED_OUT, 403: "You have no access to this patient's records.", 404: "No such patient."}),
+)
+def export_patient_fhir(patient_id: str) -> Response:
+    """What the doctor's access covers, as a FHIR R4 Bundle: every record and attachment in it
+    is a read in the patient's access log."""
+    bundle = fhir.export_for_doctor(api_actor("doctor"), patient_id, node=runtime.node(), now=utcnow())
+    return send_fhir(bundle, "medledger-patient")
 
 
 @bp.get("/records/<record_id>")
