@@ -56,8 +56,10 @@ vsftpd:
 	  else echo "vsftpd is missing and cannot be installed (not root, no sudo): the vsftpd tests will skip" >&2; exit 0; fi; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq vsftpd >/dev/null; }
 
+# One pytest worker per core (TEST_WORKERS=0 runs in one process); each has its own PostgreSQL database.
+TEST_WORKERS ?= auto
 test: lint browser vsftpd
-	MEDLEDGER_CONFIG=testing $(BIN)/pytest
+	MEDLEDGER_CONFIG=testing $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 # Every portal page and app screen of the demo, at phone and desktop size, saved by the accessibility walk
 # (tests/browser/test_accessibility.py) into SCREENSHOTS_DIR; the few the README shows are copied to docs/screenshots.

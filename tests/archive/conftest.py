@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import ipaddress
 import os
 import random
@@ -245,7 +246,11 @@ def vsftpd_unavailable() -> str | None:
 
 
 def _run(args: list[str], stdin: str | None = None) -> None:
-    subprocess.run(args, input=stdin, text=True, check=True, capture_output=True, timeout=30)
+    """Run an account tool, one at a time across this machine's test processes (xdist workers):
+    useradd, chpasswd and userdel fail rather than wait when another holds /etc/passwd's lock."""
+    with open(Path(tempfile.gettempdir()) / "medledger-test-accounts.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(args, input=stdin, text=True, check=True, capture_output=True, timeout=30)
 
 
 def _sweep_accounts() -> None:
@@ -254,7 +259,8 @@ def _sweep_accounts() -> None:
         name = line.split(":", 1)[0]
         owner = name.removeprefix(VSFTPD_USER_PREFIX)
         if owner != name and owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            subprocess.run(["userdel", name], capture_output=True, timeout=30, check=False)
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run(["userdel", name])
 
 
 @contextlib.contextmanager
@@ -268,7 +274,8 @@ def vsftpd_account() -> Iterator[tuple[str, str]]:
         staged.replace(PAM_FILE)
     user = f"{VSFTPD_USER_PREFIX}{os.getpid()}"
     password = secrets.token_urlsafe(15)
-    subprocess.run(["userdel", user], capture_output=True, timeout=30, check=False)
+    with contextlib.suppress(subprocess.CalledProcessError):
+        _run(["userdel", user])
     _run(["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/usr/sbin/nologin", user])
     try:
         _run(["chpasswd"], stdin=f"{user}:{password}\n")

@@ -22,6 +22,7 @@ from core.crypto import NodeKey, load_node_key
 from core.encoding import b64e
 from core.ledger import make_block, sign_transaction
 from portal.launcher import LocalNode, running
+from tests import worker_index
 
 SLOT_MS = 500
 
@@ -32,7 +33,10 @@ def fast_keys() -> None:
 
 
 def free_base_port(count: int) -> int:
-    for base in range(17000, 30000, 10):
+    """`count` consecutive free ports from this worker's own block of 500 (17000 + 500 x worker), so
+    two xdist workers never race for one (single free ports come from the ephemeral range, 32768 up)."""
+    first = 17000 + 500 * worker_index()
+    for base in range(first, first + 500, 10):
         sockets = []
         try:
             for port in range(base, base + count):
