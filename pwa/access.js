@@ -7,10 +7,11 @@
 // router's context and fill in data only while ctx.signal is not aborted.
 
 import {
-  approveAccessRequest, createGrant, declineAccessRequest, findDoctors, getAccessLog,
+  approveAccessRequest, createGrant, declineAccessRequest, downloadAccessLog, findDoctors, getAccessLog,
   getEmergencyAccess, listAccessRequests, listGrants, listRecords, revokeGrant, setEmergencyAccess,
 } from './api.js';
 import { h, mount } from './dom.js';
+import { downloadPanel } from './downloads.js';
 import {
   authorLine, capitalise, categoryLabel, daysText, formatDateTime, formatFromNow, personWithHospital, scopeText,
 } from './format.js';
@@ -899,8 +900,33 @@ export function accessLogView(ctx) {
     h('p', { class: 'lead' }, 'Every time someone other than you opened one of your records, and every reset '
       + 'of your password, newest first.'),
     ctx.flash && flashNotice(ctx.flash),
+    logCopyPanel(ctx),
     page.list,
     page.controls.element);
+}
+
+// The whole log, not only the pages shown: as a spreadsheet, or as FHIR AuditEvents for another system.
+function logCopyPanel(ctx) {
+  const failure = 'Your access log could not be downloaded.';
+  return downloadPanel(ctx, {
+    id: 'access-log-copy',
+    title: 'A copy of your access log',
+    text: 'The whole log in one file: CSV opens in a spreadsheet, FHIR is the format hospitals\' systems read.',
+    files: [
+      {
+        label: 'Download as CSV',
+        busyLabel: 'Preparing the CSV file…',
+        failure,
+        fetch: (options) => downloadAccessLog('csv', options),
+      },
+      {
+        label: 'Download as FHIR',
+        busyLabel: 'Preparing the FHIR file…',
+        failure,
+        fetch: (options) => downloadAccessLog('fhir', options),
+      },
+    ],
+  });
 }
 
 async function loadAccessLog(page) {

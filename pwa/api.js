@@ -34,6 +34,12 @@ const RETRY_DELAY_MS = 1000;
 // Seconds until the server signs this token out for inactivity, on every answer to a live token.
 const EXPIRES_IN_HEADER = 'X-Session-Expires-In';
 const WARNING_HEADER = 'X-Session-Warning-Seconds';
+// Downloads: the file's own type first; a refusal still comes as the usual JSON error.
+const FHIR_ACCEPT = 'application/fhir+json, application/json;q=0.9';
+const CSV_ACCEPT = 'text/csv, application/json;q=0.9';
+const FILENAME_STAR = /filename\*\s*=\s*utf-8''([^;]+)/i;
+const FILENAME_PLAIN = /filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))/;
+const UNSAFE_FILENAME_CHARS = /[\\/:*?"<>|\u0000-\u001f\u007f]+/g;
 
 const hooks = {
   getToken: () => null,
@@ -157,6 +163,24 @@ export async function getAttachment(recordId, n, { signal, inline = false } = {}
   const path = `/records/${encodeURIComponent(recordId)}/attachments/${encodeURIComponent(n)}`;
   const response = await send('GET', inline ? `${path}?inline=1` : path, { accept: '*/*', signal });
   return response.blob();
+}
+
+// ---- copies to take away (docs/fhir.md)
+
+// The whole record as one FHIR R4 Bundle: { blob, filename }, the file name the server gave it.
+export async function downloadRecordFhir({ signal, onProgress } = {}) {
+  return download('/records/fhir', { accept: FHIR_ACCEPT, fallbackName: 'medledger-record.json', signal, onProgress });
+}
+
+// The access log as `format` ('csv' or 'fhir': AuditEvent resources in a Bundle): { blob, filename }.
+export async function downloadAccessLog(format, { signal, onProgress } = {}) {
+  const csv = format === 'csv';
+  return download(`/access-log?format=${encodeURIComponent(format)}`, {
+    accept: csv ? CSV_ACCEPT : FHIR_ACCEPT,
+    fallbackName: csv ? 'medledger-access-log.csv' : 'medledger-access-log.json',
+    signal,
+    onProgress,
+  });
 }
 
 // ---- patient-controlled access (docs/access.md)
@@ -345,6 +369,64 @@ async function send(method, path, options = {}) {
     hooks.onUnauthorized(error);
   }
   throw error;
+}
+
+// A file the server sends as an attachment: read as it arrives (`onProgress(bytesSoFar, totalOrNull)`),
+// named as the server's Content-Disposition names it, else `fallbackName`.
+async function download(path, { accept, fallbackName, signal, onProgress = () => {} }) {
+  const response = await send('GET', path, { accept, signal });
+  const type = response.headers.get('Content-Type') ?? 'application/octet-stream';
+  const length = Number.parseInt(response.headers.get('Content-Length') ?? '', 10);
+  const total = Number.isFinite(length) && length >= 0 ? length : null;
+  const filename = filenameOf(response.headers.get('Content-Disposition')) || fallbackName;
+  return { blob: await readBody(response, type, total, onProgress), filename };
+}
+
+async function readBody(response, type, total, onProgress) {
+  try {
+    if (!response.body) {
+      return await response.blob();
+    }
+    const reader = response.body.getReader();
+    const chunks = [];
+    let received = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) {
+        break;
+      }
+      chunks.push(value);
+      received += value.byteLength;
+      onProgress(received, total);
+    }
+    return new Blob(chunks, { type });
+  } catch (error) {
+    if (isAbortError(error)) {
+      throw error;
+    }
+    throw new ApiError(NETWORK_ERROR_MESSAGE);
+  }
+}
+
+// The name in `attachment; filename*=UTF-8''...` or `filename="..."`, without any folder part.
+function filenameOf(disposition) {
+  if (!disposition) {
+    return '';
+  }
+  let name = '';
+  const star = FILENAME_STAR.exec(disposition);
+  if (star) {
+    try {
+      name = decodeURIComponent(star[1].trim());
+    } catch {
+      name = '';
+    }
+  }
+  if (!name) {
+    const plain = FILENAME_PLAIN.exec(disposition);
+    name = plain ? (plain[1] ?? plain[2] ?? '').replace(/\\(.)/g, '$1') : '';
+  }
+  return name.replace(UNSAFE_FILENAME_CHARS, '_').replace(/^[.\s]+/, '').trim();
 }
 
 function pageQuery({ limit, offset }) {

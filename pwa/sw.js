@@ -5,7 +5,7 @@
 // respondWith() and go to the network untouched.
 // Bump CACHE_VERSION whenever a file in SHELL_URLS changes.
 
-const CACHE_VERSION = 'v26';
+const CACHE_VERSION = 'v27';
 const CACHE_PREFIX = 'medledger-shell-';
 const CACHE_NAME = `${CACHE_PREFIX}${CACHE_VERSION}`;
 const APP_ROOT = '/app/';
@@ -22,6 +22,7 @@ const SHELL_URLS = [
   '/app/chat-store.js',
   '/app/devices.js',
   '/app/dom.js',
+  '/app/downloads.js',
   '/app/files.js',
   '/app/format.js',
   '/app/idle.js',

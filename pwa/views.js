@@ -4,8 +4,9 @@
 // route's parameters and returns one element; data arriving later is filled in
 // only while ctx.signal has not been aborted, i.e. while the screen is current.
 
-import { createToken, getAttachment, getRecord, listRecords, register } from './api.js';
+import { createToken, downloadRecordFhir, getAttachment, getRecord, listRecords, register } from './api.js';
 import { h, mount } from './dom.js';
+import { downloadPanel } from './downloads.js';
 import { objectUrl, revokeObjectUrls, saveBlob } from './files.js';
 import { FORGOT_PASSWORD_HASH, RECOVERY_KEY_HASH } from './recovery.js';
 import { authorLine, categoryLabel, formatBytes, isOnLedger, ledgerStatus, shortenHash } from './format.js';
@@ -134,8 +135,24 @@ export function recordsView(ctx) {
     h('div', { class: 'view-header' }, viewHeading('My records'), page.refresh),
     ctx.flash && flashNotice(ctx.flash),
     page.offline,
+    recordCopyPanel(ctx),
     page.list,
     page.controls.element);
+}
+
+// The whole record in the format hospitals' systems read, to keep or to take to another doctor.
+function recordCopyPanel(ctx) {
+  return downloadPanel(ctx, {
+    id: 'record-copy',
+    title: 'A copy of your record',
+    text: 'All your records in one file, in FHIR R4: the standard format other hospitals\' systems can read.',
+    files: [{
+      label: 'Download my record (FHIR)',
+      busyLabel: 'Preparing your record…',
+      failure: 'Your record could not be downloaded.',
+      fetch: downloadRecordFhir,
+    }],
+  });
 }
 
 export function recordView(ctx, recordId) {
