@@ -27,7 +27,7 @@ def client_key() -> str:
 limiter = Limiter(key_func=client_key, key_prefix="medledger")
 
 # Endpoints that take record uploads with attachments: the only ones given MAX_CONTENT_LENGTH.
-UPLOADS = {"api.create_record", "doctor.new_record"}
+UPLOADS = {"api.create_record", "doctor.new_record", "doctor.import_fhir"}
 
 
 def registration_limit() -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
@@ -7,19 +8,24 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
+from core.fhir import MEDIA_TYPE as FHIR_JSON
 from portal import runtime
-from portal.attachments import send_attachment
+from portal.attachments import send_attachment, send_document
 from portal.auth import page_actor, role_required
 from portal.doctor import bp, codes
 from portal.idempotency import idempotent
 from portal.models import utcnow
-from portal.services import accounts, federation, grants, paging, records
+from portal.services import accounts, federation, fhir, grants, paging, records
 from portal.services.errors import Forbidden, NotFound, ServiceError, ValidationFailed
+from portal.services.fhir import FhirRejected
+from portal.services.inputs import InvalidJSON
 from portal.services.records import CATEGORIES, NewAttachment
 
 MAX_QUERY = 100  # characters, as the search field allows
 CONSORTIUM_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 ID_LIKE = re.compile(r"[0-9a-f-]{24,}")  # no name or username looks like this: an id cut short or mistyped
+NO_BUNDLE = "Choose the FHIR Bundle to import: a JSON file exported from another health record system."
+NOT_JSON = "The file is not a FHIR Bundle in JSON; only FHIR's JSON form is read, not its XML form."
 UNKNOWN_ID = (
     "No patient of any member hospital has this id. Check it with the patient: an account made in the "
     "last few seconds may not have reached this hospital yet."
@@ -251,7 +257,15 @@ def my_patients() -> str:
 
 @bp.get("/patients/<patient_id>/history")
 @role_required("doctor")
-def history(patient_id: str) -> str | tuple[str, int]:
+def history(patient_id: str) -> tuple[str, int]:
+    return _history_page(patient_id)
+
+
+def _history_page(
+    patient_id: str, *, import_problems: list[dict[str, str]] | None = None, import_status: int | None = None
+) -> tuple[str, int]:
+    """The patient's history as this doctor may see it, with the FHIR export and import; after a
+    refused import, with its problems and the import's status instead of the page's own."""
     patient = accounts.get_user(patient_id, role="patient")
     category = request.args.get("category") or None
     page = {
@@ -259,6 +273,8 @@ def history(patient_id: str) -> str | tuple[str, int]:
         "card": federation.patient_card(patient),
         "categories": CATEGORIES,
         "category": category,
+        "import_form": {"idempotency_key": str(uuid.uuid4())},
+        "import_problems": import_problems,
     }
     limit, offset = paging.bounds(request.args.get("limit"), request.args.get("offset"))
     try:
@@ -266,11 +282,59 @@ def history(patient_id: str) -> str | tuple[str, int]:
             page_actor(), patient_id, node=runtime.node(), now=utcnow(), category=category, limit=limit, offset=offset
         )
     except Forbidden as exc:
-        return render_template("doctor/history.html", records=[], refusal=exc.message, **page), exc.status
+        body = render_template("doctor/history.html", records=[], refusal=exc.message, **page)
+        return body, import_status or exc.status
     except ValidationFailed as exc:
         flash(exc.message, "error")
-        return render_template("doctor/history.html", records=[], refusal=None, **page), exc.status
-    return render_template("doctor/history.html", records=entries.items, refusal=None, page_of=entries, **page)
+        return render_template("doctor/history.html", records=[], refusal=None, **page), import_status or exc.status
+    body = render_template("doctor/history.html", records=entries.items, refusal=None, page_of=entries, **page)
+    return body, import_status or 200
+
+
+@bp.get("/patients/<patient_id>/fhir")
+@role_required("doctor")
+def export_fhir(patient_id: str) -> Response:
+    """What this doctor's access covers, as one FHIR R4 Bundle to save (each record in it is a
+    logged read, as opening it is)."""
+    patient = accounts.get_user(patient_id, role="patient")
+    now = utcnow()
+    bundle = fhir.export_for_doctor(page_actor(), patient.public_id, node=runtime.node(), now=now)
+    body = json.dumps(bundle, ensure_ascii=False, indent=1)
+    return send_document(body, FHIR_JSON, f"medledger-patient-{patient.public_id}-{now:%Y-%m-%d}.json")
+
+
+@bp.post("/patients/<patient_id>/fhir")
+@role_required("doctor")
+@idempotent  # the form carries a key: a double submit imports one record
+def import_fhir(patient_id: str) -> Response | str | tuple[str, int]:
+    """A FHIR R4 Bundle from another system becomes one sealed, signed record; a refused Bundle
+    stores nothing and is shown again with what is wrong, resource by resource."""
+    accounts.get_user(patient_id, role="patient")
+    upload = request.files.get("bundle")
+    document = upload.read() if upload is not None and upload.filename else b""
+    if not document:
+        flash(NO_BUNDLE, "error")
+        return _history_page(patient_id, import_status=ValidationFailed.status)
+    try:
+        record = fhir.import_bundle(
+            page_actor(),
+            patient_id,
+            document,
+            vocabulary=runtime.vocabulary(),
+            limits=runtime.limits(),
+            node=runtime.node(),
+            now=utcnow(),
+        )
+    except FhirRejected as exc:  # the page lists each problem under the form
+        return _history_page(patient_id, import_problems=exc.problems, import_status=exc.status)
+    except InvalidJSON as exc:  # its message speaks of a request body; here it is a file
+        flash(f"{NOT_JSON} ({exc.message})", "error")
+        return _history_page(patient_id, import_status=exc.status)
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return _history_page(patient_id, import_status=exc.status)
+    flash("FHIR Bundle imported: the record is saved, encrypted and queued for the next block.", "info")
+    return redirect(url_for("doctor.record", record_id=record.id))
 
 
 @bp.route("/patients/<patient_id>/emergency", methods=["GET", "POST"])
