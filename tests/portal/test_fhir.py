@@ -22,8 +22,9 @@ from sqlalchemy import func, select
 
 from core import fhir
 from core.clinical.codes import load_vocabulary
+from portal import demo
 from portal.extensions import db
-from portal.models import AccessEntry, LedgerTransaction, Record
+from portal.models import AccessEntry, LedgerTransaction, Record, User
 from tests.conftest import PNG, RECORD, Person, make_person, produce
 
 FHIR_JSON = "application/fhir+json"
@@ -359,3 +360,26 @@ def test_round_trip_gives_the_same_clinical_content(
     ]
     copy_of = client.get(f"/api/v1/records/{answer.json['id']}/attachments/0", headers=patient.headers)
     assert copy_of.data == PNG
+
+
+def test_export_of_the_demo_patients_validates(app: Flask, client: FlaskClient) -> None:
+    """`make run`'s demo data: every demo patient's own export, and Dr. Lindqvist's export of Bob
+    under the grant Bob gave him."""
+    demo.seed()
+
+    def sign_in(username: str) -> dict[str, str]:
+        answer = client.post("/api/v1/auth/token", json={"username": username, "password": demo.PASSWORD})
+        assert answer.status_code == 200, answer.json
+        return {"Authorization": f"Bearer {answer.json['token']}"}
+
+    written = {patient: [f["title"] for _, p, f in demo.RECORDS if p == patient] for _, patient, *_ in demo.USERS}
+    for role, username, *_ in demo.USERS:
+        if role != "patient":
+            continue
+        resources = valid_bundle(download(client.get("/api/v1/records/fhir", headers=sign_in(username)), FHIR_JSON))
+        assert sorted(c["title"] for c in resources.get("Composition", [])) == sorted(written[username]), username
+        assert resources["Patient"][0]["birthDate"] == demo.BORN[username]
+    bob = db.session.scalar(select(User.public_id).where(User.username == "bob"))
+    granted = client.get(f"/api/v1/patients/{bob}/fhir", headers=sign_in("dr.lindqvist"))
+    resources = valid_bundle(download(granted, FHIR_JSON))
+    assert [c["title"] for c in resources["Composition"]] == ["Hypertension follow-up"]
