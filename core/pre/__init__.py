@@ -9,10 +9,19 @@ key or a record.
 from core.pre.grant import (
     EmergencyKey,
     Threshold,
+    VerifiedFragment,
     check_capsule_fragment,
     make_key_fragments,
     open_reencrypted,
     reencrypt,
 )
 
-__all__ = ["EmergencyKey", "Threshold", "check_capsule_fragment", "make_key_fragments", "open_reencrypted", "reencrypt"]
+__all__ = [
+    "EmergencyKey",
+    "Threshold",
+    "VerifiedFragment",
+    "check_capsule_fragment",
+    "make_key_fragments",
+    "open_reencrypted",
+    "reencrypt",
+]

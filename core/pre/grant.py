@@ -93,29 +93,57 @@ def reencrypt(capsule: bytes, key_fragment: bytes, patient_public: bytes, receiv
     return bytes(umbral.reencrypt(_capsule(capsule), verified))
 
 
-def check_capsule_fragment(capsule: bytes, fragment: bytes, patient_public: bytes, receiver_public: bytes) -> None:
-    """Return quietly if `fragment` is an honest re-encryption of `capsule` under a key fragment
-    the patient signed for this receiver; raises GrantError otherwise (forged, for another
-    capsule or receiver, or malformed)."""
+@dataclass(frozen=True)
+class VerifiedFragment:
+    """A capsule fragment that `check_capsule_fragment` verified, and what it was verified
+    against: `open_reencrypted` uses it without verifying it again when those match."""
+
+    fragment: umbral.VerifiedCapsuleFrag
+    capsule: bytes
+    patient_public: bytes
+    receiver_public: bytes
+
+
+def check_capsule_fragment(
+    capsule: bytes, fragment: bytes, patient_public: bytes, receiver_public: bytes
+) -> VerifiedFragment:
+    """`fragment`, verified as an honest re-encryption of `capsule` under a key fragment the
+    patient signed for this receiver; raises GrantError otherwise (forged, for another capsule
+    or receiver, or malformed)."""
     patient = _public(patient_public)
     try:
-        umbral.CapsuleFrag.from_bytes(fragment).verify(_capsule(capsule), patient, patient, _public(receiver_public))
+        verified = umbral.CapsuleFrag.from_bytes(fragment).verify(
+            _capsule(capsule), patient, patient, _public(receiver_public)
+        )
     except (umbral.VerificationError, ValueError, TypeError) as exc:
         raise GrantError("capsule fragment does not verify") from exc
+    return VerifiedFragment(verified, capsule, patient_public, receiver_public)
 
 
 def open_reencrypted(
-    envelope: Envelope, receiver_secret: umbral.SecretKey, patient_public: bytes, capsule_fragments: Sequence[bytes]
+    envelope: Envelope,
+    receiver_secret: umbral.SecretKey,
+    patient_public: bytes,
+    capsule_fragments: Sequence[bytes | VerifiedFragment],
 ) -> DataKey:
-    """What the receiver does: verify each capsule fragment and open the data key.
+    """What the receiver does: verify each capsule fragment (unless `check_capsule_fragment`
+    already did, for this capsule, patient and receiver) and open the data key.
 
     Raises GrantError for a forged or tampered capsule fragment, DecryptionError when the
     fragments (too few, or for another record) do not open it."""
     patient = _public(patient_public)
     capsule = _capsule(envelope.capsule)
     receiver = receiver_secret.public_key()
+    receiver_public = receiver.to_compressed_bytes()
     verified = []
     for fragment in capsule_fragments:
+        if isinstance(fragment, VerifiedFragment):
+            if (fragment.capsule, fragment.patient_public, fragment.receiver_public) != (
+                envelope.capsule, patient_public, receiver_public,
+            ):  # fmt: skip
+                raise GrantError("capsule fragment was verified for another capsule or receiver")
+            verified.append(fragment.fragment)
+            continue
         try:
             verified.append(umbral.CapsuleFrag.from_bytes(fragment).verify(capsule, patient, patient, receiver))
         except (umbral.VerificationError, ValueError, TypeError) as exc:

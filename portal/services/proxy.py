@@ -28,7 +28,7 @@ from core.crypto import UserKeys, rsa_verifier
 from core.encoding import b64d, b64e
 from core.errors import CoreError, GrantError, InvalidSignature
 from core.ledger import Transaction, decode_transaction
-from core.pre import Threshold, check_capsule_fragment, make_key_fragments
+from core.pre import Threshold, VerifiedFragment, check_capsule_fragment, make_key_fragments
 from core.pre import reencrypt as pre_reencrypt
 from portal.extensions import db
 from portal.models import EmergencyAccess, Grant, LedgerTransaction, ProxyFragment, Record, User
@@ -85,7 +85,7 @@ def _local(grant: Grant, capsule: bytes, patient_public: bytes, receiver_public:
 def gather(
     grant: Grant, access: Transaction, capsule: bytes, patient_public: bytes, receiver_public: bytes,
     node: NodeContext, emergency: EmergencyAccess | None = None,
-) -> list[bytes]:  # fmt: skip
+) -> list[VerifiedFragment]:  # fmt: skip
     """m verified capsule fragments for `capsule`: this node's own (if it holds any), then the
     other holders', asked in parallel with the signed access entry (and, for a read under an
     emergency, the signed emergency, which a holder may not have in a block yet); bad answers
@@ -110,12 +110,12 @@ def gather(
                 answers.extend(f for f in fragments if isinstance(f, dict))
             else:
                 log.info("holder %s gave no capsule fragment", futures[future])
-    verified: dict[int, bytes] = {}
+    verified: dict[int, VerifiedFragment] = {}
     thresholds: Counter[int] = Counter()
     for answer in answers:
         try:
-            share, cfrag = answer["share"], b64d(answer["cfrag"])
-            check_capsule_fragment(capsule, cfrag, patient_public, receiver_public)
+            share = answer["share"]
+            cfrag = check_capsule_fragment(capsule, b64d(answer["cfrag"]), patient_public, receiver_public)
         except (CoreError, KeyError, TypeError) as exc:
             log.warning("skipped a capsule fragment that does not verify: %s", exc)
             continue

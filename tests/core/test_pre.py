@@ -8,7 +8,14 @@ import pytest
 
 from core.crypto import Envelope, UserKeys, open_as_patient, seal
 from core.errors import DecryptionError, GrantError
-from core.pre import EmergencyKey, Threshold, make_key_fragments, open_reencrypted, reencrypt
+from core.pre import (
+    EmergencyKey,
+    Threshold,
+    check_capsule_fragment,
+    make_key_fragments,
+    open_reencrypted,
+    reencrypt,
+)
 
 BODY_AAD = b"record-1"
 
@@ -50,6 +57,27 @@ def test_threshold_two_of_three(patient_keys: UserKeys, doctor_keys: UserKeys, s
         assert key.open(sealed.body, BODY_AAD) == b"the record"
     with pytest.raises(DecryptionError):
         open_reencrypted(sealed, doctor_keys.umbral_secret, patient_keys.public.umbral, cfrags[:1])
+
+
+def test_fragments_verified_by_the_proxy_step_open_without_a_second_check(
+    patient_keys: UserKeys, doctor_keys: UserKeys, stranger_keys: UserKeys, sealed: Envelope
+) -> None:
+    """`check_capsule_fragment` hands back what it verified; `open_reencrypted` takes it as it is,
+    but only for the capsule, patient and receiver it was verified for."""
+    patient, doctor = patient_keys.public.umbral, doctor_keys.public.umbral
+    (fragment,) = grant(patient_keys, doctor_keys)
+    cfrag = reencrypt(sealed.capsule, fragment, patient, doctor)
+    verified = check_capsule_fragment(sealed.capsule, cfrag, patient, doctor)
+    assert open_reencrypted(sealed, doctor_keys.umbral_secret, patient, [verified]).open(sealed.body, BODY_AAD) == (
+        b"the record"
+    )
+    with pytest.raises(GrantError, match="verified for another capsule or receiver"):
+        open_reencrypted(sealed, stranger_keys.umbral_secret, patient, [verified])
+    other, _ = seal(b"another record", BODY_AAD, patient_keys.public, doctor_keys.public)
+    with pytest.raises(GrantError, match="verified for another capsule or receiver"):
+        open_reencrypted(other, doctor_keys.umbral_secret, patient, [verified])
+    with pytest.raises(GrantError, match="does not verify"):
+        check_capsule_fragment(sealed.capsule, flip(cfrag, 40), patient, doctor)
 
 
 @pytest.mark.parametrize(("m", "n"), [(0, 1), (2, 1), (1, 256)])
