@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from typing import Any
@@ -8,9 +7,8 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from core.fhir import MEDIA_TYPE as FHIR_JSON
 from portal import runtime
-from portal.attachments import send_attachment, send_document
+from portal.attachments import send_attachment, send_fhir
 from portal.auth import page_actor, role_required
 from portal.doctor import bp, codes
 from portal.idempotency import idempotent
@@ -297,10 +295,8 @@ def export_fhir(patient_id: str) -> Response:
     """What this doctor's access covers, as one FHIR R4 Bundle to save (each record in it is a
     logged read, as opening it is)."""
     patient = accounts.get_user(patient_id, role="patient")
-    now = utcnow()
-    bundle = fhir.export_for_doctor(page_actor(), patient.public_id, node=runtime.node(), now=now)
-    body = json.dumps(bundle, ensure_ascii=False, indent=1)
-    return send_document(body, FHIR_JSON, f"medledger-patient-{patient.public_id}-{now:%Y-%m-%d}.json")
+    bundle = fhir.export_for_doctor(page_actor(), patient.public_id, node=runtime.node(), now=utcnow())
+    return send_fhir(bundle, f"medledger-patient-{patient.public_id}")
 
 
 @bp.post("/patients/<patient_id>/fhir")
