@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
@@ -56,10 +57,30 @@ def _place(n: int | None, resource: Mapping[str, Any] | None) -> str:
     return f"entry.{n} ({resource.get('resourceType')}/{resource.get('id') or '-'})"
 
 
+def _resource_types(entries: list[Any]) -> dict[str, str]:
+    """Entries whose resource has no resource type the R4B models know (the models themselves
+    fail on some of these with errors of their own, not validation errors)."""
+    found = {}
+    for n, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if resource is None:
+            continue
+        kind = resource.get("resourceType") if isinstance(resource, Mapping) else None
+        try:
+            valid = isinstance(kind, str) and kind.isalpha() and get_fhir_model_class(kind) is not None
+        except ValueError:
+            valid = False
+        if not valid:
+            found[_place(n, resource)] = "not a FHIR R4 resource (`resourceType` missing or unknown)"
+    return found
+
+
 def _structure(document: Mapping[str, Any]) -> dict[str, str]:
     """Structure and type errors from the R4B models, one message per resource (the first)."""
     try:
         Bundle.model_validate(document)
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:  # the models' own failures
+        return {"Bundle": f"The Bundle's structure could not be read ({type(exc).__name__})."}
     except ValidationError as exc:
         found: dict[str, str] = {}
         entries = document.get("entry") if isinstance(document.get("entry"), list) else []
@@ -137,7 +158,7 @@ def read_bundle(document: Any, vocabulary: Vocabulary, categories: tuple[str, ..
         raise BundleProblems({"Bundle": "The Bundle has no entries."})
     if len(entries) > MAX_ENTRIES:
         raise BundleProblems({"Bundle": f"The Bundle has {len(entries)} entries; at most {MAX_ENTRIES} are read."})
-    problems = _structure(document)
+    problems = _resource_types(entries) or _structure(document)
     if problems:
         raise BundleProblems(problems)
     fields: dict[str, Any] = {"diagnoses": [], "symptoms": [], "prescriptions": [], "notes": ""}
