@@ -19,7 +19,7 @@ from typing import Any
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.errors import EncodingError
 from core.ledger.merkle import merkle_root
-from core.ledger.transaction import Signer, Transaction, without_signature
+from core.ledger.transaction import Signer, Transaction, sealed
 
 VERSION = 1
 SIGNING_DOMAIN = b"medledger/block/v1\n"
@@ -72,7 +72,7 @@ def _unsigned(height: int, ts: int, prev: str, root: str, nonce: str, producer: 
 
 def _build(unsigned: dict[str, Any], signature: bytes) -> BlockHeader:
     encoded = canonical({**unsigned, "sig": b64e(signature)})
-    return _sealed(
+    return sealed(
         BlockHeader(
             height=unsigned["height"],
             timestamp=unsigned["ts"],
@@ -85,11 +85,6 @@ def _build(unsigned: dict[str, Any], signature: bytes) -> BlockHeader:
             hash=hashlib.sha256(encoded).hexdigest(),
         )
     )
-
-
-def _sealed(header: BlockHeader) -> BlockHeader:
-    object.__setattr__(header, "unsigned_encoding", without_signature(header.encoded))
-    return header
 
 
 def make_block(
@@ -129,7 +124,7 @@ def decode_header(data: bytes) -> BlockHeader:
     if isinstance(value["v"], bool):
         raise EncodingError("header is not in canonical form")
     # `data` is canonical and holds exactly these values, so it is the encoding _build would give.
-    return _sealed(BlockHeader(
+    return sealed(BlockHeader(
         value["height"], value["ts"], value["prev"], value["root"], value["nonce"], value["producer"], signature,
         data, hashlib.sha256(data).hexdigest(),
     ))  # fmt: skip

@@ -13,10 +13,13 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.errors import EncodingError, InvalidTransaction
+
+if TYPE_CHECKING:
+    from core.ledger.block import BlockHeader
 
 VERSION = 1
 SIGNING_DOMAIN = b"medledger/tx/v1\n"
@@ -79,7 +82,7 @@ def _unsigned(kind: str, signer: str, timestamp: int, nonce: str, payload: dict[
 
 def _build(unsigned: dict[str, Any], signature: bytes) -> Transaction:
     encoded = canonical({**unsigned, "sig": b64e(signature)})
-    return _sealed(
+    return sealed(
         Transaction(
             kind=unsigned["kind"],
             signer=unsigned["signer"],
@@ -93,9 +96,14 @@ def _build(unsigned: dict[str, Any], signature: bytes) -> Transaction:
     )
 
 
-def _sealed(tx: Transaction) -> Transaction:
-    object.__setattr__(tx, "unsigned_encoding", without_signature(tx.encoded))
-    return tx
+SealedT = TypeVar("SealedT", "Transaction", "BlockHeader")
+
+
+def sealed(item: SealedT) -> SealedT:
+    """`item` (a transaction or block header just built or decoded) with the encoding of its
+    unsigned fields cut from its full encoding, so that signing bytes are never re-encoded."""
+    object.__setattr__(item, "unsigned_encoding", without_signature(item.encoded))
+    return item
 
 
 def sign_transaction(
@@ -139,4 +147,4 @@ def decode_transaction(data: bytes) -> Transaction:
     if isinstance(value["v"], bool):
         raise EncodingError("transaction is not in canonical form")
     # `data` is canonical and holds exactly these values, so it is the encoding _build would give.
-    return _sealed(Transaction(kind, signer, ts, nonce, payload, signature, data, hashlib.sha256(data).hexdigest()))
+    return sealed(Transaction(kind, signer, ts, nonce, payload, signature, data, hashlib.sha256(data).hexdigest()))
