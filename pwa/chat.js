@@ -13,14 +13,13 @@ import {
   MAX_MESSAGE_CHARS, PHASES, acknowledgeNewDevices, retryConversation, sendText, trustNewKey, watchConversation,
 } from './chat-client.js';
 import { h, mount } from './dom.js';
-import { formatClock, formatDateTime } from './format.js';
+import { formatClock, formatDateTime, groupedFingerprint } from './format.js';
 import { LINK_STATES } from './socket.js';
 import { errorNotice, errorText, hideNotice, isStale, setBusy, showNotice, viewHeading } from './ui.js';
 
 const MATCHES_HASH = '#/matches';
 const ELSEWHERE_TEXT = 'Your chat is open in another tab or window of this app. Close it to chat here.';
 const NOT_SENT_YET = 'It is kept on this phone and sent as soon as the connection is back.';
-const FINGERPRINT_GROUP = 4;
 const FINGERPRINT_CHARS = 16;
 const KEY_CHANGED_HINT = 'Confirm the new key above before you send anything.';
 const MESSAGES_PAGE = 100;
@@ -226,10 +225,6 @@ function renderDevices(page, view) {
     h('ul', { class: 'device-prints' },
       ...prints.map((print) => h('li', { class: 'hash' }, groupedFingerprint(print)))),
     ok);
-}
-
-function groupedFingerprint(fingerprint) {
-  return String(fingerprint ?? '').match(new RegExp(`.{1,${FINGERPRINT_GROUP}}`, 'g'))?.join(' ') ?? '';
 }
 
 function renderProblem(page, view) {

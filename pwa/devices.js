@@ -10,13 +10,13 @@
 import { listChatDevices, removeChatDevice } from './api.js';
 import { deviceOf } from './chat-store.js';
 import { h, mount } from './dom.js';
+import { groupedFingerprint } from './format.js';
 import {
   dateTime, definitionList, errorNotice, errorText, flashNotice, hideNotice, isStale, loadingIndicator, setBusy,
   showNotice, viewHeading,
 } from './ui.js';
 
 export const DEVICES_HASH = '#/devices';
-const FINGERPRINT_GROUP = 4; // hex digits per group, as on the chat screen
 const SHORT_GROUPS = 2; // enough of the fingerprint to tell two devices apart in a button's name
 const EXPLANATION = 'The phones, tablets and computers where you use the chat. Each has its own chat key. '
   + 'Remove one you no longer have.';
@@ -109,10 +109,6 @@ function deviceCard(page, device, isCurrent) {
 function deviceName(device) {
   const groups = groupedFingerprint(device.fingerprint).split(' ').slice(0, SHORT_GROUPS).join(' ');
   return `Device ${groups}`;
-}
-
-function groupedFingerprint(fingerprint) {
-  return String(fingerprint ?? '').match(new RegExp(`.{1,${FINGERPRINT_GROUP}}`, 'g'))?.join(' ') ?? '';
 }
 
 // ---- removing another device, after a confirmation in the page (never a browser dialog)

@@ -30,6 +30,13 @@ export function formatBytes(size) {
   return `${value.toFixed(digits)} ${BYTE_UNITS[unit]}`;
 }
 
+const FINGERPRINT_GROUP = 4; // hex digits per group, wherever a key fingerprint is shown
+
+// A key fingerprint in groups of four hex digits, to read aloud and compare.
+export function groupedFingerprint(fingerprint) {
+  return String(fingerprint ?? '').match(new RegExp(`.{1,${FINGERPRINT_GROUP}}`, 'g'))?.join(' ') ?? '';
+}
+
 export function shortenHash(hash) {
   const text = String(hash ?? '');
   return text.length > HASH_HEAD + HASH_TAIL + 1 ? `${text.slice(0, HASH_HEAD)}…${text.slice(-HASH_TAIL)}` : text;
