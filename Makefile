@@ -58,8 +58,13 @@ vsftpd:
 
 # One pytest worker per core (TEST_WORKERS=0 runs in one process); each has its own PostgreSQL database.
 TEST_WORKERS ?= auto
+# With TEST_DATABASE_URL on PostgreSQL, the tests that use that database. The others (core, browser,
+# contract, multinode, supervision) never touch it: their nodes run on SQLite files, or on PostgreSQL
+# databases of their own in every run, so the SQLite run has run them (tests/test_setup.py checks this).
+DATABASE_TESTS := tests/portal tests/archive tests/test_setup.py
+TEST_PATHS ?= $(if $(filter postgresql%,$(TEST_DATABASE_URL)),$(DATABASE_TESTS))
 test: lint browser vsftpd
-	MEDLEDGER_CONFIG=testing $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
+	MEDLEDGER_CONFIG=testing $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=25 $(TEST_PATHS)
 
 # Every portal page and app screen of the demo, at phone and desktop size, saved by the accessibility walk
 # (tests/browser/test_accessibility.py) into SCREENSHOTS_DIR; the few the README shows are copied to docs/screenshots.

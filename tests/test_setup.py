@@ -142,3 +142,34 @@ def test_demo_data_loads_once_and_verifies(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "demo.db") as demo:
         discoverable = demo.execute("SELECT count(*) FROM symptom_profiles WHERE discoverable").fetchone()[0]
     assert discoverable == 3  # Alice, Bob and Carol can find each other in the app's Matches
+
+
+DATABASE_FIXTURES = {"app", "client", "patient", "other_patient", "doctor", "other_doctor", "admin", "empty_database"}
+
+
+def test_tests_outside_the_database_tests_never_use_the_suites_database() -> None:
+    """`make test` on PostgreSQL runs only the Makefile's DATABASE_TESTS: every other test (and fixture) must
+    not use the database of TEST_DATABASE_URL (no fixture of it, no reading of the variable), or
+    the PostgreSQL run would miss it."""
+    import ast
+    import re
+
+    makefile = (ROOT / "Makefile").read_text()
+    paths = re.search(r"^DATABASE_TESTS := (.+)$", makefile, re.M)
+    assert paths is not None
+    included = [ROOT / p for p in paths.group(1).split()]
+    definitions = {ROOT / "tests" / "conftest.py", ROOT / "tests" / "__init__.py"}
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if any(path == p or p in path.parents for p in included) or "vendor" in path.parts or path in definitions:
+            continue  # tests/conftest.py and tests/__init__.py define the database and its fixtures
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and (node.name.startswith("test_") or node.decorator_list):
+                used = {a.arg for a in node.args.args} & DATABASE_FIXTURES
+                if used:
+                    offenders.append(f"{path.relative_to(ROOT)}::{node.name} uses {sorted(used)}")
+            if isinstance(node, ast.Constant) and node.value == "TEST_DATABASE_URL":
+                offenders.append(f"{path.relative_to(ROOT)} reads TEST_DATABASE_URL")
+    allowed = {"tests/multinode/test_one_node_two_servers.py reads TEST_DATABASE_URL"}  # its own PostgreSQL database
+    assert sorted(set(offenders) - allowed) == []
