@@ -32,6 +32,13 @@ class Config:
     SECRET_KEY = os.environ.get("SECRET_KEY")
     SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL", f"sqlite:///{INSTANCE / 'medledger.db'}")
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    # Database connections per process (docs/ledger.md, "One node, several servers"): DATABASE_POOL_SIZE
+    # kept open, DATABASE_MAX_OVERFLOW more under load, and a request that waits DATABASE_POOL_TIMEOUT
+    # seconds for one is answered 503 with Retry-After. PostgreSQL's max_connections must hold every
+    # process's pool plus overflow (2 workers x 30 by default).
+    DATABASE_POOL_SIZE = int(os.environ.get("DATABASE_POOL_SIZE", "10"))
+    DATABASE_MAX_OVERFLOW = int(os.environ.get("DATABASE_MAX_OVERFLOW", "20"))
+    DATABASE_POOL_TIMEOUT = float(os.environ.get("DATABASE_POOL_TIMEOUT", "10"))
 
     NODE_ID = os.environ.get("NODE_ID", "node-1")
     NODE_KEY_PATH = os.environ.get("NODE_KEY_PATH", str(INSTANCE / "node.key"))
