@@ -38,7 +38,7 @@ class Config:
     # process's pool plus overflow (2 workers x 30 by default).
     DATABASE_POOL_SIZE = int(os.environ.get("DATABASE_POOL_SIZE", "10"))
     DATABASE_MAX_OVERFLOW = int(os.environ.get("DATABASE_MAX_OVERFLOW", "20"))
-    DATABASE_POOL_TIMEOUT = float(os.environ.get("DATABASE_POOL_TIMEOUT", "10"))
+    DATABASE_POOL_TIMEOUT = float(os.environ.get("DATABASE_POOL_TIMEOUT", "30"))
 
     NODE_ID = os.environ.get("NODE_ID", "node-1")
     NODE_KEY_PATH = os.environ.get("NODE_KEY_PATH", str(INSTANCE / "node.key"))

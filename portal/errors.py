@@ -7,12 +7,11 @@ import logging
 import re
 
 from flask import Flask, Response, jsonify, render_template, request
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from portal.extensions import db
-from portal.services.errors import ServiceError
+from portal.services.errors import DATABASE_BUSY, Busy, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +118,17 @@ def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     return body, status, headers
 
 
-BUSY_RETRY_SECONDS = 5
-
-
 def _database_busy(exc: SQLAlchemyError):  # type: ignore[no-untyped-def]
-    """No database connection within DATABASE_POOL_TIMEOUT (every one in use under load), or the
-    database unreachable or locked: nothing was done, and the same request may simply be sent
-    again, so 503 with Retry-After rather than a 500."""
+    """The database gave no connection in time or did not answer: 503 with Retry-After, not 500."""
     db.session.rollback()
+    log_busy(exc, f"{request.method} {request.path}")
+    return _service_error(Busy())
+
+
+def log_busy(exc: BaseException, where: str) -> None:
     reason = getattr(exc, "orig", None) or exc  # the driver's words, without the statement and its values
-    log.warning("database busy or unavailable on %s %s: %s: %s", request.method, request.path,
-                type(reason).__name__, str(reason).splitlines()[0] if str(reason) else "")  # fmt: skip
-    body, status = error_response(503, "busy", "The server is busy; nothing was changed. Try again in a few seconds.")
-    return body, status, {"Retry-After": str(BUSY_RETRY_SECONDS)}
+    first = str(reason).splitlines()[0] if str(reason) else ""
+    log.warning("database busy or unavailable on %s: %s: %s", where, type(reason).__name__, first)
 
 
 def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
@@ -143,6 +140,6 @@ def register(app: Flask) -> None:
     app.add_template_filter(plain_message, "plain")
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(PoolTimeout, _database_busy)
-    app.register_error_handler(OperationalError, _database_busy)
+    for busy in DATABASE_BUSY:
+        app.register_error_handler(busy, _database_busy)
     app.register_error_handler(Exception, _unexpected)

@@ -25,10 +25,11 @@ from flask_socketio import ConnectionRefusedError, disconnect, emit, join_room
 from portal import runtime
 from portal.api import iso
 from portal.api.social import connection_json
+from portal.errors import log_busy
 from portal.extensions import db, socketio
 from portal.models import ChatMessage, Connection, User, utcnow
 from portal.services import accounts, chat, matching
-from portal.services.errors import ServiceError, Unauthorized, ValidationFailed
+from portal.services.errors import DATABASE_BUSY, Busy, ServiceError, Unauthorized, ValidationFailed
 from portal.services.inputs import check_json
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,10 @@ def handler(name: str) -> Callable[[EventFn], EventFn]:
             except ServiceError as exc:
                 db.session.rollback()
                 return _error(exc)
+            except DATABASE_BUSY as exc:
+                db.session.rollback()
+                log_busy(exc, f"chat event {name}")
+                return _error(Busy())
             except Exception:
                 db.session.rollback()
                 log.exception("chat event %s failed", name)

@@ -11,8 +11,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from portal import create_app, runtime
-from portal.extensions import db
+from portal.chat.events import NAMESPACE as NS
+from portal.extensions import db, socketio
 from portal.models import Record, utcnow
+from portal.services.errors import Busy
 from tests.conftest import RECORD, RequestClient, make_config, make_person
 
 
@@ -58,3 +60,23 @@ def test_no_connection_in_time_is_503_with_retry_after(small_pool_app: Flask) ->
         again = client.post(url, json=RECORD, headers=doctor.headers)
         assert again.status_code == 201, again.json
         assert db.session.query(Record).count() == 1
+
+
+def test_a_chat_event_with_no_connection_in_time_answers_busy(small_pool_app: Flask) -> None:
+    app = small_pool_app
+    client: FlaskClient = app.test_client()
+    with app.app_context():
+        patient = make_person(client, "patient", "alice", "Alice Moreau")
+        db.session.remove()
+    socket = socketio.test_client(app, namespace=NS, auth={"token": patient.token})
+    assert socket.is_connected(NS)
+    assert socket.emit("sync", {}, namespace=NS, callback=True)["ok"] is True
+    with app.app_context():
+        held = db.engine.connect()
+        try:
+            answer = socket.emit("sync", {}, namespace=NS, callback=True)
+        finally:
+            held.close()
+    assert answer == {"error": {"code": "busy", "message": Busy().message}}
+    assert socket.emit("sync", {}, namespace=NS, callback=True)["ok"] is True
+    socket.disconnect(NS)
