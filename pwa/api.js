@@ -31,6 +31,9 @@ const SYMPTOM_LIMIT = 20;
 const DIAGNOSIS_LIMIT = 10;
 const RETRIES = 2; // for writes that carry an Idempotency-Key
 const RETRY_DELAY_MS = 1000;
+const SERVICE_UNAVAILABLE = 503;
+const BUSY_RETRIES = 2;
+const BUSY_WAIT_MAX_SECONDS = 10;
 // Seconds until the server signs this token out for inactivity, on every answer to a live token.
 const EXPIRES_IN_HEADER = 'X-Session-Expires-In';
 const WARNING_HEADER = 'X-Session-Warning-Seconds';
@@ -359,7 +362,7 @@ async function send(method, path, options = {}) {
     // Patient data must not land in the browser's HTTP cache.
     cache: 'no-store',
   };
-  const response = await fetchOrFail(API_BASE + path, init, idempotent ? RETRIES : 0);
+  const response = await fetchWhenFree(API_BASE + path, init, idempotent ? RETRIES : 0, method === 'GET' || idempotent);
   reportDeadline(response, token);
   if (response.ok) {
     return response;
@@ -458,6 +461,23 @@ function buildHeaders({ token, accept, hasBody }) {
     headers['Content-Type'] = 'application/json';
   }
   return headers;
+}
+
+// A busy server (503 `busy`: no database connection came free, nothing was done) says when to come
+// back (Retry-After): a read, or a write with an Idempotency-Key, is sent again, up to BUSY_RETRIES times.
+async function fetchWhenFree(url, init, retries, repeatable) {
+  for (let attempt = 0; ; attempt += 1) {
+    const response = await fetchOrFail(url, init, retries);
+    if (response.status !== SERVICE_UNAVAILABLE || !repeatable || attempt >= BUSY_RETRIES) {
+      return response;
+    }
+    const seconds = Number.parseInt(response.headers.get('Retry-After') ?? '', 10);
+    const wait = Math.min(Number.isFinite(seconds) && seconds >= 0 ? seconds : 1, BUSY_WAIT_MAX_SECONDS);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    if (init.signal?.aborted) {
+      throw new DOMException('The request was aborted.', 'AbortError');
+    }
+  }
 }
 
 async function fetchOrFail(url, init, retries = 0) {

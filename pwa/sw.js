@@ -5,7 +5,7 @@
 // respondWith() and go to the network untouched.
 // Bump CACHE_VERSION whenever a file in SHELL_URLS changes.
 
-const CACHE_VERSION = 'v28';
+const CACHE_VERSION = 'v29';
 const CACHE_PREFIX = 'medledger-shell-';
 const CACHE_NAME = `${CACHE_PREFIX}${CACHE_VERSION}`;
 const APP_ROOT = '/app/';

@@ -251,6 +251,53 @@ def test_server_errors_read_as_plain_sentences(node: Node, phone: Phone) -> None
     phone.assert_clean()
 
 
+def test_a_busy_server_is_asked_again_when_it_says(node: Node, phone: Phone) -> None:
+    """503 `busy` with Retry-After (no database connection came free, nothing was done): the app
+    asks again after the time the server gives, and shows the answer; past its retries, the error."""
+    username = "pat.busy"
+    register_patient(node, username, PASSWORD, "Bea Busy")
+    page = phone.page
+    log_in(page, username)
+    busy = {"code": "busy", "message": "The server is busy; nothing was changed. Try again in a few seconds."}
+    refused: list[float] = []
+
+    def busy_once(route: Route) -> None:
+        if refused:
+            route.continue_()
+            return
+        refused.append(time.monotonic())
+        route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
+                      body=json.dumps({"error": busy}))  # fmt: skip
+
+    page.route("**/api/v1/records?*", busy_once)
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.locator("#app .records .empty-state, #app .records .record-card").first).to_be_visible()
+    expect(page.locator("#app .records .notice-error")).to_have_count(0)
+    assert len(refused) == 1
+    page.unroute("**/api/v1/records?*")
+
+    calls: list[float] = []
+
+    def always_busy(route: Route) -> None:
+        if "limit=5&" in route.request.url + "&":  # this call's, not the app's own (limit=50)
+            calls.append(time.monotonic())
+        route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
+                      body=json.dumps({"error": busy}))  # fmt: skip
+
+    page.route("**/api/v1/records?*", always_busy)
+    code = page.evaluate(
+        """async () => {
+            const api = await import('/app/api.js');
+            try { await api.listRecords({ limit: 5 }); return 'answered'; } catch (error) { return error.code; }
+        }"""
+    )
+    assert code == "busy"
+    # The first try and two more, each after the second the server asked for; then the error.
+    assert len(calls) == 3, calls
+    assert calls[1] - calls[0] >= 0.9 and calls[2] - calls[1] >= 0.9, calls
+    phone.assert_clean()
+
+
 def test_a_pdf_attachment_is_shown_in_the_app_and_in_the_portal(node: Node, phone: Phone, browser: Browser) -> None:
     username = "pat.pdf"
     register_patient(node, username, PASSWORD, "Petra Pdf")
