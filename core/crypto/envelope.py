@@ -8,6 +8,7 @@ for a doctor without the proxy ever seeing it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,10 +64,22 @@ def seal(
     return envelope, [aead.encrypt(key, data, aad) for data, aad in attachments]
 
 
+# Parsing a capsule is a point decompression (about 0.25 ms, more than opening it), and a record's
+# capsule is read again on every read and list of it: parsed once, kept (by its bytes; a parsed
+# capsule is immutable and public, on the ledger). Failures are not kept. Shared with core.pre.
+PARSED_CAPSULES = 1024
+
+
+@functools.lru_cache(maxsize=PARSED_CAPSULES)
+def parse_capsule(data: bytes) -> umbral.Capsule:
+    """The capsule `data` encodes; ValueError when it is not one."""
+    return umbral.Capsule.from_bytes(data)
+
+
 def open_as_patient(envelope: Envelope, keys: UserKeys) -> DataKey:
     """Unwrap the data key with the patient's Umbral secret; raises DecryptionError."""
     try:
-        capsule = umbral.Capsule.from_bytes(envelope.capsule)
+        capsule = parse_capsule(bytes(envelope.capsule))
         return DataKey(umbral.decrypt_original(keys.umbral_secret, capsule, envelope.patient_key))
     except ValueError as exc:
         raise DecryptionError() from exc

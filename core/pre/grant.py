@@ -17,7 +17,7 @@ from pathlib import Path
 import umbral_pre as umbral
 
 from core.crypto import aead
-from core.crypto.envelope import DataKey, Envelope
+from core.crypto.envelope import DataKey, Envelope, parse_capsule
 from core.crypto.keys import UserKeys, _Secret
 from core.crypto.password import KdfParams, derive_key
 from core.errors import DecryptionError, GrantError
@@ -40,18 +40,14 @@ class Threshold:
 # A granted read re-encrypts the record's capsule with each local key fragment, checks each capsule
 # fragment against it and opens it: m + 1 parses or more of the same capsule and public keys, each a
 # point decompression (about 0.2-0.3 ms for a capsule). Parsed values are immutable and depend on the
-# bytes alone, so each is parsed once and kept for the next use (failures are not kept).
+# bytes alone, so each is parsed once and kept for the next use (failures are not kept; capsules in
+# core.crypto.envelope's cache, which the patient's own reads share).
 PARSED_CACHE = 512
 
 
 @functools.lru_cache(maxsize=PARSED_CACHE)
 def _parse_public(data: bytes) -> umbral.PublicKey:
     return umbral.PublicKey.from_compressed_bytes(data)
-
-
-@functools.lru_cache(maxsize=PARSED_CACHE)
-def _parse_capsule(data: bytes) -> umbral.Capsule:
-    return umbral.Capsule.from_bytes(data)
 
 
 def _public(data: bytes) -> umbral.PublicKey:
@@ -63,7 +59,7 @@ def _public(data: bytes) -> umbral.PublicKey:
 
 def _capsule(data: bytes) -> umbral.Capsule:
     try:
-        return _parse_capsule(bytes(data))
+        return parse_capsule(bytes(data))
     except (ValueError, TypeError) as exc:
         raise GrantError("malformed capsule") from exc
 
