@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request, expect
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it. Never `playwright install`.
@@ -197,6 +197,16 @@ class Phone:
 
 def heading(page: Page) -> Any:
     return page.locator("#app h1")
+
+
+def log_in_app(page: Page, username: str, password: str) -> None:
+    """Sign in to the patient app and wait for the first screen (the records)."""
+    page.goto("/app/#/login")
+    expect(heading(page)).to_have_text("Log in")
+    page.fill("#login-username", username)
+    page.fill("#login-password", password)
+    page.get_by_role("button", name="Log in").click()
+    expect(heading(page)).to_have_text("My records")
 
 
 def our_storage_keys(page: Page) -> list[str]:

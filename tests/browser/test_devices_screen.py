@@ -25,6 +25,7 @@ from tests.browser.support import (
     bearer,
     fits_the_phone,
     heading,
+    log_in_app,
     open_phone,
     register_patient,
     token_for,
@@ -41,12 +42,7 @@ CONFIRM_SCREENSHOT = Path("/tmp/pwa-devices-confirm.png")
 
 
 def log_in(page: Page, username: str) -> None:
-    page.goto("/app/#/login")
-    expect(heading(page)).to_have_text("Log in")
-    page.fill("#login-username", username)
-    page.fill("#login-password", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(heading(page)).to_have_text("My records")
+    log_in_app(page, username, PASSWORD)
 
 
 def token_of(page: Page) -> str:

@@ -26,6 +26,7 @@ from tests.browser.support import (
     doctor_token,
     fits_the_phone,
     heading,
+    log_in_app,
     register_patient,
     write_record,
 )
@@ -40,12 +41,7 @@ SCREENSHOT = Path("/tmp/pwa-fhir-downloads.png")
 
 
 def log_in(page: Page, username: str) -> None:
-    page.goto("/app/#/login")
-    expect(heading(page)).to_have_text("Log in")
-    page.fill("#login-username", username)
-    page.fill("#login-password", PATIENT_PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(heading(page)).to_have_text("My records")
+    log_in_app(page, username, PATIENT_PASSWORD)
 
 
 def download(page: Page, button_name: str) -> Download:

@@ -26,6 +26,7 @@ from tests.browser.support import (
     doctor_token,
     fits_the_phone,
     heading,
+    log_in_app,
     register_patient,
     token_for,
     write_record,
@@ -52,15 +53,6 @@ def reader(node: Node) -> str:
 
 
 # ---- helpers
-
-
-def log_in(page: Page, username: str, password: str) -> None:
-    page.goto("/app/#/login")
-    expect(heading(page)).to_have_text("Log in")
-    page.fill("#login-username", username)
-    page.fill("#login-password", password)
-    page.get_by_role("button", name="Log in").click()
-    expect(heading(page)).to_have_text("My records")
 
 
 def open_tab(page: Page, name: str) -> None:
@@ -102,7 +94,7 @@ def test_patient_approves_revokes_and_sees_an_emergency(node: Node, phone: Phone
 
     # The patient sees the request, with its reason, and approves it.
     page = phone.page
-    log_in(page, username, PATIENT_PASSWORD)
+    log_in_app(page, username, PATIENT_PASSWORD)
     expect(page.locator("#emergency-banner")).to_be_empty()
     open_tab(page, "Access")
     request_card = page.get_by_role("article", name=f"Request from {READER_NAME}")
@@ -219,7 +211,7 @@ def test_patient_gives_a_doctor_access_from_a_search(node: Node, phone: Phone, r
     username = "pat.give"
     register_patient(node, username, PATIENT_PASSWORD, "Gil Giver")
     page = phone.page
-    log_in(page, username, PATIENT_PASSWORD)
+    log_in_app(page, username, PATIENT_PASSWORD)
     open_tab(page, "Access")
     expect(page.get_by_text("No doctor is waiting for an answer.")).to_be_visible()
     form = page.locator("#app form")
@@ -305,7 +297,7 @@ def test_patient_approves_a_request_giving_less_than_asked(node: Node, phone: Ph
     assert asked.status_code == 201, asked.text
 
     page = phone.page
-    log_in(page, username, PATIENT_PASSWORD)
+    log_in_app(page, username, PATIENT_PASSWORD)
     open_tab(page, "Access")
     card = page.get_by_role("article", name=f"Request from {READER_NAME}")
     card.get_by_role("button", name="Approve").click()
@@ -348,7 +340,7 @@ def test_the_grant_forms_dates_fit_a_phone(node: Node, phone: Phone) -> None:
     username = "pat.dates"
     register_patient(node, username, PATIENT_PASSWORD, "Dora Dates")
     page = phone.page
-    log_in(page, username, PATIENT_PASSWORD)
+    log_in_app(page, username, PATIENT_PASSWORD)
     open_tab(page, "Access")
     form = page.locator("#app form")
     form.get_by_label("Only records from certain dates").check()
@@ -385,7 +377,7 @@ def test_the_access_log_loads_more_without_repeating_a_read(node: Node, phone: P
         assert read_record(node, reader, record_id).status_code == 200
 
     page = phone.page
-    log_in(page, username, PATIENT_PASSWORD)
+    log_in_app(page, username, PATIENT_PASSWORD)
     open_tab(page, "Access log")
     entries = page.locator("#app .log-entry")
     expect(entries).to_have_count(50)
@@ -418,7 +410,7 @@ def test_past_grants_load_more_without_repeating_one(node: Node, phone: Phone, r
     paged = "next_offset" in requests.get(node.api("/grants?limit=1"), headers=bearer(patient), timeout=10).json()
 
     page = phone.page
-    log_in(page, username, PATIENT_PASSWORD)
+    log_in_app(page, username, PATIENT_PASSWORD)
     open_tab(page, "Access")
     past = page.locator("#app details.past-grants")
     more = page.locator("section[aria-labelledby=access-grants]").get_by_role("button", name="Load more")

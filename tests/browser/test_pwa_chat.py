@@ -34,6 +34,7 @@ from tests.browser.support import (
     bearer,
     fits_the_phone,
     heading,
+    log_in_app,
     open_phone,
     register_patient,
     token_for,
@@ -85,12 +86,7 @@ def other_phone(browser: Browser, node: Node) -> Iterator[Phone]:
 
 
 def log_in(page: Page, username: str) -> None:
-    page.goto("/app/#/login")
-    expect(heading(page)).to_have_text("Log in")
-    page.fill("#login-username", username)
-    page.fill("#login-password", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(heading(page)).to_have_text("My records")
+    log_in_app(page, username, PASSWORD)
 
 
 def open_tab(page: Page, name: str) -> None:

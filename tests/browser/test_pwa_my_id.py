@@ -24,6 +24,7 @@ from tests.browser.support import (
     doctor_token,
     fits_the_phone,
     heading,
+    log_in_app,
     register_patient,
     token_for,
 )
@@ -76,15 +77,6 @@ FAKE_SCANNER = """(id) => {
 }"""
 
 
-def log_in_app(page: Page, username: str) -> None:
-    page.goto("/app/#/login")
-    expect(heading(page)).to_have_text("Log in")
-    page.fill("#login-username", username)
-    page.fill("#login-password", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(heading(page)).to_have_text("My records")
-
-
 def log_in_portal(page: Page) -> None:
     page.goto("/login")
     page.fill("input[name=username]", DOCTOR_USERNAME)
@@ -114,7 +106,7 @@ def test_patient_shows_copies_and_encodes_my_id(node: Node, phone: Phone) -> Non
     me = requests.get(node.api("/me"), headers=bearer(token_for(node, "myid.e2e", PASSWORD)), timeout=HTTP_TIMEOUT)
     my_id = me.json()["user"]["id"]
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=node.url)
-    log_in_app(page, "myid.e2e")
+    log_in_app(page, "myid.e2e", PASSWORD)
 
     page.get_by_role("link", name="My ID", exact=True).click()
     expect(page).to_have_url(re.compile(r"/app/#/my-id$"))
@@ -155,7 +147,7 @@ def test_without_a_clipboard_the_id_is_selected(node: Node, phone: Phone) -> Non
     page.context.add_init_script(
         "navigator.clipboard.writeText = () => Promise.reject(new DOMException('denied', 'NotAllowedError'));"
     )
-    log_in_app(page, "myid.noclip")
+    log_in_app(page, "myid.noclip", PASSWORD)
     page.goto("/app/#/my-id")
     expect(heading(page)).to_have_text("My ID")
     page.get_by_role("button", name="Copy").click()
@@ -167,7 +159,7 @@ def test_without_a_clipboard_the_id_is_selected(node: Node, phone: Phone) -> Non
 def test_service_worker_caches_my_id_for_offline_use(node: Node, phone: Phone) -> None:
     page = phone.page
     register_patient(node, "myid.offline", PASSWORD, "Olga Offline")
-    log_in_app(page, "myid.offline")
+    log_in_app(page, "myid.offline", PASSWORD)
     page.evaluate("() => navigator.serviceWorker.ready")
     cached = page.evaluate(
         """async () => {

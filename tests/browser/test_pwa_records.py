@@ -30,6 +30,7 @@ from tests.browser.support import (
     doctor_token,
     find_patient,
     heading,
+    log_in_app,
     register_patient,
 )
 
@@ -42,12 +43,7 @@ OFFLINE_NOTICE = re.compile(r"^Offline — showing what was loaded at \d{1,2}:\d
 
 
 def log_in(page: Page, username: str) -> None:
-    page.goto("/app/#/login")
-    expect(heading(page)).to_have_text("Log in")
-    page.fill("#login-username", username)
-    page.fill("#login-password", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(heading(page)).to_have_text("My records")
+    log_in_app(page, username, PASSWORD)
 
 
 def write_short_record(node: Node, token: str, patient_id: str, title: str) -> str:
