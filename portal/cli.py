@@ -118,7 +118,7 @@ def consortium_up(count: int, base_port: int, data_dir: Path, demo: bool) -> Non
 
     if demo and count < 3:
         raise click.UsageError("--demo needs at least 3 nodes.")
-    up(data_dir, count, base_port, demo)
+    up(data_dir.resolve(), count, base_port, demo)  # the nodes' settings name their folders absolutely
 
 
 @medledger.group("archive")

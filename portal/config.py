@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTANCE = Path(os.environ.get("MEDLEDGER_INSTANCE", ROOT / "instance"))
+INSTANCE = Path(os.environ.get("MEDLEDGER_INSTANCE", ROOT / "instance")).resolve()  # Flask wants it absolute
 MIB = 1024 * 1024
 
 

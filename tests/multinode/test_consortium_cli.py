@@ -36,11 +36,12 @@ def node_pids(folder: Path) -> list[int]:
 
 
 def test_consortium_up_runs_and_stops_every_node(tmp_path: Path) -> None:
+    """As `make consortium` runs it: the data folder given relative to the project."""
     base = free_base_port(2)
     env = {**os.environ, "MEDLEDGER_CONFIG": "development", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "wsgi", "medledger", "consortium", "up",
-         "--nodes", "2", "--base-port", str(base), "--data-dir", str(tmp_path)],
+         "--nodes", "2", "--base-port", str(base), "--data-dir", os.path.relpath(tmp_path, ROOT)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     lines: list[str] = []
