@@ -152,7 +152,7 @@ def interleaved(runs: int, jobs: dict[str, Callable[[], object]]) -> dict[str, T
 def key_payload(keys: UserKeys, home: NodeKey) -> dict[str, Any]:
     """A doctor's key registration, endorsed by its home node (the bench's single node)."""
     public = keys.public
-    return endorsed_key_payload(str(uuid.uuid4()), "doctor", public.rsa_der, public.umbral, home)
+    return endorsed_key_payload(str(uuid.uuid4()), "doctor", public.rsa_der, public.umbral, home, public.sign)
 
 
 def record_payload() -> dict[str, Any]:

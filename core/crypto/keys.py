@@ -1,4 +1,4 @@
-"""User key pairs (RSA-3072 + Umbral) and node keys (Ed25519).
+"""User key pairs (RSA-3072 + Umbral, and an Ed25519 signing key) and node keys (Ed25519).
 
 Secret-holding objects refuse to print, hash or pickle, so they cannot leak into
 logs or caches by accident.
@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from core.crypto import aead
-from core.crypto.signing import Verifier, ed25519_verifier, rsa_sign, rsa_verifier
+from core.crypto.signing import Verifier, account_verifier, ed25519_verifier, rsa_sign
 from core.encoding import b64d, b64e, canonical, decode_canonical
 from core.errors import DecryptionError, EncodingError
 
@@ -45,17 +45,19 @@ class _Secret:
 
 @dataclass(frozen=True)
 class PublicKeys:
-    """A user's published keys: RSA (SubjectPublicKeyInfo DER) and Umbral (compressed point)."""
+    """A user's published keys: RSA (SubjectPublicKeyInfo DER), Umbral (compressed point) and,
+    for accounts that have one, the Ed25519 signing key (raw, 32 bytes)."""
 
     rsa_der: bytes
     umbral: bytes
+    sign: bytes | None = None
 
     @property
     def key_id(self) -> str:
         return fingerprint(self.rsa_der)
 
     def verifier(self) -> Verifier:
-        return rsa_verifier(self.rsa_der, self.key_id)
+        return account_verifier(self.rsa_der, self.sign, self.key_id)
 
     def rsa_key(self) -> rsa.RSAPublicKey:
         key = serialization.load_der_public_key(self.rsa_der)
@@ -73,31 +75,43 @@ class PublicKeys:
 class UserKeys(_Secret):
     """A user's unlocked private keys. Exists only for the request that needed it."""
 
-    def __init__(self, rsa_private: rsa.RSAPrivateKey, umbral_secret: umbral.SecretKey) -> None:
+    def __init__(
+        self,
+        rsa_private: rsa.RSAPrivateKey,
+        umbral_secret: umbral.SecretKey,
+        signing: ed25519.Ed25519PrivateKey | None = None,
+    ) -> None:
         self.rsa_private = rsa_private
         self.umbral_secret = umbral_secret
+        self.signing = signing
 
     @property
     def public(self) -> PublicKeys:
         rsa_der = self.rsa_private.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return PublicKeys(rsa_der=rsa_der, umbral=self.umbral_secret.public_key().to_compressed_bytes())
+        sign = None
+        if self.signing is not None:
+            sign = self.signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return PublicKeys(rsa_der=rsa_der, umbral=self.umbral_secret.public_key().to_compressed_bytes(), sign=sign)
 
     @property
     def key_id(self) -> str:
         return self.public.key_id
 
     def sign(self, message: bytes) -> bytes:
-        """RSA-PSS-SHA256 signature with this user's key."""
+        """This user's signature: Ed25519 when the account has a signing key, else RSA-PSS-SHA256."""
+        if self.signing is not None:
+            return self.signing.sign(message)
         return rsa_sign(self.rsa_private, message)
 
 
 def generate_user_keys() -> UserKeys:
-    """A fresh RSA-3072 key pair and Umbral key pair."""
+    """A fresh RSA-3072 key pair, Umbral key pair and Ed25519 signing key."""
     return UserKeys(
         rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS),
         umbral.SecretKey.random(),
+        ed25519.Ed25519PrivateKey.generate(),
     )
 
 
@@ -106,8 +120,10 @@ def seal_user_keys(keys: UserKeys, wrapping_key: bytes, aad: bytes) -> bytes:
     rsa_der = keys.rsa_private.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    plain = canonical({"rsa": b64e(rsa_der), "umbral": b64e(keys.umbral_secret.to_be_bytes())})
-    return aead.encrypt(wrapping_key, plain, aad)
+    sealed = {"rsa": b64e(rsa_der), "umbral": b64e(keys.umbral_secret.to_be_bytes())}
+    if keys.signing is not None:
+        sealed["sign"] = b64e(keys.signing.private_bytes_raw())
+    return aead.encrypt(wrapping_key, canonical(sealed), aad)
 
 
 def open_user_keys(blob: bytes, wrapping_key: bytes, aad: bytes) -> UserKeys:
@@ -121,11 +137,12 @@ def open_user_keys(blob: bytes, wrapping_key: bytes, aad: bytes) -> UserKeys:
             b64d(data["rsa"]), password=None, unsafe_skip_rsa_key_validation=True
         )
         umbral_secret = umbral.SecretKey.from_be_bytes(b64d(data["umbral"]))
+        signing = ed25519.Ed25519PrivateKey.from_private_bytes(b64d(data["sign"])) if "sign" in data else None
     except (EncodingError, KeyError, TypeError, ValueError) as exc:
         raise DecryptionError() from exc
     if not isinstance(rsa_private, rsa.RSAPrivateKey):
         raise DecryptionError()
-    return UserKeys(rsa_private, umbral_secret)
+    return UserKeys(rsa_private, umbral_secret, signing)
 
 
 class NodeKey(_Secret):

@@ -26,7 +26,7 @@ ROLES = ("patient", "doctor", "admin")
 MAX_ATTACHMENTS = 20
 MAX_SEALED = 64  # packages of one grant: one per member node at most
 ENDORSE_DOMAIN = b"medledger/endorse/v1\n"
-ENDORSED_FIELDS = ("account", "role", "rsa", "umbral", "home")
+ENDORSED_FIELDS = ("account", "role", "rsa", "umbral", "home", "sign")  # "sign": only when registered
 
 
 def _fields(payload: dict[str, Any], names: set[str]) -> None:
@@ -68,20 +68,28 @@ def check_genesis(payload: dict[str, Any]) -> None:
 
 def endorsement_message(payload: dict[str, Any]) -> bytes:
     """What a home node signs to endorse an account's key registration: the account, its role,
-    both public keys and the node itself (so an endorsement cannot be moved to another key)."""
-    return ENDORSE_DOMAIN + canonical({name: payload[name] for name in ENDORSED_FIELDS})
+    its public keys and the node itself (so an endorsement cannot be moved to another key)."""
+    return ENDORSE_DOMAIN + canonical({name: payload[name] for name in ENDORSED_FIELDS if name in payload})
 
 
-def key_payload(account: str, role: str, rsa_der: bytes, umbral: bytes, home: NodeKey) -> dict[str, Any]:
-    """A `key` transaction's payload, endorsed by `home` (a NodeKey: its node id and signature)."""
+def key_payload(
+    account: str, role: str, rsa_der: bytes, umbral: bytes, home: NodeKey, sign: bytes | None = None
+) -> dict[str, Any]:
+    """A `key` transaction's payload, endorsed by `home` (a NodeKey: its node id and signature);
+    `sign` is the account's Ed25519 signing key, for accounts that have one."""
     payload = {"account": account, "role": role, "rsa": b64e(rsa_der), "umbral": b64e(umbral), "home": home.node_id}
+    if sign is not None:
+        payload["sign"] = b64e(sign)
     return {**payload, "endorsement": b64e(home.sign(endorsement_message(payload)))}
 
 
 def check_key(payload: dict[str, Any]) -> None:
     """An account's public keys, its role and its home node, with that node's endorsement
     (checked by the registry against the node's key)."""
-    _fields(payload, {"account", "role", "rsa", "umbral", "home", "endorsement"})
+    fields = {"account", "role", "rsa", "umbral", "home", "endorsement"}
+    _fields(payload, fields | ({"sign"} & set(payload)))
+    if "sign" in payload and len(_binary(payload, "sign")) != 32:
+        raise InvalidTransaction("sign must be a 32-byte Ed25519 public key")
     if not isinstance(payload["account"], str) or not UUID_RE.match(payload["account"]):
         raise InvalidTransaction("account must be a UUID")
     if payload["role"] not in ROLES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.crypto.keys import fingerprint, node_public_key_from_bytes
-from core.crypto.signing import Verifier, rsa_verifier
+from core.crypto.signing import Verifier, account_verifier
 from core.encoding import b64d
 from core.errors import EncodingError, InvalidSignature, InvalidTransaction
 from core.ledger.kinds import RULES, SIGNER_ROLES, endorsement_message
@@ -57,8 +57,9 @@ class KeyRegistry:
             if tx.signer in self.accounts:
                 raise InvalidTransaction("key already registered")
             self._check_endorsement(tx)
-            try:
-                return rsa_verifier(rsa_der, tx.signer)
+            try:  # signed by a key it registers (RSA, or the Ed25519 signing key beside it)
+                sign = b64d(tx.payload["sign"]) if "sign" in tx.payload else None
+                return account_verifier(rsa_der, sign, tx.signer)
             except EncodingError as exc:
                 raise InvalidTransaction(str(exc)) from exc
         if tx.kind == "node_info":

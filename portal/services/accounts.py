@@ -196,7 +196,7 @@ def create_user(
     _wrap_under_password(user, user_key, password, kdf)
     user.sealed_private_keys = seal_user_keys(keys, user_key, PRIVATE_KEYS_AAD + _aad_id(user))
     tx = sign_transaction(
-        "key", key_payload(user.public_id, role, public.rsa_der, public.umbral, home), keys, epoch_ms(now)
+        "key", key_payload(user.public_id, role, public.rsa_der, public.umbral, home, public.sign), keys, epoch_ms(now)
     )
     user.key_tx_hash = tx.hash
     db.session.add(user)
@@ -443,4 +443,5 @@ def published_keys(user: User) -> PublicKeys:
         or b64d(payload["umbral"]) != user.umbral_public_key
     ):
         raise KeysMismatch(f"The published keys of {user.username} do not match the ledger.")
-    return PublicKeys(rsa_der=user.rsa_public_key, umbral=user.umbral_public_key)
+    sign = b64d(payload["sign"]) if "sign" in payload else None
+    return PublicKeys(rsa_der=user.rsa_public_key, umbral=user.umbral_public_key, sign=sign)

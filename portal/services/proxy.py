@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.crypto import UserKeys, rsa_verifier
+from core.crypto import UserKeys
 from core.encoding import b64d, b64e
 from core.errors import CoreError, GrantError, InvalidSignature
 from core.ledger import Transaction, decode_transaction
@@ -33,6 +33,7 @@ from core.pre import reencrypt as pre_reencrypt
 from portal.extensions import db
 from portal.models import EmergencyAccess, Grant, LedgerTransaction, ProxyFragment, Record, User
 from portal.services import federation, ledger, scopes
+from portal.services.accounts import KeysMismatch, published_keys
 from portal.services.context import NodeContext
 from portal.services.errors import Forbidden, NotFound, ServiceError
 
@@ -148,8 +149,8 @@ def serve(
     if reader is None or reader.role != "doctor":
         raise HolderRefused("The access entry is not signed by a known doctor.")
     try:
-        rsa_verifier(reader.rsa_public_key, reader.key_id).verify(access.signature, access.signing_bytes())
-    except (InvalidSignature, CoreError):
+        published_keys(reader).verifier().verify(access.signature, access.signing_bytes())
+    except (InvalidSignature, CoreError, KeysMismatch):
         raise HolderRefused("The access entry's signature does not verify.") from None
     record = db.session.get(Record, access.payload["record"])
     if mode == "grant":

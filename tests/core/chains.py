@@ -49,7 +49,9 @@ def genesis_payload(node: NodeKey) -> dict:
 
 def key_payload(user: UserKeys, role: str, seed: int, home: NodeKey = NODE) -> dict:
     """A key registration endorsed by `home` (node-1 unless said otherwise)."""
-    return endorsed_key(str(uuid.UUID(int=seed, version=4)), role, user.public.rsa_der, user.public.umbral, home)
+    return endorsed_key(
+        str(uuid.UUID(int=seed, version=4)), role, user.public.rsa_der, user.public.umbral, home, user.public.sign
+    )
 
 
 def build_blocks(node: NodeKey, doctor: UserKeys, patient: UserKeys) -> list[StoredBlock]:

@@ -153,7 +153,9 @@ class Chain:
 
 
 def _key_payload(user: UserKeys, role: str, home: NodeKey = KEYS["n1"]) -> dict:
-    return key_payload(str(uuid.UUID(int=len(role), version=4)), role, user.public.rsa_der, user.public.umbral, home)
+    return key_payload(
+        str(uuid.UUID(int=len(role), version=4)), role, user.public.rsa_der, user.public.umbral, home, user.public.sign
+    )
 
 
 def _header(

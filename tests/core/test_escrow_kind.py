@@ -32,7 +32,9 @@ def escrow_payload(**changes: object) -> dict:
 def registry(node_key: NodeKey, patient_keys: UserKeys) -> KeyRegistry:
     registry = KeyRegistry()
     registry.apply(sign_transaction("genesis", _genesis_payload(node_key), node_key, TS), 0)
-    payload = key_payload(PATIENT, "patient", patient_keys.public.rsa_der, patient_keys.public.umbral, node_key)
+    payload = key_payload(
+        PATIENT, "patient", patient_keys.public.rsa_der, patient_keys.public.umbral, node_key, patient_keys.public.sign
+    )
     registry.apply(sign_transaction("key", payload, patient_keys, TS + 1), 1)
     return registry
 

@@ -23,7 +23,10 @@ def registry() -> KeyRegistry:
 
 
 def _key_tx(keys: UserKeys, role: str, home: NodeKey, **change: object):
-    payload = {**key_payload(str(uuid.uuid4()), role, keys.public.rsa_der, keys.public.umbral, home), **change}
+    payload = {
+        **key_payload(str(uuid.uuid4()), role, keys.public.rsa_der, keys.public.umbral, home, keys.public.sign),
+        **change,
+    }
     return sign_transaction("key", payload, keys, TS + 1)
 
 
@@ -46,7 +49,14 @@ def test_invalid_key_endorsed_by_an_unknown_node(registry: KeyRegistry, doctor_k
 
 
 def test_invalid_endorsement_moved_to_another_role(registry: KeyRegistry, patient_keys: UserKeys) -> None:
-    honest = key_payload(str(uuid.uuid4()), "patient", patient_keys.public.rsa_der, patient_keys.public.umbral, NODE)
+    honest = key_payload(
+        str(uuid.uuid4()),
+        "patient",
+        patient_keys.public.rsa_der,
+        patient_keys.public.umbral,
+        NODE,
+        patient_keys.public.sign,
+    )
     promoted = sign_transaction("key", {**honest, "role": "doctor"}, patient_keys, TS + 1)
     with pytest.raises(InvalidTransaction, match="does not verify"):
         registry.apply(promoted, 1)

@@ -42,7 +42,7 @@ def _genesis_payload(node_key: NodeKey) -> dict:
 
 
 def _key_payload(user: UserKeys, role: str, home: NodeKey = NODE) -> dict:
-    return key_payload(str(uuid.uuid4()), role, user.public.rsa_der, user.public.umbral, home)
+    return key_payload(str(uuid.uuid4()), role, user.public.rsa_der, user.public.umbral, home, user.public.sign)
 
 
 def _record_payload(seed: int = 0) -> dict:

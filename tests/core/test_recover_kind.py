@@ -27,7 +27,7 @@ def registry(node_key: NodeKey, patient_keys: UserKeys, doctor_keys: UserKeys) -
     registry = KeyRegistry()
     registry.apply(sign_transaction("genesis", _genesis_payload(node_key), node_key, TS), 0)
     for keys, account, role in ((patient_keys, PATIENT, "patient"), (doctor_keys, DOCTOR, "doctor")):
-        payload = key_payload(account, role, keys.public.rsa_der, keys.public.umbral, node_key)
+        payload = key_payload(account, role, keys.public.rsa_der, keys.public.umbral, node_key, keys.public.sign)
         registry.apply(sign_transaction("key", payload, keys, TS + 1), 1)
     return registry
 

@@ -268,7 +268,9 @@ def test_invalid_unendorsed_doctor_key_refused_by_peers(hospitals: list[LocalNod
     _, second, third = hospitals
     rogue_home = NodeKey.generate("node-2")  # claims to be hospital 2, with another key
     keys = generate_user_keys()
-    payload = key_payload(str(uuid.uuid4()), "doctor", keys.public.rsa_der, keys.public.umbral, rogue_home)
+    payload = key_payload(
+        str(uuid.uuid4()), "doctor", keys.public.rsa_der, keys.public.umbral, rogue_home, keys.public.sign
+    )
     tx = sign_transaction("key", payload, keys, int(time.time() * 1000))
     body = json.dumps({"transactions": [b64e(tx.encoded)]}).encode()
     for node in (third, second):

@@ -169,7 +169,9 @@ def test_a_node_gossips_only_what_it_or_its_own_accounts_signed(
     node = runtime.node_key()
     elsewhere = key_pool[-1]  # an account of another hospital: not in this node's users
     # Endorsed by this node's key but not one of its users (as a peer's account would look here).
-    payload = key_payload(str(uuid.uuid4()), "patient", elsewhere.public.rsa_der, elsewhere.public.umbral, node)
+    payload = key_payload(
+        str(uuid.uuid4()), "patient", elsewhere.public.rsa_der, elsewhere.public.umbral, node, elsewhere.public.sign
+    )
     foreign = sign_transaction("key", payload, elsewhere, 1)
     assert ledger.accept_from_peer(foreign.encoded, utcnow())
     pending = {h for h, _ in ledger.pending_encoded()}
