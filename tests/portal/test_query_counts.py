@@ -124,3 +124,17 @@ def test_access_log_costs_the_same_for_5_and_50_entries(client: FlaskClient, war
         expected = n if n == 5 else 55  # the first five records were read twice by then
         counts[n] = len(get(client, "/api/v1/access-log?limit=200", ward.patient, "entries", expected))
     assert counts[50] == counts[5], counts
+
+
+def test_a_granted_read_is_not_read_again_after_it_is_logged(client: FlaskClient, ward: Ward) -> None:
+    """The answer is built before the read is logged: the commit expires every loaded row, and
+    building it after would read the record, its people, its transaction and the grant again."""
+    ward.write_up_to(2)
+    ward.read_up_to(1)  # warm: the grant's fragments, the node's caches
+    with counting() as statements:
+        answer = client.get(f"/api/v1/records/{ward.records[1]}", headers=ward.doctor.headers)
+    assert answer.status_code == 200, answer.json
+    assert answer.json["access"]["mode"] == "grant" and answer.json["title"] == "R1"
+    logged = max(n for n, s in enumerate(statements) if s.lstrip().upper().startswith("INSERT INTO ACCESS_ENTRIES"))
+    after = [s.split()[0].upper() for s in statements[logged + 1 :]]
+    assert "SELECT" not in after, statements[logged + 1 :]
