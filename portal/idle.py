@@ -19,13 +19,12 @@ portal tab asks it before warning, as another tab may have been busy); `POST
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, Response, current_app, flash, g, has_app_context, jsonify, redirect, request, session, url_for
 from flask_login import current_user, logout_user
-from sqlalchemy import event, select, update
+from sqlalchemy import event, update
 
 from portal.extensions import db
 from portal.models import AuthSession, utcnow
@@ -84,9 +83,7 @@ def _enforce() -> Response | None:
     token = _request_token()
     if token is None or not 20 <= len(token) <= 100:
         return None  # no session, or none a token can name: the usual answers
-    row = db.session.scalar(
-        select(AuthSession).where(AuthSession.token_hash == hashlib.sha256(token.encode()).hexdigest())
-    )
+    row = accounts.find_session(token)
     if row is None:
         return None
     now, limit = utcnow(), idle_limit(row.kind)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 from zxcvbn import zxcvbn
 
 from core.crypto import (
@@ -309,15 +310,27 @@ def resolve(token: object, now: datetime) -> Actor | None:
     """The actor for a token, or None when it is unknown, expired or the account is disabled."""
     if not isinstance(token, str) or not 20 <= len(token) <= 100:
         return None
-    session = db.session.scalar(select(AuthSession).where(AuthSession.token_hash == _token_hash(token)))
+    session = find_session(token)
     if session is None or session.expires_at <= now or not session.user.active:
         return None
     session.user.session_token = token
     return Actor(session.user, session, token)
 
 
+def find_session(token: str) -> AuthSession | None:
+    """The session a token names, with its user, read once per database session: a request asks
+    for it more than once (the idle check, then the actor), and each read cost two statements."""
+    digest = _token_hash(token)
+    known: dict[str, AuthSession | None] = db.session.info.setdefault("auth_sessions", {})
+    if digest not in known:
+        query = select(AuthSession).options(joinedload(AuthSession.user)).where(AuthSession.token_hash == digest)
+        known[digest] = db.session.scalar(query)
+    return known[digest]
+
+
 def logout(token: str) -> None:
     """End a session: its wrapped key is deleted, so the token opens nothing any more."""
+    db.session.info.get("auth_sessions", {}).pop(_token_hash(token), None)
     db.session.execute(delete(AuthSession).where(AuthSession.token_hash == _token_hash(token)))
     db.session.commit()
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from core.clinical import Vocabulary
 from core.crypto import DataKey, Envelope, UserKeys, open_as_author, open_as_patient, seal
@@ -336,22 +336,14 @@ def _log_read(actor: Actor, record: Record, access: Access, tx: Transaction | No
     if tx is None:
         db.session.commit()
         return
+    # Taken before the lock: taking it commits, which expires every loaded row.
+    entry = {"id": tx.payload["entry"], "record_id": record.id, "reader_id": actor.user.id, "mode": access.mode,
+             "grant_id": access.grant_ref, "part": tx.payload["part"], "at": now, "tx_hash": tx.hash}  # fmt: skip
     with ledger.chain_lock.hold():
         if db.session.get(LedgerTransaction, tx.hash) is None:
             ledger.queue(tx, now)
-        if db.session.get(AccessEntry, tx.payload["entry"]) is None:
-            db.session.add(
-                AccessEntry(
-                    id=tx.payload["entry"],
-                    record=record,
-                    reader=actor.user,
-                    mode=access.mode,
-                    grant_id=access.grant_ref,
-                    part=tx.payload["part"],
-                    at=now,
-                    tx_hash=tx.hash,
-                )
-            )
+        if db.session.get(AccessEntry, entry["id"]) is None:
+            db.session.add(AccessEntry(**entry))
         db.session.commit()
 
 
@@ -513,7 +505,11 @@ def patients_written_for(actor: Actor) -> list[dict[str, Any]]:
 
 
 def _find(record_id: object) -> Record:
-    record = db.session.get(Record, record_id) if isinstance(record_id, str) and len(record_id) == 36 else None
+    if not isinstance(record_id, str) or len(record_id) != 36:
+        raise NotFound("No such record.")
+    # A read names the record's author and patient and opens its transaction: one statement, not four.
+    loads = [joinedload(Record.transaction), joinedload(Record.author), joinedload(Record.patient)]
+    record = db.session.get(Record, record_id, options=loads)
     if record is None:
         raise NotFound("No such record.")
     return record

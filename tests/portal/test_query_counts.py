@@ -139,3 +139,29 @@ def test_a_granted_read_is_not_read_again_after_it_is_logged(client: FlaskClient
     logged = max(n for n, s in enumerate(statements) if s.lstrip().upper().startswith("INSERT INTO ACCESS_ENTRIES"))
     reads = [s for s in statements[logged + 1 :] if re.search(r"\bFROM\b", s, re.I)]  # not the lock's release
     assert reads == [], reads
+
+
+def table_reads(statements: list[str]) -> list[str]:
+    """The statements that read a table (not a pooled connection's set-up, not the lock's release)."""
+    return [s for s in statements if s.lstrip().upper().startswith("SELECT") and re.search(r"\bFROM\b", s, re.I)]
+
+
+@pytest.mark.parametrize("reader", ["patient", "doctor"])
+def test_a_read_loads_the_session_and_the_record_once_each(client: FlaskClient, ward: Ward, reader: str) -> None:
+    """The token's session comes with its user in one statement, read once for the idle check and
+    the actor both; the record comes with its transaction, author and patient in one more."""
+    ward.write_up_to(2)
+    ward.read_up_to(1)  # warm: the grant's fragments, the node's caches
+    who = getattr(ward, reader)
+    runs = []
+    for _ in range(2):
+        with counting() as statements:
+            answer = client.get(f"/api/v1/records/{ward.records[1]}", headers=who.headers)
+        assert answer.status_code == 200, answer.json
+        runs.append(table_reads(statements))
+    reads = min(runs, key=len)
+    assert len([s for s in reads if re.search(r"\bFROM auth_sessions\b", s, re.I)]) == 1, reads
+    assert len([s for s in reads if re.search(r"\bFROM records\b", s, re.I)]) == 1, reads
+    assert not [s for s in reads if re.match(r"\s*SELECT users\.", s, re.I)], reads  # no person loaded alone
+    if reader == "patient":
+        assert len(reads) == 2, reads  # the session and the record: nothing else to open one's own record
