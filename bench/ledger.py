@@ -221,24 +221,27 @@ def rsa_check(public_der: bytes) -> Callable[[bytes, bytes], None]:
 
 
 def signature_checks(chain: Sequence[Block]) -> tuple[list[Check], list[Check]]:
-    """Every Ed25519 check (block headers, genesis, endorsements) and every RSA-PSS check (user transactions),
-    with keys parsed and signed messages encoded up front so that only verification is timed."""
+    """Every Ed25519 check (block headers, genesis, endorsements, transactions of accounts with an
+    Ed25519 signing key) and every RSA-PSS check (transactions of accounts without one), with keys
+    parsed and signed messages encoded up front so that only verification is timed."""
     node_key = b64d(chain[0].transactions[0].payload["nodes"][0]["key"])
     node_verify = ed25519_check(node_key)
-    account_verify = {
-        hashlib.sha256(b64d(tx.payload["rsa"])).hexdigest(): rsa_check(b64d(tx.payload["rsa"]))
-        for tx in transactions(chain)
-        if tx.kind == "key"
-    }
+    accounts: dict[str, tuple[bool, Callable[[bytes, bytes], None]]] = {}
+    for tx in transactions(chain):
+        if tx.kind == "key":
+            rsa_der, sign = b64d(tx.payload["rsa"]), tx.payload.get("sign")
+            signer = hashlib.sha256(rsa_der).hexdigest()
+            accounts[signer] = (True, ed25519_check(b64d(sign))) if sign else (False, rsa_check(rsa_der))
     ed = [Check(node_verify, b.header.signature, b.header.signing_bytes()) for b in chain]
     rsa_checks = []
     for tx in transactions(chain):
         if tx.kind == "genesis":
             ed.append(Check(node_verify, tx.signature, tx.signing_bytes()))
-        else:
-            if tx.kind == "key":  # the home node's endorsement of the account's keys
-                ed.append(Check(node_verify, b64d(tx.payload["endorsement"]), endorsement_message(tx.payload)))
-            rsa_checks.append(Check(account_verify[tx.signer], tx.signature, tx.signing_bytes()))
+            continue
+        if tx.kind == "key":  # the home node's endorsement of the account's keys
+            ed.append(Check(node_verify, b64d(tx.payload["endorsement"]), endorsement_message(tx.payload)))
+        is_ed25519, verify = accounts[tx.signer]
+        (ed if is_ed25519 else rsa_checks).append(Check(verify, tx.signature, tx.signing_bytes()))
     return ed, rsa_checks
 
 
@@ -386,10 +389,10 @@ def create_accounts(base: str, env: dict[str, str]) -> tuple[str, str]:
     return sign_in(base, DOCTOR["username"], DOCTOR["password"]), patient_id
 
 
-def upload_records(url: str, token: str, count: int) -> tuple[list[Call], float]:
-    """`count` record uploads from CLIENTS client threads, after WARMUP untimed ones."""
+def upload_records(url: str, token: str, count: int, clients: int) -> tuple[list[Call], float]:
+    """`count` record uploads from `clients` client threads, after WARMUP untimed ones."""
     warm_up(token, upload_jobs(url, range(WARMUP)))
-    uploads, wall = run_clients(token, upload_jobs(url, range(count)))
+    uploads, wall = run_clients(token, upload_jobs(url, range(count)), clients)
     require_all(uploads, count, "uploads")
     return uploads, wall
 
@@ -432,7 +435,7 @@ def verify_over_http(base: str) -> tuple[float, int]:
     return elapsed, report["blocks"]
 
 
-def http_section(uploads: int, workdir: Path) -> Section:
+def http_section(uploads: int, clients: int, workdir: Path) -> Section:
     env = node_env(workdir, free_port())
     log("C: preparing the node (db upgrade, node init)")
     prepare_node(env)
@@ -440,15 +443,15 @@ def http_section(uploads: int, workdir: Path) -> Section:
         log(f"C: gunicorn up at {base}; creating accounts")
         token, patient_id = create_accounts(base, env)
         url = f"{base}/api/v1/patients/{patient_id}/records"
-        log(f"C: {WARMUP} warm-up uploads, then {uploads} timed uploads with {CLIENTS} client threads")
-        done, wall = upload_records(url, token, uploads)
+        log(f"C: {WARMUP} warm-up uploads, then {uploads} timed uploads with {clients} client threads")
+        done, wall = upload_records(url, token, uploads, clients)
         log("C: waiting for the records to be sealed into blocks")
         commit, blocks_used = wait_for_blocks(base, token, {u.body["id"] for u in done})
         verify, chain_blocks = verify_over_http(base)
     latencies = [u.latency * 1000 for u in done]
     return Section(
         "http",
-        f"C. Record uploads over HTTP (gunicorn, 2 workers x 4 threads, {CLIENTS} client threads)",
+        f"C. Record uploads over HTTP (gunicorn, 2 workers x 4 threads, {clients} client threads)",
         [
             Metric("uploads", f"uploads after {WARMUP} warm-up ones (all answered 201)", len(done)),
             Metric("uploads_wall_s", "wall time", wall, "s"),
@@ -471,11 +474,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--blocks", type=int, default=10_000, help="chain length, genesis included (default 10000)")
     parser.add_argument("--txs-per-block", type=int, default=1, help="record transactions per block (default 1)")
     parser.add_argument("--uploads", type=int, default=200, help="records to POST over HTTP (default 200)")
+    parser.add_argument(
+        "--clients", type=int, default=CLIENTS, help=f"client threads uploading at once (default {CLIENTS})"
+    )
     parser.add_argument("--skip-http", action="store_true", help="skip part C (gunicorn and HTTP uploads)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args()
-    if args.blocks < 3 or args.txs_per_block < 1 or args.uploads < 2:
-        parser.error("need --blocks >= 3, --txs-per-block >= 1 and --uploads >= 2")
+    if args.blocks < 3 or args.txs_per_block < 1 or args.uploads < 2 or args.clients < 1:
+        parser.error("need --blocks >= 3, --txs-per-block >= 1, --uploads >= 2 and --clients >= 1")
     return args
 
 
@@ -485,6 +491,7 @@ def main() -> int:
         "blocks": args.blocks,
         "txs_per_block": args.txs_per_block,
         "uploads": None if args.skip_http else args.uploads,
+        "clients": None if args.skip_http else args.clients,
         **machine(),
     }
     try:
@@ -493,7 +500,7 @@ def main() -> int:
             stored = to_stored(chain)
             sections = [memory_section(chain, stored), database_section(chain, Path(tmp) / "app")]
             if not args.skip_http:
-                sections.append(http_section(args.uploads, Path(tmp) / "node"))
+                sections.append(http_section(args.uploads, args.clients, Path(tmp) / "node"))
     except FAILURES as exc:
         log(f"benchmark failed: {exc}")
         return 1
