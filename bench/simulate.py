@@ -7,11 +7,11 @@ on a discrete-event clock, far faster than real time. What is real and what is s
   Ed25519 key; every node decides whether to accept it with `core.ledger.validate.ChainValidator`
   (encoding, hashes, link, producer signature, producer schedule from `ConsensusState`,
   transactions, evidence); who may produce a slot is `ConsensusState.advance` + `scheduled` on the
-  node's own tip; what is final is `core.consensus.final_height`; evidence is a real `evidence`
+  node's own tip; what is final is the `ConsensusState`'s final height; evidence is a real `evidence`
   transaction checked by `ConsensusState.check` and folded by the validator, which drops the
   producer. Validation is a pure function of (parent chain, block), so its verdict is computed
   once per block and shared by every node that receives that block; likewise the schedule per
-  (tip, slot) and the final height per tip.
+  (tip, slot).
 - **Simulated**: time (integer-free milliseconds on an event queue), links (a one-way base
   latency per pair of nodes, jitter per message, loss per message, a partition cutting a group
   off for a while), each node's upload bandwidth (a block pushed to N - 1 peers goes out one copy
@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so that `core
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from core.consensus import Params, final_height
+from core.consensus import Params
 from core.consensus.messages import sign_request
 from core.crypto import NodeKey
 from core.encoding import b64e, canonical
@@ -237,7 +237,6 @@ class Simulation:
         self.after: dict[str, ChainValidator] = {}  # block hash -> validator state after it (valid blocks)
         self.verdicts: dict[str, str | None] = {}  # block hash -> None (valid) or the failed check
         self.schedule_memo: dict[tuple[str, int], str | None] = {}
-        self.final_memo: dict[str, int] = {}
         self.queue: list[tuple[float, int, int, int, Any]] = []
         self.seq = 0
         self.links: dict[tuple[int, int], float] = {}
@@ -290,7 +289,6 @@ class Simulation:
         self.blocks[block.header.hash] = SimBlock(block.header.hash, 0, "", first.name, 0, T0, stored, 0)
         self.after[block.header.hash] = validator
         self.verdicts[block.header.hash] = None
-        self.final_memo[block.header.hash] = 0
         self.genesis = block.header.hash
         for n in self.nodes:
             n.tip = block.header.hash
@@ -331,21 +329,10 @@ class Simulation:
         return self.schedule_memo[memo]
 
     def final_of(self, tip: str) -> int:
-        """`final_height` of the chain ending at `tip`, from the producers near its top."""
-        if tip not in self.final_memo:
-            producers: list[str] = []
-            cursor, distinct = tip, set()
-            while cursor and len(distinct) < self.quorum:
-                block = self.blocks[cursor]
-                producers.append(block.producer)
-                distinct.add(block.producer)
-                cursor = block.prev
-            top = self.blocks[tip].height
-            if len(distinct) < self.quorum:
-                self.final_memo[tip] = 0
-            else:
-                self.final_memo[tip] = top - (len(producers) - 1) + final_height(producers[::-1], self.quorum)
-        return self.final_memo[tip]
+        """The final height of the chain ending at `tip`, as its consensus state counts it."""
+        state = self.after[tip].consensus
+        assert state is not None
+        return state.final
 
     def ancestor(self, block_hash: str, height: int) -> str:
         block = self.blocks[block_hash]

@@ -6,6 +6,6 @@ See docs/consensus.md for the rules and parameters.
 """
 
 from core.consensus.params import Params
-from core.consensus.state import ConsensusState, final_height, shuffle
+from core.consensus.state import ConsensusState, shuffle
 
-__all__ = ["ConsensusState", "Params", "final_height", "shuffle"]
+__all__ = ["ConsensusState", "Params", "shuffle"]

@@ -21,6 +21,17 @@ consecutive slots (round r = slots rK .. rK+K-1); an epoch is `epoch_slots` slot
   one producer for one slot removes it the same way, quartering its reliability.
 - **Recovery**: a delegate that served a whole epoch without removal regains 100
   (of 1000) reliability.
+- **Finality**: block f+1 is final once it is on a final block f and at least quorum
+  (floor(2K/3) + 1) members of the *committee* have produced at its height or above, the
+  committee being the delegates in office right after block f. A change to the delegates
+  (drop, replacement, evidence, election) thus counts for finality only once the block that
+  made it is final under the set before it. Two branches forking after block p both judge
+  block p+1 by the same committee (a function of the chain up to p), so both can finalise
+  only if more than K/3 of that committee produced on both: a split network cannot end
+  with two final chains, however each side refills its delegates.
+- **Handover**: an election keeps the best `quorum` of the committee that are still
+  electable, so that enough of the set that can finalise its first block is still there to
+  do it (at most K - quorum delegates change per epoch by votes).
 
 Integers only (reliability in thousandths), so every node computes the same.
 """
@@ -91,6 +102,11 @@ class ConsensusState:
     urls: dict[str, str] = field(default_factory=dict)  # admitted nodes' addresses
     admissions: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (id, key) -> members in favour
     punished: set[tuple[str, int]] = field(default_factory=set)  # (producer, slot) equivocations already judged
+    final: int = 0  # the highest final height of this chain
+    committee: frozenset[str] = frozenset()  # the delegates in office right after the final block
+    built: dict[str, int] = field(default_factory=dict)  # producer -> height of its latest block on this chain
+    # Changes to the delegates above `final`: (height of the block that made one, delegates after it).
+    changes: list[tuple[int, frozenset[str]]] = field(default_factory=list)
 
     @classmethod
     def from_genesis(cls, params: Params, nodes: dict[str, bytes], genesis_hash: str) -> ConsensusState:
@@ -98,6 +114,7 @@ class ConsensusState:
         state.reliability = {n: FULL for n in nodes}
         state.last_hash = genesis_hash
         state._enter(0)
+        state.committee = frozenset(state.order)
         return state
 
     def copy(self) -> ConsensusState:
@@ -155,13 +172,23 @@ class ConsensusState:
                 serving.append(candidate)
         return serving
 
+    def _elect(self) -> list[str]:
+        """The top K of the ranking, except that the best `quorum` committee members still
+        electable stay: the first block of the epoch is final only once `quorum` of the committee
+        have built on it, so an election that replaced more would stall finality for good."""
+        ranked = self.ranking()
+        keep = [n for n in ranked if n in self.committee][: self.params.quorum]
+        rest = [n for n in ranked if n not in keep][: self.params.delegates - len(keep)]
+        chosen = {*keep, *rest}
+        return [n for n in ranked if n in chosen]
+
     def _new_epoch(self, epoch: int) -> None:
         for node in self.elected:
             if node not in self.removed:
                 self.reliability[node] = min(FULL, self.reliability.get(node, FULL) + RECOVERY)
         self.epoch = epoch
         self.removed = set()
-        self.elected = self.ranking()[: self.params.delegates]
+        self.elected = self._elect()
         self.round = -1
 
     def _new_round(self, round_: int) -> None:
@@ -187,13 +214,19 @@ class ConsensusState:
     def _remove(self, node: str, slot: int, reason: str, divisor: int, proven: bool = False) -> None:
         """Drop `node` from this epoch's delegates, lower its reliability and ban it for the next
         epoch. A proven fault (evidence) is punished even if the node was already dropped for
-        missed slots; missing more slots once dropped changes nothing."""
+        missed slots; missing more slots once dropped changes nothing. A consortium never drops its
+        last producer, nor, for missed slots, a committee member when that would leave fewer than
+        `quorum` of the committee in office: nothing could be final again until the dropped one
+        was back, two epochs later, whereas a member kept in office counts again as soon as it
+        produces (after a partition heals, say)."""
         if node in self.removed and not proven:
             return
         if node not in self.removed:
             self.removed.add(node)
-            if not self.active():
-                self.removed.discard(node)  # a consortium never removes its last producer
+            serving = self.active()
+            short = node in self.committee and len(self.committee.intersection(serving)) < self.params.quorum
+            if not serving or (short and not proven):
+                self.removed.discard(node)
                 return
         self.reliability[node] = self.reliability.get(node, FULL) // divisor
         self.banned_until[node] = self.epoch + BAN_EPOCHS
@@ -247,7 +280,34 @@ class ConsensusState:
         self.last_slot = self.params.slot_of(header.timestamp)
         admitted = [node for node in (self.apply_tx(tx, registry) for tx in txs) if node is not None]
         self.last_hash = header.hash
+        self._finalise(header.height, header.producer)
         return admitted
+
+    # -- finality ----------------------------------------------------------------------------
+
+    def _finalise(self, height: int, producer: str) -> None:
+        """Count the block at `height` by `producer` for finality, note whether it changed the
+        delegates, and move the final height up as far as the rule allows: from final block f to
+        f+1 when `quorum` members of the committee of f have built at f+1 or above; the committee
+        then becomes the delegates after f+1 (unchanged unless a block in between changed them)."""
+        self.built[producer] = height
+        delegates = frozenset(self.order)
+        if delegates != (self.changes[-1][1] if self.changes else self.committee):
+            self.changes.append((height, delegates))
+        while True:
+            reach = self._reach()
+            if reach <= self.final:
+                return
+            if not self.changes or self.changes[0][0] > reach:
+                self.final = reach
+                return
+            self.final, self.committee = self.changes.pop(0)
+
+    def _reach(self) -> int:
+        """The highest height on which at least `quorum` committee members have built (-1: none)."""
+        heights = sorted((self.built[n] for n in self.committee if n in self.built), reverse=True)
+        quorum = self.params.quorum
+        return heights[quorum - 1] if len(heights) >= quorum else -1
 
     def apply_tx(self, tx: Transaction, registry: KeyRegistry) -> str | None:
         """Check and fold one transaction; returns the node it admitted, if any. Raises
@@ -381,14 +441,3 @@ class ConsensusState:
             if fingerprint(key) == key_id:
                 return node
         return None
-
-
-def final_height(producers: Sequence[str], quorum: int) -> int:
-    """The highest final height of a chain, given each block's producer by height: a block is
-    final once blocks by at least `quorum` distinct delegates (itself included) are on it."""
-    seen: set[str] = set()
-    for height in range(len(producers) - 1, -1, -1):
-        seen.add(producers[height])
-        if len(seen) >= quorum:
-            return height
-    return 0

@@ -434,8 +434,9 @@ def receive_block(header: bytes, transactions: list[bytes], now: datetime, max_s
 
 
 def final_height() -> int:
-    """The highest height that more than two thirds of the delegates have built on: walking
-    down from the tip, the height at which the quorum-th distinct producer appears."""
+    """The highest final height of the chain, as the consensus state at the tip counts it: more
+    than two thirds of the delegates in office at the block before have built on it
+    (docs/consensus.md, "Finality and forks")."""
     with chain_lock.hold():
         current = tip()
         if current is None:
@@ -443,26 +444,7 @@ def final_height() -> int:
         consensus = _validator_at_tip(current).consensus
         if consensus is None:
             raise ValidationFailed("The chain has no consensus state.")
-        quorum = consensus.params.quorum
-        seen: set[str] = set()
-        below = current.height + 1
-        while below > 0:
-            page = list(
-                db.session.execute(
-                    select(LedgerBlock.height, LedgerBlock.header)
-                    .where(LedgerBlock.height < below)
-                    .order_by(LedgerBlock.height.desc())
-                    .limit(4 * quorum)
-                )
-            )
-            if not page:
-                break
-            for height, header in page:
-                seen.add(decode_header(header).producer)
-                if len(seen) >= quorum:
-                    return height
-            below = page[-1][0]
-        return 0
+        return consensus.final
 
 
 def rollback_above(height: int) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from core.consensus import ConsensusState, Params, final_height, shuffle
+from core.consensus import ConsensusState, Params, shuffle
 from core.consensus.state import FULL, Removal
 from core.crypto import NodeKey, UserKeys
 from core.encoding import b64e
@@ -45,10 +45,11 @@ from core.ledger.validate import ChainValidator
 T0 = 1_700_000_000_000
 SLOT_MS = 1000
 NAMES = ("n1", "n2", "n3", "n4", "n5")
+MORE = ("n6", "n7")  # hospitals beyond the five, for fewer delegates than hospitals
 # Deterministic node keys: the schedule (which depends on block hashes) is the same on every run.
 KEYS = {
     name: NodeKey(name, ed25519.Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32))
-    for i, name in enumerate(NAMES)
+    for i, name in enumerate(NAMES + MORE)
 }
 OUTSIDER = NodeKey("node-9", ed25519.Ed25519PrivateKey.from_private_bytes(b"\x09" * 32))
 
@@ -86,6 +87,18 @@ class Chain:
 
     def _nonce(self) -> str:
         return f"{next(self._nonces):032x}"
+
+    def fork(self) -> Chain:
+        """A second chain sharing this one's blocks so far, to grow a competing branch on."""
+        other = object.__new__(Chain)
+        other.params, other.keys, other.blocks = self.params, self.keys, list(self.blocks)
+        other._nonces = itertools.count(1_000_000)  # its blocks differ from this chain's
+        v = self.validator
+        assert v.consensus is not None
+        other.validator = ChainValidator(
+            registry=v.registry.copy(), tip=v.tip, seen=set(v.seen), consensus=v.consensus.copy()
+        )
+        return other
 
     def _accept(self, stored: StoredBlock) -> None:
         self.validator.append(stored)  # raises InvalidBlock: a builder mistake or a rule broken
@@ -579,15 +592,17 @@ def test_the_replacement_takes_the_old_position_within_the_round():
 def test_last_producer_is_never_removed():
     chain = Chain(NAMES[:2], _params(delegates=2, epoch_slots=100, miss_limit=1))
     victim, survivor = "n2", "n1"
-    skipped = chain.fill(8, skip=[victim])
-    assert chain.state.removals == [Removal(skipped[0], victim, "missed 1 slots in a row")]
+    slot = next(s for s in range(1, 9) if chain.scheduled(s) == survivor)
+    proof = _evidence(_header(victim, 3, "aa" * 16), _header(victim, 3, "bb" * 16))
+    chain.add(slot, [chain.tx("evidence", proof, KEYS[survivor])])
+    assert chain.state.removals == [Removal(slot, victim, "signed two blocks for one slot")]
     assert chain.state.active() == [survivor]
 
     # The survivor now misses ten slots in a row: far past miss_limit, but it is the last producer.
     gap_end = chain.state.last_slot + 11
     assert chain.scheduled(gap_end) == survivor
     chain.add(gap_end)
-    assert chain.state.removals == [Removal(skipped[0], victim, "missed 1 slots in a row")]
+    assert len(chain.state.removals) == 1
     assert chain.state.reliability[survivor] == FULL
     # Evidence against it (signed by the removed node's key) is valid but cannot remove it either.
     evidence = chain.tx(
@@ -611,12 +626,14 @@ def test_single_node_consortium_survives_a_long_gap():
     assert validate_chain(chain.blocks).valid
 
 
-def test_a_standby_node_takes_over_from_a_silent_single_delegate():
+def test_a_silent_single_delegate_is_not_replaced():
+    """With K = 1 the quorum is the one delegate: a standby's blocks could never be final, so the
+    silent delegate keeps its slots."""
     chain = Chain(NAMES[:2], _params(delegates=1, epoch_slots=100, miss_limit=3))
     assert chain.state.elected == ["n1"]
     trial = chain.entered(5)  # slots 1-4 missed by n1
-    assert [r.node for r in trial.removals] == ["n1"]
-    assert trial.scheduled(5) == "n2"
+    assert trial.removals == []
+    assert trial.scheduled(5) == "n1"
 
 
 # Votes
@@ -949,56 +966,152 @@ def test_invalid_evidence(voters, make, detail):
 # Finality
 
 
-@pytest.mark.parametrize(
-    ("producers", "quorum", "final"),
-    [
-        (["a", "b", "c", "d"], 3, 1),
-        (["a", "a", "a"], 3, 0),
-        (["a", "b", "c"], 3, 0),
-        (["a", "b", "c", "a"], 3, 1),
-        (["a", "b", "c", "d", "d", "d"], 3, 1),
-        (["a", "b", "c", "d", "c", "b"], 3, 3),
-        (["a", "b", "a", "b", "a", "b"], 3, 0),
-        ([], 3, 0),
-        (["a"], 1, 0),
-        (["a", "b", "c"], 1, 2),
-        (["a", "b", "c", "d", "e", "f", "g"], 5, 2),
-    ],
-)
-def test_final_height(producers, quorum, final):
-    assert final_height(producers, quorum) == final
+def _reference_final(producers: Sequence[str], delegates: Sequence[frozenset[str]], quorum: int) -> int:
+    """The finality rule written out plainly: block f+1 is final once block f is and `quorum` of the
+    delegates in office right after block f have produced at height f+1 or above."""
+    final = 0
+    while final + 1 < len(producers) and len(delegates[final] & set(producers[final + 1 :])) >= quorum:
+        final += 1
+    return final
 
 
-def test_final_height_counts_the_blocks_own_producer():
-    # Block 1 by b has c on it: two distinct producers, b itself included -> final with quorum 2 only.
-    assert final_height(["a", "b", "c"], 2) == 1
-    assert final_height(["a", "b", "b"], 2) == 0
-
-
-def test_a_partitioned_minority_never_finalises_beyond_the_fork_point():
-    common = ["n1", "n2", "n3", "n4", "n1", "n2", "n3", "n4"]
-    fork = len(common) - 1  # the last block both sides share
-    for length in range(0, 40):
-        minority = common + [("n1", "n2")[i % 2] for i in range(length)]
-        assert final_height(minority, 3) <= fork, length
-    majority = common + [("n3", "n4", "n1")[i % 3] for i in range(9)]
-    assert final_height(majority, 3) == len(majority) - 3 > fork
-
-
-def test_final_height_matches_a_brute_force_reference():
-    rng = random.Random(7)
-    for _ in range(300):
-        producers = [rng.choice("abcde") for _ in range(rng.randrange(0, 25))]
-        quorum = rng.randrange(1, 5)
-        final = [h for h in range(len(producers)) if len(set(producers[h:])) >= quorum]
-        assert final_height(producers, quorum) == (max(final) if final else 0)
+def _delegates_by_height(chain: Chain) -> list[frozenset[str]]:
+    """The delegates in office right after each block of `chain`, replayed from genesis."""
+    validator, after = ChainValidator(), []
+    for stored in chain.blocks:
+        validator.append(stored)
+        assert validator.consensus is not None
+        after.append(frozenset(validator.consensus.order))
+    return after
 
 
 def test_final_height_of_a_built_chain(four):
     producers = four.producers()
-    final = final_height(producers, four.params.quorum)
+    final = four.state.final
     assert len(set(producers[final:])) >= 3 > len(set(producers[final + 1 :]))
     assert final == len(producers) - 3  # the chain ends with a full round: its last three are distinct
+    assert four.state.committee == frozenset(NAMES[:4])
+
+
+def test_with_one_delegate_set_a_block_is_final_once_quorum_delegates_built_on_it():
+    """K = N = 5 and nobody ever dropped: the rule is the plain one, `quorum` (4) distinct producers
+    at the block's height or above, the block's own producer included. Checked after every block
+    of chains with random gaps against a brute-force count."""
+    rng = random.Random(7)
+    for _ in range(12):
+        chain = Chain(NAMES, _params(delegates=5, epoch_slots=1000, miss_limit=1000))
+        silent = set(rng.sample(NAMES, rng.randrange(0, 3)))
+        for slot in range(1, 36):
+            if slot % 12 == 0:
+                silent = set(rng.sample(NAMES, rng.randrange(0, 3)))
+            if chain.scheduled(slot) in silent or rng.random() < 0.2:
+                continue
+            before = chain.state.final
+            chain.add(slot)
+            producers = chain.producers()
+            final = [h for h in range(len(producers)) if len(set(producers[h:])) >= 4]
+            assert chain.state.final == (max(final) if final else 0)
+            assert chain.state.final >= before
+
+
+def test_with_one_delegate_every_block_is_final_at_once():
+    chain = Chain(NAMES[:1], _params(delegates=1, epoch_slots=10))
+    for slot in (1, 2, 7, 30):
+        chain.add(slot)
+        assert chain.state.final == chain.tip.height
+
+
+def test_the_final_height_follows_the_rule_through_drops_and_replacements():
+    """Seven hospitals, K = 4, miss_limit 1, hospitals falling silent and coming back at random: the
+    final height the state keeps block by block is the rule's, recomputed from scratch."""
+    rng = random.Random(11)
+    names = NAMES + MORE
+    for _ in range(6):
+        chain = Chain(names, _params(epoch_slots=24, miss_limit=1))
+        finals = []
+        for slot in range(1, 80):
+            if slot % 10 == 1:
+                silent = set(rng.sample(names, rng.randrange(0, 4)))
+            if chain.scheduled(slot) not in silent:
+                chain.add(slot)
+                finals.append(chain.state.final)
+        assert chain.state.removals  # the delegates did change
+        assert finals == sorted(finals)  # never down
+        assert chain.state.final == _reference_final(chain.producers(), _delegates_by_height(chain), 3)
+
+
+def test_a_split_consortium_finalises_nothing_on_either_side_until_it_heals():
+    """Seven hospitals, K = 4 (quorum 3), split {n1, n2, n5} | {n3, n4, n6, n7}: two delegates on each
+    side. Each side drops an absent delegate and fills its place from its own hospitals, so each
+    branch soon has three distinct producers on it, which a count of producers alone took for
+    final: two final chains. Replacements count only once the block that made them is final under
+    the delegates before, so neither branch is final above the split. Once it heals, the branch the
+    nodes keep is final again."""
+    chain = Chain(NAMES + MORE, _params(epoch_slots=400, miss_limit=1))
+    chain.fill(12)
+    fork = chain.tip.height
+    assert chain.state.final >= fork - 3
+    assert chain.state.committee == frozenset(NAMES[:4])
+    left, right = chain, chain.fork()
+    left.fill(60, skip=["n3", "n4", "n6", "n7"])
+    right.fill(60, skip=["n1", "n2", "n5"])
+    for side in (left, right):
+        above = side.producers()[fork + 1 :]
+        assert len(set(above)) >= 3  # enough distinct producers for the old count
+        assert set(above) - set(NAMES[:4])  # one of them a replacement
+        assert side.state.final <= fork
+        assert side.state.committee == frozenset(NAMES[:4])
+    assert left.producers()[fork + 1 :] != right.producers()[fork + 1 :]
+    # Each side dropped one absent delegate of the committee only (and, on the right, the absent n5 that
+    # replaced it): the other stays in office, so that a quorum of the committee is there to finalise
+    # as soon as the network heals.
+    assert [r.node for r in left.state.removals] == ["n3"] and "n4" in left.state.active()
+    assert [r.node for r in right.state.removals] == ["n1", "n5"] and "n2" in right.state.active()
+
+    left.fill(80)  # healed: everyone in office on the left branch produces again
+    assert left.state.final >= left.tip.height - 3
+    assert left.state.committee == frozenset({"n1", "n2", "n4", "n5"})  # the replacement, once final
+    assert left.state.final == _reference_final(left.producers(), _delegates_by_height(left), 3)
+    assert validate_chain(left.blocks).valid and validate_chain(right.blocks).valid
+
+
+def test_missed_slots_never_drop_the_committee_below_quorum():
+    """K = N = 4: two delegates fall silent. The first is dropped; dropping the second would leave
+    two of the committee, below the quorum of 3, and ban it for two epochs: it stays in office, and
+    finality resumes the moment it produces again."""
+    chain = Chain(NAMES[:4], _params(epoch_slots=400, miss_limit=1))
+    chain.fill(8)
+    chain.fill(40, skip=["n3", "n4"])
+    [dropped] = [r.node for r in chain.state.removals]
+    [kept] = {"n3", "n4"} - {dropped}
+    assert kept in chain.state.active() and dropped not in chain.state.active()
+    stalled = chain.state.final
+    assert stalled < 10  # two of four: nothing above the silence is final
+    chain.fill(50, skip=[dropped])
+    assert chain.state.final >= chain.tip.height - 3 > stalled
+    assert chain.state.committee == frozenset(NAMES[:4]) - {dropped}
+    assert len(chain.state.removals) == 1
+
+
+def test_an_election_keeps_a_quorum_of_the_committee(voters):
+    """Two hospitals vote for n5 and n6: the top four would replace n3 and n4 at once, and then the
+    first block of the epoch could never be final (two of the committee left to build on it).
+    The election keeps the best three of the committee and lets one newcomer in per epoch."""
+    chain = Chain(NAMES + MORE[:1], _params(epoch_slots=8))
+    homes = {"doctor": KEYS["n1"], "admin": KEYS["n2"]}
+    chain.add(
+        1, [chain.tx("key", _key_payload(voters[role], role, home), voters[role]) for role, home in homes.items()]
+    )
+    chain.add(2, [chain.tx("vote", {"nodes": ["n5", "n6"]}, voters[role]) for role in homes])
+    assert chain.state.ranking() == ["n5", "n6", "n1", "n2", "n3", "n4"]
+    chain.fill(8)
+    assert chain.state.elected == ["n5", "n1", "n2", "n3"]
+    chain.fill(16)
+    assert chain.state.committee == frozenset({"n1", "n2", "n3", "n5"})
+    assert chain.state.elected == ["n5", "n6", "n1", "n2"]
+    chain.fill(24)
+    assert chain.state.final >= chain.tip.height - 3
+    assert validate_chain(chain.blocks).valid
 
 
 # Recovery
@@ -1046,9 +1159,9 @@ def test_proven_fault_is_punished_even_after_a_drop_for_misses() -> None:
     from core.encoding import b64e
     from core.ledger import KeyRegistry, make_block, sign_transaction
 
-    keys = {n: NodeKey.generate(n) for n in ("n1", "n2", "n3")}
+    keys = {n: NodeKey.generate(n) for n in ("n1", "n2", "n3", "n4")}
     state = ConsensusState.from_genesis(
-        Params(3, 1000, 30, 2, 0), {n: k.public_raw for n, k in keys.items()}, "00" * 32
+        Params(4, 1000, 30, 2, 0), {n: k.public_raw for n, k in keys.items()}, "00" * 32
     )
     slot = 1
     while not any(r.node == "n1" for r in state.removals):
