@@ -18,7 +18,7 @@ from portal.api.schemas import ErrorDetail, Text, answer
 from portal.models import utcnow
 from portal.node import bp
 from portal.openapi import NODE_SIGNATURE
-from portal.services import accounts, federation, ledger, proxy
+from portal.services import accounts, federation, ledger, network, proxy
 from portal.services.errors import NotFound, ValidationFailed
 from portal.services.inputs import MAX_OFFSET
 
@@ -235,6 +235,8 @@ def announce(data: dict[str, Any]) -> dict[str, Any] | Response:
         return _refused({"code": "invalid_block", "message": str(exc), "height": exc.height, "check": exc.check})
     except CoreError as exc:
         return _refused({"code": "invalid_block", "message": str(exc)})
+    if outcome == "fork":  # two blocks of one producer for one slot are proof against it
+        network.report_equivocation(runtime.node_key(), header, utcnow())
     return {"outcome": outcome}
 
 
