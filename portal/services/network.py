@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import urllib.error
 import urllib.request
@@ -117,11 +118,12 @@ def _fork_point(peers: Peers, peer: str, below: int) -> tuple[int | None, bytes 
 def catch_up(peers: Peers, clock: Callable[[], datetime], max_skew_ms: int) -> int:
     """Fetch and apply blocks from any peer that is ahead, switching to its branch when it is
     longer than ours after the fork point and the fork point is not below our final height
-    (the most delegate-signed blocks win; final blocks never change). A branch whose first block
-    and ours were signed by one producer for one slot is reported as equivocation. Returns blocks
-    appended."""
+    (the most delegate-signed blocks win; final blocks never change). Peers are asked in a new
+    random order each time, so that after a partition heals the nodes behind do not all fetch
+    from the same first peer. A branch whose first block and ours were signed by one producer for
+    one slot is reported as equivocation. Returns blocks appended."""
     total = 0
-    for peer in list(peers.urls):
+    for peer in random.sample(list(peers.urls), len(peers.urls)):
         status = peers.get(peer, "/node/v1/status")
         current = ledger.tip()
         if not status or current is None or not isinstance(status.get("height"), int):

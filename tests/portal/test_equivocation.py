@@ -1,6 +1,7 @@
 """A node that sees two different headers one producer signed for one slot reports it: pushed to
 it (POST /node/v1/blocks) or found while catching up, the pair becomes an `evidence` transaction
-signed with the node's key, and once that is in a block the producer is dropped.
+signed with the node's key, and once that is in a block the producer is dropped. Catching up asks
+the peers in a new random order each time.
 
 Node-1 here is one app with its own database in a consortium of four whose genesis lies two
 minutes back, so that the other three members' blocks (signed with their real keys, built on a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -249,3 +251,30 @@ def test_catching_up_reports_an_equivocation_on_the_peers_branch(member: tuple[F
     assert {evidence.payload["a"], evidence.payload["b"]} == {b64e(ours.header.encoded), b64e(twin.header.encoded)}
     tip = ledger.tip()
     assert tip is not None and tip.hash == after.header.hash  # on the peer's longer branch now
+
+
+class Statuses:
+    """Peers that are all at our height: catching up only asks each for its status."""
+
+    def __init__(self, node: NodeKey, names: list[str]) -> None:
+        self.node = node
+        self.urls = {name: f"http://{name}.invalid" for name in names}
+        self.asked: list[str] = []
+
+    def get(self, peer: str, path: str) -> dict[str, Any] | None:
+        assert path == "/node/v1/status"
+        self.asked.append(peer)
+        return {"node": peer, "height": 0, "tip": "ab" * 32, "final": 0}
+
+
+def test_catching_up_asks_the_peers_in_a_random_order_each_time(app: Flask) -> None:
+    names = [f"node-{i}" for i in range(2, 6)]
+    peers = Statuses(runtime.node_key(), names)
+    orders = []
+    for _ in range(40):
+        peers.asked = []
+        network.catch_up(peers, utcnow, 1000)
+        assert sorted(peers.asked) == names  # every peer, once
+        orders.append(tuple(peers.asked))
+    firsts = Counter(order[0] for order in orders)
+    assert len(set(orders)) > 5 and set(firsts) == set(names), firsts
