@@ -304,7 +304,7 @@ def _ms() -> int:
 def test_invalid_input_across_nodes(hospitals: list[LocalNode]) -> None:
     """Unknown ids get a clear 404; garbage from a peer is refused with a 4xx; nothing is lost."""
     _, second, third = hospitals
-    dr_second, _ = sign_in(second, "dr.lindqvist")
+    dr_second, _ = add_doctor(second, "dr.inputs", "Dr. Ines Putnam")  # not the demo's: tests may run apart
     nobody = str(uuid.uuid4())
     status, answer = api(
         second, "POST", f"/patients/{nobody}/records", {"title": "x", "category": "general"}, dr_second
