@@ -9,6 +9,7 @@ which only the client holds. The database alone, or the token alone, opens nothi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -445,16 +446,32 @@ class KeysMismatch(ServiceError):
 def published_keys(user: User) -> PublicKeys:
     """The user's public keys, checked against their key registration on the ledger so that a
     tampered database row cannot redirect a record to someone else's key."""
-    row = db.session.get(LedgerTransaction, user.key_tx_hash)
     try:
-        payload = decode_transaction(row.encoded).payload if row else None
-    except CoreError:
-        payload = None
-    if (
-        payload is None
-        or b64d(payload["rsa"]) != user.rsa_public_key
-        or b64d(payload["umbral"]) != user.umbral_public_key
-    ):
+        registered = _registered_keys(user.key_tx_hash)
+    except _NotRegistered:
+        registered = None
+    if registered is None or registered.rsa_der != user.rsa_public_key or registered.umbral != user.umbral_public_key:
         raise KeysMismatch(f"The published keys of {user.username} do not match the ledger.")
-    sign = b64d(payload["sign"]) if "sign" in payload else None
-    return PublicKeys(rsa_der=user.rsa_public_key, umbral=user.umbral_public_key, sign=sign)
+    return registered
+
+
+class _NotRegistered(Exception):
+    """No readable `key` transaction under that hash (raised, so that it is not cached)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _registered_keys(tx_hash: str) -> PublicKeys:
+    """The keys a `key` transaction registers, read and checked once per process: a transaction
+    is named by the hash of its bytes, so what was read under a hash never changes (a copy
+    tampered with later is the chain check's to find). A write read these twice per record."""
+    row = db.session.get(LedgerTransaction, tx_hash)
+    if row is None:
+        raise _NotRegistered
+    try:
+        tx = decode_transaction(row.encoded)
+    except CoreError:
+        raise _NotRegistered from None
+    if tx.hash != tx_hash or tx.kind != "key":
+        raise _NotRegistered
+    sign = b64d(tx.payload["sign"]) if "sign" in tx.payload else None
+    return PublicKeys(rsa_der=b64d(tx.payload["rsa"]), umbral=b64d(tx.payload["umbral"]), sign=sign)

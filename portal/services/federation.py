@@ -31,6 +31,7 @@ from urllib.parse import urlencode
 
 from flask import current_app, has_request_context, request
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm.util import identity_key
 
 from core.crypto import BoxKey, seal_to_node
 from core.encoding import b64d, b64e, canonical, decode_canonical
@@ -72,14 +73,71 @@ def _at(tx: Transaction) -> datetime:
     return datetime.fromtimestamp(tx.timestamp / 1000, UTC).replace(tzinfo=None)
 
 
+class _Looked:
+    """What projecting one block looked up in a few batched statements before its first
+    transaction, instead of one or two statements per transaction: the records and access
+    entries it names that exist, those that do not, and
+    the accounts it names. Rows a transaction adds are flushed before the next one reads."""
+
+    def __init__(self, transactions: list[Transaction]) -> None:
+        named: dict[type[Record] | type[AccessEntry], set[str]] = {Record: set(), AccessEntry: set()}
+        signers, public_ids = set(), set()
+        for tx in transactions:
+            payload = tx.payload
+            if tx.kind in ("record", "access") and isinstance(payload.get("record"), str):
+                named[Record].add(payload["record"])
+            if tx.kind == "access" and isinstance(payload.get("entry"), str):
+                named[AccessEntry].add(payload["entry"])
+            if tx.kind == "record" and isinstance(payload.get("patient"), str):
+                public_ids.add(payload["patient"])
+            signers.add(tx.signer)
+        self.present: dict[tuple[type, str], Record | AccessEntry] = {}
+        self.absent: set[tuple[type, str]] = set()
+        for model, keys in named.items():
+            self.present |= {(model, row.id): row for row in _all(model, model.id, keys)}
+            self.absent |= {(model, key) for key in keys if (model, key) not in self.present}
+        self.users: dict[tuple[str, str], User] = {}
+        self.users |= {("key", u.key_id): u for u in _all(User, User.key_id, signers)}
+        self.users |= {("id", u.public_id): u for u in _all(User, User.public_id, public_ids)}
+
+
+def _all(model: Any, column: Any, keys: set[str], size: int = 500) -> list[Any]:
+    """The rows of `model` whose `column` is one of `keys`, in statements of `size` keys."""
+    ordered = sorted(keys)
+    chunks = [ordered[n : n + size] for n in range(0, len(ordered), size)]
+    return [row for chunk in chunks for row in db.session.scalars(select(model).where(column.in_(chunk)))]
+
+
+_LOOKED = "medledger.projection"
+
+
+def _row(model: type[Record] | type[AccessEntry], key: str) -> Record | AccessEntry | None:
+    """`db.session.get`, without a statement for a row the block's look-up found missing (unless
+    a transaction of the block has added it since)."""
+    looked: _Looked | None = db.session.info.get(_LOOKED)
+    if looked is not None and (model, key) in looked.present:
+        return looked.present[(model, key)]
+    if looked is not None and (model, key) in looked.absent:
+        added = db.session.identity_map.get(identity_key(model, key))
+        return added if isinstance(added, model) else None
+    return db.session.get(model, key)
+
+
+def _user(kind: str, value: str, query: Any) -> User | None:
+    looked: _Looked | None = db.session.info.get(_LOOKED)
+    if looked is not None and (kind, value) in looked.users:
+        return looked.users[(kind, value)]
+    return db.session.scalar(query)
+
+
 def _user_by_key(key_id: str) -> User | None:
-    return db.session.scalar(select(User).where(User.key_id == key_id))
+    return _user("key", key_id, select(User).where(User.key_id == key_id))
 
 
 def _user_by_id(public_id: str | None) -> User | None:
     if public_id is None:
         return None
-    return db.session.scalar(select(User).where(User.public_id == public_id))
+    return _user("id", public_id, select(User).where(User.public_id == public_id))
 
 
 def project(transactions: list[Transaction]) -> None:
@@ -87,15 +145,19 @@ def project(transactions: list[Transaction]) -> None:
     database transaction). A transaction that names something this node cannot find is
     logged and skipped: the chain is valid, so it can only be a gap in this node's tables."""
     me = _self()
-    for tx in transactions:
-        handler = _HANDLERS.get(tx.kind)
-        if handler is None:
-            continue
-        try:
-            handler(tx, me)
-        except (CoreError, EncodingError, KeyError, ValueError) as exc:
-            log.warning("could not project %s transaction %s: %s", tx.kind, tx.hash[:16], exc)
-        db.session.flush()
+    db.session.info[_LOOKED] = _Looked(transactions)
+    try:
+        for tx in transactions:
+            handler = _HANDLERS.get(tx.kind)
+            if handler is None:
+                continue
+            try:
+                handler(tx, me)
+            except (CoreError, EncodingError, KeyError, ValueError) as exc:
+                log.warning("could not project %s transaction %s: %s", tx.kind, tx.hash[:16], exc)
+            db.session.flush()
+    finally:
+        db.session.info.pop(_LOOKED, None)
 
 
 def _key(tx: Transaction, me: Self) -> None:
@@ -133,7 +195,7 @@ def _node_info(tx: Transaction, me: Self) -> None:
 
 def _record(tx: Transaction, me: Self) -> None:
     payload = tx.payload
-    if db.session.get(Record, payload["record"]) is not None:
+    if _row(Record, payload["record"]) is not None:
         return
     patient, author = _user_by_id(payload["patient"]), _user_by_key(tx.signer)
     if patient is None or author is None:
@@ -229,9 +291,9 @@ def _revoke(tx: Transaction, me: Self) -> None:
 
 def _access(tx: Transaction, me: Self) -> None:
     payload = tx.payload
-    if db.session.get(AccessEntry, payload["entry"]) is not None:
+    if _row(AccessEntry, payload["entry"]) is not None:
         return
-    record, reader = db.session.get(Record, payload["record"]), _user_by_key(tx.signer)
+    record, reader = _row(Record, payload["record"]), _user_by_key(tx.signer)
     if record is None or reader is None:
         raise ValueError("unknown record or reader")
     db.session.add(

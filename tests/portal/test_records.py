@@ -146,6 +146,42 @@ def test_tampered_public_key_in_database_is_refused(
     assert db.session.scalar(select(func.count()).select_from(Record)) == 0
 
 
+def test_key_swapped_after_a_record_was_written_is_refused(
+    client: FlaskClient, doctor: Person, patient: Person, other_patient: Person
+) -> None:
+    """The ledger's registration is read once per process: a key swapped in the database after the
+    first record (registration already read) is still caught."""
+    from portal.models import User
+
+    write(client, doctor, patient)
+    victim = db.session.scalar(select(User).where(User.username == patient.username))
+    attacker = db.session.scalar(select(User).where(User.username == other_patient.username))
+    victim.rsa_public_key = attacker.rsa_public_key
+    db.session.commit()
+    answer = client.post(f"/api/v1/patients/{patient.id}/records", json=RECORD, headers=doctor.headers)
+    assert answer.status_code == 409 and answer.json["error"]["code"] == "keys_mismatch"
+    assert db.session.scalar(select(func.count()).select_from(Record)) == 1
+
+
+def test_damaged_key_registration_on_the_ledger_is_refused(
+    client: FlaskClient, doctor: Person, patient: Person, other_patient: Person
+) -> None:
+    """The registration a key is checked against must be the transaction its hash names: another
+    account's registration copied over it does not vouch for this one's keys."""
+    from portal.models import LedgerTransaction, User
+
+    victim = db.session.scalar(select(User).where(User.username == patient.username))
+    attacker = db.session.scalar(select(User).where(User.username == other_patient.username))
+    victim.umbral_public_key, victim.rsa_public_key = attacker.umbral_public_key, attacker.rsa_public_key
+    db.session.get(LedgerTransaction, victim.key_tx_hash).encoded = db.session.get(
+        LedgerTransaction, attacker.key_tx_hash
+    ).encoded
+    db.session.commit()
+    answer = client.post(f"/api/v1/patients/{patient.id}/records", json=RECORD, headers=doctor.headers)
+    assert answer.status_code == 409 and answer.json["error"]["code"] == "keys_mismatch"
+    assert db.session.scalar(select(func.count()).select_from(Record)) == 0
+
+
 @pytest.mark.parametrize("who", ["patient", "other_patient", "admin"])
 def test_invalid_only_doctors_write(
     request: pytest.FixtureRequest, client: FlaskClient, patient: Person, who: str
