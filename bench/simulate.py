@@ -17,16 +17,16 @@ on a discrete-event clock, far faster than real time. What is real and what is s
   off for a while), each node's upload bandwidth (a block pushed to N - 1 peers goes out one copy
   after another), and the node's loops as `portal/producer.py` runs them: a production check four
   times a slot, a push of each new block to every peer, a pull-sync twice a slot from a peer
-  that is ahead, switching to the longer branch when the fork point is not below the node's
-  final height (`portal/services/network.py: catch_up`). Blocks carry the evidence transactions
-  of the run plus `--tx-per-block` nominal records that count only as bytes on the wire.
+  that is ahead (peers asked in a random order), switching to the longer branch when the fork
+  point is not below the node's final height (`portal/services/network.py: catch_up`). Blocks
+  carry the evidence transactions of the run plus `--tx-per-block` nominal records that count
+  only as bytes on the wire.
 - **Faults** (scenarios): loss and jitter; a partition of the delegates beyond a quorum (and a
   share of the other hospitals) for 45 % of the run, then healed; slow delegates (everything they
   send or receive is 0.7 slot late); lying delegates that sign two blocks for one slot (one to
   each half of the peers) or send blocks holding a wrongly signed transaction. An honest node
   that sees two headers of one producer for one slot, or an invalid block its producer signed,
-  turns it into evidence signed with its node key and gossips it (the portal does the second
-  itself; the first is the node policy docs/consensus.md asks of "anyone").
+  turns it into evidence signed with its node key and gossips it, as the portal does.
 
 Reported per consortium and scenario: finality time (block timestamp -> final on a node, p50 and
 p95 over every block and honest node, in slots and seconds), the throughput ceiling (500
@@ -97,6 +97,7 @@ class Scenario:
     partition: tuple[float, float] | None = None  # cut off from .. to, as fractions of the run
     slow_slots: float = 0.0  # slow delegates: extra delay on all they send and receive, in slots
     liars: str = ""  # "equivocate" or "invalid"
+    halves: bool = False  # the partition cuts off every other hospital, delegates included
 
 
 SCENARIOS = {
@@ -112,8 +113,15 @@ SCENARIOS = {
         Scenario("slow", "a tenth of the delegates (at least one) 0.7 slot late both ways", slow_slots=0.7),
         Scenario("equivocate", "a tenth of the delegates (at least one) sign two blocks per slot", liars="equivocate"),
         Scenario("invalid", "a tenth of the delegates (at least one) send blocks with a forged tx", liars="invalid"),
+        Scenario(
+            "split",
+            "every other hospital (so about half the delegates) cut off 15-60 % of the run: no side has a quorum",
+            partition=(0.15, 0.60),
+            halves=True,
+        ),
     )
 }
+DEFAULT_SCENARIOS = ("calm", "lossy", "partition", "slow", "equivocate", "invalid")
 
 
 @dataclass(frozen=True)
@@ -267,6 +275,8 @@ class Simulation:
         # Cut off the delegates beyond a quorum (the most the rest can lose and still finalise),
         # and the same share of the other hospitals.
         self.cut = {i for i in range(c.nodes) if i % k >= self.quorum} if c.scenario.partition else set()
+        if c.scenario.halves:
+            self.cut = set(range(1, c.nodes, 2))
         if c.scenario.partition:
             start, stop = c.scenario.partition
             self.cut_from = T0 + int(start * c.slots) * c.slot_ms
@@ -543,15 +553,15 @@ class Simulation:
         self.accuse(node, payload, culprit, now)
 
     def sync(self, node: Node, now: float) -> None:
-        """Pull twice a slot: ask every peer's status and fetch from the first, in the genesis
-        file's order, that is ahead and answers (lost, cut-off or timed-out calls are skipped, as
+        """Pull twice a slot: ask every peer's status and fetch from the first, in a new random
+        order each time, that is ahead and answers (lost, cut-off or timed-out calls are skipped, as
         the portal skips them). Its answer goes out through that peer's uplink."""
         self.push(now + self.c.slot_ms / 2, SYNC, node.index)
         node.sent += self.status_bytes * (len(self.nodes) - 1)  # every peer's status, each time
         height = self.blocks[node.tip].height
-        for peer in self.nodes:
-            if peer is node or self.blocks[peer.tip].height <= height:
-                continue
+        ahead = [peer for peer in self.nodes if peer is not node and self.blocks[peer.tip].height > height]
+        self.rng.shuffle(ahead)  # the peers that are not ahead are skipped whatever their place
+        for peer in ahead:
             there, back = self.delay(node.index, peer.index), self.delay(peer.index, node.index)
             if there + back > SYNC_TIMEOUT_MS or not self.delivered(node.index, peer.index, now):
                 continue
@@ -774,7 +784,7 @@ def print_tables(results: list[dict[str, Any]], header: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--consortia", nargs="+", default=list(CONSORTIA), help="N or N:K (default 4 21 100 100:21)")
-    parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(DEFAULT_SCENARIOS))
     parser.add_argument("--slots", type=int, default=SLOTS, help=f"simulated slots per run (default {SLOTS})")
     parser.add_argument("--slot-ms", type=int, default=SLOT_MS, help=f"slot length (default {SLOT_MS})")
     parser.add_argument("--seed", type=int, default=1)

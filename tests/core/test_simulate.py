@@ -92,9 +92,9 @@ def test_fewer_delegates_than_hospitals_never_give_two_final_chains():
     made both branches final (before delegate changes waited for finality, this run gave over 150
     heights with two final blocks). Now neither branch is final above the split, and once it heals
     every node ends on one chain, final again up to a few blocks from the tip."""
-    scenario = Scenario("split", "two delegates on each side", jitter_ms=20.0, partition=(0.1, 0.6))
+    scenario = Scenario("split", "every other hospital cut off", jitter_ms=20.0, partition=(0.1, 0.6), halves=True)
     sim = Simulation(Config(12, 4, scenario, slots=200, slot_ms=1000, seed=1, tx_per_block=0))
-    sim.cut = {2, 3, 6, 7, 10, 11}  # h-003 and h-004 of the delegates, and four other hospitals
+    assert sim.cut == {1, 3, 5, 7, 9, 11}  # h-002 and h-004 of the delegates, and four other hospitals
     result = sim.run()
 
     assert result["violations"] == []
