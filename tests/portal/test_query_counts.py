@@ -165,3 +165,18 @@ def test_a_read_loads_the_session_and_the_record_once_each(client: FlaskClient, 
     assert not [s for s in reads if re.match(r"\s*SELECT users\.", s, re.I)], reads  # no person loaded alone
     if reader == "patient":
         assert len(reads) == 2, reads  # the session and the record: nothing else to open one's own record
+
+
+def test_sealing_a_block_costs_the_same_for_5_and_50_records(app: Flask, ward: Ward) -> None:
+    """Storing a block and projecting it reads the rows its transactions name in batches, not
+    one by one: a block of 50 records and access entries costs the statements of a block of 5."""
+    from tests.conftest import produce
+
+    counts = {}
+    for n in (1, 5, 50):  # the first block also holds the grant, and warms the node's caches
+        ward.write_up_to(len(ward.records) + n)
+        ward.read_up_to(len(ward.records))  # access entries too, in the same block
+        with counting() as statements:
+            assert produce(app) is not None
+        counts[n] = len(statements)
+    assert counts[50] == counts[5], counts
