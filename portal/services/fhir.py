@@ -105,7 +105,7 @@ def import_bundle(
     limits: records.Limits,
     node: NodeContext,
     now: datetime,
-) -> Record:
+) -> records.Written:
     """A FHIR Bundle (JSON bytes) from another EHR as one new sealed, signed record by `actor`,
     or FhirRejected with every problem, per resource, and nothing stored."""
     if actor.user.role != "doctor":

@@ -59,6 +59,15 @@ class NewAttachment:
 
 
 @dataclass(frozen=True)
+class Written:
+    """A record just written: what its writer is told (read before the commit, which expires
+    every loaded row: reading them back cost a statement per write)."""
+
+    id: str
+    tx_hash: str
+
+
+@dataclass(frozen=True)
 class Limits:
     max_attachment_bytes: int
     max_attachments: int
@@ -185,7 +194,7 @@ def create_record(
     limits: Limits,
     node: NodeContext,
     now: datetime,
-) -> Record:
+) -> Written:
     """Validate, seal and sign a record written by a doctor for a patient; queue its transaction."""
     if actor.user.role != "doctor":
         raise Forbidden("Only doctors write records.")
@@ -247,7 +256,7 @@ def create_record(
     ]
     db.session.add(record)
     db.session.commit()
-    return record
+    return Written(record_id, tx.hash)
 
 
 def _attachment_aad(record_id: str, n: int) -> bytes:
