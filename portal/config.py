@@ -60,6 +60,9 @@ class Config:
     # How often a producer that follows tries to lead its node's producer and archiver (docs/ledger.md,
     # "One node, several servers"): the longest a node goes without a producer once the leader died.
     LEADER_RETRY_SECONDS = float(os.environ.get("LEADER_RETRY_SECONDS", 1))
+    # A leading producer whose heartbeat is older than this hangs: /healthz says `stalled` and a
+    # follower ends its database connections and leads (docs/ledger.md, "Leader election").
+    LEADER_STALE_SECONDS = float(os.environ.get("LEADER_STALE_SECONDS", 10))
 
     EMERGENCY_KEY_PATH = os.environ.get("EMERGENCY_KEY_PATH", str(INSTANCE / "emergency.key"))
     # Proxy re-encryption across the member nodes (docs/federation.md): a grant's key fragments go

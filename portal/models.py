@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
+from typing import Any
 
 from flask_login import UserMixin
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import db
@@ -473,6 +474,19 @@ class IdempotentRequest(db.Model):
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
     content_type: Mapped[str | None] = mapped_column(String(120))
     location: Mapped[str | None] = mapped_column(String(500))
+
+
+class NodeStatus(db.Model):
+    """What the leading producer publishes for every server of the node (docs/ledger.md, *Leader
+    election*): its heartbeat, and what it last learnt from peers and the archive. Small JSON
+    values of states, heights, hashes and node names only; `updated_at` is the database's clock
+    on PostgreSQL, so servers with skewed clocks agree on a value's age."""
+
+    __tablename__ = "node_status"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ChatSocket(db.Model):

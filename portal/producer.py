@@ -7,7 +7,10 @@ on SQLite) and only the leader produces, the others try again every LEADER_RETRY
 leader's death (SIGKILL included) drops its lock, so another server's producer takes over, and
 the node's `/healthz` sees it gone the moment it dies. The archiver leads the same way. A leader
 that finds it no longer holds its lock (its database connection was lost) exits, and is started
-again as a follower. A helper thread that dies is restarted; gunicorn.conf.py restarts the process.
+again as a follower. The leader writes a heartbeat where every server reads it (with each check
+that it still leads, at least every LEADER_STALE_SECONDS / 4); a leader that hangs without dying
+is taken over by a follower once its heartbeat is older than LEADER_STALE_SECONDS, and `/healthz`
+says `stalled` meanwhile. A helper thread that dies is restarted; gunicorn.conf.py restarts the process.
 
 Before it says it is ready (`ready`), it checks what it needs and raises StartError with a
 message that says what to do: a node that cannot seal blocks must not accept records.
@@ -19,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from portal import runtime
 from portal.extensions import db
 from portal.ftp import ArchiveStore
 from portal.models import utcnow
-from portal.services import archive, escrow, federation, health, ledger, network
+from portal.services import archive, escrow, federation, health, ledger, locks, network
 from portal.services.network import Peers
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ def run(app: Flask, stop: threading.Event | None = None, ready: Callable[[], Non
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     instance = Path(app.instance_path)
     key, connect = _preflight()
+    locks.name_connections()  # a follower that takes over from this process, hung, ends them all
     genesis_path = app.config["GENESIS_PATH"]
     if not genesis_path or Path(genesis_path).exists():
         _ensure_chain()
@@ -70,7 +75,7 @@ def run(app: Flask, stop: threading.Event | None = None, ready: Callable[[], Non
         pass  # a consortium being founded: its genesis file comes once every node is up
     if stop.is_set():
         return
-    with health.hold(instance, "producer", stop) as leading:
+    with locks.lead(instance, "producer", stop, heartbeat=True) as leading:
         if leading is None:
             return  # stopped while another server of this node led
         with ledger.chain_lock.hold():
@@ -94,17 +99,25 @@ def run(app: Flask, stop: threading.Event | None = None, ready: Callable[[], Non
             helpers.add("syncer", genesis.params.slot_ms / 2000, lambda: _sync(peers, gossiped))
 
         lost = threading.Event()
+        # Each step checks the lead, and so beats; it produces once `tick` has passed. Beating at
+        # least four times per LEADER_STALE_SECONDS leaves a slow block most of the bound.
+        beat = min(tick, float(app.config.get("LEADER_STALE_SECONDS", locks.LEADER_STALE_SECONDS)) / 4)
+        due = time.monotonic() + tick
 
         def step() -> None:
+            nonlocal due
             if not leading.held():
                 log.error("this server no longer leads the block producer (its database connection was lost): stopping")
                 lost.set()
                 return
             helpers.revive()
+            if time.monotonic() < due:
+                return
+            due = time.monotonic() + tick
             if not watch.holding():
                 produce()
 
-        _loop(app, stop, tick, step, lost)
+        _loop(app, stop, beat, step, lost)
         if lost.is_set():
             stop.set()  # the helpers too; the process exits, its supervisor starts it again as a follower
         helpers.join(timeout=10)
@@ -120,6 +133,7 @@ def _preflight() -> tuple[NodeKey, Callable[[], ArchiveStore] | None]:
         raise StartError(f"cannot load the node key: {type(exc).__name__}: {exc}") from None
     try:
         ledger.tip()
+        health.load()  # the table the leader publishes in (a migration of its own)
     except SQLAlchemyError as exc:
         db.session.rollback()
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -145,7 +159,8 @@ def _ensure_chain() -> None:
 
 class Watch:
     """What is final elsewhere (the archive's newest zip, the peers' final heights), asked at
-    start and then every CHAIN_CHECK_SECONDS; written for /healthz, logged when it changes."""
+    start and then every CHAIN_CHECK_SECONDS; published in the database for every server's
+    /healthz, logged when it changes."""
 
     def __init__(self, instance: Path, connect: Callable[[], ArchiveStore] | None, peers: Peers | None) -> None:
         self.instance, self.connect, self.peers = instance, connect, peers
@@ -155,7 +170,7 @@ class Watch:
 
     def check(self) -> None:
         found = health.gather(self.connect, self.peers)
-        health.save(self.instance, found)
+        health.save(found)
         self.finals = found.finals
         report = health.truncation(found.finals)
         said = report.describe()

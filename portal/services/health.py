@@ -5,19 +5,19 @@ Liveness of a background part (the block producer, the archiver) is its leadersh
 an exclusive `flock` on `<part>.lock` in the instance folder; on PostgreSQL, where a node's
 servers may run on several hosts, a session-level advisory lock held by the leader's own
 connection. Either is dropped when the part's thread ends or its process dies (SIGKILL
-included), so there is no heartbeat to tune and no stale pid to trust; `report` probes it
-without waiting, and on PostgreSQL names the server that leads.
+included); `report` probes it without waiting, and on PostgreSQL names the server that leads.
+A leader that hangs keeps its lock, so the producer also writes a heartbeat (services/locks.py):
+one older than LEADER_STALE_SECONDS makes the producer `stalled`.
 
-What only the producer process learns, by asking peers and the archive, it writes to
-`health.json` in the instance folder (`save`); `report` reads it, so a health check costs
-two lock probes, one small file and one query.
+What only the leading producer learns, by asking peers and the archive, it publishes in the
+database (`save`, services/node_status.py), where every server of the node reads it; older than
+STALE_CHECKS check intervals, it is shown as `stale`. A health check costs two lock probes and
+two small queries.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,12 +37,14 @@ from core.ledger import FinalElsewhere, TruncationReport, check_truncation
 from portal.extensions import db
 from portal.ftp import ArchiveStore, TransportError
 from portal.models import LedgerBlock
-from portal.services import locks
+from portal.services import locks, node_status
 from portal.services.network import Peers
 
 log = logging.getLogger(__name__)
-STATE_FILE = "health.json"
+CHECKED = "producer.check"  # the node_status row of what the producer last learnt
+STALE_CHECKS = 3  # what the producer learnt is stale after this many check intervals
 PARTS = ("database", "producer", "archiver", "peers", "chain")
+FAILING = ("down", "stalled", "short", "differs")
 
 
 @contextmanager
@@ -150,36 +153,73 @@ def truncation(finals: list[FinalElsewhere]) -> TruncationReport:
     return check_truncation(_tip_height(), _hash_at, finals)
 
 
-def save(instance: Path, found: References) -> None:
-    """Write what the producer learnt for `report` (replaced whole, never half written)."""
-    partial = instance / f".{STATE_FILE}.{os.getpid()}"
-    partial.write_text(json.dumps(found.to_dict()))
-    partial.replace(instance / STATE_FILE)
+def save(found: References) -> None:
+    """Publish what the producer learnt for every server's `report`, without the errors' text (the
+    caller commits)."""
+    node_status.publish(CHECKED, {k: v for k, v in found.to_dict().items() if k != "errors"})
 
 
-def load(instance: Path) -> References | None:
+def load() -> tuple[References, float] | None:
+    """What the producer last published, and its age in seconds; None before its first check.
+    Raises SQLAlchemyError when the database cannot be read."""
+    return _known(node_status.read(CHECKED).get(CHECKED))
+
+
+def _known(found: node_status.Published | None) -> tuple[References, float] | None:
+    if found is None:
+        return None
     try:
-        return References.from_dict(json.loads((instance / STATE_FILE).read_text()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return References.from_dict(found.value), found.age
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def _leader(instance: Path, part: str) -> dict[str, Any] | None:
+def _leader(instance: Path, part: str) -> tuple[dict[str, Any], locks.Process | None] | None:
     """Who runs `part`: None when nobody does; on PostgreSQL {"leader": server name, "here":
-    whether this server leads}, on SQLite {} (one host)."""
+    whether this server leads} and the leading process, on SQLite {} and None (one host)."""
     try:
         found = locks.holder(instance, part)
     except SQLAlchemyError:
         db.session.rollback()
         return None
+    if found is None:
+        return None
     if not found:
-        return found
-    return {"leader": found["server"], "here": found["here"]}
+        return {}, None
+    return {"leader": found["server"], "here": found["here"]}, found["process"]
+
+
+def _producer(instance: Path, beat: locks.Beat | None) -> dict[str, Any]:
+    """The producer part: `down` when nobody leads, `stalled` when the leader's own heartbeat is
+    older than LEADER_STALE_SECONDS (it hangs: a follower takes over), else `ok`."""
+    leader = _leader(instance, "producer")
+    if leader is None:
+        return {"state": "down"}
+    shown, process = leader
+    if process is None and beat is not None and not locks.on_postgresql():
+        process = beat.process  # SQLite: one host, and the flock's holder wrote the heartbeat
+    bound = float(current_app.config.get("LEADER_STALE_SECONDS", locks.LEADER_STALE_SECONDS))
+    state = "stalled" if locks.stalled(process, beat, bound) else "ok"
+    if beat is not None and beat.process == process:
+        shown = {**shown, "beat_seconds_ago": round(beat.age, 1)}
+    return {"state": state, **shown}
+
+
+def _published() -> tuple[tuple[References, float] | None, locks.Beat | None]:
+    """What the producer last published, with its age, and the producer's heartbeat."""
+    beat_name = locks.beat_name("producer")
+    try:
+        rows = node_status.read(CHECKED, beat_name)
+    except SQLAlchemyError:
+        db.session.rollback()
+        return None, None
+    beat = locks.beat_of(rows[beat_name].value, rows[beat_name].age) if beat_name in rows else None
+    return _known(rows.get(CHECKED)), beat
 
 
 def report(instance: Path, archiving: bool, consortium: bool) -> dict[str, Any]:
-    """Each part's state ("ok", or "down", "short", "differs" when it fails; "off", "none" or
-    "unknown" otherwise) and `failing`, the parts that fail. Says nothing secret: no URL, path,
+    """Each part's state ("ok", or "down", "stalled", "short", "differs" when it fails; "off",
+    "none", "unknown" or "stale" otherwise) and `failing`, the parts that fail. Says nothing secret: no URL, path,
     key or error text, only states and heights (which the public chain shows anyway)."""
     parts: dict[str, dict[str, Any]] = {}
     try:
@@ -189,30 +229,35 @@ def report(instance: Path, archiving: bool, consortium: bool) -> dict[str, Any]:
         db.session.rollback()
         tip = None
         parts["database"] = {"state": "down"}
-    leader = _leader(instance, "producer")
-    producing = leader is not None
-    parts["producer"] = {"state": "ok", **leader} if leader is not None else {"state": "down"}
+    published, beat = _published()
+    parts["producer"] = _producer(instance, beat)
+    producing = parts["producer"]["state"] != "down"
     if archiving:
         archiver = _leader(instance, "archiver")
-        parts["archiver"] = {"state": "ok", **archiver} if archiver is not None else {"state": "down"}
+        parts["archiver"] = {"state": "ok", **archiver[0]} if archiver is not None else {"state": "down"}
     else:
         parts["archiver"] = {"state": "off"}
-    known = load(instance)
-    age = round(time.time() - known.checked_at, 1) if known else None
+    known, age = published if published is not None else (None, 0.0)
+    stale = age > STALE_CHECKS * float(current_app.config.get("CHAIN_CHECK_SECONDS", 30))
     if not consortium:
         parts["peers"] = {"state": "none"}
     elif known is None or not producing:
         parts["peers"] = {"state": "unknown"}
     else:
         reached = sum(known.peers.values())
-        state = "ok" if reached or not known.peers else "down"
-        parts["peers"] = {"state": state, "reachable": reached, "of": len(known.peers), "checked_seconds_ago": age}
+        state = "stale" if stale else "ok" if reached or not known.peers else "down"
+        parts["peers"] = {
+            "state": state, "reachable": reached, "of": len(known.peers), "checked_seconds_ago": round(age, 1),
+        }  # fmt: skip
     if tip is None or known is None:
         parts["chain"] = {"state": "unknown"}
     else:
+        # Heights final elsewhere stay final: an old check still shows a chain short of them.
         found = check_truncation(tip, _hash_at, known.finals)
-        state = "short" if found.behind else "differs" if found.differs else "ok"
+        state = "short" if found.behind else "differs" if found.differs else "stale" if stale else "ok"
         highest = max((f.height for f in known.finals), default=None)
-        parts["chain"] = {"state": state, "height": tip, "final_elsewhere": highest, "checked_seconds_ago": age}
-    failing = [name for name in PARTS if parts[name]["state"] in ("down", "short", "differs")]
+        parts["chain"] = {
+            "state": state, "height": tip, "final_elsewhere": highest, "checked_seconds_ago": round(age, 1),
+        }  # fmt: skip
+    failing = [name for name in PARTS if parts[name]["state"] in FAILING]
     return {"status": "failing" if failing else "ok", "failing": failing, "parts": parts}

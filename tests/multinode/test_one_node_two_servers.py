@@ -384,7 +384,8 @@ def test_a_leader_whose_connection_drops_gives_way(tmp_path: Path, database: str
         try:
             assert first.take() and first.held()
             assert not second.take() and not second.held()
-            assert locks.holder(tmp_path, "producer") == {"server": locks.server_name(), "here": True}
+            me = locks.Process(locks.server_name(), os.getpid())
+            assert locks.holder(tmp_path, "producer") == {"server": me.server, "here": True, "process": me}
             pid = first._conn.execute(text("SELECT pg_backend_pid()")).scalar()  # type: ignore[union-attr]
             db.session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             db.session.commit()
