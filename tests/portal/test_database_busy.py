@@ -80,3 +80,25 @@ def test_a_chat_event_with_no_connection_in_time_answers_busy(small_pool_app: Fl
     assert answer == {"error": {"code": "busy", "message": Busy().message}}
     assert socket.emit("sync", {}, namespace=NS, callback=True)["ok"] is True
     socket.disconnect(NS)
+
+
+def test_a_granted_read_with_every_pooled_connection_in_use_still_gets_the_chain_lock(small_pool_app: Flask) -> None:
+    """A logged read holds the pool's only connection when it takes the chain lock: the lock's
+    connection must come from elsewhere, or the read waits for itself (under load: every request
+    holding a connection, each waiting for the lock whose holder waits for a connection)."""
+    app = small_pool_app
+    client: FlaskClient = app.test_client()
+    with app.app_context():
+        doctor = make_person(client, "doctor", "dr.osei", "Dr. Ama Osei")
+        reader = make_person(client, "doctor", "dr.ruiz", "Dr. Ana Ruiz")
+        patient = make_person(client, "patient", "alice", "Alice Moreau")
+        db.session.remove()  # give back what signing up used
+    written = client.post(f"/api/v1/patients/{patient.id}/records", json=RECORD, headers=doctor.headers)
+    assert written.status_code == 201, written.json
+    granted = client.post("/api/v1/grants", json={"doctor_id": reader.id}, headers=patient.headers)
+    assert granted.status_code == 201, granted.json
+    answer = client.get(f"/api/v1/records/{written.json['id']}", headers=reader.headers)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.json["access"]["mode"] == "grant"
+    log = client.get("/api/v1/access-log", headers=patient.headers)
+    assert [e["reader"]["id"] for e in log.json["entries"]] == [reader.id]
