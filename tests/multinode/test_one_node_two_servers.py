@@ -2,7 +2,10 @@
 ONE node, each with its own instance folder, over one real PostgreSQL database and one real
 Redis. Records are written and chats relayed through both; exactly one block producer and one
 archiver lead; the leader's producer is killed with SIGKILL and the other server's takes over
-within a bound; no record is lost or doubled and the chain verifies.
+within a bound; no record is lost or doubled and the chain verifies. The follower's /healthz shows
+what the leader's producer learnt (chain), from the shared database. A leader's producer stopped
+with SIGSTOP (it hangs without dying, keeping its connections) is shown `stalled`, then taken over
+once its heartbeat is older than LEADER_STALE_SECONDS; continued, it steps down and follows.
 
 Always PostgreSQL and Redis (also on the SQLite run of the suite): without them it fails, never
 skips. The database is created for this test and dropped after it; Redis keys are this node's
@@ -41,6 +44,10 @@ POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 START_TIMEOUT = 90.0
 TAKEOVER_SECONDS = 10.0  # leader retry 1 s + the master's restart of nothing: the follower is already running
+STALE_SECONDS = 3.0  # LEADER_STALE_SECONDS of the hung-leader test
+# A hung leader is taken over after its heartbeat is STALE_SECONDS old, seen so at two tries of the
+# follower (LEADER_RETRY_SECONDS, 1 s, apart), the lock taken at the next: plus slack for a busy machine.
+HUNG_TAKEOVER_SECONDS = STALE_SECONDS + 3 * 1.0 + 4.0
 PASSWORD = "correct-horse-battery"
 
 
@@ -233,34 +240,64 @@ def query(database: str, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()  # type: ignore[arg-type]
 
 
+def one_node(tmp_path: Path, database: str, node_id: str, running: contextlib.ExitStack, **extra: str) -> list[Server]:
+    """Two servers of one node, answering: one database, one node key (copied to each server's
+    folder, as a deployment would), a doctor `dr.one`. Each is stopped when `running` closes."""
+    servers = []
+    for name in ("server-1", "server-2"):
+        folder, port = tmp_path / name, free_port()
+        folder.mkdir()
+        servers.append(Server(name, port, folder, server_env(folder, port, name, database, node_id, **extra)))
+    first, second = servers
+    flask(first.env, "db", "upgrade")
+    flask(first.env, "medledger", "node", "init")
+    for key in ("node.key", "emergency.key"):
+        shutil.copy2(first.folder / key, second.folder / key)
+    flask(
+        first.env, "medledger", "create-user", "--role", "doctor", "--username", "dr.one",
+        "--password", PASSWORD, "--display-name", "Dr. One", "--hospital", "Hospital One",
+        "--licence-number", "L-one",
+    )  # fmt: skip
+    for server in servers:
+        start(server)
+        running.callback(stop, server)
+    logs = [s.log for s in servers]
+    for server in servers:
+        wait_for(lambda s=server: healthz(s) is not None, START_TIMEOUT, f"{server.name} answering", *logs)
+    return servers
+
+
+def assert_every_record_once(database: str, written: list[str]) -> int:
+    """Every record written is stored once and sealed in exactly one block; the heights run
+    without a gap. The tip height."""
+
+    def all_sealed() -> bool:
+        rows = query(database, "SELECT count(*) FROM ledger_transactions WHERE status <> 'committed'")
+        return rows[0][0] == 0
+
+    wait_for(all_sealed, 20, "every transaction sealed")
+    stored = query(database, "SELECT id, tx_hash FROM records ORDER BY id")
+    assert sorted(str(r[0]) for r in stored) == sorted(written)
+    kinds = query(
+        database,
+        "SELECT count(*), count(DISTINCT hash) FROM ledger_transactions WHERE kind = 'record' "
+        "AND status = 'committed' AND block_height IS NOT NULL",
+    )
+    assert kinds[0] == (len(written), len(written))
+    sealed = {row[0] for row in query(database, "SELECT hash FROM ledger_transactions WHERE kind = 'record'")}
+    assert {str(r[1]) for r in stored} == sealed
+    heights = [row[0] for row in query(database, "SELECT height FROM ledger_blocks ORDER BY height")]
+    assert heights == list(range(len(heights)))
+    return heights[-1]
+
+
 def test_one_node_two_servers(tmp_path: Path, database: str, redis_node: str) -> None:
     node_id = redis_node
     (tmp_path / "ftp").mkdir()
     with run_pyftpdlib(tmp_path / "ftp") as ftp, contextlib.ExitStack() as running:
-        servers = []
-        for name in ("server-1", "server-2"):
-            folder, port = tmp_path / name, free_port()
-            folder.mkdir()
-            env = server_env(folder, port, name, database, node_id, ARCHIVE_FTP_URL=ftp.url())
-            servers.append(Server(name, port, folder, env))
+        servers = one_node(tmp_path, database, node_id, running, ARCHIVE_FTP_URL=ftp.url())
         first, second = servers
-        # One node: one database, one node key (copied to each server's folder, as a deployment would).
-        flask(first.env, "db", "upgrade")
-        flask(first.env, "medledger", "node", "init")
-        for key in ("node.key", "emergency.key"):
-            shutil.copy2(first.folder / key, second.folder / key)
-        flask(
-            first.env, "medledger", "create-user", "--role", "doctor", "--username", "dr.one",
-            "--password", PASSWORD, "--display-name", "Dr. One", "--hospital", "Hospital One",
-            "--licence-number", "L-one",
-        )  # fmt: skip
-
-        for server in servers:
-            start(server)
-            running.callback(stop, server)
         logs = [s.log for s in servers]
-        for server in servers:
-            wait_for(lambda s=server: healthz(s) is not None, START_TIMEOUT, f"{server.name} answering", *logs)
 
         # Exactly one leads, and both servers' reports name the same one.
         names = {s.name: s for s in servers}
@@ -334,30 +371,117 @@ def test_one_node_two_servers(tmp_path: Path, database: str, redis_node: str) ->
         assert leader(second) == follower.name
 
         # Nothing lost, nothing doubled: every record once, each in exactly one block.
-        def all_sealed() -> bool:
-            rows = query(database, "SELECT count(*) FROM ledger_transactions WHERE status <> 'committed'")
-            return rows[0][0] == 0
-
-        wait_for(all_sealed, 20, "every transaction sealed", *logs)
         assert len(set(written)) == 12
-        stored = query(database, "SELECT id, tx_hash FROM records ORDER BY id")
-        assert sorted(str(r[0]) for r in stored) == sorted(written)
-        kinds = query(
-            database,
-            "SELECT count(*), count(DISTINCT hash) FROM ledger_transactions WHERE kind = 'record' "
-            "AND status = 'committed' AND block_height IS NOT NULL",
-        )
-        assert kinds[0] == (12, 12)
-        sealed = {row[0] for row in query(database, "SELECT hash FROM ledger_transactions WHERE kind = 'record'")}
-        assert {str(r[1]) for r in stored} == sealed
-        heights = [row[0] for row in query(database, "SELECT height FROM ledger_blocks ORDER BY height")]
-        assert heights == list(range(len(heights)))
+        top = assert_every_record_once(database, written)
 
         # The new leader archives too, and the whole chain verifies.
         wait_for(lambda: leader(first, "archiver") == follower.name, 15, "the archiver on the new leader", *logs)
         verified = flask(first.env, "medledger", "verify")
-        assert f"chain valid: {len(heights)} blocks" in verified and "INVALID" not in verified, verified
-        print(f"takeover in {took:.1f} s; blocks {before} -> {heights[-1]}; load {os.getloadavg()}")
+        assert f"chain valid: {top + 1} blocks" in verified and "INVALID" not in verified, verified
+        print(f"takeover in {took:.1f} s; blocks {before} -> {top}; load {os.getloadavg()}")
+
+
+def health_code(server: Server) -> tuple[int, dict[str, Any]] | None:
+    try:
+        with urllib.request.urlopen(server.url + "/healthz", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except OSError:
+        return None
+
+
+def test_a_leader_that_hangs_is_taken_over(tmp_path: Path, database: str, redis_node: str) -> None:
+    """The leading producer is stopped with SIGSTOP: it keeps its connections, so PostgreSQL keeps
+    its locks. Its heartbeat ages; /healthz says `stalled` (503); the follower ends the hung
+    process's connections and leads within HUNG_TAKEOVER_SECONDS; blocks keep coming, nothing is
+    lost or doubled. Continued with SIGCONT, the old leader finds its lock gone, steps down and
+    follows."""
+    (tmp_path / "ftp").mkdir()
+    with run_pyftpdlib(tmp_path / "ftp") as ftp, contextlib.ExitStack() as running:
+        servers = one_node(
+            tmp_path, database, redis_node, running,
+            ARCHIVE_FTP_URL=ftp.url(), LEADER_STALE_SECONDS=str(STALE_SECONDS), CHAIN_CHECK_SECONDS="1",
+        )  # fmt: skip
+        first, _ = servers
+        logs = [s.log for s in servers]
+        names = {s.name: s for s in servers}
+        leading = wait_for(lambda: leader(first), 30, "a leader of the producer", *logs)
+        hung_server = names[leading]
+        follower = next(s for s in servers if s.name != leading)
+        wait_for(lambda: leader(first, "archiver") == leading, 30, "the archiver beside the producer", *logs)
+
+        # The follower's /healthz shows what the leader's producer checked, from the database.
+        found = wait_for(
+            lambda: (f := healthz(follower)) and f["parts"]["chain"]["state"] == "ok" and f, 15,
+            "the follower showing the leader's chain check", *logs,
+        )  # fmt: skip
+        assert found["status"] == "ok" and found["failing"] == []
+        assert found["parts"]["chain"]["height"] >= 0 and found["parts"]["chain"]["checked_seconds_ago"] < 5
+        assert found["parts"]["peers"] == {"state": "none"}  # a node alone (a consortium's peers: the same row)
+        assert found["parts"]["producer"]["here"] is False and found["parts"]["producer"]["leader"] == leading
+        assert found["parts"]["producer"]["beat_seconds_ago"] < STALE_SECONDS
+
+        alice = register(first.url, "alice")
+        patient_id = requests.get(first.url + "/api/v1/me", headers=alice.headers, timeout=10).json()["user"]["id"]
+        doctor = sign_in(first, "dr.one")
+        written = [write_record(servers[n % 2], doctor, patient_id, n) for n in range(4)]
+
+        # Hang the leader's producer: SIGSTOP (continued at the end whatever happens).
+        [victim] = wait_for(lambda: producers(hung_server.process.pid), 10, "the leader's producer", *logs)  # type: ignore[union-attr]
+
+        def resume() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+
+        running.callback(resume)  # before the servers are stopped: a stopped process ignores SIGTERM
+        seen: list[tuple[int, str, str | None]] = []
+        before = tip(first)
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        # Records are still taken through both servers while the producer hangs (sealed later).
+        written += [write_record(servers[n % 2], doctor, patient_id, n) for n in range(4, 6)]
+
+        def taken_over() -> bool:
+            found = health_code(follower)
+            if found is None:
+                return False
+            part = found[1]["parts"]["producer"]
+            seen.append((found[0], part["state"], part.get("leader")))
+            return part["state"] == "ok" and part.get("leader") == follower.name
+
+        wait_for(taken_over, HUNG_TAKEOVER_SECONDS + 5, "the follower leading", *logs)
+        took = time.monotonic() - stopped_at
+        assert took <= HUNG_TAKEOVER_SECONDS, f"took {took:.1f} s"
+        assert took >= STALE_SECONDS  # not before the heartbeat was stale
+        assert (503, "stalled", leading) in seen, seen
+        assert all(state in ("ok", "stalled", "down") for _, state, _ in seen), seen
+        said = follower.log.read_text()
+        assert f"the producer's leader (server {leading}, pid {victim}) hangs" in said
+        assert "this server now leads the producer" in said
+
+        # Blocks keep coming from the new leader, which archives too.
+        written += [write_record(servers[n % 2], doctor, patient_id, n) for n in range(6, 8)]
+        wait_for(lambda: tip(follower) > before, 15, "blocks after the takeover", *logs)
+        wait_for(lambda: leader(follower, "archiver") == follower.name, 15, "the archiver on the new leader", *logs)
+
+        # Continued, the hung producer finds its lock connection gone and steps down; its master
+        # starts it again, and it follows.
+        following = hung_server.log.read_text().count("another server or process of this node leads the producer")
+        os.kill(victim, signal.SIGCONT)
+        wait_for(lambda: gone(victim), 30, "the continued producer stepping down", *logs)
+        assert "this server no longer leads the block producer" in hung_server.log.read_text()
+        wait_for(
+            lambda: hung_server.log.read_text().count("another server or process of this node leads the producer")
+            > following,
+            30, "the restarted producer following", *logs,
+        )  # fmt: skip
+        assert leader(hung_server) == follower.name and leader(follower) == follower.name
+        written += [write_record(servers[n % 2], doctor, patient_id, n) for n in range(8, 10)]
+        top = assert_every_record_once(database, written)
+        verified = flask(first.env, "medledger", "verify")
+        assert f"chain valid: {top + 1} blocks" in verified and "INVALID" not in verified, verified
+        print(f"hung leader taken over in {took:.1f} s; blocks {before} -> {top}; load {os.getloadavg()}")
 
 
 def test_a_leader_whose_connection_drops_gives_way(tmp_path: Path, database: str) -> None:

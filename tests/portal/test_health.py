@@ -42,7 +42,7 @@ def until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 def test_healthz_follows_the_producer(app: Flask, client: FlaskClient, tmp_path: Path) -> None:
     app.instance_path = str(tmp_path)
-    app.config.update(BLOCK_INTERVAL_SECONDS=0.05, CHAIN_CHECK_SECONDS=0.1)
+    app.config.update(BLOCK_INTERVAL_SECONDS=0.05, CHAIN_CHECK_SECONDS=1.0)  # stale after 3 s
     status, found = healthz(client)
     assert status == 503 and found["failing"] == ["producer"]
     assert found["parts"]["producer"] == {"state": "down"}
