@@ -257,13 +257,16 @@ def _refused(error: dict[str, Any]) -> Response:
     responses={"401": UNSIGNED, "422": INVALID},
 )
 def transactions(data: dict[str, Any]) -> dict[str, Any]:
-    accepted, rejected = 0, 0
+    items: list[bytes] = []
+    rejected = 0
     for item in data["transactions"]:
         try:
-            accepted += ledger.accept_from_peer(b64d(item), utcnow())
+            items.append(b64d(item))
         except (CoreError, TypeError):
             rejected += 1
-    return {"accepted": accepted, "rejected": rejected}
+    outcomes = ledger.accept_from_peers(items, utcnow())
+    rejected += sum(isinstance(o, CoreError) for o in outcomes)
+    return {"accepted": sum(o is True for o in outcomes), "rejected": rejected}
 
 
 @bp.get("/blobs/<sha256>")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -480,39 +480,70 @@ def rollback_above(height: int) -> int:
 def accept_from_peer(encoded: bytes, now: datetime) -> bool:
     """A transaction gossiped by a peer: kept as pending if new and valid on our chain (a signer
     whose key registration is itself still pending counts as known). Raises CoreError if invalid."""
-    tx = decode_transaction(encoded)
+    outcome = accept_from_peers([encoded], now)[0]
+    if isinstance(outcome, CoreError):
+        raise outcome
+    return outcome
+
+
+def accept_from_peers(items: list[bytes], now: datetime) -> list[bool | CoreError]:
+    """Transactions gossiped by a peer, as `accept_from_peer` takes one, in one turn of the chain
+    lock, one look at the tip and one trial registry for the lot (a later one may be signed by a
+    key an earlier one registers): per item, True if kept, False if known, or why it was refused.
+    A turn of the lock per transaction made gossip cost more than the writes themselves."""
+    outcomes: list[bool | CoreError] = []
+    decoded: list[tuple[int, Transaction]] = []
+    for item in items:
+        try:
+            decoded.append((len(outcomes), decode_transaction(item)))
+            outcomes.append(False)
+        except CoreError as exc:
+            outcomes.append(exc)
+    if not decoded:
+        return outcomes
     with chain_lock.hold():
-        if db.session.get(LedgerTransaction, tx.hash) is not None:
-            return False
         current = tip()
         if current is None:
-            raise InvalidTransaction("no chain yet")
+            return [InvalidTransaction("no chain yet") if o is False else o for o in outcomes]
+        hashes = [tx.hash for _, tx in decoded]
+        stored = set(db.session.scalars(select(LedgerTransaction.hash).where(LedgerTransaction.hash.in_(hashes))))
         validator = _validator_at_tip(current)
-        if tx.hash in validator.seen:
-            return False
         trial = validator.registry.copy()
         height = current.height + 1
-        if tx.kind != "key":
-            pending_keys = db.session.scalars(
-                select(LedgerTransaction.encoded).where(
-                    LedgerTransaction.status == "pending", LedgerTransaction.kind == "key"
-                )
+        for key_tx in db.session.scalars(
+            select(LedgerTransaction.encoded).where(
+                LedgerTransaction.status == "pending", LedgerTransaction.kind == "key"
             )
-            for key_tx in pending_keys:
-                try:
-                    trial.apply(decode_transaction(key_tx), height)
-                except CoreError:
-                    continue
-        if validator.consensus is not None:
-            validator.consensus.check(tx, trial)
-        trial.apply(tx, height)
-        queue(tx, now)
+        ):
+            try:
+                trial.apply(decode_transaction(key_tx), height)
+            except CoreError:
+                continue
+        kept: list[tuple[int, Transaction]] = []
+        for n, tx in decoded:
+            if tx.hash in stored or tx.hash in validator.seen:
+                continue
+            try:
+                if validator.consensus is not None:
+                    validator.consensus.check(tx, trial)
+                trial.apply(tx, height)  # checks before it changes anything: a refused one leaves no trace
+            except CoreError as exc:
+                outcomes[n] = exc
+                continue
+            queue(tx, now + timedelta(microseconds=len(kept)))  # the producer takes them in this order
+            stored.add(tx.hash)
+            kept.append((n, tx))
         try:
             db.session.commit()
-        except IntegrityError:  # stored meanwhile by a writer outside the chain lock (the API)
+        except IntegrityError:  # one stored meanwhile by a writer outside the chain lock (the API)
             db.session.rollback()
-            return False
-        return True
+            if len(kept) > 1:  # keep the others: one at a time
+                for n, tx in kept:
+                    outcomes[n] = accept_from_peers([tx.encoded], now)[0]
+            return outcomes
+        for n, _ in kept:
+            outcomes[n] = True
+    return outcomes
 
 
 def report_invalid_block(node: NodeKey, header: bytes, transactions: list[bytes], now: datetime) -> str | None:

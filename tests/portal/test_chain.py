@@ -188,3 +188,42 @@ def test_conflicting_pending_transactions_do_not_stall_the_producer(app: Flask, 
     rejected = db.session.get(LedgerTransaction, second.hash)
     assert rejected.status == "rejected" and "already punished" in rejected.reject_reason
     assert ledger.verify_chain().valid
+
+
+def test_gossip_is_judged_per_transaction_in_one_batch(app: Flask, client: FlaskClient, patient: Person) -> None:
+    """A peer's batch is taken in one turn of the chain lock: a record signed by a key that an
+    earlier transaction of the batch registers is kept, a forged one and garbage are refused,
+    a repeat and a transaction already held are known, and only the kept ones are stored."""
+    import os
+    import uuid
+
+    from core.crypto import generate_user_keys
+    from core.encoding import b64e
+    from core.ledger.kinds import key_payload
+    from portal import runtime
+
+    keys = generate_user_keys()
+    public = keys.public
+    registration = sign_transaction(
+        "key", key_payload(str(uuid.uuid4()), "doctor", public.rsa_der, public.umbral, runtime.node_key(), public.sign),
+        keys, 1,
+    )  # fmt: skip
+
+    def record(n: int) -> dict[str, object]:
+        return {"record": str(uuid.uuid4()), "patient": patient.id, "ctag": os.urandom(16).hex(),
+                "body": b64e(os.urandom(600)), "capsule": b64e(os.urandom(98)), "pkey": b64e(os.urandom(48)),
+                "akey": b64e(os.urandom(384)), "attachments": []}  # fmt: skip
+
+    written = sign_transaction("record", record(1), keys, 2)
+    forged = sign_transaction("record", record(2), generate_user_keys(), 3)  # a key nobody registered
+    outcomes = ledger.accept_from_peers(
+        [registration.encoded, written.encoded, forged.encoded, b"{", written.encoded], utcnow()
+    )
+    assert outcomes[:2] == [True, True] and outcomes[4] is False
+    assert isinstance(outcomes[2], Exception) and isinstance(outcomes[3], Exception)
+    assert ledger.accept_from_peers([written.encoded], utcnow()) == [False]  # held already
+    pending = set(db.session.scalars(select(LedgerTransaction.hash).where(LedgerTransaction.status == "pending")))
+    assert {registration.hash, written.hash} <= pending and forged.hash not in pending
+    assert produce(app) is not None
+    assert db.session.get(LedgerTransaction, written.hash).status == "committed"
+    assert ledger.verify_chain().valid
