@@ -169,7 +169,7 @@ def test_a_read_loads_the_session_and_the_record_once_each(client: FlaskClient, 
 
 def test_sealing_a_block_costs_the_same_for_5_and_50_records(app: Flask, ward: Ward) -> None:
     """Storing a block and projecting it reads the rows its transactions name in batches, not
-    one by one: a block of 50 records and access entries costs the statements of a block of 5."""
+    one by one: a block of 50 records and access entries costs about the statements of a block of 5."""
     from tests.conftest import produce
 
     counts = {}
@@ -179,4 +179,6 @@ def test_sealing_a_block_costs_the_same_for_5_and_50_records(app: Flask, ward: W
         with counting() as statements:
             assert produce(app) is not None
         counts[n] = len(statements)
-    assert counts[50] == counts[5], counts
+    # Not equal to the statement: a block may also refresh the node's cached validator. Reading
+    # per transaction, the 45 more would add at least 45 (they added 285 before the batching).
+    assert counts[50] < counts[5] + 10, counts
